@@ -1,0 +1,314 @@
+"""01_bimodal_gan.py - a 1-D GAN on summer temperatures collapses to one mode and hops between modes.
+
+The opening example of the material on mode collapse: January temperatures of Alice Springs (hot) and
+the South Pole (cold) form a bimodal distribution. A GAN trained on it is expected to (1) fool the
+discriminator with cold samples only, (2) the discriminator then learns that every hot value is real,
+(3) the generator jumps to hot values, (4) the discriminator flips, (5) repeat: collapse plus mode
+hopping, the cat-and-mouse game. This script trains that GAN (many seeds at once, as one batched
+network) and measures how often it collapses and how often it hops.
+
+Run:  python 01_bimodal_gan.py               (1 seed, about 20 s on two CPU cores)
+      python 01_bimodal_gan.py --seeds 20    (collapse rate and hops over 20 seeds, same time)
+Needs: common.py
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+import common
+
+MID = 0.5 * sum(common.TEMPERATURE_MODES.values())         # 5.25 C, halfway between the modes
+SCALE = 0.5 * abs(float(torch.tensor(list(common.TEMPERATURE_MODES.values())).diff()))  # modes at +-1
+
+
+# ----------------------------------------------------------------------------- 1. arguments
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loss", choices=["minimax", "nonsaturating"], default="nonsaturating",
+                   help="generator loss: minimax log(1-D(G(z))) or non-saturating -log D(G(z))")
+    p.add_argument("--n_steps", type=common.positive_int, default=6000, help="training steps")
+    p.add_argument("--batch_size", type=common.positive_int, default=128)
+    p.add_argument("--lr", type=common.positive_float, default=1e-3, help="Adam learning rate, both players")
+    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
+    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
+    p.add_argument("--latent_dim", type=common.positive_int, default=1, help="noise dimension")
+    p.add_argument("--g_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="generator hidden widths")
+    p.add_argument("--d_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="discriminator hidden widths")
+    p.add_argument("--lr_d", type=common.positive_float, default=None, help="discriminator learning rate (default: --lr)")
+    p.add_argument("--d_steps", type=common.positive_int, default=1, help="discriminator steps per generator step")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="train this many seeds (seed, seed+1, ...) at once")
+    p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
+    p.add_argument("--collapse_threshold", type=common.unit_float, default=0.9,
+                   help="a run has collapsed when one mode holds more than this fraction of samples")
+    common.add_common_args(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_steps, args.log_every = min(args.n_steps, 600), min(args.log_every, 10)
+    return args
+
+
+# ----------------------------------------------------------------------------- 2. data
+# ----------------------------------------------------------------------------- 3. models
+class StackedMLP(torch.nn.Module):
+    """S independent MLPs (one per seed) evaluated together with batched matrix products.
+
+    Each seed's weights are initialised as torch.nn.Linear does (uniform in +-1/sqrt(fan_in)) from its
+    own generator, so seed s trains the same network whether it runs alone or among others."""
+
+    def __init__(self, sizes: list[int], generators: list[torch.Generator]):
+        super().__init__()
+        self.weights, self.biases = torch.nn.ParameterList(), torch.nn.ParameterList()
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1 / math.sqrt(fan_in)
+            w = torch.stack([torch.empty(fan_in, fan_out).uniform_(-bound, bound, generator=g) for g in generators])
+            b = torch.stack([torch.empty(1, fan_out).uniform_(-bound, bound, generator=g) for g in generators])
+            self.weights.append(torch.nn.Parameter(w))
+            self.biases.append(torch.nn.Parameter(b))
+
+    def forward(self, x):  # x: (S, N, in)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = F.leaky_relu(x, 0.2)
+        return x
+
+
+# ----------------------------------------------------------------------------- 4. the idea: the two losses, and collapse / hop measures
+def discriminator_loss(d_real, d_fake):
+    """Goodfellow et al. 2014, eq. 1: binary cross-entropy, real -> 1, fake -> 0 (inputs are logits).
+    Means over the batch, summed over seeds, so each seed gets exactly its own gradient."""
+    return (F.softplus(-d_real).mean((1, 2)) + F.softplus(d_fake).mean((1, 2))).sum()
+
+
+def generator_loss(d_fake, loss: str):
+    """Goodfellow et al. 2014: "minimax" minimises log(1 - D(G(z))) = -softplus(logit), which saturates
+    when D rejects the samples; "nonsaturating" (their Sec. 3) minimises -log D(G(z)) = softplus(-logit)."""
+    if loss == "minimax":
+        return -F.softplus(d_fake).mean((1, 2)).sum()
+    return F.softplus(-d_fake).mean((1, 2)).sum()
+
+
+def hot_fraction(temperatures: torch.Tensor) -> torch.Tensor:
+    """Fraction of samples nearer the hot mode (above the midpoint), over the last dimension."""
+    return (temperatures > MID).float().mean(-1)
+
+
+def majority_sequence(hot_fractions, threshold: float = 0.9) -> list[int | None]:
+    """The mode (0 = cold, 1 = hot) holding the samples at each snapshot, with hysteresis.
+
+    The state becomes a mode only when that mode holds more than `threshold` of the samples and keeps
+    it until the other mode does, so a balanced or wobbling generator is not counted as hopping."""
+    state, out = None, []
+    for f in hot_fractions:
+        f = float(f)
+        if f > threshold:
+            state = 1
+        elif f < 1 - threshold:
+            state = 0
+        out.append(state)
+    return out
+
+
+def count_hops(hot_fractions, threshold: float = 0.9) -> int:
+    """Mode hops: changes of the majority mode (see `majority_sequence`)."""
+    seq = [s for s in majority_sequence(hot_fractions, threshold) if s is not None]
+    return sum(a != b for a, b in zip(seq[:-1], seq[1:]))
+
+
+def hop_steps(hot_fractions, steps, threshold: float = 0.9) -> list[int]:
+    """The training steps at which the majority mode changed."""
+    seq = majority_sequence(hot_fractions, threshold)
+    out, last = [], None
+    for s, st in zip(seq, steps):
+        if s is not None and last is not None and s != last:
+            out.append(st)
+        if s is not None:
+            last = s
+    return out
+
+
+# ----------------------------------------------------------------------------- 5. training
+def train(args, device, progress=True):
+    seeds = [args.seed + i for i in range(args.seeds)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    mixture = common.temperature_mixture()
+    G = StackedMLP([args.latent_dim, *args.g_hidden, 1], gens).to(device)
+    D = StackedMLP([1, *args.d_hidden, 1], gens).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.b1, args.b2))
+    S, B = len(seeds), args.batch_size
+
+    n_eval, grid = 1000, torch.linspace(-60, 70, 261)
+    z_eval = torch.stack([torch.randn(n_eval, args.latent_dim, generator=g) for g in gens]).to(device)
+    grid_in = ((grid - MID) / SCALE).view(1, -1, 1).expand(S, -1, -1).to(device)
+    snaps = {"step": [], "samples": [], "d_curve": []}
+
+    def snapshot(step):
+        with torch.no_grad():
+            snaps["step"].append(step)
+            snaps["samples"].append((G(z_eval) * SCALE + MID).squeeze(-1).cpu())
+            snaps["d_curve"].append(torch.sigmoid(D(grid_in)).squeeze(-1).cpu())
+
+    bar = common.Progress(args.n_steps, "01 train", every=5.0 if progress else float("inf"))
+    t0 = time.perf_counter()
+    snapshot(0)
+    chunk = 200  # draw noise for `chunk` steps at a time: per-seed generators, few calls
+    for step in range(1, args.n_steps + 1):
+        if (step - 1) % chunk == 0:
+            n = min(chunk, args.n_steps - step + 1)
+            reals = torch.stack([mixture.sample(n * args.d_steps * B, g) for g in gens]).sub_(MID).div_(SCALE)
+            reals = reals.view(S, n * args.d_steps, B, 1).transpose(0, 1).to(device)
+            zs = torch.stack([torch.randn(n * (args.d_steps + 1), B, args.latent_dim, generator=g) for g in gens])
+            zs = zs.transpose(0, 1).to(device)
+        j = (step - 1) % chunk
+        for d in range(args.d_steps):
+            real, z = reals[j * args.d_steps + d], zs[j * (args.d_steps + 1) + d]
+            with torch.no_grad():
+                fake = G(z)
+            d_loss = discriminator_loss(D(real), D(fake))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        g_loss = generator_loss(D(G(zs[j * (args.d_steps + 1) + args.d_steps])), args.loss)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        if step % args.log_every == 0 or step == args.n_steps:
+            snapshot(step)
+            if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+                raise common.TrainingDiverged(f"loss became {d_loss.item()}/{g_loss.item()} at step {step}")
+        bar.update(1)
+    seconds = time.perf_counter() - t0
+    return {"seeds": seeds, "grid": grid, "step": torch.tensor(snaps["step"]),
+            "samples": torch.stack(snaps["samples"], 1),       # (S, T, n_eval) degrees C
+            "d_curve": torch.stack(snaps["d_curve"], 1),       # (S, T, grid)
+            "seconds": seconds, "mixture": mixture}
+
+
+# ----------------------------------------------------------------------------- 6. evaluation and figures
+def summarise(hist, args) -> dict:
+    frac_hot = hot_fraction(hist["samples"])          # (S, T)
+    steps = hist["step"].tolist()
+    per_seed = []
+    for i, seed in enumerate(hist["seeds"]):
+        final = float(frac_hot[i, -1])
+        stats = hist["mixture"].mode_stats(hist["samples"][i, -1][:, None])
+        collapsed = max(final, 1 - final) > args.collapse_threshold
+        time_collapsed = float(((frac_hot[i] > args.collapse_threshold) | (frac_hot[i] < 1 - args.collapse_threshold)).float().mean())
+        per_seed.append({"seed": seed, "fraction_cold": 1 - final, "fraction_hot": final, "collapsed": collapsed,
+                         "hops": count_hops(frac_hot[i].tolist(), args.collapse_threshold),
+                         "hop_steps": hop_steps(frac_hot[i].tolist(), steps, args.collapse_threshold),
+                         "fraction_of_time_collapsed": time_collapsed,
+                         "high_quality": stats["high_quality"], "modes_captured": stats["modes"]})
+    n = len(per_seed)
+    k = sum(r["collapsed"] for r in per_seed)
+    hops = [r["hops"] for r in per_seed]
+    k_hop = sum(h > 0 for h in hops)
+    steps_total = args.n_steps * n
+    return {
+        "seeds": n, "collapse_rate": k / n, "collapse_rate_ci95": common.wilson_interval(k, n),
+        "hop_rate": k_hop / n, "hop_rate_ci95": common.wilson_interval(k_hop, n),
+        "mean_hops": sum(hops) / n, "hops_per_run": hops,
+        "mean_fraction_of_time_collapsed": sum(r["fraction_of_time_collapsed"] for r in per_seed) / n,
+        "per_seed": per_seed, "seconds": hist["seconds"],
+        "steps_per_s": args.n_steps / hist["seconds"], "seed_steps_per_s": steps_total / hist["seconds"],
+    }
+
+
+def plot_story(hist, args, run_dir, i=0):
+    """Three panels for seed i: sample histogram over steps, mode fractions, D(x) at the hops."""
+    plt = common.pyplot()
+    samples, steps = hist["samples"][i], hist["step"]
+    modes = list(common.TEMPERATURE_MODES.items())
+    edges = torch.linspace(-50, 60, 111)
+    heat = torch.stack([torch.histc(s.clamp(-50, 60), bins=110, min=-50, max=60) for s in samples]) / samples.shape[1]
+    frac = hot_fraction(samples)
+    hops = hop_steps(frac.tolist(), steps.tolist(), args.collapse_threshold)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.imshow(heat.T.sqrt(), aspect="auto", origin="lower", cmap="magma",
+              extent=[0, int(steps[-1]), float(edges[0]), float(edges[-1])])
+    for name, t in modes:
+        ax.axhline(t, color="cyan", ls="--", lw=1)
+        ax.text(int(steps[-1]) * 1.005, t, name, color="black", va="center", fontsize=8)
+    for s in hops:
+        ax.axvline(s, color="white", lw=0.6, alpha=0.6)
+    ax.set(xlabel="training step", ylabel="generated temperature (C)",
+           title=f"seed {hist['seeds'][i]}: generated samples over training (sqrt density); dashed = real modes, "
+                 f"{len(hops)} hops")
+    common.savefig(fig, run_dir / "samples_heatmap.png")
+
+    fig, ax = plt.subplots(figsize=(10, 3))
+    ax.plot(steps, 1 - frac, label=f"cold ({modes[0][0]})", color="tab:blue")
+    ax.plot(steps, frac, label=f"hot ({modes[1][0]})", color="tab:red")
+    ax.axhline(0.5, color="gray", lw=0.5, ls=":")
+    ax.set(xlabel="training step", ylabel="fraction of samples", ylim=(-0.02, 1.02),
+           title="fraction of generated samples nearest each mode (real data: 0.5 each)")
+    ax.legend(loc="center right")
+    common.savefig(fig, run_dir / "mode_fractions.png")
+
+    # D(x) just before and just after each of the first hops: the "real" region flips
+    show = hops[:4] or [int(steps[-1])]
+    fig, axes = plt.subplots(1, len(show), figsize=(3.6 * len(show), 3), squeeze=False, sharey=True)
+    for ax, s in zip(axes[0], show):
+        t = int((steps - s).abs().argmin())
+        for tt, style, when in [(max(t - 1, 0), "--", "before"), (t, "-", "after")]:
+            ax.plot(hist["grid"], hist["d_curve"][i, tt], style, color="k", label=f"D(x), step {int(steps[tt])}")
+            ax.hist(samples[tt].clamp(-60, 70), bins=130, range=(-60, 70), density=True, alpha=0.35,
+                    color="tab:red" if when == "after" else "tab:blue", label=f"G samples, step {int(steps[tt])}")
+        for _, temp in modes:
+            ax.axvline(temp, color="gray", ls=":")
+        ax.set(xlabel="temperature (C)", title=f"hop at step {s}", ylim=(0, 1.05))
+        ax.legend(fontsize=6, loc="upper center")
+    axes[0][0].set_ylabel("D(x) = P(real)")
+    fig.suptitle("the discriminator's 'real' region flips when the generator changes mode")
+    common.savefig(fig, run_dir / "discriminator_flips.png")
+
+
+def plot_seeds(hist, summary, run_dir):
+    plt = common.pyplot()
+    frac = hot_fraction(hist["samples"])
+    S = frac.shape[0]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * S + 1.2))
+    ax.imshow(frac, aspect="auto", cmap="coolwarm", vmin=0, vmax=1, interpolation="nearest",
+              extent=[0, int(hist["step"][-1]), S - 0.5, -0.5])
+    ax.set_yticks(range(S), [f"seed {s} ({h} hops)" for s, h in zip(hist["seeds"], summary["hops_per_run"])], fontsize=7)
+    ax.set(xlabel="training step", title=f"fraction of hot samples per seed (red = all hot, blue = all cold); "
+                                         f"collapse rate {summary['collapse_rate']:.0%}")
+    common.savefig(fig, run_dir / "seeds_mode_fraction.png")
+
+
+@common.cli
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    common.set_seed(args.seed, args.deterministic)
+    device = common.pick_device(args.device)
+    name = f"{args.loss}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "") + ("_quick" if args.quick else "")
+    run_dir = common.start_run(args, __file__, name, argv)
+    print(f"01: {args.seeds} seed(s), {args.n_steps} steps, {args.loss} loss, on {device}; writing {run_dir}")
+
+    hist = train(args, device)
+    summary = summarise(hist, args)
+    curves = common.Curves(run_dir / "mode_fractions.csv")
+    frac = hot_fraction(hist["samples"])
+    for t, step in enumerate(hist["step"].tolist()):
+        curves.log(step=step, **{f"hot_seed{s}": round(float(frac[i, t]), 4) for i, s in enumerate(hist["seeds"])})
+    curves.save()
+    plot_story(hist, args, run_dir)
+    plot_seeds(hist, summary, run_dir)
+    metrics = {"device": str(device), **summary}
+    common.save_json(run_dir / "metrics.json", metrics)
+    lo, hi = summary["collapse_rate_ci95"]
+    print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
+          f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
+          f"{summary['hop_rate']:.0%}; hops per run {summary['hops_per_run']}; "
+          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,612 @@
+"""common.py - the plumbing that two or more of the numbered scripts share.
+
+Copy one numbered script together with this file into another project and it runs. What is here:
+
+- the command line: one-line errors with exit code 2 (`UserError`, `cli`), argument types, the shared
+  flags `--seed --device --out --run_name --overwrite --quick --deterministic` (`add_common_args`);
+- device choice (`pick_device`: auto = cuda, then mps, then cpu) and seeding (`set_seed`);
+- run folders `runs/<script>/<run-name>/` that never silently replace an earlier run (`make_run_dir`),
+  with `config.json` (`start_run`);
+- atomic writes (`atomic_open`, `save_json`, `save_torch`): a kill or an exception mid-write leaves the
+  old file intact;
+- checkpoints with models, optimisers, step, config and every RNG state (`save_checkpoint`,
+  `load_checkpoint`), so a resumed run continues exactly;
+- curves kept in memory and written as CSV (`Curves`), progress lines with an ETA (`Progress`);
+- figures with the Agg backend (`pyplot`, `savefig`, `save_grid`);
+- MNIST through torchvision with a clear message when it is missing and cannot be downloaded;
+- the Gaussian-mixture benchmarks and the PacGAN mode metrics (`GaussianMixture`, `ring_mixture`,
+  `grid_mixture`, `temperature_mixture`, `mode_stats`) and the Wilson interval for collapse rates.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import io
+import json
+import math
+import os
+import platform
+import random
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+REPO_DIR = Path(__file__).resolve().parent
+DEFAULT_OUT = REPO_DIR / "runs"
+DEFAULT_DATA_ROOT = REPO_DIR / "data"
+
+
+# ----------------------------------------------------------------------------- errors, command line
+class UserError(Exception):
+    """Something the user can fix (a bad flag, missing data, an unreadable file).
+
+    `cli` turns it into one line on stderr and exit code 2, never a traceback."""
+
+
+class TrainingDiverged(Exception):
+    """A loss became NaN or infinite. `cli` reports it in one line and exits with code 3."""
+
+
+def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
+    """Wrap a script's `main(argv) -> dict` so that expected failures end in one clear line.
+
+    UserError -> exit code 2; TrainingDiverged -> exit code 3; Ctrl-C -> exit code 130. Tests that call
+    `main([...])` directly see these as `SystemExit` with the same codes."""
+
+    @functools.wraps(main_fn)
+    def wrapper(argv: list[str] | None = None) -> dict:
+        prog = Path(getattr(sys.modules.get(main_fn.__module__), "__file__", None) or "script").name
+        try:
+            return main_fn(argv)
+        except UserError as e:
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except TrainingDiverged as e:
+            print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(3) from None
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted; the last checkpoint (if any) is kept, continue with --resume",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
+
+
+def one_line(e: BaseException | str) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse, but a bad flag raises UserError (one line) instead of printing usage plus a message."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def _typed(convert: Callable[[str], Any], check: Callable[[Any], bool], what: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse shows this name in its messages
+    return parse
+
+
+positive_int = _typed(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative number")
+unit_float = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
+beta_float = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def device_arg(text: str) -> str:
+    """argparse type for --device: auto, cpu, cuda, cuda:N or mps, and it must exist on this machine."""
+    if not _DEVICE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (use auto, cpu, cuda, cuda:N or mps)")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+        idx = int(text.split(":")[1]) if ":" in text else 0
+        if idx >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if text == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError("'mps': MPS is not available on this machine")
+    return text
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto = cuda if available, then mps, then cpu; anything else is taken as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device_arg(name))
+
+
+def add_common_args(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """The flags every script has. `--out` is the root: the run goes to OUT/<script>/<run_name>/."""
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+    g.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    g.add_argument("--out", default=str(DEFAULT_OUT), help="root folder of the run folders")
+    g.add_argument("--run_name", default=None, help="name of the run folder (default: made from the flags)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    g.add_argument("--quick", action="store_true", help="a tiny run that finishes in seconds on a CPU (smoke test)")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (slower on GPU)")
+    if resume:
+        g.add_argument("--resume", action="store_true",
+                       help="continue the newest run folder of this name from its last checkpoint")
+
+
+# ----------------------------------------------------------------------------- seeding
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's random, NumPy and torch (all devices); optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict:
+    """Every global RNG state, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file beside `path`; rename it over `path` only when the block succeeds.
+
+    An exception or a kill inside the block leaves the previous `path` untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_open(path) as f:
+        json.dump(to_jsonable(obj), f, indent=2)
+        f.write("\n")
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {one_line(e)}") from None
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+# ----------------------------------------------------------------------------- run folders
+def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrite: bool = False,
+                 resume: bool = False) -> Path:
+    """`out/<script>/<run_name>/`, never reusing an existing folder unless asked.
+
+    - new run, folder free: create it;
+    - new run, folder taken: use `<run_name>_2`, `_3`, ... (and say so), or replace it with --overwrite;
+    - --resume: the newest existing folder of that name (the highest suffix), which must exist.
+    """
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume contradict each other: choose one")
+    if not re.match(r"^[\w.=+-]+$", run_name):
+        raise UserError(f"--run_name {run_name!r}: use letters, digits and . _ - = + only")
+    base = Path(out) / script
+    taken = _taken_run_dirs(base, run_name)
+    if resume:
+        if not taken:
+            raise UserError(f"nothing to resume: no run folder {base / run_name}")
+        return taken[-1]
+    path = base / run_name
+    if path.exists():
+        if overwrite:
+            shutil.rmtree(path)
+        else:
+            n = 2
+            while (base / f"{run_name}_{n}").exists():
+                n += 1
+            path = base / f"{run_name}_{n}"
+            print(f"note: {base / run_name} exists; writing to {path} (--overwrite replaces it, "
+                  f"--resume continues it)", file=sys.stderr)
+    path.mkdir(parents=True, exist_ok=False)
+    return path
+
+
+def _taken_run_dirs(base: Path, run_name: str) -> list[Path]:
+    found = []
+    if (base / run_name).is_dir():
+        found.append((1, base / run_name))
+    if base.is_dir():
+        for p in base.iterdir():
+            m = re.match(re.escape(run_name) + r"_(\d+)$", p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def hardware() -> dict:
+    """What the numbers were measured on, recorded next to them."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def start_run(args: argparse.Namespace, script_file: str, default_name: str, argv: list[str] | None) -> Path:
+    """Create (or, with --resume, find) the run folder and write config.json into it."""
+    script = Path(script_file).stem
+    run_dir = make_run_dir(args.out, script, args.run_name or default_name,
+                           overwrite=args.overwrite, resume=getattr(args, "resume", False))
+    if not getattr(args, "resume", False):
+        argv = sys.argv[1:] if argv is None else argv
+        config = {"script": script, "command": " ".join(["python", Path(script_file).name] + [shlex.quote(a) for a in argv]),
+                  "args": vars(args), "hardware": hardware(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        save_json(run_dir / "config.json", config)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: dict | None = None, step: int = 0,
+                    config: dict | None = None, **extra) -> None:
+    """Models, optimisers, step, config and all RNG states, written atomically."""
+    state = {"models": {k: m.state_dict() for k, m in models.items()},
+             "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+             "step": step, "config": to_jsonable(config or {}), "rng": rng_state(), **extra}
+    save_torch(path, state)
+
+
+def load_checkpoint(path: str | os.PathLike, *, models: dict | None = None, optimizers: dict | None = None,
+                    restore_rng: bool = True) -> dict:
+    """Load a checkpoint written by `save_checkpoint` into the given models and optimisers.
+
+    Anything unreadable (missing, truncated, wrong content) becomes a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for k, m in (models or {}).items():
+            m.load_state_dict(state["models"][k])
+        for k, o in (optimizers or {}).items():
+            o.load_state_dict(state["optimizers"][k])
+        if restore_rng:
+            set_rng_state(state["rng"])
+    except Exception as e:  # pickle, zip, key and shape errors all mean: this file is not usable
+        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {one_line(e)[:300]}") from None
+    return state
+
+
+def check_same_config(saved: dict, current: dict, ignore: Iterable[str] = ()) -> None:
+    """A resumed run must use the flags it was started with (bar those in `ignore`)."""
+    skip = {"resume", "overwrite", "device", "out", "run_name", *ignore}
+    diff = [f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+            if k not in skip and to_jsonable(saved.get(k)) != to_jsonable(current.get(k))]
+    if diff:
+        raise UserError("--resume with other flags than the run was started with: " + ", ".join(diff))
+
+
+# ----------------------------------------------------------------------------- curves, progress
+class Curves:
+    """Rows of numbers over training, written as CSV. Kept in memory so a checkpoint can carry them
+    and a resumed run continues the same file with no duplicated or missing rows."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def log(self, **row) -> None:
+        self.rows.append({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in row.items()})
+
+    def column(self, name: str) -> list:
+        return [r.get(name) for r in self.rows]
+
+    def save(self) -> None:
+        fields: list[str] = []
+        for r in self.rows:
+            fields += [k for k in r if k not in fields]
+        with atomic_open(self.path) as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(self.rows)
+
+    def state_dict(self) -> dict:
+        return {"rows": to_jsonable(self.rows)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = [dict(r) for r in state["rows"]]
+
+
+def format_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+class Progress:
+    """Progress lines with elapsed time and an ETA, on stderr, at most one every `every` seconds.
+
+    `update(n, info)`: `info` may be a dict or a function returning one; a function is only called
+    when a line is printed, so host-device syncs (`.item()`) stay out of the hot loop."""
+
+    def __init__(self, total: int, desc: str = "", every: float = 5.0, start: int = 0, stream=None):
+        self.total, self.desc, self.every = total, desc, every
+        self.start_count = self.count = start
+        self.stream = stream or sys.stderr
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int = 1, info: dict | Callable[[], dict] | None = None, force: bool = False) -> None:
+        self.count += n
+        now = time.perf_counter()
+        if not (force or now - self.last >= self.every or self.count >= self.total):
+            return
+        self.last = now
+        done = self.count - self.start_count
+        elapsed = now - self.t0
+        eta = elapsed / done * (self.total - self.count) if done > 0 else float("nan")
+        extra = info() if callable(info) else (info or {})
+        fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items())
+        pct = 100.0 * self.count / max(self.total, 1)
+        eta_s = format_seconds(eta) if math.isfinite(eta) else "?"
+        print(f"{self.desc} {self.count}/{self.total} ({pct:3.0f}%) {format_seconds(elapsed)} elapsed, "
+              f"ETA {eta_s}  {fields}".rstrip(), file=self.stream, flush=True)
+
+
+# ----------------------------------------------------------------------------- figures
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (files only, no window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def savefig(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(fig)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 5) -> None:
+    """A sample grid (images in [-1, 1] or [0, 1]) as PNG, written atomically."""
+    from torchvision.utils import save_image
+
+    with atomic_open(path, "wb") as f:
+        save_image(images.detach().float().cpu(), f, nrow=nrow, normalize=True, value_range=(-1, 1)
+                   if images.min() < 0 else (0, 1), format="png")
+
+
+# ----------------------------------------------------------------------------- MNIST
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def load_mnist(data_root: str | os.PathLike, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST as uint8 images (N, 28, 28) and int64 labels, through torchvision.
+
+    torchvision reads `<data_root>/MNIST/raw/` and downloads there when the files are missing. When
+    they are missing and the download fails, this raises a one-line UserError saying where to put them."""
+    root = Path(data_root)
+    try:
+        from torchvision.datasets import MNIST
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ds = MNIST(root=str(root), train=train, download=True)
+    except Exception as e:  # network errors come as RuntimeError/URLError/OSError depending on the version
+        raise UserError(
+            f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded ({one_line(e)[:120]}); "
+            f"put the four files {', '.join(MNIST_FILES)} (or their .gz) there, or point --data_root at "
+            f"the folder that holds MNIST/raw") from None
+    return ds.data, ds.targets
+
+
+def mnist_fingerprint(data_root: str | os.PathLike) -> str:
+    """A short hash of the raw MNIST files, to tie cached models to the data they were made from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    raw = Path(data_root) / "MNIST" / "raw"
+    for name in MNIST_FILES:
+        p = raw / name
+        h.update(p.read_bytes() if p.exists() else name.encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- mixtures and mode metrics
+class GaussianMixture:
+    """K isotropic Gaussians with the given centres (K, D), standard deviation(s) and weights."""
+
+    def __init__(self, centers, std, weights=None, name: str = "mixture", labels: list[str] | None = None):
+        self.centers = torch.as_tensor(centers, dtype=torch.float32)
+        if self.centers.ndim == 1:
+            self.centers = self.centers[:, None]
+        k = len(self.centers)
+        self.std = torch.as_tensor(std, dtype=torch.float32).expand(k).clone()
+        w = torch.ones(k) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.weights = w / w.sum()
+        self.name = name
+        self.labels = labels or [str(i) for i in range(k)]
+
+    @property
+    def n_modes(self) -> int:
+        return len(self.centers)
+
+    @property
+    def dim(self) -> int:
+        return self.centers.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """n samples (n, D); `generator` decides them completely."""
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator)
+        x = self.centers[idx] + noise * self.std[idx, None]
+        return x.to(device) if device is not None else x
+
+    def mode_stats(self, samples: torch.Tensor, n_sigma: float = 3.0) -> dict:
+        return mode_stats(samples, self.centers, self.std, n_sigma)
+
+
+def ring_mixture(n_modes: int = 8, radius: float = 1.0, std: float = 0.01) -> GaussianMixture:
+    """PacGAN's 2-D ring: centres at angles 2*pi*k/K (k = 0..K-1), so all K are distinct.
+    (Some public code uses linspace(0, 2*pi, K), whose first and last centres coincide.)"""
+    angles = 2 * math.pi * torch.arange(n_modes, dtype=torch.float64) / n_modes
+    centers = radius * torch.stack([angles.cos(), angles.sin()], 1)
+    return GaussianMixture(centers, std, name=f"ring{n_modes}")
+
+
+def grid_mixture(side: int = 5, spacing: float = 2.0, std: float = 0.05) -> GaussianMixture:
+    """PacGAN's 2-D grid: centres at {-4, -2, 0, 2, 4}^2 for side 5 and spacing 2."""
+    ticks = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * spacing
+    centers = torch.cartesian_prod(ticks, ticks)
+    return GaussianMixture(centers, std, name=f"grid{side * side}")
+
+
+# Summer (January) temperatures, degrees Celsius, daily maxima:
+# - Alice Springs: mean January daily maximum 36.4 C (Australian Bureau of Meteorology climate
+#   statistics, as quoted by the Alice Springs Town Council, alicesprings.nt.gov.au).
+# - Amundsen-Scott South Pole station: mean January daily maximum -25.9 C (1957-1988 station
+#   climatology, as tabled by coolantarctica.com; the BAS READER January mean temperature is -28.1 C).
+# The day-to-day spread (standard deviation) of 3 C for both is our round choice, not a sourced value.
+TEMPERATURE_MODES = {"South Pole": -25.9, "Alice Springs": 36.4}
+TEMPERATURE_STD = 3.0
+
+
+def temperature_mixture() -> GaussianMixture:
+    """The 1-D bimodal example: South Pole (cold) and Alice Springs (hot) summer temperatures, equal weights."""
+    return GaussianMixture(list(TEMPERATURE_MODES.values()), TEMPERATURE_STD, name="temperature",
+                           labels=list(TEMPERATURE_MODES))
+
+
+def mode_stats(samples: torch.Tensor, centers: torch.Tensor, std, n_sigma: float = 3.0) -> dict:
+    """The PacGAN protocol (Lin et al. 2018, Sec. 5.1) for samples of a mixture with known modes.
+
+    A sample is high quality when it lies within `n_sigma` standard deviations of its nearest centre;
+    a mode is captured when at least one high-quality sample has it as nearest centre; reverse KL is
+    KL(p || uniform) = ln K - H(p), p the proportions of high-quality samples per mode (nan when there
+    are none). Returns modes (captured count), high_quality (fraction), reverse_kl, counts per mode."""
+    x = torch.as_tensor(samples, dtype=torch.float32).detach().cpu().reshape(len(samples), -1)
+    c = torch.as_tensor(centers, dtype=torch.float32).reshape(-1, x.shape[1])
+    k = len(c)
+    s = torch.as_tensor(std, dtype=torch.float32).expand(k)
+    d = torch.cdist(x, c)
+    dist, nearest = d.min(1)
+    hq = dist < n_sigma * s[nearest]
+    counts = torch.bincount(nearest[hq], minlength=k)
+    n_hq = int(counts.sum())
+    if n_hq:
+        p = counts.double() / n_hq
+        nz = p[p > 0]
+        reverse_kl = float(math.log(k) + (nz * nz.log()).sum())
+    else:
+        reverse_kl = float("nan")
+    return {"modes": int((counts > 0).sum()), "high_quality": n_hq / max(len(x), 1),
+            "reverse_kl": max(reverse_kl, 0.0) if n_hq else reverse_kl, "counts": counts.tolist()}
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for k successes in n trials (Wilson 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_sem(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (nan-free values; sem 0 for a single value)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0

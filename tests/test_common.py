@@ -1,0 +1,194 @@
+"""The shared plumbing: seeding, run folders, atomic writes, checkpoints, MNIST errors, mode metrics."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from conftest import OFFLINE_ENV, REPO
+
+
+def draw():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_same_seed_same_numbers_and_other_seed_other_numbers():
+    common.set_seed(7)
+    a = draw()
+    common.set_seed(7)
+    b = draw()
+    common.set_seed(8)
+    c = draw()
+    assert a == b
+    assert all(x != y for x, y in zip(a, c))
+
+
+def test_second_run_never_overwrites_the_first(tmp_path):
+    first = common.make_run_dir(tmp_path, "script", "run")
+    (first / "metrics.json").write_text("first")
+    second = common.make_run_dir(tmp_path, "script", "run")
+    third = common.make_run_dir(tmp_path, "script", "run")
+    assert (first.name, second.name, third.name) == ("run", "run_2", "run_3")
+    assert (first / "metrics.json").read_text() == "first"
+    # --resume finds the newest of them; --overwrite replaces the named one
+    assert common.make_run_dir(tmp_path, "script", "run", resume=True) == third
+    replaced = common.make_run_dir(tmp_path, "script", "run", overwrite=True)
+    assert replaced == first and not (first / "metrics.json").exists()
+    with pytest.raises(common.UserError, match="nothing to resume"):
+        common.make_run_dir(tmp_path, "script", "other", resume=True)
+    with pytest.raises(common.UserError):
+        common.make_run_dir(tmp_path, "script", "../escape")
+
+
+def test_interrupted_write_leaves_old_file_intact(tmp_path):
+    path = tmp_path / "metrics.json"
+    common.save_json(path, {"value": 1})
+    with pytest.raises(RuntimeError):
+        with common.atomic_open(path) as f:
+            f.write('{"value": 2, "half-writ')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"value": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left behind
+
+
+def test_json_has_no_nan(tmp_path):
+    common.save_json(tmp_path / "m.json", {"a": float("nan"), "b": np.float32(1.5), "c": torch.tensor([1, 2])})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": 1.5, "c": [1, 2]}
+
+
+def _train_steps(model, opt, n):
+    losses = []
+    for _ in range(n):
+        x = torch.randn(16, 4)                       # global torch RNG
+        noise = float(np.random.rand()) + random.random()  # numpy and Python RNGs
+        loss = ((model(x) - noise) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_checkpoint_round_trip_continues_identically(tmp_path):
+    common.set_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    _train_steps(model, opt, 5)
+    common.save_checkpoint(tmp_path / "ckpt.pt", models={"m": model}, optimizers={"m": opt}, step=5,
+                           config={"lr": 1e-2})
+    uninterrupted = _train_steps(model, opt, 5)
+
+    model2 = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
+    common.set_seed(123)  # scramble the RNGs: the checkpoint must restore them
+    state = common.load_checkpoint(tmp_path / "ckpt.pt", models={"m": model2}, optimizers={"m": opt2})
+    assert state["step"] == 5 and state["config"] == {"lr": 1e-2}
+    assert _train_steps(model2, opt2, 5) == uninterrupted
+
+
+def test_unreadable_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "ckpt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(common.UserError, match="cannot read checkpoint"):
+        common.load_checkpoint(bad, models={})
+    with pytest.raises(common.UserError, match="no checkpoint"):
+        common.load_checkpoint(tmp_path / "missing.pt", models={})
+
+
+def test_resume_refuses_other_flags():
+    common.check_same_config({"lr": 1.0, "device": "cpu"}, {"lr": 1.0, "device": "cuda"})
+    with pytest.raises(common.UserError, match="--lr"):
+        common.check_same_config({"lr": 1.0}, {"lr": 2.0})
+
+
+def test_curves_csv_and_state(tmp_path):
+    c = common.Curves(tmp_path / "curves.csv")
+    c.log(step=1, loss=0.5)
+    c.log(step=2, loss=torch.tensor(0.25), extra=3)
+    c.save()
+    lines = (tmp_path / "curves.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,extra" and lines[2] == "2,0.25,3"
+    d = common.Curves(tmp_path / "other.csv")
+    d.load_state_dict(c.state_dict())
+    assert d.column("loss") == [0.5, 0.25]
+
+
+def test_progress_prints_an_eta(capsys):
+    p = common.Progress(10, "job", every=0.0)
+    p.update(5, info=lambda: {"loss": 0.123456})
+    err = capsys.readouterr().err
+    assert "job 5/10" in err and "ETA" in err and "loss=0.1235" in err
+
+
+def test_device_choice():
+    assert common.pick_device("cpu") == torch.device("cpu")
+    auto = common.pick_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    with pytest.raises(Exception):
+        common.device_arg("tpu")
+
+
+def test_missing_mnist_without_network_is_one_clear_error(tmp_path, monkeypatch):
+    for k, v in OFFLINE_ENV.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(common.UserError) as e:
+        common.load_mnist(tmp_path / "nowhere")
+    msg = str(e.value)
+    assert "MNIST" in msg and str(tmp_path / "nowhere" / "MNIST" / "raw") in msg and "\n" not in msg
+
+
+def test_missing_mnist_exit_code_2_through_a_command_line(tmp_path):
+    prog = ("import sys; sys.path.insert(0, %r); import common\n"
+            "@common.cli\ndef main(argv=None):\n    common.load_mnist(%r)\nmain()") % (str(REPO), str(tmp_path))
+    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, **OFFLINE_ENV})
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "MNIST" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_mixtures_have_exactly_k_distinct_centres():
+    for mix, k in [(common.ring_mixture(), 8), (common.grid_mixture(), 25), (common.temperature_mixture(), 2)]:
+        assert mix.n_modes == k
+        assert len(torch.unique(mix.centers.round(decimals=6), dim=0)) == k
+    ring = common.ring_mixture()
+    assert torch.allclose(ring.centers.norm(dim=1), torch.ones(8))
+    assert set(common.grid_mixture().centers[:, 0].tolist()) == {-4.0, -2.0, 0.0, 2.0, 4.0}
+
+
+def test_mixture_sampling_is_seeded_and_balanced():
+    mix = common.ring_mixture()
+    a = mix.sample(4000, torch.Generator().manual_seed(1))
+    b = mix.sample(4000, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    s = mix.mode_stats(a)
+    assert s["modes"] == 8 and s["high_quality"] > 0.98 and s["reverse_kl"] < 0.01
+
+
+def test_mode_stats_on_hand_made_sets():
+    centers = common.ring_mixture().centers
+    # all samples on one mode: 1 mode, reverse KL = ln 8
+    one = centers[[0] * 100]
+    s = common.mode_stats(one, centers, 0.01)
+    assert s["modes"] == 1 and s["high_quality"] == 1.0 and math.isclose(s["reverse_kl"], math.log(8))
+    # two modes equally: ln 8 - ln 2; far-away samples are not high quality and capture nothing
+    two = torch.cat([centers[[1] * 50], centers[[5] * 50], torch.full((100, 2), 10.0)])
+    s = common.mode_stats(two, centers, 0.01)
+    assert s["modes"] == 2 and s["high_quality"] == 0.5 and math.isclose(s["reverse_kl"], math.log(4))
+    # just inside / outside 3 standard deviations
+    near = centers[:1] + torch.tensor([[0.0299, 0.0]])
+    far = centers[:1] + torch.tensor([[0.0301, 0.0]])
+    assert common.mode_stats(near, centers, 0.01)["high_quality"] == 1.0
+    assert common.mode_stats(far, centers, 0.01)["high_quality"] == 0.0
+
+
+def test_wilson_interval_known_values():
+    lo, hi = common.wilson_interval(18, 20)
+    assert abs(lo - 0.6990) < 1e-3 and abs(hi - 0.9721) < 1e-3
+    assert common.wilson_interval(0, 10)[0] == 0.0 and math.isclose(common.wilson_interval(10, 10)[1], 1.0)
