@@ -1,0 +1,268 @@
+"""05_msgan_pix2pix.py: the mode-seeking term, the U-Net, the colour-mode measure, the pix2pix folder
+loader, resume, and quick runs through main() and the command line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchvision.io import encode_png, write_file
+
+from conftest import load_script, run_cli
+
+m = load_script("05_msgan_pix2pix")
+
+
+# ----------------------------------------------------------------------------- the mode-seeking term
+def test_mode_seeking_term_is_the_official_reciprocal():
+    g = torch.Generator().manual_seed(0)
+    f1, f2 = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    z1, z2 = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    loss, lz = m.mode_seeking_loss(f1, f2, z1, z2)
+    expected_lz = (f2 - f1).abs().mean() / (z2 - z1).abs().mean()
+    assert torch.allclose(lz, expected_lz)
+    assert torch.allclose(loss, 1 / (expected_lz + 1e-5))
+
+
+def test_mode_seeking_term_is_larger_for_identical_outputs():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 3, 8, 8, generator=g)
+    z1, z2 = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    same, _ = m.mode_seeking_loss(a, a.clone(), z1, z2)
+    slightly, _ = m.mode_seeking_loss(a, a + 0.01, z1, z2)
+    very, _ = m.mode_seeking_loss(a, -a, z1, z2)
+    assert float(same) == pytest.approx(1e5)  # 1 / eps: a generator that ignores z pays the most
+    assert float(same) > float(slightly) > float(very)
+
+
+def test_mode_seeking_gradient_pushes_outputs_apart():
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(2, 3, 8, 8, generator=g)
+    f1 = base.clone().requires_grad_(True)
+    f2 = (base + 0.05 * torch.randn(2, 3, 8, 8, generator=g)).requires_grad_(True)
+    z1, z2 = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g)
+    opt = torch.optim.SGD([f1, f2], lr=1e-4)
+    gaps = []
+    for _ in range(5):
+        loss, _ = m.mode_seeking_loss(f1, f2, z1, z2)
+        opt.zero_grad()
+        loss.backward()
+        # each pixel's gradient points so that descending it widens |f2 - f1|
+        assert torch.all(f2.grad * torch.sign(f2 - f1).detach() <= 0)
+        assert torch.all(f1.grad * torch.sign(f1 - f2).detach() <= 0)
+        opt.step()
+        gaps.append(float((f2 - f1).detach().abs().mean()))
+    assert all(b > a for a, b in zip(gaps, gaps[1:]))
+
+
+def test_pix2pix_baseline_has_no_mode_seeking_term():
+    torch.manual_seed(0)
+    D = m.MultiScalePatchGAN(4, ndf=4, n_layers=2, num_D=2)
+    cond = torch.randn(2, 1, 32, 32)
+    f1, f2, target = torch.tanh(torch.randn(3, 2, 3, 32, 32))
+    z1, z2 = torch.randn(2, 2, 8)
+    base, parts = m.generator_loss(D, cond, f1, f2, target, z1, z2, lambda_l1=10, lambda_ms=0)
+    assert torch.allclose(base, parts["g_gan"] + 10 * parts["g_l1"])
+    msgan, parts = m.generator_loss(D, cond, f1, f2, target, z1, z2, lambda_l1=10, lambda_ms=1)
+    assert torch.allclose(msgan, base + parts["l_ms"])
+
+
+# ----------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("size,in_ch,out_ch,where_add", [(8, 1, 3, "all"), (16, 3, 3, "input"), (32, 1, 3, "all"),
+                                                          (64, 3, 3, "all")])
+def test_unet_output_shape_and_noise_dependence(size, in_ch, out_ch, where_add):
+    torch.manual_seed(0)
+    G = m.UNetGenerator(in_ch, out_ch, nz=8, num_downs=size.bit_length() - 1, ngf=4, where_add=where_add)
+    x = torch.randn(3, in_ch, size, size)
+    z = torch.randn(3, 8)
+    y = G(x, z)
+    assert y.shape == (3, out_ch, size, size)
+    assert y.abs().max() <= 1  # tanh output
+    assert not torch.allclose(G(x, z), G(x, z + 1))  # the noise reaches the output
+
+
+def test_patchgan_gives_one_map_per_scale():
+    D = m.MultiScalePatchGAN(4, ndf=8, n_layers=2, num_D=2)
+    out = D(torch.randn(2, 4, 32, 32))
+    assert [tuple(o.shape) for o in out] == [(2, 1, 6, 6), (2, 1, 2, 2)]
+
+
+def test_lr_schedule_is_constant_then_linear_to_near_zero():
+    f = [m.lr_factor(s, 100, 50) for s in range(100)]
+    assert f[:50] == [1.0] * 50 and f[-1] == pytest.approx(1 / 51) and all(a > b for a, b in zip(f[49:], f[50:]))
+
+
+# ----------------------------------------------------------------------------- the colour-mode measure
+def bar_digit(size: int = 32) -> torch.Tensor:
+    """A hand-made 'digit': a vertical bar of intensity 1 with soft edges, (1, size, size) in [0, 1]."""
+    img = torch.zeros(1, size, size)
+    img[:, 6:26, 14:18] = 1.0
+    img[:, 6:26, 13] = img[:, 6:26, 18] = 0.5
+    return img
+
+
+def test_painted_colour_is_recovered_exactly_and_gray_conversion_gives_the_digit_back():
+    digit = bar_digit()
+    painted = m.paint(digit[None].expand(8, -1, -1, -1), torch.arange(8))
+    assert torch.allclose(m.stroke_colours(painted, digit), m.PALETTE)
+    assert torch.allclose(m.to_gray_digit(painted), (digit * 2 - 1)[..., 2:-2, 2:-2].expand(8, 1, 28, 28))
+
+
+def test_colour_coverage_on_hand_made_images():
+    digit = bar_digit()
+    intensity = torch.stack([digit, digit])                        # 2 inputs
+    one_colour = torch.full((10,), 4)                              # input 0: always red
+    all_colours = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 1])      # input 1: every colour
+    outputs = torch.stack([m.paint(digit[None].expand(10, -1, -1, -1), c) for c in (one_colour, all_colours)])
+    outputs = outputs + 0.02 * torch.randn(outputs.shape, generator=torch.Generator().manual_seed(0))  # a little noise
+    cov = m.colour_coverage(outputs, intensity)
+    assert cov["colours_per_input_per_input"] == [1.0, 8.0]
+    assert cov["colours_per_input"] == 4.5
+    assert cov["on_palette"] == 1.0
+    counts = torch.tensor(cov["histogram"]) * 20
+    assert torch.allclose(counts, torch.tensor([2, 2, 1, 1, 11, 1, 1, 1.0]))
+    assert cov["jsd_uniform"] > 0.1
+
+    uniform = torch.stack([m.paint(digit[None].expand(8, -1, -1, -1), torch.arange(8))])
+    assert m.colour_coverage(uniform, digit[None])["jsd_uniform"] == pytest.approx(0, abs=1e-12)
+    # the average of all colours is the grey background: the digit vanishes and no colour is on the palette
+    muddy = 0.1 * uniform  # strokes at 10% of a colour: off-palette
+    assert m.colour_coverage(muddy, digit[None])["on_palette"] == 0.0
+    assert m.expected_distinct(8, 10) == pytest.approx(5.895, abs=1e-3)
+
+
+def test_pairwise_l1_diversity():
+    same = torch.ones(3, 4, 3, 8, 8)
+    assert m.pairwise_l1(same) == 0
+    two = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])[None]  # one input, outputs 0 and 1
+    assert m.pairwise_l1(two) == pytest.approx(1.0)
+
+
+def test_js_divergence_bounds():
+    assert m.js_divergence(torch.tensor([1.0, 0]), torch.tensor([0, 1.0])) == pytest.approx(0.693147, abs=1e-6)
+    assert m.js_divergence(torch.tensor([1.0, 1, 2]), torch.tensor([2.0, 2, 4])) == pytest.approx(0, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- the pix2pix folder format
+def make_pix2pix_folder(root, n_train=4, n_test=2, size=16, ext=".png"):
+    """A tiny dataset in the pix2pix format: A (left) red-ish ramps, B (right) blue-ish, A|B side by side."""
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            a = torch.zeros(3, size, size, dtype=torch.uint8)
+            a[0] = 200
+            a[1] = torch.randint(0, 50, (size, size), generator=g, dtype=torch.uint8)
+            b = torch.zeros(3, size, size, dtype=torch.uint8)
+            b[2] = 180
+            write_file(str(root / split / f"{i}{ext}"), encode_png(torch.cat([a, b], 2)))
+    return root
+
+
+def test_pix2pix_folder_loader(tmp_path):
+    root = make_pix2pix_folder(tmp_path / "tiny")
+    train = m.load_pix2pix_folder(root, "train", 8, "AtoB")
+    assert train.inputs.shape == (4, 3, 8, 8) and train.targets.shape == (4, 3, 8, 8)
+    assert train.inputs.dtype == torch.uint8
+    assert (train.inputs[:, 0] == 200).all() and (train.targets[:, 2] == 180).all()  # A = left, B = right
+    swapped = m.load_pix2pix_folder(root, "test", 8, "BtoA")
+    assert len(swapped) == 2 and (swapped.inputs[:, 2] == 180).all() and (swapped.targets[:, 0] == 200).all()
+    x, y = swapped.batch(torch.arange(2))
+    assert x.shape == y.shape == (2, 3, 8, 8) and x.min() >= -1 and x.max() <= 1
+
+
+def test_pix2pix_folder_errors_are_user_errors(tmp_path):
+    with pytest.raises(m.common.UserError, match="train"):
+        m.load_pix2pix_folder(tmp_path, "train", 8)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(m.common.UserError, match="no images"):
+        m.load_pix2pix_folder(tmp_path, "train", 8)
+    write_file(str(tmp_path / "train" / "square.png"), encode_png(torch.zeros(3, 8, 8, dtype=torch.uint8)))
+    with pytest.raises(m.common.UserError, match="side by side"):
+        m.load_pix2pix_folder(tmp_path, "train", 8)
+    (tmp_path / "train" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(m.common.UserError, match="cannot read image"):
+        m.load_pix2pix_folder(tmp_path, "train", 8)
+
+
+def test_wrong_folder_exits_2_with_one_line(tmp_path):
+    (tmp_path / "photos").mkdir()
+    r = run_cli("05_msgan_pix2pix.py", "--dataset", "folder", "--data_root", str(tmp_path / "photos"), "--quick",
+                "--device", "cpu", "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "train" in r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
+
+
+def test_bad_flags_exit_2(tmp_path):
+    for flags in (["--img_size", "24"], ["--dataset", "colour_mnist", "--img_size", "64"], ["--lambda_ms", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            m.main(flags + ["--quick", "--out", str(tmp_path)])
+        assert e.value.code == 2
+
+
+# ----------------------------------------------------------------------------- runs
+FOLDER_RUN = ["--dataset", "folder", "--img_size", "16", "--num_D", "1", "--batch_size", "2", "--quick", "--device", "cpu",
+              "--n_steps", "12", "--checkpoint_every", "4", "--log_every", "4"]
+
+
+def test_folder_dataset_runs_end_to_end(tmp_path):
+    root = make_pix2pix_folder(tmp_path / "tiny")
+    res = m.main(FOLDER_RUN + ["--data_root", str(root), "--out", str(tmp_path / "runs")])
+    assert res["models"] == ["pix2pix", "msgan"]
+    for model in ("pix2pix", "msgan"):
+        ev = res["summary"][model]
+        assert 0 <= ev["diversity_l1"]["mean"] <= 2 and 0 <= ev["l1_to_target"]["mean"] <= 2
+    run = tmp_path / "runs" / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
+    assert (run / "samples.png").stat().st_size > 0 and (run / "comparison.md").exists()
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
+    root = make_pix2pix_folder(tmp_path / "tiny")
+    flags = FOLDER_RUN + ["--data_root", str(root), "--models", "msgan"]
+    whole = m.main(flags + ["--out", str(tmp_path / "a")])
+
+    calls = {"n": 0}
+    real_d_loss = m.discriminator_loss
+
+    def dies_at_step_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_d_loss(*a, **k)
+
+    monkeypatch.setattr(m, "discriminator_loss", dies_at_step_7)
+    with pytest.raises(SystemExit) as e:
+        m.main(flags + ["--out", str(tmp_path / "b")])
+    assert e.value.code == 130
+    run = tmp_path / "b" / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(m, "discriminator_loss", real_d_loss)
+    resumed = m.main(flags + ["--out", str(tmp_path / "b"), "--resume"])
+    a, b = whole["per_run"][0], resumed["per_run"][0]
+    assert a["eval"]["diversity_l1"] == b["eval"]["diversity_l1"]
+    assert a["eval"]["l1_to_target"] == b["eval"]["l1_to_target"]
+    assert a["train"]["final_losses"] == b["train"]["final_losses"]
+    with pytest.raises(SystemExit) as e:  # other flags than the run was started with
+        m.main(flags + ["--out", str(tmp_path / "b"), "--resume", "--lr", "1e-3"])
+    assert e.value.code == 2
+
+
+def test_quick_run_through_the_command_line(tmp_path, mnist_root):
+    r = run_cli("05_msgan_pix2pix.py", "--quick", "--device", "cpu", "--out", str(tmp_path), "--data_root", mnist_root,
+                timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "05_msgan_pix2pix" / "colour_mnist_ms1_seed0_quick"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for model in ("pix2pix", "msgan"):
+        s = metrics["summary"][model]
+        assert 1 <= s["colours_per_input"]["mean"] <= 8
+        assert 0 <= s["on_palette"]["mean"] <= 1 and s["diversity_l1"]["mean"] >= 0
+    ref = metrics["reference_real"]
+    assert ref["colours_per_input"] > 4 and ref["on_palette"] == 1 and ref["l1_to_clean_painting"] == 0
+    assert metrics["train_inputs_per_s"] > 0
+    for name in ("samples.png", "colour_histogram.png", "training_curves.png", "comparison.md", "config.json",
+                 "curves_msgan_seed0.csv", "G_msgan_seed0.pt"):
+        assert (run / name).stat().st_size > 0, name
