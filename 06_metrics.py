@@ -370,14 +370,24 @@ def cache_dir(data_root) -> Path:
     env = os.environ.get("MODE_COLLAPSE_CACHE")
     candidates = [Path(env)] if env else [Path(data_root) / "cache", Path.home() / ".cache" / "mode-collapse-gans"]
     for d in candidates:
+        if not _writable(d):
+            continue
         try:
             d.mkdir(parents=True, exist_ok=True)
         except OSError:
             continue
-        if os.access(d, os.W_OK):
-            return d
+        return d
     raise common.UserError(f"no writable cache folder (tried {', '.join(map(str, candidates))}); "
                            f"set MODE_COLLAPSE_CACHE to one")
+
+
+def _writable(path: Path) -> bool:
+    """Writable, judged on the nearest existing folder by access and by its mode bits (root may write
+    into a folder marked read-only, but a shared read-only data folder should stay untouched)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
 
 
 def _mnist_float(images_uint8: torch.Tensor, device) -> torch.Tensor:
