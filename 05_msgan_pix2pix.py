@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import common
 
 # The 8 colours of the default task: the corners of the RGB cube, as signs in [-1, 1] pixel units
-# (background 0 = mid-grey). Target pixel = stroke intensity in [0, 1] times the colour.
+# (0 = mid-grey). Target pixel = colour * (b + (1 - b) * stroke intensity), b = --background.
 PALETTE_NAMES = ["black", "blue", "green", "cyan", "red", "magenta", "yellow", "white"]
 PALETTE = torch.tensor([[r, g, b] for r in (-1.0, 1.0) for g in (-1.0, 1.0) for b in (-1.0, 1.0)])
 ON_PALETTE_RADIUS = 0.5  # [-1, 1] units; palette colours are >= 2.0 apart, the background 1.73 away
@@ -96,6 +96,9 @@ def parse_args(argv=None):
                    help="folder holding MNIST/raw, or (--dataset folder) ROOT with train/ and test/")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], default="BtoA",
                    help="folder data: translate left half A to right half B, or B to A (MSGAN's default BtoA)")
+    p.add_argument("--background", type=common.beta_float, default=0.5,
+                   help="colour_mnist: strength of the colour on the background, b in target = colour * "
+                        "(b + (1 - b) * digit); 0 paints the strokes only, on grey")
     p.add_argument("--img_size", type=common.positive_int, default=None,
                    help="image side, a power of 2 >= 8 (colour_mnist: 32; folder default 64)")
     p.add_argument("--lambda_ms", type=common.positive_float, default=1.0,
@@ -151,8 +154,9 @@ class PairedData:
     colour_mnist stores the digit and a colour index per example; targets are painted on the fly."""
 
     def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None = None, colours: torch.Tensor | None = None,
-                 labels: torch.Tensor | None = None, name: str = ""):
+                 labels: torch.Tensor | None = None, name: str = "", background: float = 0.0):
         self.inputs, self.targets, self.colours, self.labels, self.name = inputs, targets, colours, labels, name
+        self.background = background
 
     def __len__(self):
         return len(self.inputs)
@@ -167,28 +171,34 @@ class PairedData:
 
     def to(self, device):
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PairedData(move(self.inputs), move(self.targets), move(self.colours), move(self.labels), self.name)
+        return PairedData(move(self.inputs), move(self.targets), move(self.colours), move(self.labels), self.name,
+                          self.background)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.inputs[idx].float() / 127.5 - 1
         if self.colours is not None:
-            return x, paint(self.inputs[idx].float() / 255, self.colours[idx])
+            return x, paint(paint_weight(self.inputs[idx].float() / 255, self.background), self.colours[idx])
         return x, self.targets[idx].float() / 127.5 - 1
 
 
-def paint(intensity: torch.Tensor, colour_idx: torch.Tensor) -> torch.Tensor:
-    """Digits (N, 1, H, W) with stroke intensity in [0, 1] painted in palette colours: (N, 3, H, W) in
-    [-1, 1], background 0 (mid-grey), stroke pixel = intensity * colour."""
-    return intensity * PALETTE.to(intensity.device)[colour_idx].view(-1, 3, 1, 1)
+def paint_weight(intensity: torch.Tensor, background: float) -> torch.Tensor:
+    """How strongly each pixel takes the colour: b on the background, 1 on full strokes."""
+    return background + (1 - background) * intensity
 
 
-def colour_mnist(data_root: str, train: bool) -> PairedData:
+def paint(weight: torch.Tensor, colour_idx: torch.Tensor) -> torch.Tensor:
+    """Paint weight maps (N, 1, H, W) (see `paint_weight`) in palette colours: (N, 3, H, W) in [-1, 1],
+    pixel = weight * colour; weight 0 is mid-grey, weight 1 the full palette colour."""
+    return weight * PALETTE.to(weight.device)[colour_idx].view(-1, 3, 1, 1)
+
+
+def colour_mnist(data_root: str, train: bool, background: float = 0.5) -> PairedData:
     """MNIST padded to 32x32, with one palette colour per example drawn uniformly from a fixed
     generator (training set: seed 0, test set: seed 1), so the dataset is the same in every run."""
     images, labels = common.load_mnist(data_root, train=train)
     images = F.pad(images, (2, 2, 2, 2))[:, None]  # (N, 1, 32, 32) uint8, black border
     colours = torch.randint(len(PALETTE), (len(images),), generator=torch.Generator().manual_seed(0 if train else 1))
-    return PairedData(images, colours=colours, labels=labels, name="colour_mnist")
+    return PairedData(images, colours=colours, labels=labels, name="colour_mnist", background=background)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -229,7 +239,7 @@ def load_pix2pix_folder(root: str | Path, split: str, img_size: int, direction: 
 
 def load_data(args) -> tuple[PairedData, PairedData]:
     if args.dataset == "colour_mnist":
-        return colour_mnist(args.data_root, True), colour_mnist(args.data_root, False)
+        return colour_mnist(args.data_root, True, args.background), colour_mnist(args.data_root, False, args.background)
     return (load_pix2pix_folder(args.data_root, "train", args.img_size, args.direction),
             load_pix2pix_folder(args.data_root, "test", args.img_size, args.direction))
 
@@ -348,12 +358,12 @@ def build_models(args, in_ch: int, out_ch: int, device) -> tuple[nn.Module, nn.M
 
 
 # ----------------------------------------------------------------------------- 4b. measuring the modes
-def stroke_colours(outputs: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
-    """The colour of each output's strokes: the least-squares c in  output ~ intensity * c  over the
-    pixels, c = sum(I * out) / sum(I^2), with I the input digit's stroke intensity in [0, 1].
-    outputs (..., 3, H, W) in [-1, 1]; intensity broadcastable (..., 1, H, W). Returns (..., 3)."""
-    num = (outputs * intensity).sum((-1, -2))
-    return num / (intensity ** 2).sum((-1, -2)).clamp_min(1e-8)
+def output_colours(outputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The colour each output is painted in: the least-squares c in  output ~ weight * c  over the
+    pixels, c = sum(w * out) / sum(w^2), w the input's paint weight (`paint_weight`). Exact for a
+    painted target. outputs (..., 3, H, W) in [-1, 1]; weight broadcastable (..., 1, H, W). Returns (..., 3)."""
+    num = (outputs * weight).sum((-1, -2))
+    return num / (weight ** 2).sum((-1, -2)).clamp_min(1e-8)
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
@@ -368,19 +378,19 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 
 
-def colour_coverage(outputs: torch.Tensor, intensity: torch.Tensor, palette: torch.Tensor = PALETTE,
+def colour_coverage(outputs: torch.Tensor, weight: torch.Tensor, palette: torch.Tensor = PALETTE,
                     radius: float = ON_PALETTE_RADIUS) -> dict:
-    """Colour-mode coverage of outputs (N_inputs, N_z, 3, H, W) for inputs with stroke intensity
-    (N_inputs, 1, H, W): each output's stroke colour goes to its nearest palette colour.
+    """Colour-mode coverage of outputs (N_inputs, N_z, 3, H, W) for inputs with paint weights
+    (N_inputs, 1, H, W): each output's colour (`output_colours`) goes to its nearest palette colour.
 
     - colours_per_input: mean number of distinct palette colours among an input's N_z outputs (1 = z is
       ignored; uniform draws give K (1 - (1 - 1/K)^N_z), 5.9 for K = 8, N_z = 10);
     - jsd_uniform: JSD (nats) between the pooled histogram of colours and uniform over the K colours;
-    - on_palette: fraction of outputs whose stroke colour is within `radius` of its palette colour
+    - on_palette: fraction of outputs whose colour is within `radius` of its palette colour
       (a muddy average of colours is not);
     - histogram: fraction of outputs per palette colour."""
     k = len(palette)
-    colours = stroke_colours(outputs.float(), intensity[:, None].float())  # (N, Z, 3)
+    colours = output_colours(outputs.float(), weight[:, None].float())  # (N, Z, 3)
     dist = torch.cdist(colours.reshape(-1, 3), palette.to(colours))         # (N*Z, K)
     d_min, nearest = dist.min(1)
     nearest = nearest.view(colours.shape[:2])
@@ -406,11 +416,12 @@ def pairwise_l1(outputs: torch.Tensor) -> float:
     return float(d[:, iu[0], iu[1]].mean())
 
 
-def to_gray_digit(outputs: torch.Tensor) -> torch.Tensor:
-    """Coloured digits back to MNIST form for the classifier: stroke intensity = max over channels of
-    |pixel| (exact for the palette: each colour has |channel| = 1), centre 28x28 crop, in [-1, 1]."""
-    gray = outputs.abs().amax(1, keepdim=True)[..., 2:-2, 2:-2]
-    return gray * 2 - 1
+def to_gray_digit(outputs: torch.Tensor, background: float) -> torch.Tensor:
+    """Coloured digits back to MNIST form for the classifier: the paint weight is the max over channels
+    of |pixel| (every palette colour has |channel| = 1), intensity = (weight - b) / (1 - b); centre
+    28x28 crop, in [-1, 1]. Exact for a painted target."""
+    weight = outputs.abs().amax(1, keepdim=True)[..., 2:-2, 2:-2]
+    return ((weight - background) / (1 - background)).clamp(0, 1) * 2 - 1
 
 
 def load_metrics_module():
@@ -423,19 +434,20 @@ def load_metrics_module():
         return None
 
 
-def lpips_diversity(outputs: torch.Tensor, device) -> float | None:
-    """Mean pairwise LPIPS between outputs of the same input (MSGAN's diversity measure), only when the
-    `lpips` package and its AlexNet weights are already present; None otherwise (no downloads)."""
-    try:
-        import lpips  # noqa: F401  (optional, not in requirements.txt)
-
-        net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
-    except Exception:
+def lpips_diversity(outputs: torch.Tensor, metrics_mod, device) -> float | None:
+    """Mean LPIPS (Zhang et al. 2018, AlexNet) over all pairs of outputs of the same input, MSGAN's
+    diversity measure; only when 06_metrics says the `lpips` package and its backbone weights are
+    already here (`lpips_status()`), else None: nothing is downloaded and nothing stands in for it."""
+    if metrics_mod is None or metrics_mod.lpips_status() is not None:
         return None
+    import lpips  # noqa: PLC0415 (optional, not in requirements.txt)
+
+    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
     n, z = outputs.shape[:2]
     iu = torch.triu_indices(z, z, 1)
+    x = outputs if outputs.shape[2] == 3 else outputs.expand(-1, -1, 3, -1, -1)
     with torch.no_grad():
-        vals = [net(outputs[i, iu[0]].to(device), outputs[i, iu[1]].to(device)).mean() for i in range(n)]
+        vals = [net(x[i, iu[0]].to(device), x[i, iu[1]].to(device)).mean() for i in range(n)]
     return float(torch.stack(vals).mean())
 
 
@@ -456,7 +468,7 @@ def train_model(args, model: str, seed: int, train: PairedData, device, ckpt_pat
                 save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
     """Train one model (pix2pix: lambda_ms = 0, msgan: args.lambda_ms) for args.n_steps steps, as the
     official `optimize_parameters`: one forward with two noise vectors per input, G step, then D step
-    on the same (detached) fakes. `state` is a checkpoint to continue from; `probe` (cond, intensity, z)
+    on the same (detached) fakes. `state` is a checkpoint to continue from; `probe` (cond, weight, z)
     adds the colours per input on a few test inputs to the curves."""
     lambda_ms = 0.0 if model == "pix2pix" else args.lambda_ms
     torch.manual_seed(seed)  # same initial weights for both models of a seed
@@ -518,7 +530,7 @@ def train_model(args, model: str, seed: int, train: PairedData, device, ckpt_pat
         if done % args.log_every == 0 or done == args.n_steps:
             extra = {}
             if probe is not None:
-                cov = colour_coverage(generate(G, probe["cond"], probe["z"]).cpu(), probe["intensity"])
+                cov = colour_coverage(generate(G, probe["cond"], probe["z"]).cpu(), probe["weight"])
                 extra = {"probe_colours_per_input": cov["colours_per_input"], "probe_on_palette": cov["on_palette"]}
             curves.log(step=done, d_loss=round(float(d_loss.detach()), 5),
                        **{k: round(float(v), 5) for k, v in stats.items()}, **extra)
@@ -548,7 +560,7 @@ def eval_noise(args, seed: int) -> torch.Tensor:
     return torch.randn(args.n_eval_inputs, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
 
 
-def real_reference(test: PairedData, args, n_fit: int = 50) -> dict:
+def real_reference(test: PairedData, args, n_fit: int = 100) -> dict:
     """The evaluation inputs (the first n_eval_inputs test examples) and real targets for them.
 
     colour_mnist: each input painted in n_fit uniformly drawn colours (the true conditional
@@ -556,11 +568,13 @@ def real_reference(test: PairedData, args, n_fit: int = 50) -> dict:
     model, as the reference row of the table). Folder data: the test set's targets."""
     idx = torch.arange(args.n_eval_inputs)
     cond, _ = test.batch(idx.to(test.inputs.device))
-    ref = {"cond": cond.cpu(), "intensity": (cond.cpu() + 1) / 2}
+    ref = {"cond": cond.cpu()}
     if test.colours is not None:
+        ref["weight"] = paint_weight((cond.cpu() + 1) / 2, test.background)
+        ref["background"] = test.background
         def draw(n, seed):
             c = torch.randint(len(PALETTE), (len(idx), n), generator=torch.Generator().manual_seed(seed))
-            return torch.stack([paint(ref["intensity"], c[:, j]) for j in range(n)], 1)
+            return torch.stack([paint(ref["weight"], c[:, j]) for j in range(n)], 1)
 
         ref["ndb_real"] = draw(n_fit, 2).flatten(0, 1)[..., 2:-2, 2:-2]  # 28x28 crops, like MNIST
         ref["targets"] = draw(args.n_eval_z, 3)
@@ -586,23 +600,23 @@ def score(outputs: torch.Tensor, ref: dict, args, metrics_mod, device, cache: di
     """Measures of outputs (N_inputs, N_z, C, H, W) for the reference inputs; also applied to real
     targets, so the table has a "what real data scores" column."""
     res = {"diversity_l1": pairwise_l1(outputs) if outputs.shape[1] > 1 else 0.0,
-           "lpips": lpips_diversity(outputs, device)}
+           "lpips": lpips_diversity(outputs, metrics_mod, device)}
     if "labels" in ref:  # the known-colour task
-        cov = colour_coverage(outputs, ref["intensity"])
+        cov = colour_coverage(outputs, ref["weight"])
         res.update({k: cov[k] for k in ("colours_per_input", "jsd_uniform", "on_palette", "histogram")})
-        res["l1_to_clean_painting"] = l1_to_clean_painting(outputs, ref["intensity"])
+        res["l1_to_clean_painting"] = l1_to_clean_painting(outputs, ref["weight"])
     else:
         res["l1_to_target"] = float((outputs - ref["targets"]).abs().mean())
     res.update(ndb_and_fidelity(outputs, ref, args, metrics_mod, device, cache))
     return res
 
 
-def l1_to_clean_painting(outputs: torch.Tensor, intensity: torch.Tensor) -> float:
+def l1_to_clean_painting(outputs: torch.Tensor, weight: torch.Tensor) -> float:
     """Fidelity of the painting itself: mean |output - input digit painted in the output's own
     nearest palette colour|. 0 for a real target; muddy colours or a dirty background raise it."""
-    colours = stroke_colours(outputs.float(), intensity[:, None].float())
+    colours = output_colours(outputs.float(), weight[:, None].float())
     nearest = torch.cdist(colours.reshape(-1, 3), PALETTE).argmin(1)
-    clean = paint(intensity.repeat_interleave(outputs.shape[1], 0), nearest).view_as(outputs)
+    clean = paint(weight.repeat_interleave(outputs.shape[1], 0), nearest).view_as(outputs)
     return float((outputs - clean).abs().mean())
 
 
@@ -625,7 +639,7 @@ def ndb_and_fidelity(outputs: torch.Tensor, ref: dict, args, metrics_mod, device
     if colour_task:
         if "clf" not in cache:
             cache["clf"] = metrics_mod.load_classifier(args.data_root, device=device, quick=args.quick)
-        pred = cache["clf"].predict(to_gray_digit(samples).to(device)).cpu()
+        pred = cache["clf"].predict(to_gray_digit(samples, ref["background"]).to(device)).cpu()
         res["classifier_accuracy"] = float((pred == ref["labels"].repeat_interleave(outputs.shape[1])).double().mean())
     return res
 
@@ -681,7 +695,8 @@ def plot_samples(samples: dict, ref: dict, path: Path, summary: dict, n_rows: in
     models = list(samples)
     n_rows = min(n_rows, next(iter(samples.values())).shape[0])
     to_rgb = lambda t: ((t.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()  # noqa: E731
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 0.55 * n_rows + 1.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 0.48 * n_rows + 1.0), squeeze=False,
+                             layout="constrained")
     for ax, model in zip(axes[0], models):
         out = samples[model][:n_rows]  # (R, Z, 3, H, W)
         cond = ref["cond"][:n_rows]
@@ -781,7 +796,7 @@ def main(argv=None) -> dict:
     probe = None
     if args.dataset == "colour_mnist":  # a few test inputs x 8 fixed z, scored during training
         n_probe = min(16, args.n_eval_inputs)
-        probe = {"cond": ref["cond"][:n_probe].to(device), "intensity": ref["intensity"][:n_probe],
+        probe = {"cond": ref["cond"][:n_probe].to(device), "weight": ref["weight"][:n_probe],
                  "z": torch.randn(n_probe, 8, args.nz, generator=torch.Generator().manual_seed(99)).to(device)}
     print(f"05: {', '.join(models)} x seeds {seeds} on {args.dataset} ({len(train_set)} train / "
           f"{len(test_set)} test, {args.img_size}x{args.img_size}), {args.n_steps} steps of {args.batch_size}, "
@@ -830,7 +845,8 @@ def main(argv=None) -> dict:
                "train_seconds": train_secs, "wall_seconds_this_session": time.perf_counter() - t_start,
                "train_inputs_per_s": train_inputs / max(train_secs, 1e-9),
                "train_generated_images_per_s": 2 * train_inputs / max(train_secs, 1e-9),
-               "metrics_module": None if metrics_mod is None else "06_metrics"}
+               "metrics_module": None if metrics_mod is None else "06_metrics",
+               "lpips": "not available: 06_metrics.py missing" if metrics_mod is None else (metrics_mod.lpips_status() or "used")}
     common.save_json(run_dir / "metrics.json", metrics)
     ckpt_path.unlink(missing_ok=True)  # finished: the run folder holds the results; nothing to resume
     print(table)

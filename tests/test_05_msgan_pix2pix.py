@@ -101,15 +101,20 @@ def bar_digit(size: int = 32) -> torch.Tensor:
     return img
 
 
-def test_painted_colour_is_recovered_exactly_and_gray_conversion_gives_the_digit_back():
+@pytest.mark.parametrize("background", [0.0, 0.5])
+def test_painted_colour_is_recovered_exactly_and_gray_conversion_gives_the_digit_back(background):
     digit = bar_digit()
-    painted = m.paint(digit[None].expand(8, -1, -1, -1), torch.arange(8))
-    assert torch.allclose(m.stroke_colours(painted, digit), m.PALETTE)
-    assert torch.allclose(m.to_gray_digit(painted), (digit * 2 - 1)[..., 2:-2, 2:-2].expand(8, 1, 28, 28))
+    weight = m.paint_weight(digit, background)
+    painted = m.paint(weight[None].expand(8, -1, -1, -1), torch.arange(8))
+    assert torch.allclose(painted[4, :, 0, 0], torch.tensor([1.0, -1, -1]) * background)  # red on the background
+    assert torch.allclose(painted[4, :, 10, 15], torch.tensor([1.0, -1, -1]))             # full red on the strokes
+    assert torch.allclose(m.output_colours(painted, weight), m.PALETTE)
+    gray = m.to_gray_digit(painted, background)
+    assert torch.allclose(gray, (digit * 2 - 1)[..., 2:-2, 2:-2].expand(8, 1, 28, 28), atol=1e-6)
 
 
 def test_colour_coverage_on_hand_made_images():
-    digit = bar_digit()
+    digit = m.paint_weight(bar_digit(), 0.5)
     intensity = torch.stack([digit, digit])                        # 2 inputs
     one_colour = torch.full((10,), 4)                              # input 0: always red
     all_colours = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 0, 1])      # input 1: every colour
