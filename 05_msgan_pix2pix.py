@@ -7,18 +7,19 @@ whatever z is. Its fix is one term in the generator's loss. This script trains t
 and without that term, on a task whose modes are known, and measures how many of them each one produces.
 
 The task (default): input = an MNIST digit (grayscale, 32x32); target = the same digit painted in one of
-K = 8 colours, drawn uniformly for each example, on a mid-grey background. The palette is the 8 corners
-of the RGB cube (black, red, green, blue, yellow, cyan, magenta, white): every colour is 0.87 (RGB in
-[0, 1]) from the grey background and at least 1.0 from every other colour, and their average is the
-background itself, so "averaging the colours" makes the digit vanish. Each input has 8 equally right
-answers. You should see pix2pix give one colour per input (about 1 of 8 over 10 noise vectors) and the
-mode-seeking term several; real data gives 5.9 of 8 in 10 draws.
+K = 8 colours, drawn uniformly for each example: strokes in the full colour, background in the same
+colour at half strength (--background 0.5; 0 paints the strokes only, on grey). The palette is the 8
+corners of the RGB cube (black, blue, green, cyan, red, magenta, yellow, white): any two differ by at
+least 1.0 (RGB in [0, 1]) and their average is plain mid-grey, so "averaging the colours" is visible and
+no colour is closer to it than another. Each input has 8 equally right answers; 10 uniform draws show
+5.9 of them on average. What to look for: how many colours one input gets over 10 noise vectors, and
+whether the digit survives (the 06 classifier reads the outputs turned back to gray).
 
 Also runs on any dataset in the pix2pix folder format (ROOT/train/*.jpg, ROOT/test/*.jpg, each image
 A|B side by side): --dataset folder --data_root ROOT [--direction AtoB|BtoA].
 
-Run:  python 05_msgan_pix2pix.py                 (pix2pix and MSGAN, 1 seed, ~12 min on two CPU cores)
-      python 05_msgan_pix2pix.py --seeds 3       (the table: mean +- s.e. over seeds 0, 1, 2)
+Run:  python 05_msgan_pix2pix.py                 (pix2pix and MSGAN, 1 seed, ~10 min on two CPU cores)
+      python 05_msgan_pix2pix.py --seeds 3 --lambda_ms 1 0.1   (the table: 3 models x seeds 0, 1, 2)
       python 05_msgan_pix2pix.py --quick         (smoke run, seconds)
 Needs: common.py, and 06_metrics.py for NDB/JSD and the classifier accuracy (reported as null without it)
 """
@@ -40,7 +41,7 @@ import common
 PALETTE_NAMES = ["black", "blue", "green", "cyan", "red", "magenta", "yellow", "white"]
 PALETTE = torch.tensor([[r, g, b] for r in (-1.0, 1.0) for g in (-1.0, 1.0) for b in (-1.0, 1.0)])
 ON_PALETTE_RADIUS = 0.5  # [-1, 1] units; palette colours are >= 2.0 apart, the background 1.73 away
-MODELS = ("pix2pix", "msgan")
+MODELS = ("pix2pix", "msgan")  # --models: the baseline, and MSGAN at each --lambda_ms
 
 
 # ----------------------------------------------------------------------------- the idea: the mode-seeking term
@@ -100,9 +101,9 @@ def parse_args(argv=None):
                    help="colour_mnist: strength of the colour on the background, b in target = colour * "
                         "(b + (1 - b) * digit); 0 paints the strokes only, on grey")
     p.add_argument("--img_size", type=common.positive_int, default=None,
-                   help="image side, a power of 2 >= 8 (colour_mnist: 32; folder default 64)")
-    p.add_argument("--lambda_ms", type=common.positive_float, default=1.0,
-                   help="weight of the mode-seeking term for the MSGAN model (official: 1); pix2pix uses 0")
+                   help="image side, a power of 2 >= 16 (colour_mnist: 32; folder default 64)")
+    p.add_argument("--lambda_ms", type=common.positive_float, nargs="+", default=[1.0],
+                   help="weight(s) of the mode-seeking term, one MSGAN model each (official: 1); pix2pix uses 0")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="which models to train")
     p.add_argument("--lambda_L1", type=common.nonneg_float, default=10.0, help="weight of L1(G(c, z1), target)")
     p.add_argument("--nz", type=common.positive_int, default=8, help="noise dimension (official: 8)")
@@ -118,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (official 2e-4)")
     p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
     p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
-    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (both models each)")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (every model on each)")
     p.add_argument("--n_eval_inputs", type=common.positive_int, default=100, help="test inputs evaluated")
     p.add_argument("--n_eval_z", type=common.positive_int, default=10, help="noise vectors per test input")
     p.add_argument("--ndb_k", type=common.positive_int, default=40, help="NDB bins (06_metrics)")
@@ -464,13 +465,20 @@ def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
 
 
-def train_model(args, model: str, seed: int, train: PairedData, device, ckpt_path: Path, state: dict | None,
-                save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
-    """Train one model (pix2pix: lambda_ms = 0, msgan: args.lambda_ms) for args.n_steps steps, as the
+def model_specs(args) -> list[tuple[str, float]]:
+    """(name, lambda_ms) of the models to train: pix2pix (0) and one MSGAN per --lambda_ms value."""
+    specs = [("pix2pix", 0.0)] if "pix2pix" in args.models else []
+    if "msgan" in args.models:
+        specs += [(f"msgan_ms{lam:g}", lam) for lam in dict.fromkeys(args.lambda_ms)]
+    return specs
+
+
+def train_model(args, model: str, lambda_ms: float, seed: int, train: PairedData, device, ckpt_path: Path,
+                state: dict | None, save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
+    """Train one model (pix2pix: lambda_ms = 0, else MSGAN) for args.n_steps steps, as the
     official `optimize_parameters`: one forward with two noise vectors per input, G step, then D step
     on the same (detached) fakes. `state` is a checkpoint to continue from; `probe` (cond, weight, z)
     adds the colours per input on a few test inputs to the curves."""
-    lambda_ms = 0.0 if model == "pix2pix" else args.lambda_ms
     torch.manual_seed(seed)  # same initial weights for both models of a seed
     G, D = build_models(args, train.in_channels, train.out_channels, device)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
@@ -726,7 +734,7 @@ def plot_colour_histograms(results: list[dict], models: list[str], path: Path) -
                yerr=hists.std(0) / math.sqrt(len(hists)) if len(hists) > 1 else None, label=m)
     ax.axhline(1 / len(PALETTE), color="k", ls="--", lw=1, label="uniform (real data)")
     ax.set_xticks(range(len(PALETTE)), PALETTE_NAMES)
-    ax.set(xlabel="stroke colour (nearest palette colour)", ylabel="fraction of outputs",
+    ax.set(xlabel="output colour (nearest palette colour)", ylabel="fraction of outputs",
            title="colours produced on test inputs, mean over seeds: real data is uniform over the 8")
     ax.legend(fontsize=8)
     common.savefig(fig, path)
@@ -737,7 +745,7 @@ def plot_curves(results: list[dict], run_dir: Path, seed: int) -> None:
 
     plt = common.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
-    for model in MODELS:
+    for model in dict.fromkeys(r["model"] for r in results):
         path = run_dir / f"curves_{model}_seed{seed}.csv"
         if not path.exists():
             continue
@@ -763,8 +771,10 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     seeds = [args.seed + i for i in range(args.seeds)]
-    models = [m for m in MODELS if m in args.models]
-    name = (f"{args.dataset}_ms{args.lambda_ms:g}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
+    specs = model_specs(args)
+    models = [name for name, _ in specs]
+    lambdas = "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
+    name = (f"{args.dataset}_ms{lambdas}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
             + ("_quick" if args.quick else ""))
     train_set, test_set = load_data(args)  # before the run folder: a data error leaves nothing behind
     if args.n_eval_inputs > len(test_set):
@@ -804,15 +814,15 @@ def main(argv=None) -> dict:
 
     t_start = time.perf_counter()
     for seed in seeds:
-        for model in models:
+        for model, lambda_ms in specs:
             if any(r["seed"] == seed and r["model"] == model for r in finished):
                 continue
             cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
-            G, train_info = train_model(args, model, seed, train_set, device, ckpt_path, cur,
+            G, train_info = train_model(args, model, lambda_ms, seed, train_set, device, ckpt_path, cur,
                                         save_extra=lambda: {"finished": finished, "samples": samples}, probe=probe)
             state = None
             ev, outputs = evaluate(G, args, seed, ref, metrics_mod, device, ndb_cache)
-            finished.append({"seed": seed, "model": model, "train": train_info, "eval": ev})
+            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
             if seed == seeds[0]:
                 samples[model] = outputs[:8].clone()
             common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
@@ -829,7 +839,7 @@ def main(argv=None) -> dict:
     summary = summarise(finished, models)
     table = comparison_table(summary, reference, models, len(seeds))
     with common.atomic_open(run_dir / "comparison.md") as f:
-        f.write(f"{args.dataset}, seeds {seeds}, {args.n_steps} steps x {args.batch_size}, lambda_ms {args.lambda_ms:g}; "
+        f.write(f"{args.dataset}, seeds {seeds}, {args.n_steps} steps x {args.batch_size}, lambda_ms {lambdas}; "
                 f"mean +- standard error over seeds; {args.n_eval_inputs} test inputs x {args.n_eval_z} noise vectors\n\n")
         f.write(table)
     plot_samples(samples, ref, run_dir / "samples.png", summary)

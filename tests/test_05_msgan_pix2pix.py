@@ -214,12 +214,13 @@ FOLDER_RUN = ["--dataset", "folder", "--img_size", "16", "--num_D", "1", "--batc
 
 def test_folder_dataset_runs_end_to_end(tmp_path):
     root = make_pix2pix_folder(tmp_path / "tiny")
-    res = m.main(FOLDER_RUN + ["--data_root", str(root), "--out", str(tmp_path / "runs")])
-    assert res["models"] == ["pix2pix", "msgan"]
-    for model in ("pix2pix", "msgan"):
+    res = m.main(FOLDER_RUN + ["--data_root", str(root), "--out", str(tmp_path / "runs"), "--lambda_ms", "1", "0.1"])
+    assert res["models"] == ["pix2pix", "msgan_ms1", "msgan_ms0.1"]
+    assert [r["lambda_ms"] for r in res["per_run"]] == [0.0, 1.0, 0.1]
+    for model in res["models"]:
         ev = res["summary"][model]
         assert 0 <= ev["diversity_l1"]["mean"] <= 2 and 0 <= ev["l1_to_target"]["mean"] <= 2
-    run = tmp_path / "runs" / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
+    run = tmp_path / "runs" / "05_msgan_pix2pix" / "folder_ms1-0.1_seed0_quick"
     assert (run / "samples.png").stat().st_size > 0 and (run / "comparison.md").exists()
     assert not (run / "checkpoint.pt").exists()
 
@@ -261,7 +262,8 @@ def test_quick_run_through_the_command_line(tmp_path, mnist_root):
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "05_msgan_pix2pix" / "colour_mnist_ms1_seed0_quick"
     metrics = json.loads((run / "metrics.json").read_text())
-    for model in ("pix2pix", "msgan"):
+    assert metrics["models"] == ["pix2pix", "msgan_ms1"]
+    for model in metrics["models"]:
         s = metrics["summary"][model]
         assert 1 <= s["colours_per_input"]["mean"] <= 8
         assert 0 <= s["on_palette"]["mean"] <= 1 and s["diversity_l1"]["mean"] >= 0
@@ -269,5 +271,5 @@ def test_quick_run_through_the_command_line(tmp_path, mnist_root):
     assert ref["colours_per_input"] > 4 and ref["on_palette"] == 1 and ref["l1_to_clean_painting"] == 0
     assert metrics["train_inputs_per_s"] > 0
     for name in ("samples.png", "colour_histogram.png", "training_curves.png", "comparison.md", "config.json",
-                 "curves_msgan_seed0.csv", "G_msgan_seed0.pt"):
+                 "curves_msgan_ms1_seed0.csv", "G_msgan_ms1_seed0.pt"):
         assert (run / name).stat().st_size > 0, name
