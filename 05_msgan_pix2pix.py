@@ -713,9 +713,10 @@ def plot_samples(samples: dict, ref: dict, path: Path, summary: dict, n_rows: in
         rows = [torch.cat([cond[r], torch.ones(3, cond.shape[2], 2)] + list(out[r]), 2) for r in range(n_rows)]
         grid = torch.cat([torch.cat([row, torch.ones(3, 2, row.shape[2])], 1) for row in rows], 1)
         ax.imshow(to_rgb(grid), interpolation="nearest")
-        cov = summary.get(model, {}).get("colours_per_input", {}).get("mean")
-        extra = f"; {cov:.1f} colours/input over all seeds" if cov is not None and math.isfinite(cov) else ""
-        ax.set_title(f"{model}{extra}", fontsize=9)
+        found = {k: summary.get(model, {}).get(k, {}).get("mean") for k in ("colours_per_input", "classifier_accuracy")}
+        extra = [fmt.format(v) for (k, v), fmt in zip(found.items(), ("{:.1f} colours/input", "digit accuracy {:.2f}"))
+                 if v is not None and math.isfinite(v)]
+        ax.set_title(f"{model}" + (f": {', '.join(extra)} (mean over seeds)" if extra else ""), fontsize=9)
         ax.set_xlabel(f"input | {out.shape[1]} noise vectors z")
         ax.set_ylabel("test input")
         ax.set_xticks([])
