@@ -23,6 +23,7 @@ Needs: common.py
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import time
@@ -38,16 +39,27 @@ FIRST, SECOND = (1.0, 0.0), (0.0, 1.0)   # masks: the first player (x or theta),
 
 
 # ----------------------------------------------------------------------------- 1. arguments
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def parse_args(argv=None):
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
     g = p.add_argument_group("bilinear game f(x, y) = x*y")
     g.add_argument("--lr", type=common.positive_float, default=0.2, help="step size eta of every update rule")
     g.add_argument("--n_steps", type=common.positive_int, default=2000, help="steps per update rule")
-    g.add_argument("--x0", type=float, default=1.0, help="start x (the maximiser)")
-    g.add_argument("--y0", type=float, default=1.0, help="start y (the minimiser)")
+    g.add_argument("--x0", type=finite_float, default=1.0, help="start x (the maximiser)")
+    g.add_argument("--y0", type=finite_float, default=1.0, help="start y (the minimiser)")
     g.add_argument("--consensus_gamma", type=common.nonneg_float, default=1.0,
                    help="consensus weight gamma (xy game and Dirac-GAN; the notebook's GAN_Consensus(1.))")
-    g.add_argument("--momentum", type=float, default=-0.5, help="momentum beta of the negative-momentum rule")
+    g.add_argument("--momentum", type=finite_float, default=-0.5, help="momentum beta of the negative-momentum rule")
     g.add_argument("--tol", type=common.positive_float, default=1e-3,
                    help="converged = mean distance to (0, 0) over the last 10%% of steps below this")
     g.add_argument("--swing_lrs", type=common.positive_float, nargs=2, default=[0.05, 0.5],
@@ -55,8 +67,8 @@ def parse_args(argv=None):
     d = p.add_argument_group("Dirac-GAN (defaults of the authors' notebook)")
     d.add_argument("--dirac_lr", type=common.positive_float, default=0.2, help="step size h")
     d.add_argument("--dirac_steps", type=common.positive_int, default=500, help="steps per variant")
-    d.add_argument("--theta0", type=float, default=1.0, help="start generator parameter theta")
-    d.add_argument("--psi0", type=float, default=1.0, help="start discriminator parameter psi")
+    d.add_argument("--theta0", type=finite_float, default=1.0, help="start generator parameter theta")
+    d.add_argument("--psi0", type=finite_float, default=1.0, help="start discriminator parameter psi")
     d.add_argument("--r1_gamma", type=common.nonneg_float, default=0.3, help="R1 penalty weight gamma")
     d.add_argument("--noise_std", type=common.nonneg_float, default=0.7, help="instance noise sigma")
     d.add_argument("--noise_samples", type=common.nonneg_int, default=1000,
