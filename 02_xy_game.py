@@ -18,7 +18,7 @@ Three small experiments in float64 on the CPU, deterministic (instance noise dra
    see `js_gaussian_shift`); with the optimal discriminator, the generator's gradient under the minimax
    cost log(1 - D) vanishes too, while the non-saturating cost -log D keeps a gradient of about mu.
 
-Run:  python 02_xy_game.py            (about 3-5 s on two CPU cores; --quick for a smoke run)
+Run:  python 02_xy_game.py            (under 10 s of CPU time on two CPU cores; --quick for a smoke run)
 Needs: common.py
 """
 from __future__ import annotations
