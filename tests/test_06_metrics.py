@@ -264,7 +264,7 @@ def test_quick_experiment_reports_every_metric_for_every_set(mnist_root, tmp_pat
     assert e["ndb"] > a["ndb"] and e["jsd"] > 10 * a["jsd"] and f["ndb"] > 50
     assert c["ndb"] > a["ndb"] and c["digit_histogram"][9] < 0.02
     assert e["digits_covered"] <= 7 and e["kl_uniform"] > 1.5 and a["kl_uniform"] < 0.05
-    assert e["frechet"] > 10 * b["frechet"] and f["recall"] < 0.1 and f["diversity_l1"] < a["diversity_l1"]
+    assert e["frechet"] > 10 * b["frechet"] and f["recall"] < 0.1 and f["coverage"] < 0.2
     for row in sets.values():
         for key in ("ndb", "jsd", "frechet", "precision", "recall", "density", "coverage", "diversity_l1"):
             assert row[key] is not None
