@@ -4,7 +4,7 @@ The experiment (the default run) reproduces the MNIST demonstration of NDB (Rich
 and GMMs", NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms): K = 100 K-means bins
 are fitted on 50,000 MNIST training images, and sets of images are compared with them bin by bin. It
 goes further: besides (a) a held-out part of the training set, (b) the test set and (c) the test set
-without its 9s (the reference's three sets), it evaluates (d) a set where one digit fills half the
+without its 9s (the sets of the reference demo), it evaluates (d) a set where one digit fills half the
 samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images, and reports
 every metric of this file for each. What you should see: the held-out images (a) differ from the bins
 in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers)
@@ -31,7 +31,6 @@ Needs: common.py
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -444,7 +443,7 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
 def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool = True) -> MNISTClassifier:
     """The MNIST classifier in eval mode: loaded from the cache (weights + a hash of the MNIST files),
     or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU cores; quick:
-    a smaller net on 8,000 images, a few seconds, about 96%, for smoke tests). `clf.info` says which."""
+    a smaller net on 8,000 images, a few seconds, about 95%, for smoke tests). `clf.info` says which."""
     fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else None
     name = f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint or 'nodata'}.pt"
     path = cache_dir(data_root) / name
@@ -1049,19 +1048,35 @@ def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
             "load_average_1_5_15min": list(load), "speed_note": "quick: timed on the quick fit" if args.quick else ""}
 
 
-def run_eval(args, device, run_dir) -> dict:
-    """The command line: --fake against --real, one row of every metric."""
+def load_inputs(args) -> dict:
+    """--fake and --real (when a file), checked against each other before any work starts."""
     fake, fake_range = load_images(args.fake, "--fake")
-    print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
-    t0 = time.perf_counter()
+    inputs = {"fake": fake, "fake_range": fake_range, "real": None}
     if args.real == "mnist":
         if fake.shape[2:] != (28, 28):
             raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
+        if args.whiten or args.max_iter != 100:
+            raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
+                                   "--real mnist uses the cached standard bins")
+        common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
+    else:
+        real, inputs["real_range"] = load_images(args.real, "--real")
+        if real.shape[1:] != fake.shape[1:]:
+            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, --fake {tuple(fake.shape[1:])}")
+        if len(real) < max(args.k, args.nn_k + 1):
+            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        inputs["real"] = real
+    return inputs
+
+
+def run_eval(args, device, run_dir, inputs: dict) -> dict:
+    """The command line: --fake against --real, one row of every metric."""
+    fake, fake_range = inputs["fake"], inputs["fake_range"]
+    print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
+    t0 = time.perf_counter()
+    if args.real == "mnist":
         stacked = fake.shape[1] == 3
         clf = load_classifier(args.data_root, device, quick=args.quick)
-        if args.whiten or args.max_iter != 100:
-            raise common.UserError("--whiten and --max_iter apply to the experiment and --real FILE; "
-                                   "--real mnist uses the cached standard bins")
         ndb = mnist_ndb(args.data_root, args.k, args.seed, device, quick=args.quick, stacked=stacked)
         x_train, _ = common.load_mnist(args.data_root, train=True)
         gen = torch.Generator().manual_seed(args.seed)
@@ -1071,11 +1086,7 @@ def run_eval(args, device, run_dir) -> dict:
         space = f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d{' per channel, concatenated' if stacked else ''})"
         ref = make_reference(ndb, clf, real, args, device, stacked=stacked, feature_space=space)
     else:
-        real, real_range = load_images(args.real, "--real")
-        if real.shape[1:] != fake.shape[1:]:
-            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, --fake {tuple(fake.shape[1:])}")
-        if len(real) < max(args.k, args.nn_k + 1):
-            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        real = inputs["real"]
         ndb = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
                   max_iter=args.max_iter, progress=True)
         ref = make_reference(ndb, None, real, args, device, feature_space="pixels")
@@ -1102,14 +1113,15 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     if args.fake is not None:
-        load_images(args.fake, "--fake")  # fail on bad input before anything is created or trained
+        inputs = load_inputs(args)  # fail on bad input before anything is created or trained
         name = f"eval_{Path(args.fake).stem or 'samples'}" + ("_quick" if args.quick else "")
     else:
+        common.load_mnist(args.data_root, train=False)  # a clear error before the run folder is made
         name = f"ndb_demo_k{args.k}_seed{args.seed}" + ("_quick" if args.quick else "")
     name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"06: on {device}; writing {run_dir}")
-    metrics = run_eval(args, device, run_dir) if args.fake is not None else run_experiment(args, device, run_dir)
+    metrics = run_eval(args, device, run_dir, inputs) if args.fake is not None else run_experiment(args, device, run_dir)
     metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"06: outputs in {run_dir}")
