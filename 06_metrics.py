@@ -155,7 +155,8 @@ class NDB:
         over = sig & (q > p)
         return {"ndb": int(sig.sum()), "ndb_frac": float(sig.sum()) / self.k,
                 "jsd": jensen_shannon_divergence(p, q), "k": self.k, "n": n, "n_real": self.n_real,
-                "alpha": alpha, "z_threshold": z_threshold, "ndb_over": int(over.sum()), "ndb_under": int((sig & ~over).sum()),
+                "alpha": alpha, "z_threshold": z_threshold,
+                "ndb_over": int(over.sum()), "ndb_under": int((sig & ~over).sum()),
                 "significant": sig.tolist(), "z": z.tolist(),
                 "real_proportions": p.tolist(), "sample_proportions": q.tolist()}
 
@@ -416,7 +417,8 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
     total = recipe["epochs"] * steps_per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=total, pct_start=0.15)
-    bar = common.Progress(total, "06 classifier" + (" (quick)" if quick else ""), every=10.0 if progress else float("inf"))
+    bar = common.Progress(total, "06 classifier" + (" (quick)" if quick else ""),
+                          every=10.0 if progress else float("inf"))
     t0 = time.perf_counter()
     model.train()
     for _ in range(recipe["epochs"]):
@@ -676,7 +678,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("the experiment's sets")
     g.add_argument("--n_holdout", type=common.positive_int, default=10000,
                    help="training images held out of the bins: set (a) (the reference holds out 1/6)")
-    g.add_argument("--drop_digit", type=int, choices=range(10), default=9, help="digit removed from the test set: set (c)")
+    g.add_argument("--drop_digit", type=int, choices=range(10), default=9,
+                   help="digit removed from the test set: set (c)")
     g.add_argument("--collapse_digit", type=int, choices=range(10), default=1, help="the digit of sets (d) and (e)")
     g.add_argument("--n_dup_sources", type=common.positive_int, default=10, help="test images copied to make set (f)")
     g.add_argument("--dup_noise", type=common.nonneg_float, default=0.05,
@@ -714,7 +717,8 @@ def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
         except common.UserError:
             raise
         except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} ({common.one_line(e)[:150]})") from None
+            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} "
+                                   f"({common.one_line(e)[:150]})") from None
     else:
         raise common.UserError(f"{what} {path}: expected an .npz or .npy file or a folder of .png images")
     return _normalise_images(arr, f"{what} {path}")
@@ -806,7 +810,8 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
         out.update({"digits_covered" if not ref.stacked else "triples_covered": stats["covered"],
                     "kl_uniform": stats["kl_uniform"], "digit_histogram": stats["histogram"]})
     feats = ref.features(images.to(ref.device))
-    out["frechet"] = ref.real_stats.frechet(FeatureStats(feats)) if ref.real_stats is not None and len(feats) > 1 else None
+    out["frechet"] = (ref.real_stats.frechet(FeatureStats(feats))
+                      if ref.real_stats is not None and len(feats) > 1 else None)
     if len(feats) > ref.nn_k:
         out.update(_prdc(ref.ref_feats, feats, ref.nn_k, ref.device, ref.ref_radii))
     else:
@@ -821,12 +826,13 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
 TABLE_COLUMNS = [("n", "n", "{:d}"), ("ndb", "NDB", "{:d}"), ("ndb_frac", "NDB/K", "{:.2f}"),
                  ("jsd", "JSD", "{:.4f}"), ("ndb_z3", "NDB|z|>3", "{:d}"),
                  ("digits_covered", "digits", "{:d}"), ("triples_covered", "triples", "{:d}"),
-                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD(clf)", "{:.2f}"),
+                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD*", "{:.2f}"),
                  ("precision", "prec", "{:.3f}"), ("recall", "rec", "{:.3f}"), ("density", "dens", "{:.3f}"),
                  ("coverage", "cov", "{:.3f}"), ("diversity_l1", "div(L1)", "{:.3f}")]
 
 
-def format_table(rows: dict) -> str:
+def format_table(rows: dict, feature_space: str = "") -> str:
+    """The metrics as a text table; FD and the k-NN metrics are computed in `feature_space`."""
     cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
     width = max(len(name) for name in rows) + 2
     lines = ["set".ljust(width) + " ".join(h.rjust(8) for _, h, _ in cols)]
@@ -834,8 +840,12 @@ def format_table(rows: dict) -> str:
         cells = []
         for key, _, fmt in cols:
             v = r.get(key)
-            cells.append(("-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)).rjust(8))
+            missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+            cells.append(("-" if missing else fmt.format(v)).rjust(8))
         lines.append(name.ljust(width) + " ".join(cells))
+    if feature_space:
+        lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
+                     + (" (not the Inception FID)" if "classifier" in feature_space else ""))
     return "\n".join(lines)
 
 
@@ -859,7 +869,8 @@ def plot_ndb_bins(results: dict, path, title: str) -> None:
                 label="significantly more")
         ax.plot(np.flatnonzero(under), q[under], "v", color="tab:blue", ms=4, label="significantly fewer")
         if q.max() > top:
-            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7)
         ax.set_ylim(0, top * 1.05)
         ax.set(xlabel="bin (sorted by real proportion)", ylabel="proportion of samples",
                title=f"{name}\nNDB {res['ndb']}/{k}, JSD {res['jsd']:.4f}, n={res['n']}")
@@ -989,7 +1000,7 @@ def run_experiment(args, device, run_dir) -> dict:
     rows = {}
     for name, images in sets.items():
         rows[name] = evaluate_images(images, ref, args.alpha, args.diversity_samples)
-    print(format_table(rows))
+    print(format_table(rows, ref.feature_space))
 
     speed = speed_benchmark(args, x_train, x_test, device, ndb)
     n_stacked = 2000 if args.quick else 26000
@@ -1011,7 +1022,7 @@ def run_experiment(args, device, run_dir) -> dict:
                      f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
     plot_digit_histograms(rows, run_dir / "digit_histograms.png")
     with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows) + "\n")
+        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
             "sets": rows, "k": args.k, "alpha": args.alpha, "ndb_expected_by_chance": args.alpha * args.k,
             "n_fit": len(fit_images),
@@ -1025,7 +1036,8 @@ def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
     """Fit K bins on all 60,000 training images (the bins `mnist_ndb` caches) and evaluate 10,000."""
     load = os.getloadavg()
     if args.quick:
-        fit_seconds, n_fit, it, bench = ndb_quick.fit_info["seconds"], ndb_quick.n_real, ndb_quick.fit_info["iterations"], ndb_quick
+        bench = ndb_quick
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
     else:
         real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
         bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
@@ -1062,7 +1074,8 @@ def load_inputs(args) -> dict:
     else:
         real, inputs["real_range"] = load_images(args.real, "--real")
         if real.shape[1:] != fake.shape[1:]:
-            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, --fake {tuple(fake.shape[1:])}")
+            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
+                                   f"--fake {tuple(fake.shape[1:])}")
         if len(real) < max(args.k, args.nn_k + 1):
             raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
         inputs["real"] = real
@@ -1083,7 +1096,8 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
         n_real = 6000 if args.quick else (30000 if stacked else 60000)
         real = (make_stacked_mnist(x_train, n_real, gen) if stacked
                 else _to_float(x_train[torch.randperm(len(x_train), generator=gen)[:n_real]]))
-        space = f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d{' per channel, concatenated' if stacked else ''})"
+        space = (f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d"
+                 f"{' per channel, concatenated' if stacked else ''})")
         ref = make_reference(ndb, clf, real, args, device, stacked=stacked, feature_space=space)
     else:
         real = inputs["real"]
@@ -1093,13 +1107,13 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
     name = Path(args.fake).name
     row = evaluate_images(fake, ref, args.alpha, args.diversity_samples)
     rows = {name: row}
-    print(format_table(rows))
+    print(format_table(rows, ref.feature_space))
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
                   f"marked bins differ significantly (alpha {args.alpha})")
     common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
     with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows) + "\n")
+        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
             "k": args.k, "alpha": args.alpha, "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
             "classifier": None if ref.clf is None else {k: v for k, v in ref.clf.info.items() if k != "recipe"},
@@ -1121,7 +1135,10 @@ def main(argv=None) -> dict:
     name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"06: on {device}; writing {run_dir}")
-    metrics = run_eval(args, device, run_dir, inputs) if args.fake is not None else run_experiment(args, device, run_dir)
+    if args.fake is not None:
+        metrics = run_eval(args, device, run_dir, inputs)
+    else:
+        metrics = run_experiment(args, device, run_dir)
     metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"06: outputs in {run_dir}")
