@@ -232,7 +232,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
            progress: bool = False):
     """Lloyd's K-means with greedy k-means++ start, in torch (CPU or GPU), seeded: the same seed gives
-    the same centres on the same device. An iteration assigns every point to its nearest centre and
+    the same centres on the same device with the same number of threads (the BLAS summation order can
+    differ between thread counts, and with it a few late assignments). An iteration assigns every point to its nearest centre and
     moves each centre to the mean of its points (sums updated with the points that changed cluster
     only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
     variance of x), squared and summed (scikit-learn's rule), or after `max_iter` iterations; an empty
