@@ -1,0 +1,1150 @@
+"""06_metrics.py - how collapsed is this? NDB/JSD, mode counts, digit histograms and feature-space metrics.
+
+The experiment (the default run) reproduces the MNIST demonstration of NDB (Richardson & Weiss, "On GANs
+and GMMs", NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms): K = 100 K-means bins
+are fitted on 50,000 MNIST training images, and sets of images are compared with them bin by bin. It
+goes further: besides (a) a held-out part of the training set, (b) the test set and (c) the test set
+without its 9s (the sets of the reference demo), it evaluates (d) a set where one digit fills half the
+samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images, and reports
+every metric of this file for each. What you should see: the held-out images (a) differ from the bins
+in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers)
+in a few more; (c)-(f) in many. Each other metric misses something: the near-duplicates (f) keep a
+high precision and density (every image is real) and a normal pixel diversity (ten different images
+are as far apart as any), while NDB, recall and coverage expose them.
+
+This file is also the metrics module of the other scripts, loaded with
+    metrics = importlib.import_module("06_metrics")
+  NDB, mnist_ndb, kmeans                  bins and the Number of statistically Different Bins, JSD
+  load_classifier, digit_stats,           the digit histogram, digits covered, KL to uniform, from a
+  stacked_digit_stats, make_stacked_mnist small CNN trained here (and digit triples of stacked MNIST)
+  frechet_distance, FeatureStats          Frechet distance in the CLASSIFIER's feature space (not FID)
+  precision_recall, density_coverage      Kynkaanniemi et al. 2019; Naeem et al. 2020 (k = 5)
+  diversity, lpips_diversity              mean pairwise distance; LPIPS only where installed
+  pacgan_mode_stats                       the PacGAN mode counts for mixtures (= common.mode_stats)
+Images are float tensors N x 1 x 28 x 28 in [-1, 1] (the GAN convention) unless a docstring says otherwise.
+
+Run:  python 06_metrics.py                        (the experiment: about 3 min on two CPU cores, plus
+                                                   1-3 min the first time to train and cache the classifier)
+      python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
+      python 06_metrics.py --fake pngs/ --real other.npz
+Needs: common.py
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------- 1. the idea: NDB and JSD
+def two_proportion_z_test(p_real, n_real: int, p_sample, n_sample: int, alpha: float = 0.05):
+    """The per-bin test of NDB (Richardson & Weiss 2018, Sec. 2): a pooled two-proportion z-test.
+
+    p = (p1 n1 + p2 n2) / (n1 + n2),  se = sqrt(p (1 - p) (1/n1 + 1/n2)),  z = (p1 - p2) / se,
+    two-tailed p-value 2 Phi(-|z|) = erfc(|z| / sqrt 2); a bin is significantly different when the
+    p-value is below alpha. A bin empty in both sets has se = 0: z and p are nan and it is not counted
+    (as in the reference code). Returns (z, p_value, significant) as float64/bool tensors."""
+    p1 = torch.as_tensor(p_real, dtype=torch.float64)
+    p2 = torch.as_tensor(p_sample, dtype=torch.float64).to(p1.device)
+    pooled = (p1 * n_real + p2 * n_sample) / (n_real + n_sample)
+    se = torch.sqrt(pooled * (1 - pooled) * (1.0 / n_real + 1.0 / n_sample))
+    z = (p1 - p2) / se
+    p_value = torch.special.erfc(z.abs() / math.sqrt(2.0))
+    return z, p_value, p_value < alpha
+
+
+def jensen_shannon_divergence(p, q) -> float:
+    """JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, in nats (0 <= JSD <= ln 2)."""
+    p = torch.as_tensor(p, dtype=torch.float64)
+    q = torch.as_tensor(q, dtype=torch.float64).to(p.device)
+    m = 0.5 * (p + q)
+
+    def kl(a):
+        nz = a > 0
+        return (a[nz] * (a[nz] / m[nz]).log()).sum()
+
+    return float((0.5 * kl(p) + 0.5 * kl(q)).clamp(0.0, LN2))
+
+
+class NDB:
+    """Number of statistically Different Bins (Richardson & Weiss, NeurIPS 2018, Sec. 2).
+
+    Fit: K-means (K = `k`, our seeded k-means++ + Lloyd below) on the real samples, optionally whitened
+    (per-dimension mean and std + 1e-6, as the reference); bins are sorted by size, largest first. The
+    real bin proportions are those of the real samples assigned to the final centres.
+    Evaluate: each sample goes to its nearest centre (L2); per bin, a two-proportion z-test against the
+    real proportion (`two_proportion_z_test`); NDB = number of significant bins, NDB/K, and the JSD
+    between the two proportion vectors. About 500 real samples per bin is the authors' advice.
+
+    Differences from the reference (utils/ndb.py): one seeded k-means++ run instead of scikit-learn's
+    unseeded n_init=10 runs; all dimensions are used (the reference subsamples d // 6 of them when
+    d > 1000, for speed only)."""
+
+    def __init__(self, real=None, k: int = 100, seed: int = 0, whiten: bool = False, device="cpu",
+                 max_iter: int = 100, tol: float = 1e-4, progress: bool = False):
+        self.k, self.seed, self.whiten = int(k), int(seed), bool(whiten)
+        self.device = torch.device(device)
+        self.max_iter, self.tol = max_iter, tol
+        self.centers = self.mean = self.std = self.real_counts = None
+        self.n_real = 0
+        self.fit_info: dict = {}
+        if real is not None:
+            self.fit(real, progress=progress)
+
+    def _prepare(self, samples) -> torch.Tensor:
+        x = torch.as_tensor(samples).to(self.device, torch.float32)
+        x = x.reshape(len(x), -1)
+        if self.centers is not None and x.shape[1] != self.centers.shape[1]:
+            raise ValueError(f"NDB bins have dimension {self.centers.shape[1]}, samples {x.shape[1]}")
+        return (x - self.mean) / self.std if self.whiten else x
+
+    def fit(self, real, progress: bool = False) -> "NDB":
+        t0 = time.perf_counter()
+        x = torch.as_tensor(real).to(self.device, torch.float32)
+        x = x.reshape(len(x), -1)
+        if len(x) < self.k:
+            raise ValueError(f"NDB needs at least k = {self.k} real samples, got {len(x)}")
+        if self.whiten:
+            self.mean, self.std = x.mean(0), x.std(0, unbiased=False) + 1e-6
+            x = (x - self.mean) / self.std
+        centers, labels, info = kmeans(x, self.k, seed=self.seed, max_iter=self.max_iter, tol=self.tol,
+                                       progress=progress)
+        counts = torch.bincount(labels, minlength=self.k)
+        order = torch.sort(counts, descending=True, stable=True).indices
+        self.centers, self.real_counts, self.n_real = centers[order], counts[order], len(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.fit_info = {**info, "seconds": time.perf_counter() - t0, "n_real": len(x), "dim": x.shape[1]}
+        return self
+
+    @property
+    def real_proportions(self) -> torch.Tensor:
+        return self.real_counts.cpu().double() / self.n_real
+
+    def assign(self, samples) -> torch.Tensor:
+        """The bin (index into the size-sorted centres) of each sample."""
+        return _nearest_center(self._prepare(samples), self.centers)
+
+    def evaluate(self, samples, alpha: float = 0.05, z_threshold: float | None = None) -> dict:
+        """NDB, NDB/K and JSD of `samples` against the real bins. With `z_threshold` a bin counts as
+        different when |z| exceeds it instead (the reference's option; its README numbers use 3)."""
+        if self.centers is None:
+            raise RuntimeError("NDB.evaluate before fit: pass real samples to NDB(...) or call fit")
+        n = len(samples)
+        if n == 0:
+            raise ValueError("NDB.evaluate needs at least one sample")
+        counts = torch.bincount(self.assign(samples), minlength=self.k).cpu()
+        q = counts.double() / n
+        p = self.real_proportions
+        z, p_value, sig = two_proportion_z_test(p, self.n_real, q, n, alpha)
+        if z_threshold is not None:
+            sig = z.abs() > z_threshold
+        over = sig & (q > p)
+        return {"ndb": int(sig.sum()), "ndb_frac": float(sig.sum()) / self.k,
+                "jsd": jensen_shannon_divergence(p, q), "k": self.k, "n": n, "n_real": self.n_real,
+                "alpha": alpha, "z_threshold": z_threshold,
+                "ndb_over": int(over.sum()), "ndb_under": int((sig & ~over).sum()),
+                "significant": sig.tolist(), "z": z.tolist(),
+                "real_proportions": p.tolist(), "sample_proportions": q.tolist()}
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "seed": self.seed, "whiten": self.whiten, "centers": self.centers.cpu(),
+                "real_counts": self.real_counts.cpu(), "n_real": self.n_real,
+                "mean": None if self.mean is None else self.mean.cpu(),
+                "std": None if self.std is None else self.std.cpu(),
+                "fit_info": common.to_jsonable(self.fit_info)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device="cpu") -> "NDB":
+        ndb = cls(None, k=state["k"], seed=state["seed"], whiten=state["whiten"], device=device)
+        ndb.centers = state["centers"].to(ndb.device)
+        ndb.real_counts = state["real_counts"].to(ndb.device)
+        ndb.n_real = int(state["n_real"])
+        ndb.mean = None if state["mean"] is None else state["mean"].to(ndb.device)
+        ndb.std = None if state["std"] is None else state["std"].to(ndb.device)
+        ndb.fit_info = dict(state.get("fit_info") or {})
+        return ndb
+
+    def save(self, path) -> None:
+        common.save_torch(path, self.state_dict())
+
+    @classmethod
+    def load(cls, path, device="cpu") -> "NDB":
+        return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), device)
+
+
+# ----------------------------------------------------------------------------- seeded K-means in torch
+def _nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int = 16384, x_sq: torch.Tensor | None = None,
+                    return_dist: bool = False):
+    """argmin_j ||x_i - c_j||^2 in row chunks (||x||^2 is constant per row, so it only enters the distances)."""
+    c_sq = (centers * centers).sum(1)
+    labels, dists = [], []
+    for i in range(0, len(x), chunk):
+        xb = x[i:i + chunk]
+        val, idx = torch.addmm(c_sq, xb, centers.T, alpha=-2.0).min(1)
+        labels.append(idx)
+        if return_dist:
+            dists.append((val + (xb * xb).sum(1) if x_sq is None else val + x_sq[i:i + chunk]).clamp_min_(0))
+    labels = torch.cat(labels)
+    return (labels, torch.cat(dists)) if return_dist else labels
+
+
+def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(x_sq[:, None] + (points * points).sum(1)[None], x, points.T, alpha=-2.0).clamp_min_(0)
+
+
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int | None = None):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; the greedy variant of scikit-learn):
+    each new centre is the best of 2 + ln k candidates drawn with probability proportional to D(x)^2.
+    Random numbers come from the CPU `generator`, so one seed gives the same centres on one device."""
+    n = len(x)
+    trials = n_local_trials or 2 + int(math.log(k))
+    x_sq = (x * x).sum(1)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers = x.new_empty(k, x.shape[1])
+    centers[0] = x[first]
+    closest = _sq_dist_to(x, x_sq, x[first:first + 1])[:, 0]
+    acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    for i in range(1, k):
+        cum = torch.cumsum(closest.to(acc), 0)
+        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device, acc) * cum[-1]
+        cand = torch.searchsorted(cum, u).clamp_(max=n - 1)
+        new_closest = torch.minimum(closest[:, None], _sq_dist_to(x, x_sq, x[cand]))
+        best = new_closest.sum(0).argmin()
+        centers[i] = x[cand[best]]
+        closest = new_closest[:, best]
+    return centers
+
+
+def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
+           progress: bool = False):
+    """Lloyd's K-means with greedy k-means++ start, in torch (CPU or GPU), seeded: the same seed gives
+    the same centres on the same device with the same number of threads (the BLAS summation order can
+    differ between thread counts, and with it a few late assignments). An iteration assigns every point to its nearest centre and
+    moves each centre to the mean of its points (sums updated with the points that changed cluster
+    only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
+    variance of x), squared and summed (scikit-learn's rule), or after `max_iter` iterations; an empty
+    cluster is moved to the point farthest from its centre. Returns (centers, labels, info), labels
+    being the assignments to the returned centres."""
+    x = x.float()
+    generator = torch.Generator().manual_seed(int(seed))
+    centers = kmeans_plusplus(x, k, generator)
+    tol_abs = float(tol * x.var(0, unbiased=False).mean())
+    x_sq = (x * x).sum(1)
+    labels, dist = _nearest_center(x, centers, x_sq=x_sq, return_dist=True)
+    counts = torch.bincount(labels, minlength=k)
+    sums = torch.zeros_like(centers).index_add_(0, labels, x)
+    bar = common.Progress(max_iter, "k-means", every=5.0 if progress else float("inf"))
+    n_iter, converged = 0, False
+    for n_iter in range(1, max_iter + 1):
+        new_centers = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+        empty = counts == 0
+        if bool(empty.any()):  # relocate empty clusters to the farthest points
+            new_centers[empty] = x[dist.topk(int(empty.sum())).indices]
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        new_labels, dist = _nearest_center(x, centers, x_sq=x_sq, return_dist=True)
+        moved = (new_labels != labels).nonzero().squeeze(1)
+        if len(moved):
+            sums.index_add_(0, new_labels[moved], x[moved]).index_add_(0, labels[moved], x[moved], alpha=-1)
+            counts = torch.bincount(new_labels, minlength=k)
+        labels = new_labels
+        bar.update(1, info={"changed": len(moved), "shift": shift})
+        if len(moved) == 0 or shift <= tol_abs:
+            converged = True
+            break
+    info = {"iterations": n_iter, "converged": converged, "inertia": float(dist.sum()), "seed": int(seed)}
+    return centers, labels, info
+
+
+# ----------------------------------------------------------------------------- 2. mode counting
+pacgan_mode_stats = common.mode_stats  # PacGAN (Lin et al. 2018, Sec. 5.1): 3-sigma quality, modes, reverse KL
+
+
+def digit_stats(labels, n_classes: int = 10, min_count: int = 1, device=None) -> dict:
+    """Histogram of predicted classes, the classes covered and KL(p || uniform) = ln K - H(p) in nats.
+
+    Rule: a class is covered when at least `min_count` samples (default 1, the rule of PacGAN/VEEGAN
+    for stacked MNIST) are predicted as it. Counted on the CPU (`device` is accepted and unused)."""
+    labels = torch.as_tensor(labels).reshape(-1).long().cpu()
+    n = len(labels)
+    counts = torch.bincount(labels, minlength=n_classes)[:n_classes]
+    p = counts.double() / max(n, 1)
+    nz = p[p > 0]
+    kl = math.log(n_classes) + float((nz * nz.log()).sum()) if n else float("nan")
+    return {"histogram": p.tolist(), "counts": counts.tolist(), "covered": int((counts >= min_count).sum()),
+            "kl_uniform": max(kl, 0.0) if n else kl, "n": n, "n_classes": n_classes,
+            "covered_rule": f"at least {min_count} sample(s) predicted as the class"}
+
+
+def stacked_digit_stats(images, clf, batch_size: int = 1000, min_count: int = 1) -> dict:
+    """Stacked MNIST (Metz et al. 2017; PacGAN): three digits in the three channels make one of 1000
+    modes; each channel is classified and the triple (d0, d1, d2) is class 100 d0 + 10 d1 + d2.
+    `images` N x 3 x 28 x 28 in [-1, 1]."""
+    x = torch.as_tensor(images)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"stacked MNIST images must be N x 3 x 28 x 28, got {tuple(x.shape)}")
+    digits = clf.predict(x.reshape(-1, 1, *x.shape[2:]), batch_size).reshape(len(x), 3).cpu()
+    triples = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    return digit_stats(triples, 1000, min_count)
+
+
+def make_stacked_mnist(images, n: int, generator: torch.Generator | None = None, labels=None):
+    """n stacked-MNIST images (n x 3 x 28 x 28 in [-1, 1]): three MNIST images drawn uniformly with
+    replacement stacked as channels. `images`: uint8 (N, 28, 28) or float in [-1, 1]. With `labels`,
+    also returns the true triple classes 100 d0 + 10 d1 + d2."""
+    x = torch.as_tensor(images)
+    x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x.float()
+    x = x.reshape(len(x), *x.shape[-2:])
+    idx = torch.randint(len(x), (n, 3), generator=generator)
+    stacked = x[idx]
+    if labels is None:
+        return stacked
+    lab = torch.as_tensor(labels)[idx]
+    return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
+
+
+# ----------------------------------------------------------------------------- 3. the MNIST classifier
+CLASSIFIER_VERSION = 1
+CLASSIFIER_RECIPES = {  # widths, training images, epochs; the full one reaches >= 99.0% test accuracy
+    False: {"c1": 16, "c2": 32, "hidden": 128, "n_train": 60000, "epochs": 3, "batch_size": 128, "lr": 3e-3},
+    True: {"c1": 8, "c2": 16, "hidden": 64, "n_train": 8000, "epochs": 1, "batch_size": 100, "lr": 3e-3},
+}
+
+
+class MNISTClassifier(nn.Module):
+    """A small CNN: two blocks of 5x5 conv + BatchNorm + ReLU + 2x2 max-pool (c1, c2 channels), a hidden
+    layer of `hidden` units (the features of `features`) and 10 logits. Input: N x 1 x 28 x 28 in [-1, 1]."""
+
+    def __init__(self, c1: int = 16, c2: int = 32, hidden: int = 128):
+        super().__init__()
+        self.arch = {"c1": c1, "c2": c2, "hidden": hidden}
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c1, 5, padding=2, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5, padding=2, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(c2 * 49, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 10)
+        self.info: dict = {}
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def _batches(self, images, batch_size):
+        x = torch.as_tensor(images)
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
+            raise ValueError(f"the MNIST classifier takes N x 1 x 28 x 28 images, got {tuple(x.shape)}")
+        x = x.float().div(127.5).sub(1) if x.dtype == torch.uint8 else x
+        dev = next(self.parameters()).device
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size].to(dev, torch.float32).contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def predict(self, images, batch_size: int = 1000) -> torch.Tensor:
+        """Digit labels (N,), on the images' device."""
+        out = [self(xb).argmax(1) for xb in self._batches(images, batch_size)]
+        dev = images.device if isinstance(images, torch.Tensor) else "cpu"
+        return torch.cat(out).to(dev) if out else torch.zeros(0, dtype=torch.long, device=dev)
+
+    @torch.no_grad()
+    def features(self, images, batch_size: int = 1000) -> torch.Tensor:
+        """Penultimate-layer features (N, hidden), float32, on the images' device."""
+        out = [self.body(xb).float() for xb in self._batches(images, batch_size)]
+        dev = images.device if isinstance(images, torch.Tensor) else "cpu"
+        return torch.cat(out).to(dev) if out else torch.zeros(0, self.arch["hidden"], device=dev)
+
+
+def cache_dir(data_root) -> Path:
+    """$MODE_COLLAPSE_CACHE if set, else <data_root>/cache if writable, else ~/.cache/mode-collapse-gans."""
+    env = os.environ.get("MODE_COLLAPSE_CACHE")
+    candidates = [Path(env)] if env else [Path(data_root) / "cache", Path.home() / ".cache" / "mode-collapse-gans"]
+    for d in candidates:
+        if not _writable(d):
+            continue
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        return d
+    raise common.UserError(f"no writable cache folder (tried {', '.join(map(str, candidates))}); "
+                           f"set MODE_COLLAPSE_CACHE to one")
+
+
+def _writable(path: Path) -> bool:
+    """Writable, judged on the nearest existing folder by access and by its mode bits (root may write
+    into a folder marked read-only, but a shared read-only data folder should stay untouched)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
+
+
+def _mnist_float(images_uint8: torch.Tensor, device) -> torch.Tensor:
+    return images_uint8.to(device).float().div_(127.5).sub_(1).unsqueeze(1)
+
+
+def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0, progress: bool = True):
+    """Train the MNIST CNN (Adam, one-cycle learning rate, cross-entropy). Returns (model, info).
+
+    Seeded and using its own RNGs: it never changes the caller's random streams."""
+    recipe = CLASSIFIER_RECIPES[bool(quick)]
+    device = torch.device(device)
+    x_train, y_train = common.load_mnist(data_root, train=True)
+    x_test, y_test = common.load_mnist(data_root, train=False)
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(x_train), generator=gen)[:recipe["n_train"]]
+    x = _mnist_float(x_train[keep], device).contiguous(memory_format=torch.channels_last)
+    y = y_train[keep].to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MNISTClassifier(recipe["c1"], recipe["c2"], recipe["hidden"])
+    model = model.to(device).to(memory_format=torch.channels_last)
+    bs, n = recipe["batch_size"], len(x)
+    steps_per_epoch = n // bs
+    total = recipe["epochs"] * steps_per_epoch
+    opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=total, pct_start=0.15)
+    bar = common.Progress(total, "06 classifier" + (" (quick)" if quick else ""),
+                          every=10.0 if progress else float("inf"))
+    t0 = time.perf_counter()
+    model.train()
+    for _ in range(recipe["epochs"]):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1, info=lambda: {"loss": loss.item()})
+    model.eval()
+    seconds = time.perf_counter() - t0
+    acc = float((model.predict(_mnist_float(x_test, "cpu")).cpu() == y_test).double().mean())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = {"test_accuracy": acc, "train_seconds": seconds, "quick": bool(quick), "recipe": recipe,
+            "seed": seed, "device": str(device), "images_per_s": total * bs / seconds,
+            "version": CLASSIFIER_VERSION}
+    return model, info
+
+
+def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool = True) -> MNISTClassifier:
+    """The MNIST classifier in eval mode: loaded from the cache (weights + a hash of the MNIST files),
+    or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU cores; quick:
+    a smaller net on 8,000 images, a few seconds, about 95%, for smoke tests). `clf.info` says which."""
+    fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else None
+    name = f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint or 'nodata'}.pt"
+    path = cache_dir(data_root) / name
+    if fingerprint and path.is_file():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model = MNISTClassifier(**state["arch"])
+            model.load_state_dict(state["weights"])
+            if state["fingerprint"] != fingerprint:
+                raise ValueError("data hash differs")
+            model.info = {**state["info"], "cached": True, "path": str(path)}
+            model.eval().requires_grad_(False)
+            return model.to(device).to(memory_format=torch.channels_last)
+        except Exception as e:  # a broken or stale cache file is replaced, never trusted
+            print(f"06: ignoring cached classifier {path} ({common.one_line(e)[:100]}); training again",
+                  file=sys.stderr)
+    model, info = train_classifier(data_root, device, quick=quick, progress=progress)
+    fingerprint = common.mnist_fingerprint(data_root)  # the files exist now (load_mnist succeeded)
+    path = cache_dir(data_root) / f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint}.pt"
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    common.save_torch(path, {"arch": model.arch, "weights": weights, "fingerprint": fingerprint,
+                             "info": common.to_jsonable(info)})
+    model.info = {**info, "cached": False, "path": str(path)}
+    if not quick and info["test_accuracy"] < 0.99:
+        print(f"06: warning: the classifier reached only {info['test_accuracy']:.2%} test accuracy", file=sys.stderr)
+    return model
+
+
+# ----------------------------------------------------------------------------- 4. feature-space metrics
+def _frechet_from_moments(mu1, s1, mu2, s2) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), with tr((S1 S2)^1/2) computed as the sum of
+    square roots of the eigenvalues of S1^1/2 S2 S1^1/2 (symmetric PSD, so no complex sqrtm)."""
+    mu1, s1, mu2, s2 = (torch.as_tensor(a, dtype=torch.float64) for a in (mu1, s1, mu2, s2))
+    ev1, u1 = torch.linalg.eigh(s1)
+    root1 = (u1 * ev1.clamp_min(0).sqrt()) @ u1.T
+    middle = root1 @ s2 @ root1
+    tr_cov = torch.linalg.eigvalsh(0.5 * (middle + middle.T)).clamp_min(0).sqrt().sum()
+    return float(((mu1 - mu2) ** 2).sum() + s1.trace() + s2.trace() - 2 * tr_cov)
+
+
+class FeatureStats:
+    """Mean and covariance (ddof = 1) of a feature set, e.g. the real MNIST features, computed once."""
+
+    def __init__(self, feats):
+        f = torch.as_tensor(feats).detach().cpu().double().reshape(len(feats), -1)
+        if len(f) < 2:
+            raise ValueError("Frechet distance needs at least 2 samples per set")
+        self.n, self.mu, self.sigma = len(f), f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])
+
+    def frechet(self, other: "FeatureStats") -> float:
+        return _frechet_from_moments(self.mu, self.sigma, other.mu, other.sigma)
+
+
+def frechet_distance(feats_a, feats_b, device=None) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, eq. 6), here in
+    the feature space of this repository's MNIST classifier: NOT the Inception FID, and not comparable
+    with published FID numbers. Either argument may be a FeatureStats. Computed on the CPU in float64
+    (`device` is accepted for a uniform signature)."""
+    a = feats_a if isinstance(feats_a, FeatureStats) else FeatureStats(feats_a)
+    b = feats_b if isinstance(feats_b, FeatureStats) else FeatureStats(feats_b)
+    return a.frechet(b)
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(a, b, compute_mode="use_mm_for_euclid_dist_if_necessary")
+
+
+def _chunk_rows(n_cols: int) -> int:
+    return max(1, (1 << 24) // max(n_cols, 1))  # about 64 MB of float32 distances per chunk
+
+
+def knn_radii(feats, k: int = 5, device="cpu") -> torch.Tensor:
+    """Distance of each point to its k-th nearest neighbour in the same set (itself excluded)."""
+    x = torch.as_tensor(feats).to(device, torch.float32).reshape(len(feats), -1)
+    if len(x) <= k:
+        raise ValueError(f"k-NN radii with k = {k} need more than {k} samples, got {len(x)}")
+    step = _chunk_rows(len(x))
+    return torch.cat([_pairwise(x[i:i + step], x).kthvalue(k + 1, dim=1).values for i in range(0, len(x), step)])
+
+
+def _prdc(real, fake, k, device, real_radii=None):
+    r = torch.as_tensor(real).to(device, torch.float32).reshape(len(real), -1)
+    f = torch.as_tensor(fake).to(device, torch.float32).reshape(len(fake), -1)
+    r_rad = knn_radii(r, k, device) if real_radii is None else torch.as_tensor(real_radii).to(device, torch.float32)
+    f_rad = knn_radii(f, k, device)
+    in_real_le, in_real_lt = [], []
+    real_in_fake = torch.zeros(len(r), dtype=torch.bool, device=device)
+    nearest_fake = torch.full((len(r),), float("inf"), device=device)
+    step = _chunk_rows(len(r))
+    for i in range(0, len(f), step):
+        d = _pairwise(f[i:i + step], r)                          # (fake chunk, real)
+        in_real_le.append((d <= r_rad[None]).any(1))             # precision: fake inside some real ball
+        in_real_lt.append((d < r_rad[None]).sum(1))              # density: how many real balls
+        real_in_fake |= (d <= f_rad[i:i + step, None]).any(0)    # recall: real inside some fake ball
+        nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
+    return {"precision": float(torch.cat(in_real_le).float().mean()),
+            "recall": float(real_in_fake.float().mean()),
+            "density": int(torch.cat(in_real_lt).sum()) / (k * len(f)),
+            "coverage": float((nearest_fake < r_rad).float().mean())}
+
+
+def precision_recall(real_feats, fake_feats, k: int = 5, device="cpu", real_radii=None) -> dict:
+    """Improved precision and recall (Kynkaanniemi et al., NeurIPS 2019, eqs. 1-3): the real (fake)
+    manifold is the union of balls around each real (fake) point with radius its distance to its k-th
+    nearest real (fake) neighbour. Precision = fraction of fake points inside the real manifold;
+    recall = fraction of real points inside the fake manifold ("inside": distance <= radius, as in
+    their code)."""
+    out = _prdc(real_feats, fake_feats, k, device, real_radii)
+    return {"precision": out["precision"], "recall": out["recall"]}
+
+
+def density_coverage(real_feats, fake_feats, k: int = 5, device="cpu", real_radii=None) -> dict:
+    """Density and coverage (Naeem et al., ICML 2020, eqs. 7-8), with real k-NN balls B(X_i, NND_k(X_i)):
+    density = 1/(k M) sum_j sum_i 1[Y_j in B_i] (about 1 for matching distributions, can exceed 1);
+    coverage = 1/N sum_i 1[some Y_j in B_i]. "In": distance < radius, as in their code (prdc)."""
+    out = _prdc(real_feats, fake_feats, k, device, real_radii)
+    return {"density": out["density"], "coverage": out["coverage"]}
+
+
+def diversity(samples, metric: str = "l1", max_samples: int = 1000, seed: int = 0, device=None) -> float:
+    """Mean pairwise distance over all pairs i != j of (at most `max_samples`, a seeded random subset)
+    samples, flattened. metric "l1": mean absolute difference per element (for images in [-1, 1] it lies
+    in [0, 2]); "l2": Euclidean distance. 0 for identical samples; nan for fewer than 2 samples.
+    Blind to a set of a few distinct images copied many times: pairs of different images dominate."""
+    x = torch.as_tensor(samples).float().reshape(len(samples), -1)
+    x = x.to(device) if device is not None else x
+    if len(x) < 2:
+        return float("nan")
+    if len(x) > max_samples:
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:max_samples].to(x.device)]
+    if metric == "l1":
+        d = torch.cdist(x, x, p=1.0) / x.shape[1]
+    elif metric == "l2":
+        d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    else:
+        raise ValueError(f"diversity metric must be 'l1' or 'l2', not {metric!r}")
+    n = len(x)
+    return float(d.sum(1).cpu().double().sum()) / (n * (n - 1))
+
+
+def lpips_status() -> str | None:
+    """None when LPIPS can run here (the `lpips` package and its AlexNet backbone weights are present,
+    nothing to download), else the reason it cannot."""
+    if importlib.util.find_spec("lpips") is None:
+        return "the lpips package is not installed"
+    ckpt = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(ckpt.glob("alexnet-owt-*.pth")):
+        return f"no AlexNet weights in {ckpt} (LPIPS would download them)"
+    return None
+
+
+def lpips_diversity(samples, n_pairs: int = 1000, device="cpu", seed: int = 0) -> float | None:
+    """Mean LPIPS distance (Zhang et al. 2018, AlexNet) between random pairs of samples, as MSGAN and
+    DSGAN report diversity; None when `lpips_status()` says LPIPS is not available here (never a
+    stand-in under that name)."""
+    if lpips_status() is not None:
+        return None
+    import lpips  # noqa: PLC0415 (optional dependency)
+
+    x = torch.as_tensor(samples).float()
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    g = torch.Generator().manual_seed(seed)
+    i, j = torch.randint(len(x), (2, n_pairs), generator=g)
+    keep = i != j
+    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+    with torch.no_grad():
+        d = torch.cat([net(x[i[keep][s:s + 100]].to(device), x[j[keep][s:s + 100]].to(device)).flatten()
+                       for s in range(0, int(keep.sum()), 100)])
+    return float(d.mean())
+
+
+# ----------------------------------------------------------------------------- 5. cached MNIST bins
+def mnist_images(data_root, train: bool = True, device="cpu") -> torch.Tensor:
+    """MNIST as float N x 1 x 28 x 28 in [-1, 1]."""
+    x, _ = common.load_mnist(data_root, train=train)
+    return _mnist_float(x, device)
+
+
+def mnist_ndb(data_root, k: int = 100, seed: int = 0, device="cpu", quick: bool = False,
+              stacked: bool = False, progress: bool = True) -> NDB:
+    """NDB bins fitted on MNIST's 60,000 training images (pixels in [-1, 1], flattened), cached under
+    `cache_dir(data_root)` with a hash of the data. quick: 6,000 images (for smoke tests). stacked: bins
+    for stacked MNIST, fitted on 60,000 seeded triples of training images (3 x 784 dimensions)."""
+    fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else "x"
+    tag = f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}{'_quick' if quick else ''}_{fingerprint}"
+    path = cache_dir(data_root) / f"{tag}.pt"
+    if path.is_file():
+        try:
+            return NDB.load(path, device)
+        except Exception as e:
+            print(f"06: ignoring cached bins {path} ({common.one_line(e)[:100]})", file=sys.stderr)
+    x, y = common.load_mnist(data_root, train=True)
+    n = 6000 if quick else 60000
+    gen = torch.Generator().manual_seed(seed)
+    if stacked:
+        real = make_stacked_mnist(x, n, gen).reshape(n, -1)
+    else:
+        real = x[torch.randperm(len(x), generator=gen)[:n]] if quick else x
+        real = real.reshape(len(real), -1).float().div(127.5).sub(1)
+    ndb = NDB(real.to(device), k=k, seed=seed, device=device, progress=progress)
+    ndb.save(cache_dir(data_root) / f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}"
+             f"{'_quick' if quick else ''}_{common.mnist_fingerprint(data_root)}.pt")
+    return ndb
+
+
+def _mnist_ndb_path(data_root, k, seed, quick, stacked) -> Path:
+    fingerprint = common.mnist_fingerprint(data_root)
+    return cache_dir(data_root) / (f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}"
+                                   f"{'_quick' if quick else ''}_{fingerprint}.pt")
+
+
+# ----------------------------------------------------------------------------- 6. the experiment and the command line
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fake", default=None,
+                   help="evaluate these samples instead of running the experiment: an .npz/.npy of images "
+                        "(N x H x W or N x C x H x W; values in [0, 1], [-1, 1] or 0-255) or a folder of PNGs")
+    p.add_argument("--real", default="mnist", help="reference for --fake: 'mnist' or an .npz/.npy/folder like --fake")
+    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--k", type=common.positive_int, default=100, help="NDB bins (K-means clusters)")
+    g.add_argument("--alpha", type=common.unit_float, default=0.05, help="significance level of the per-bin z-test")
+    g.add_argument("--whiten", action="store_true", help="whiten (per-dimension mean/std) before binning")
+    g.add_argument("--max_iter", type=common.positive_int, default=100, help="K-means iterations at most")
+    g.add_argument("--nn_k", type=common.positive_int, default=5, help="k of precision/recall and density/coverage")
+    g.add_argument("--n_real_ref", type=common.positive_int, default=10000,
+                   help="real samples for precision/recall and density/coverage")
+    g.add_argument("--diversity_samples", type=common.positive_int, default=1000,
+                   help="samples (seeded subset) for the mean pairwise distance")
+    g = p.add_argument_group("the experiment's sets")
+    g.add_argument("--n_holdout", type=common.positive_int, default=10000,
+                   help="training images held out of the bins: set (a) (the reference holds out 1/6)")
+    g.add_argument("--drop_digit", type=int, choices=range(10), default=9,
+                   help="digit removed from the test set: set (c)")
+    g.add_argument("--collapse_digit", type=int, choices=range(10), default=1, help="the digit of sets (d) and (e)")
+    g.add_argument("--n_dup_sources", type=common.positive_int, default=10, help="test images copied to make set (f)")
+    g.add_argument("--dup_noise", type=common.nonneg_float, default=0.05,
+                   help="std of the Gaussian pixel noise on the copies of set (f) (pixels in [-1, 1])")
+    common.add_common_args(p)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_holdout, args.n_real_ref = min(args.n_holdout, 1000), min(args.n_real_ref, 1000)
+        args.diversity_samples = min(args.diversity_samples, 300)
+    return args
+
+
+def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
+    """Images from an .npz/.npy file (key 'images', 'x', 'samples' or the only array) or a folder of PNGs,
+    as float N x C x H x W in [-1, 1]. Value ranges: uint8 or integers 0-255; floats with no negative
+    value are taken as [0, 1]; floats with negative values as [-1, 1]. Anything else: UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise common.UserError(f"{what} {path}: no such file or folder")
+    if p.is_dir():
+        arr = _read_png_folder(p, what)
+    elif p.suffix.lower() in (".npz", ".npy"):
+        try:
+            data = np.load(p, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                arr = data
+            else:
+                keys = list(data.keys())
+                key = next((k for k in ("images", "x", "samples", "arr_0") if k in keys), None)
+                if key is None and len(keys) == 1:
+                    key = keys[0]
+                if key is None:
+                    raise common.UserError(f"{what} {path}: no array named images, x or samples among {keys}")
+                arr = data[key]
+        except common.UserError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} "
+                                   f"({common.one_line(e)[:150]})") from None
+    else:
+        raise common.UserError(f"{what} {path}: expected an .npz or .npy file or a folder of .png images")
+    return _normalise_images(arr, f"{what} {path}")
+
+
+def _read_png_folder(folder: Path, what: str) -> np.ndarray:
+    from torchvision.io import ImageReadMode, read_image
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".png")
+    if not files:
+        raise common.UserError(f"{what} {folder}: the folder holds no .png files")
+    images = []
+    for f in files:
+        try:
+            img = read_image(str(f), ImageReadMode.UNCHANGED)
+        except Exception as e:  # torchvision raises RuntimeError for undecodable files
+            raise common.UserError(f"{what}: cannot read {f} as PNG ({common.one_line(e)[:120]})") from None
+        if img.shape[0] in (2, 4):  # drop alpha
+            img = img[:-1]
+        if images and img.shape != images[0].shape:
+            raise common.UserError(f"{what}: {f.name} is {tuple(img.shape)} but {files[0].name} is "
+                                   f"{tuple(images[0].shape)}; all images must have one size")
+        images.append(img)
+    x = torch.stack(images)
+    if x.shape[1] == 3 and bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()):
+        x = x[:, :1]  # grey images saved as RGB (torchvision's save_image does this)
+    return x.numpy()
+
+
+def _normalise_images(arr: np.ndarray, what: str) -> tuple[torch.Tensor, str]:
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or arr.dtype == bool:
+        raise common.UserError(f"{what}: images must be numbers, not {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
+        arr = np.moveaxis(arr, 3, 1)  # N x H x W x C
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or min(arr.shape[2:]) < 2:
+        raise common.UserError(f"{what}: expected images N x H x W or N x C x H x W (C = 1 or 3), got shape "
+                               f"{tuple(arr.shape)}")
+    if len(arr) < 2:
+        raise common.UserError(f"{what}: needs at least 2 images, got {len(arr)}")
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1), "uint8 0-255"
+    x = x.double()
+    if not bool(torch.isfinite(x).all()):
+        raise common.UserError(f"{what}: the images contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    eps = 1e-3
+    if not arr.dtype.kind == "f" and lo >= 0 and hi <= 255:
+        return x.float().div_(127.5).sub_(1), "integers 0-255"
+    if lo >= 0 and hi <= 1 + eps:
+        return x.clamp(0, 1).float().mul_(2).sub_(1), "[0, 1]"
+    if lo >= -1 - eps and hi <= 1 + eps:
+        return x.clamp(-1, 1).float(), "[-1, 1]"
+    raise common.UserError(f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected [0, 1], [-1, 1] or 0-255")
+
+
+class Reference:
+    """What every evaluated set is compared with: NDB bins, the classifier (MNIST only), the real feature
+    statistics (Frechet) and the real k-NN radii (precision/recall, density/coverage)."""
+
+    def __init__(self, ndb: NDB, real_feats: torch.Tensor, ref_feats: torch.Tensor, nn_k: int, device,
+                 clf: MNISTClassifier | None = None, stacked: bool = False, feature_space: str = ""):
+        self.ndb, self.clf, self.stacked, self.nn_k, self.device = ndb, clf, stacked, nn_k, device
+        self.real_stats = FeatureStats(real_feats) if real_feats is not None else None
+        self.ref_feats = ref_feats
+        self.ref_radii = knn_radii(ref_feats, nn_k, device)
+        self.feature_space = feature_space
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.clf is None:
+            return images.reshape(len(images), -1).float()
+        if self.stacked:  # the three channels' features side by side
+            f = self.clf.features(images.reshape(-1, 1, *images.shape[2:]))
+            return f.reshape(len(images), -1)
+        return self.clf.features(images)
+
+
+def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, diversity_samples: int = 1000) -> dict:
+    """Every metric of this file for one set of images (N x C x H x W in [-1, 1]) against `ref`."""
+    t0 = time.perf_counter()
+    res = ref.ndb.evaluate(images, alpha=alpha)
+    out = {"n": len(images), "ndb": res["ndb"], "ndb_frac": res["ndb_frac"], "jsd": res["jsd"],
+           "ndb_z3": int(sum(abs(z) > 3 for z in res["z"] if z == z)),
+           "ndb_over": res["ndb_over"], "ndb_under": res["ndb_under"]}
+    if ref.clf is not None:
+        stats = stacked_digit_stats(images, ref.clf) if ref.stacked else digit_stats(ref.clf.predict(images))
+        out.update({"digits_covered" if not ref.stacked else "triples_covered": stats["covered"],
+                    "kl_uniform": stats["kl_uniform"], "digit_histogram": stats["histogram"]})
+    feats = ref.features(images.to(ref.device))
+    out["frechet"] = (ref.real_stats.frechet(FeatureStats(feats))
+                      if ref.real_stats is not None and len(feats) > 1 else None)
+    if len(feats) > ref.nn_k:
+        out.update(_prdc(ref.ref_feats, feats, ref.nn_k, ref.device, ref.ref_radii))
+    else:
+        out.update({"precision": None, "recall": None, "density": None, "coverage": None})
+    out["diversity_l1"] = diversity(images, "l1", max_samples=diversity_samples)
+    out["lpips_diversity"] = lpips_diversity(images[:2000], device=ref.device)
+    out["seconds"] = time.perf_counter() - t0
+    out["ndb_result"] = res
+    return out
+
+
+TABLE_COLUMNS = [("n", "n", "{:d}"), ("ndb", "NDB", "{:d}"), ("ndb_frac", "NDB/K", "{:.2f}"),
+                 ("jsd", "JSD", "{:.4f}"), ("ndb_z3", "NDB|z|>3", "{:d}"),
+                 ("digits_covered", "digits", "{:d}"), ("triples_covered", "triples", "{:d}"),
+                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD*", "{:.2f}"),
+                 ("precision", "prec", "{:.3f}"), ("recall", "rec", "{:.3f}"), ("density", "dens", "{:.3f}"),
+                 ("coverage", "cov", "{:.3f}"), ("diversity_l1", "div(L1)", "{:.3f}")]
+
+
+def format_table(rows: dict, feature_space: str = "") -> str:
+    """The metrics as a text table; FD and the k-NN metrics are computed in `feature_space`."""
+    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
+    width = max(len(name) for name in rows) + 2
+    lines = ["set".ljust(width) + " ".join(h.rjust(8) for _, h, _ in cols)]
+    for name, r in rows.items():
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+            cells.append(("-" if missing else fmt.format(v)).rjust(8))
+        lines.append(name.ljust(width) + " ".join(cells))
+    if feature_space:
+        lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
+                     + (" (not the Inception FID)" if "classifier" in feature_space else ""))
+    return "\n".join(lines)
+
+
+def plot_ndb_bins(results: dict, path, title: str) -> None:
+    """Real against evaluated bin proportions per set, bins sorted by real size, significant bins marked."""
+    plt = common.pyplot()
+    n = len(results)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, results.items()):
+        res = r["ndb_result"]
+        p, q = np.array(res["real_proportions"]), np.array(res["sample_proportions"])
+        sig = np.array(res["significant"], dtype=bool)
+        k = len(p)
+        top = 3.0 * p.max()
+        ax.bar(np.arange(k), p, width=1.0, color="0.75", label="real (bins' training images)")
+        ax.plot(np.arange(k), np.minimum(q, top), ".-", color="k", lw=0.6, ms=2.5, label="evaluated set")
+        over, under = sig & (q > p), sig & (q <= p)
+        ax.plot(np.flatnonzero(over), np.minimum(q[over], top), "^", color="tab:red", ms=4,
+                label="significantly more")
+        ax.plot(np.flatnonzero(under), q[under], "v", color="tab:blue", ms=4, label="significantly fewer")
+        if q.max() > top:
+            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7)
+        ax.set_ylim(0, top * 1.05)
+        ax.set(xlabel="bin (sorted by real proportion)", ylabel="proportion of samples",
+               title=f"{name}\nNDB {res['ndb']}/{k}, JSD {res['jsd']:.4f}, n={res['n']}")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    common.savefig(fig, path)
+
+
+def plot_bin_centres(ndb: NDB, res: dict, path, title: str, shape=(28, 28)) -> None:
+    """The K bin centres as images (largest bin first), the significant bins of `res` framed."""
+    plt = common.pyplot()
+    from matplotlib.patches import Rectangle
+
+    c = ndb.centers.cpu()
+    if ndb.whiten:
+        c = c * ndb.std.cpu() + ndb.mean.cpu()
+    channels = c.shape[1] // (shape[0] * shape[1])
+    imgs = c.reshape(len(c), channels, *shape)[:, 0]  # first channel
+    k, h, w = len(imgs), shape[0], shape[1]
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    canvas = torch.full((rows * (h + 2), cols * (w + 2)), float(imgs.min()))
+    for i, im in enumerate(imgs):
+        r, cc = divmod(i, cols)
+        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, cc * (w + 2) + 1:cc * (w + 2) + 1 + w] = im
+    fig, ax = plt.subplots(figsize=(0.55 * cols + 1, 0.55 * rows + 1))
+    ax.imshow(canvas, cmap="gray")
+    q, p = res["sample_proportions"], res["real_proportions"]
+    for i, s in enumerate(res["significant"]):
+        if s:
+            r, cc = divmod(i, cols)
+            ax.add_patch(Rectangle((cc * (w + 2) - 0.5, r * (h + 2) - 0.5), w + 2, h + 2, fill=False, lw=1.5,
+                                   edgecolor="tab:red" if q[i] > p[i] else "tab:blue"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set(xlabel="bins, largest first (red frame: significantly more samples, blue: fewer)")
+    ax.set_title(title, fontsize=9)
+    common.savefig(fig, path)
+
+
+def plot_digit_histograms(rows: dict, path) -> None:
+    plt = common.pyplot()
+    names = [n for n, r in rows.items() if "digit_histogram" in r and len(r["digit_histogram"]) == 10]
+    if not names:
+        return
+    h = np.array([rows[n]["digit_histogram"] for n in names])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    im = ax.imshow(h, cmap="viridis", vmin=0, vmax=max(0.2, h.max()), aspect="auto")
+    for i in range(h.shape[0]):
+        for j in range(10):
+            ax.text(j, i, f"{h[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if h[i, j] < 0.6 * max(0.2, h.max()) else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted digit (MNIST classifier)",
+           title="digit histograms: a collapsed set piles onto one digit; uniform is 0.10 each")
+    fig.colorbar(im, ax=ax, label="fraction of samples")
+    common.savefig(fig, path)
+
+
+def _to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div(127.5).sub(1).reshape(len(x_uint8), 1, 28, 28)
+
+
+def build_sets(args, x_train, y_train, x_test, y_test):
+    """The bins' training images and the sets (a)-(f), all float N x 1 x 28 x 28 in [-1, 1], seeded."""
+    gen = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(x_train), generator=gen)
+    hold_idx, fit_idx = perm[:args.n_holdout], perm[args.n_holdout:]
+    if args.quick:
+        fit_idx = fit_idx[:5000]
+        keep = torch.randperm(len(x_test), generator=gen)[:2000]
+        x_test, y_test = x_test[keep], y_test[keep]
+    d, c = args.drop_digit, args.collapse_digit
+    ones, others = x_test[y_test == c], x_test[y_test != c]
+    half = torch.cat([ones, others[torch.randperm(len(others), generator=gen)[:len(ones)]]])
+    sources = _to_float(x_test[torch.randperm(len(x_test), generator=gen)[:args.n_dup_sources]])
+    reps = max(1, len(x_test) // args.n_dup_sources)
+    copies = sources.repeat(reps, 1, 1, 1)
+    copies = (copies + args.dup_noise * torch.randn(copies.shape, generator=gen)).clamp_(-1, 1)
+    sets = {"(a) held-out train": _to_float(x_train[hold_idx]),
+            "(b) test": _to_float(x_test),
+            f"(c) test without {d}s": _to_float(x_test[y_test != d]),
+            f"(d) half are {c}s": _to_float(half),
+            f"(e) only {c}s": _to_float(ones),
+            f"(f) {args.n_dup_sources} images, noisy copies": copies}
+    return _to_float(x_train[fit_idx]), sets
+
+
+def make_reference(ndb, clf, real_images, args, device, stacked=False, feature_space=""):
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    if clf is None:
+        flat = real_images.reshape(len(real_images), -1)
+        real_feats = flat if flat.shape[1] <= 2048 else None
+    else:
+        real_feats = _clf_features(clf, real_images, stacked, device)
+    ref_idx = torch.randperm(len(real_images), generator=gen)[:args.n_real_ref]
+    ref_feats = (real_images[ref_idx].reshape(len(ref_idx), -1).float().to(device) if clf is None
+                 else real_feats[ref_idx.to(real_feats.device)].to(device))
+    return Reference(ndb, real_feats, ref_feats, args.nn_k, device, clf, stacked, feature_space)
+
+
+def _clf_features(clf, images, stacked, device):
+    x = images.to(device)
+    if stacked:
+        return clf.features(x.reshape(-1, 1, *x.shape[2:])).reshape(len(x), -1)
+    return clf.features(x)
+
+
+def run_experiment(args, device, run_dir) -> dict:
+    t_start = time.perf_counter()
+    x_train, y_train = common.load_mnist(args.data_root, train=True)
+    x_test, y_test = common.load_mnist(args.data_root, train=False)
+    clf = load_classifier(args.data_root, device, quick=args.quick)
+    print(f"06: classifier {'(quick) ' if args.quick else ''}test accuracy {clf.info['test_accuracy']:.2%}, "
+          f"trained in {clf.info['train_seconds']:.0f} s{' (loaded from the cache)' if clf.info['cached'] else ''}")
+    fit_images, sets = build_sets(args, x_train, y_train, x_test, y_test)
+    print(f"06: fitting K = {args.k} bins on {len(fit_images)} training images ({len(fit_images) // args.k} per bin)")
+    ndb = NDB(fit_images, k=args.k, seed=args.seed, whiten=args.whiten, device=device, max_iter=args.max_iter,
+              progress=True)
+    ref = make_reference(ndb, clf, fit_images, args, device,
+                         feature_space=f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d)")
+    rows = {}
+    for name, images in sets.items():
+        rows[name] = evaluate_images(images, ref, args.alpha, args.diversity_samples)
+    print(format_table(rows, ref.feature_space))
+
+    speed = speed_benchmark(args, x_train, x_test, device, ndb)
+    n_stacked = 2000 if args.quick else 26000
+    stacked, triples = make_stacked_mnist(x_test, n_stacked, torch.Generator().manual_seed(args.seed), labels=y_test)
+    st = stacked_digit_stats(stacked.to(device), clf)
+    stacked_check = {"n": n_stacked, "triples_covered": st["covered"], "kl_uniform": st["kl_uniform"],
+                     "true_triples_present": int(torch.unique(triples).numel()),
+                     "note": "random triples of real test digits: the 1000-mode count of stacked MNIST on real data"}
+    print(f"06: stacked MNIST, {n_stacked} real triples: {st['covered']}/1000 triples covered "
+          f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
+
+    plot_ndb_bins(rows, run_dir / "ndb_bins.png",
+                  f"NDB on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: held-out images "
+                  f"differ in about alpha K = {args.alpha * args.k:g} bins (chance), the test set in a few more, "
+                  f"sets with missing, over-represented or duplicated digits in many")
+    drop_name = [n for n in rows if n.startswith("(c)")][0]
+    plot_bin_centres(ndb, rows[drop_name]["ndb_result"], run_dir / "ndb_bin_centres.png",
+                     f"bin centres; framed: significantly different bins for '{drop_name}' "
+                     f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
+    plot_digit_histograms(rows, run_dir / "digit_histograms.png")
+    with common.atomic_open(run_dir / "table.txt") as f:
+        f.write(format_table(rows, ref.feature_space) + "\n")
+    return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
+            "sets": rows, "k": args.k, "alpha": args.alpha, "ndb_expected_by_chance": args.alpha * args.k,
+            "n_fit": len(fit_images),
+            "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
+            "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
+            "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
+            "seconds_total": time.perf_counter() - t_start}
+
+
+def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
+    """Fit K bins on all 60,000 training images (the bins `mnist_ndb` caches) and evaluate 10,000."""
+    load = os.getloadavg()
+    if args.quick:
+        bench = ndb_quick
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
+    else:
+        real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
+        bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
+                    max_iter=args.max_iter, progress=True)
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], len(real), bench.fit_info["iterations"]
+        if not args.whiten and args.max_iter == 100:
+            bench.save(_mnist_ndb_path(args.data_root, args.k, args.seed, False, False))
+    samples = _to_float(x_test)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        res = bench.evaluate(samples.to(device), alpha=args.alpha)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    print(f"06: speed: fit K = {args.k} on {n_fit} images {fit_seconds:.1f} s ({it} iterations); evaluate "
+          f"{len(samples)} samples {sorted(times)[1]:.3f} s (median of 3); load average {load[0]:.1f}")
+    return {"fit_seconds": fit_seconds, "fit_n": n_fit, "fit_iterations": it,
+            "eval_seconds": sorted(times)[1], "eval_n": len(samples), "eval_ndb_test": res["ndb"],
+            "load_average_1_5_15min": list(load), "speed_note": "quick: timed on the quick fit" if args.quick else ""}
+
+
+def load_inputs(args) -> dict:
+    """--fake and --real (when a file), checked against each other before any work starts."""
+    fake, fake_range = load_images(args.fake, "--fake")
+    inputs = {"fake": fake, "fake_range": fake_range, "real": None}
+    if args.real == "mnist":
+        if fake.shape[2:] != (28, 28):
+            raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
+        if args.whiten or args.max_iter != 100:
+            raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
+                                   "--real mnist uses the cached standard bins")
+        common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
+    else:
+        real, inputs["real_range"] = load_images(args.real, "--real")
+        if real.shape[1:] != fake.shape[1:]:
+            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
+                                   f"--fake {tuple(fake.shape[1:])}")
+        if len(real) < max(args.k, args.nn_k + 1):
+            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        inputs["real"] = real
+    return inputs
+
+
+def run_eval(args, device, run_dir, inputs: dict) -> dict:
+    """The command line: --fake against --real, one row of every metric."""
+    fake, fake_range = inputs["fake"], inputs["fake_range"]
+    print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
+    t0 = time.perf_counter()
+    if args.real == "mnist":
+        stacked = fake.shape[1] == 3
+        clf = load_classifier(args.data_root, device, quick=args.quick)
+        ndb = mnist_ndb(args.data_root, args.k, args.seed, device, quick=args.quick, stacked=stacked)
+        x_train, _ = common.load_mnist(args.data_root, train=True)
+        gen = torch.Generator().manual_seed(args.seed)
+        n_real = 6000 if args.quick else (30000 if stacked else 60000)
+        real = (make_stacked_mnist(x_train, n_real, gen) if stacked
+                else _to_float(x_train[torch.randperm(len(x_train), generator=gen)[:n_real]]))
+        space = (f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d"
+                 f"{' per channel, concatenated' if stacked else ''})")
+        ref = make_reference(ndb, clf, real, args, device, stacked=stacked, feature_space=space)
+    else:
+        real = inputs["real"]
+        ndb = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
+                  max_iter=args.max_iter, progress=True)
+        ref = make_reference(ndb, None, real, args, device, feature_space="pixels")
+    name = Path(args.fake).name
+    row = evaluate_images(fake, ref, args.alpha, args.diversity_samples)
+    rows = {name: row}
+    print(format_table(rows, ref.feature_space))
+    plot_ndb_bins(rows, run_dir / "ndb_bins.png",
+                  f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
+                  f"marked bins differ significantly (alpha {args.alpha})")
+    common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
+    with common.atomic_open(run_dir / "table.txt") as f:
+        f.write(format_table(rows, ref.feature_space) + "\n")
+    return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
+            "k": args.k, "alpha": args.alpha, "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
+            "classifier": None if ref.clf is None else {k: v for k, v in ref.clf.info.items() if k != "recipe"},
+            "lpips": lpips_status() or "available", "seconds_total": time.perf_counter() - t0,
+            "load_average_1_5_15min": list(os.getloadavg())}
+
+
+@common.cli
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    common.set_seed(args.seed, args.deterministic)
+    device = common.pick_device(args.device)
+    if args.fake is not None:
+        inputs = load_inputs(args)  # fail on bad input before anything is created or trained
+        name = f"eval_{Path(args.fake).stem or 'samples'}" + ("_quick" if args.quick else "")
+    else:
+        common.load_mnist(args.data_root, train=False)  # a clear error before the run folder is made
+        name = f"ndb_demo_k{args.k}_seed{args.seed}" + ("_quick" if args.quick else "")
+    name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
+    run_dir = common.start_run(args, __file__, name, argv)
+    print(f"06: on {device}; writing {run_dir}")
+    if args.fake is not None:
+        metrics = run_eval(args, device, run_dir, inputs)
+    else:
+        metrics = run_experiment(args, device, run_dir)
+    metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
+    common.save_json(run_dir / "metrics.json", metrics)
+    print(f"06: outputs in {run_dir}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

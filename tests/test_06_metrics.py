@@ -1,0 +1,316 @@
+"""06_metrics.py: NDB/JSD, K-means, mode counts, the classifier, feature-space metrics, the command line."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import common
+from conftest import load_script, run_cli
+
+metrics = load_script("06_metrics")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def metrics_cache(tmp_path_factory):
+    """One cache folder for the whole test session, so the quick classifier and bins are made once."""
+    old = os.environ.get("MODE_COLLAPSE_CACHE")
+    path = tmp_path_factory.mktemp("mode_collapse_cache")
+    os.environ["MODE_COLLAPSE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MODE_COLLAPSE_CACHE", None)
+    else:
+        os.environ["MODE_COLLAPSE_CACHE"] = old
+
+
+def blobs(n, centers, std, generator):
+    centers = torch.as_tensor(centers, dtype=torch.float32)
+    idx = torch.randint(len(centers), (n,), generator=generator)
+    return centers[idx] + std * torch.randn(n, centers.shape[1], generator=generator), idx
+
+
+# ----------------------------------------------------------------------------- NDB mathematics
+def test_z_test_matches_hand_computation():
+    # bin 1: p1 = 0.30 of n1 = 1000, p2 = 0.25 of n2 = 500: pooled 425/1500 = 0.28333,
+    # se = sqrt(0.28333 * 0.71667 * (1/1000 + 1/500)) = 0.024681, z = 0.05 / se = 2.0258, p = 0.0428
+    # bin 2: p2 = 0.28: pooled 440/1500, se = 0.024937, z = 0.8020, p = 0.4225
+    z, p, sig = metrics.two_proportion_z_test([0.30, 0.30], 1000, [0.25, 0.28], 500, alpha=0.05)
+    assert z.tolist() == pytest.approx([2.025825, 0.802013], abs=1e-5)
+    assert p.tolist() == pytest.approx([0.042783, 0.422545], abs=1e-5)
+    assert sig.tolist() == [True, False]
+    # a bin empty in both sets is never counted
+    z, p, sig = metrics.two_proportion_z_test([0.0], 100, [0.0], 100)
+    assert not bool(sig[0]) and math.isnan(float(z[0]))
+
+
+def test_jsd_symmetric_zero_for_equal_and_at_most_ln2():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        p = torch.rand(7, generator=g) ** 3
+        q = torch.rand(7, generator=g) ** 3
+        p, q = p / p.sum(), q / q.sum()
+        a, b = metrics.jensen_shannon_divergence(p, q), metrics.jensen_shannon_divergence(q, p)
+        assert a == pytest.approx(b, abs=1e-12)
+        assert 0 < a <= math.log(2)
+        assert metrics.jensen_shannon_divergence(p, p) == pytest.approx(0, abs=1e-12)
+    assert metrics.jensen_shannon_divergence([1, 0], [0, 1]) == pytest.approx(math.log(2))
+
+
+def test_kmeans_same_seed_same_bins_and_it_finds_the_clusters():
+    g = torch.Generator().manual_seed(1)
+    true = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x, _ = blobs(2000, true, 0.5, g)
+    c1, l1, info1 = metrics.kmeans(x, 4, seed=3)
+    c2, l2, _ = metrics.kmeans(x, 4, seed=3)
+    c3, _, _ = metrics.kmeans(x, 8, seed=4)
+    assert torch.equal(c1, c2) and torch.equal(l1, l2)
+    assert info1["converged"]
+    assert torch.cdist(true, c1).min(1).values.max() < 0.1     # every true centre found
+    assert torch.equal(l1, metrics._nearest_center(x, c1))      # labels belong to the returned centres
+    c4, _, _ = metrics.kmeans(x, 8, seed=5)
+    assert not torch.equal(c3, c4)
+
+
+def test_ndb_small_for_one_distribution_and_large_when_a_cluster_is_dropped():
+    g = torch.Generator().manual_seed(2)
+    centers = 6 * torch.randn(10, 5, generator=g)
+    real, _ = blobs(20000, centers, 1.0, g)
+    same, _ = blobs(5000, centers, 1.0, g)
+    other, idx = blobs(5600, centers, 1.0, g)
+    dropped = other[idx != 0]
+    ndb = metrics.NDB(real, k=20, seed=0)
+    r_same, r_drop = ndb.evaluate(same), ndb.evaluate(dropped)
+    assert r_same["ndb"] <= 3 and r_same["jsd"] < 0.005
+    assert r_drop["ndb"] >= 2 and r_drop["ndb"] > r_same["ndb"]
+    assert r_drop["jsd"] > 10 * r_same["jsd"]
+    assert r_drop["ndb_under"] >= 1            # the dropped cluster's bins are emptied
+    # bins are sorted by size; the fit data itself matches its bins exactly
+    assert r_same["real_proportions"] == sorted(r_same["real_proportions"], reverse=True)
+    own = ndb.evaluate(real)
+    assert own["ndb"] == 0 and own["jsd"] == pytest.approx(0, abs=1e-12)
+    assert sum(own["sample_proportions"]) == pytest.approx(1)
+
+
+def test_ndb_state_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(600, 6, generator=g)
+    ndb = metrics.NDB(x, k=6, seed=1, whiten=True)
+    ndb.save(tmp_path / "bins.pt")
+    again = metrics.NDB.load(tmp_path / "bins.pt")
+    y = torch.randn(300, 6, generator=g) * 1.3
+    assert ndb.evaluate(y) == again.evaluate(y)
+    with pytest.raises(ValueError):
+        ndb.evaluate(torch.randn(10, 7))
+
+
+# ----------------------------------------------------------------------------- mode counting
+def test_pacgan_counts_on_collapsed_and_spread_sets():
+    ring = common.ring_mixture(8, std=0.01)
+    g = torch.Generator().manual_seed(4)
+    spread = ring.sample(8000, g)
+    collapsed = ring.centers[2] + 0.01 * torch.randn(1000, 2, generator=g)
+    off = torch.zeros(100, 2)  # the centre of the ring: far from every mode
+    s, c, o = (metrics.pacgan_mode_stats(x, ring.centers, ring.std) for x in (spread, collapsed, off))
+    # in 2-D, P(|noise| < 3 sigma) = 1 - exp(-9/2) = 0.9889
+    assert s["modes"] == 8 and s["reverse_kl"] < 0.01
+    assert s["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.005)
+    assert c["modes"] == 1 and c["reverse_kl"] == pytest.approx(math.log(8)) and c["counts"][2] > 970
+    assert o["modes"] == 0 and o["high_quality"] == 0 and math.isnan(o["reverse_kl"])
+
+
+def test_digit_stats_by_hand():
+    d = metrics.digit_stats(torch.tensor([3, 3, 7, 7]))
+    assert d["counts"][3] == 2 and d["counts"][7] == 2 and d["covered"] == 2
+    assert d["histogram"][3] == 0.5 and sum(d["histogram"]) == 1
+    assert d["kl_uniform"] == pytest.approx(math.log(10) - math.log(2))
+    assert metrics.digit_stats(torch.arange(10))["kl_uniform"] == pytest.approx(0, abs=1e-12)
+    assert metrics.digit_stats(torch.tensor([1, 1, 2]), min_count=2)["covered"] == 1
+
+
+# ----------------------------------------------------------------------------- feature-space metrics
+def test_precision_recall_density_coverage_by_hand():
+    # 1-D, k = 1. real {0, 2, 6}: radii 2, 2, 4. fake {1, 3, 20, 21}: radii 2, 2, 1, 1.
+    # precision: 1 and 3 lie in real balls, 20 and 21 do not -> 2/4. recall: 0 and 2 lie in the balls
+    # of fake 1 and 3, 6 in none -> 2/3. density: fake 1 is in 2 real balls (0, 2), fake 3 in 2 (2, 6)
+    # -> (2 + 2) / (1 * 4) = 1. coverage: every real ball holds a fake point -> 1.
+    real = torch.tensor([[0.0], [2.0], [6.0]])
+    fake = torch.tensor([[1.0], [3.0], [20.0], [21.0]])
+    assert metrics.precision_recall(real, fake, k=1) == pytest.approx({"precision": 0.5, "recall": 2 / 3})
+    assert metrics.density_coverage(real, fake, k=1) == pytest.approx({"density": 1.0, "coverage": 1.0})
+
+
+def test_precision_recall_see_a_collapsed_set():
+    g = torch.Generator().manual_seed(5)
+    real, idx = blobs(400, [[0.0, 0.0], [20.0, 0.0]], 1.0, g)
+    fake_full, _ = blobs(400, [[0.0, 0.0], [20.0, 0.0]], 1.0, g)
+    fake_one, _ = blobs(400, [[0.0, 0.0]], 1.0, g)
+    full = {**metrics.precision_recall(real, fake_full), **metrics.density_coverage(real, fake_full)}
+    one = {**metrics.precision_recall(real, fake_one), **metrics.density_coverage(real, fake_one)}
+    assert full["precision"] > 0.9 and full["recall"] > 0.9 and full["coverage"] > 0.9
+    assert one["precision"] > 0.9                              # every sample looks real...
+    assert one["recall"] < 0.6 and one["coverage"] < 0.6       # ...but half of the data is missed
+    assert 0.8 < full["density"] < 1.2
+
+
+def test_frechet_distance_closed_form():
+    s1, s2 = torch.tensor([[2.0, 1.0], [1.0, 2.0]]), torch.eye(2)
+    # tr(S1) + tr(S2) - 2 tr(sqrt(S1)) = 4 + 2 - 2 (sqrt(3) + 1) = 4 - 2 sqrt(3); plus |mu1 - mu2|^2 = 9
+    fd = metrics._frechet_from_moments(torch.tensor([3.0, 0.0]), s1, torch.zeros(2), s2)
+    assert fd == pytest.approx(9 + 4 - 2 * math.sqrt(3), abs=1e-9)
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(6))
+    assert metrics.frechet_distance(x, x) == pytest.approx(0, abs=1e-6)
+    assert metrics.frechet_distance(x, x + 1) == pytest.approx(8, abs=1e-6)  # same covariance, shifted mean
+    assert metrics.frechet_distance(metrics.FeatureStats(x), x * 2) > 1
+
+
+def test_diversity():
+    assert metrics.diversity(torch.tensor([[0.0, 0.0], [1.0, 1.0]])) == pytest.approx(1.0)
+    assert metrics.diversity(torch.tensor([[0.0, 0.0], [1.0, 1.0]]), "l2") == pytest.approx(math.sqrt(2))
+    assert metrics.diversity(torch.tensor([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)  # (1 + 3 + 2) / 3
+    assert metrics.diversity(torch.ones(50, 1, 4, 4)) == 0
+    assert math.isnan(metrics.diversity(torch.ones(1, 3)))
+
+
+def test_lpips_never_a_stand_in():
+    reason = metrics.lpips_status()
+    value = metrics.lpips_diversity(torch.rand(4, 1, 28, 28) * 2 - 1, n_pairs=4)
+    assert (value is None) == (reason is not None)
+
+
+# ----------------------------------------------------------------------------- reading images
+def test_load_images_ranges_layouts_and_errors(tmp_path):
+    from torchvision.utils import save_image
+
+    u8 = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", images=u8)
+    x, how = metrics.load_images(tmp_path / "u8.npz")
+    assert x.shape == (5, 1, 28, 28) and how == "uint8 0-255"
+    assert torch.allclose(x[0, 0], torch.from_numpy(u8[0]).float() / 127.5 - 1)
+    np.save(tmp_path / "unit.npy", u8[:, None] / 255.0)
+    x2, how = metrics.load_images(tmp_path / "unit.npy")
+    assert how == "[0, 1]" and torch.allclose(x, x2, atol=1e-6)
+    np.savez(tmp_path / "nhwc.npz", np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
+    assert metrics.load_images(tmp_path / "nhwc.npz")[0].shape == (4, 3, 8, 8)
+    (tmp_path / "pngs").mkdir()
+    for i in range(3):  # save_image writes grey images as RGB: they come back as one channel
+        save_image(torch.from_numpy(u8[i]).float() / 255, tmp_path / "pngs" / f"{i}.png")
+    xp, _ = metrics.load_images(tmp_path / "pngs")
+    assert xp.shape == (3, 1, 28, 28) and torch.allclose(xp, x[:3], atol=1e-6)
+
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    (tmp_path / "empty").mkdir()
+    np.savez(tmp_path / "flat.npz", images=np.zeros((10, 784)))
+    np.savez(tmp_path / "nan.npz", images=np.full((3, 8, 8), np.nan))
+    np.savez(tmp_path / "range.npz", images=np.full((3, 8, 8), 5.5))
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 8, 8)), b=np.zeros((3, 8, 8)))
+    save_image(torch.rand(1, 20, 20), tmp_path / "pngs" / "other_size.png")
+    for bad, message in [("missing.npz", "no such file"), ("junk.npz", "cannot read"), ("empty", "no .png"),
+                         ("flat.npz", "expected images"), ("nan.npz", "NaN"), ("range.npz", "values span"),
+                         ("two.npz", "no array named"), ("pngs", "one size")]:
+        with pytest.raises(common.UserError, match=message):
+            metrics.load_images(tmp_path / bad)
+
+
+def test_other_npz_as_reference_without_mnist(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    real = (torch.rand(400, 1, 8, 8, generator=g) < 0.3).float()
+    np.savez(tmp_path / "real.npz", images=real.numpy())
+    np.savez(tmp_path / "fake.npz", images=real[:1].repeat(200, 1, 1, 1).numpy())  # one image, copied
+    m = metrics.main(["--fake", str(tmp_path / "fake.npz"), "--real", str(tmp_path / "real.npz"), "--k", "10",
+                      "--quick", "--device", "cpu", "--out", str(tmp_path / "runs")])
+    row = m["sets"]["fake.npz"]
+    assert m["feature_space"] == "pixels" and row["n"] == 200
+    assert row["ndb"] >= 9 and row["diversity_l1"] == 0 and row["recall"] < 0.1
+    assert (tmp_path / "runs" / "06_metrics" / "eval_fake_quick" / "ndb_bins.png").is_file()
+
+
+def test_bad_input_exits_2_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        metrics.main(["--fake", str(tmp_path / "none.npz"), "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "06_metrics").exists()
+
+
+# ----------------------------------------------------------------------------- MNIST
+def test_quick_classifier_digits_and_stacked_triples(mnist_root):
+    clf = metrics.load_classifier(mnist_root, quick=True, progress=False)
+    x, y = common.load_mnist(mnist_root, train=False)
+    images = x[:1000].float().div(127.5).sub(1)[:, None]
+    labels = clf.predict(images)
+    assert labels.shape == (1000,) and float((labels == y[:1000]).float().mean()) > 0.9
+    assert clf.features(images[:7]).shape == (7, clf.arch["hidden"])
+    assert not clf.training and not any(p.requires_grad for p in clf.parameters())
+    again = metrics.load_classifier(mnist_root, quick=True)
+    assert again.info["cached"] and torch.equal(again.predict(images[:50]), labels[:50])
+    # stacked MNIST: 2000 random real triples cover about 1000 (1 - e^-2) = 865 of the 1000 modes
+    stacked, triples = metrics.make_stacked_mnist(x, 2000, torch.Generator().manual_seed(0), labels=y)
+    real = metrics.stacked_digit_stats(stacked, clf)
+    collapsed = metrics.stacked_digit_stats(stacked[:1].repeat(500, 1, 1, 1), clf)
+    assert abs(real["covered"] - torch.unique(triples).numel()) < 60 and real["covered"] > 750
+    assert collapsed["covered"] == 1 and collapsed["kl_uniform"] == pytest.approx(math.log(1000))
+
+
+def test_quick_experiment_reports_every_metric_for_every_set(mnist_root, tmp_path):
+    m = metrics.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--data_root", mnist_root])
+    sets = m["sets"]
+    assert len(sets) == 6
+    a, b = sets["(a) held-out train"], sets["(b) test"]
+    c, e, f = sets["(c) test without 9s"], sets["(e) only 1s"], sets["(f) 10 images, noisy copies"]
+    assert e["ndb"] > a["ndb"] and e["jsd"] > 10 * a["jsd"] and f["ndb"] > 50
+    assert c["ndb"] > a["ndb"] and c["digit_histogram"][9] < 0.02
+    assert e["digits_covered"] <= 7 and e["kl_uniform"] > 1.5 and a["kl_uniform"] < 0.05
+    assert e["frechet"] > 10 * b["frechet"] and f["recall"] < 0.1 and f["coverage"] < 0.2
+    for row in sets.values():
+        for key in ("ndb", "jsd", "frechet", "precision", "recall", "density", "coverage", "diversity_l1"):
+            assert row[key] is not None
+    assert m["fit_seconds"] > 0 and m["eval_seconds"] > 0
+    run = tmp_path / "06_metrics" / "ndb_demo_k100_seed0_quick"
+    for name in ("metrics.json", "config.json", "ndb_bins.png", "ndb_bin_centres.png", "digit_histograms.png",
+                 "table.txt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "metrics.json").read_text())["sets"]["(b) test"]["n"] == 2000
+
+
+def test_command_line_on_a_tiny_npz_and_on_bad_input(mnist_root, tmp_path):
+    x, _ = common.load_mnist(mnist_root, train=False)
+    np.savez(tmp_path / "samples.npz", images=x[:300].numpy())
+    r = run_cli("06_metrics.py", "--fake", str(tmp_path / "samples.npz"), "--real", "mnist", "--quick",
+                "--device", "cpu", "--data_root", mnist_root, "--out", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "runs" / "06_metrics" / "eval_samples_quick" / "metrics.json").read_text())
+    row = m["sets"]["samples.npz"]
+    assert row["n"] == 300 and row["digits_covered"] == 10 and row["precision"] > 0.8
+    np.savez(tmp_path / "bad.npz", images=np.zeros((5, 3)))
+    r = run_cli("06_metrics.py", "--fake", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "expected images" in r.stderr
+
+
+@pytest.mark.slow
+def test_full_classifier_reaches_99_percent(mnist_root):
+    clf = metrics.load_classifier(mnist_root)
+    x, y = common.load_mnist(mnist_root, train=False)
+    acc = float((clf.predict(x.float().div(127.5).sub(1)[:, None]) == y).float().mean())
+    assert acc >= 0.99
+    if not clf.info["cached"]:
+        assert clf.info["train_seconds"] <= 180
+
+
+@pytest.mark.slow
+def test_fit_60k_within_30s_and_evaluate_10k_within_2s(mnist_root):
+    x, _ = common.load_mnist(mnist_root, train=True)
+    real = x.reshape(len(x), -1).float().div(127.5).sub(1)
+    ndb = metrics.NDB(real, k=100, seed=0)
+    assert ndb.fit_info["seconds"] <= 30
+    t, _ = common.load_mnist(mnist_root, train=False)
+    import time
+
+    t0 = time.perf_counter()
+    ndb.evaluate(t.reshape(len(t), -1).float().div(127.5).sub(1))
+    assert time.perf_counter() - t0 <= 2
