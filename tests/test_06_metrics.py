@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,19 +12,6 @@ import common
 from conftest import load_script, run_cli
 
 metrics = load_script("06_metrics")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def metrics_cache(tmp_path_factory):
-    """One cache folder for the whole test session, so the quick classifier and bins are made once."""
-    old = os.environ.get("MODE_COLLAPSE_CACHE")
-    path = tmp_path_factory.mktemp("mode_collapse_cache")
-    os.environ["MODE_COLLAPSE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MODE_COLLAPSE_CACHE", None)
-    else:
-        os.environ["MODE_COLLAPSE_CACHE"] = old
 
 
 def blobs(n, centers, std, generator):
