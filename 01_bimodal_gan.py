@@ -300,8 +300,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
+    threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(1)  # networks this small run several times faster on one thread than on two
+    try:
+        return run(args, device, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args, device, argv) -> dict:
     name = f"{args.loss}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "") + ("_quick" if args.quick else "")
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"01: {args.seeds} seed(s), {args.n_steps} steps, {args.loss} loss, on {device}; writing {run_dir}")
