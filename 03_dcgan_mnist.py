@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 import common
 
-QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20)
+QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
 ACTS = {"leakyrelu": lambda: nn.LeakyReLU(0.3), "relu": lambda: nn.ReLU()}
 
 
@@ -85,6 +85,8 @@ def parse_args(argv=None):
                    help="after training: freeze G at --probe_epochs, train a fresh D, record G's gradient norms")
     p.add_argument("--probe_epochs", type=common.positive_int, nargs="+", default=[1, 10, 25])
     p.add_argument("--probe_steps", type=common.positive_int, default=2000, help="discriminator steps per probe")
+    p.add_argument("--probe_batches", type=common.positive_int, default=5,
+                   help="batches over which each gradient norm's mean and spread are taken")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the two networks")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
@@ -300,8 +302,9 @@ def train_run(args, device, run_dir: Path) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ("seeds", "acts")}
     if args.resume and ckpt.exists():
         saved = common.load_checkpoint(ckpt, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
-        common.check_same_config(saved["config"], config, ignore=("probe_gradients", "probe_steps",
-                                                                   "stop_on_collapse", "amp", "compile"))
+        common.check_same_config(saved["config"], config,
+                                 ignore=("probe_gradients", "probe_steps", "probe_batches", "probe_epochs",
+                                         "stop_on_collapse", "amp", "compile", "channels_last"))
         gen.set_state(saved["train_rng"])
         curves.load_state_dict(saved["curves"])
         state = saved["state"]
@@ -419,8 +422,8 @@ def make_figures(curves, run_dir, args):
 def compare(args, device, base_dir: Path) -> dict:
     """Both activations over seeds: collapse rate (95% Wilson interval), first collapse epoch, final scores."""
     runs = []
-    for act in args.acts:
-        for seed in range(args.seed, args.seed + args.seeds):
+    for seed in range(args.seed, args.seed + args.seeds):   # seeds outermost: a cut-short comparison stays balanced
+        for act in args.acts:
             sub = copy.copy(args)
             sub.act, sub.seed = act, seed
             run_dir = base_dir / f"{act}_seed{seed}"
@@ -512,7 +515,7 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
                 for p in G.parameters():
                     p.requires_grad_(True)
                 norms = {"minimax": [], "nonsaturating": []}
-                for _ in range(5):
+                for _ in range(args.probe_batches):
                     logits = D(G(torch.randn(bs, args.latent_dim, generator=gen).to(device)))
                     costs = {"minimax": -F.softplus(logits).mean(), "nonsaturating": F.softplus(-logits).mean()}
                     for name, cost in costs.items():
