@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import importlib
 import math
 import shutil
@@ -420,8 +421,10 @@ def make_figures(curves, run_dir, args):
 
 
 def compare(args, device, base_dir: Path) -> dict:
-    """Both activations over seeds: collapse rate (95% Wilson interval), first collapse epoch, final scores."""
-    runs = []
+    """Both activations over seeds: collapse rate (95% Wilson interval), first collapse epoch, final scores.
+    The table and figure are rewritten after every finished run, so a cut-short comparison still shows
+    what it has; `--resume` skips finished runs and continues the unfinished one."""
+    runs, result = [], {}
     for seed in range(args.seed, args.seed + args.seeds):   # seeds outermost: a cut-short comparison stays balanced
         for act in args.acts:
             sub = copy.copy(args)
@@ -430,19 +433,29 @@ def compare(args, device, base_dir: Path) -> dict:
             done = run_dir / "metrics.json"
             if done.exists():
                 runs.append(common.load_json(done))
-                continue
-            sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            result = train_run(sub, device, run_dir)
-            common.save_json(done, result)
-            runs.append(result)
+            else:
+                sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
+                if not sub.resume:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
+                result = train_run(sub, device, run_dir)
+                common.save_json(done, result)
+                runs.append(result)
+            result = write_comparison(base_dir, runs, args.acts)
+    print((base_dir / "comparison.md").read_text())
+    return result
+
+
+def write_comparison(base_dir: Path, runs: list[dict], acts) -> dict:
     table = {}
-    for act in args.acts:
+    for act in acts:
         rs = [r for r in runs if r["act"] == act]
+        if not rs:
+            continue
         k = sum(r["collapsed"] for r in rs)
-        first = [r["first_collapse_epoch"] for r in rs if r["collapsed"]]
         table[act] = {"runs": len(rs), "collapsed": k, "collapse_rate": k / len(rs),
-                      "collapse_rate_ci95": common.wilson_interval(k, len(rs)), "first_collapse_epochs": first,
+                      "collapse_rate_ci95": common.wilson_interval(k, len(rs)),
+                      "first_collapse_epochs": [r["first_collapse_epoch"] for r in rs if r["collapsed"]],
                       **{f"final_{m}": common.mean_sem(r["final"][m] for r in rs)
                          for m in ("digit_kl", "ndb", "frechet_clf", "digits_covered")}}
     lines = ["| generator | runs | collapsed | rate (95% CI) | first collapse epochs | final digit KL | "
@@ -452,9 +465,10 @@ def compare(args, device, base_dir: Path) -> dict:
         f = lambda m: f"{t['final_' + m][0]:.3g} ± {t['final_' + m][1]:.2g}"
         lines.append(f"| {act} | {t['runs']} | {t['collapsed']} | {t['collapse_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
                      f"{t['first_collapse_epochs'] or '-'} | {f('digit_kl')} | {f('ndb')} | {f('frechet_clf')} |")
-    (base_dir / "comparison.md").write_text("\n".join(lines) + "\n")
+    with common.atomic_open(base_dir / "comparison.md") as fh:
+        fh.write("\n".join(lines) + "\n")
+    common.save_json(base_dir / "comparison.json", {"table": table, "runs": runs})
     plot_comparison(base_dir, runs)
-    print("\n".join(lines))
     return {"table": table, "runs": runs}
 
 
@@ -462,10 +476,7 @@ def plot_comparison(base_dir, runs):
     plt = common.pyplot()
     fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.3 * len(runs) + 0.5), squeeze=False, sharex=True)
     for ax, r in zip(axes[:, 0], runs):
-        curves = common.Curves(base_dir / f"{r['act']}_seed{r['seed']}" / "curves.csv")
-        import csv
-
-        with open(curves.path) as f:
+        with open(base_dir / f"{r['act']}_seed{r['seed']}" / "curves.csv") as f:
             rows = list(csv.DictReader(f))
         heat = torch.tensor([[float(row[f"digit_{d}"]) for d in range(10)] for row in rows]).T
         ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=0.5,

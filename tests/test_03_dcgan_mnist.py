@@ -183,3 +183,14 @@ def test_unreadable_checkpoint_exits_2(tmp_path, mnist_root, capsys):
     with pytest.raises(SystemExit) as e:
         m.main(flags + ["--resume"])
     assert e.value.code == 2 and "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_seeds_comparison_writes_the_table(tmp_path, mnist_root):
+    out = m.main(QUICK + ["--seeds", "1", "--n_train", "256", "--n_eval", "200", "--data_root", mnist_root,
+                          "--out", str(tmp_path)])
+    assert set(out["table"]) == {"leakyrelu", "relu"}
+    assert all(t["runs"] == 1 and 0 <= t["collapse_rate"] <= 1 for t in out["table"].values())
+    base = tmp_path / "03_dcgan_mnist" / "compare_seed0x1_quick"
+    table = (base / "comparison.md").read_text()
+    assert "| relu | 1 |" in table and "| leakyrelu | 1 |" in table
+    assert (base / "digit_histograms.png").exists() and (base / "relu_seed0" / "config.json").exists()
