@@ -32,13 +32,13 @@ def parse_args(argv=None):
                    help="generator loss: minimax log(1-D(G(z))) or non-saturating -log D(G(z))")
     p.add_argument("--n_steps", type=common.positive_int, default=6000, help="training steps")
     p.add_argument("--batch_size", type=common.positive_int, default=128)
-    p.add_argument("--lr", type=common.positive_float, default=1e-3, help="Adam learning rate, both players")
+    p.add_argument("--lr", type=common.positive_float, default=3e-3, help="Adam learning rate of the generator")
     p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
     p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
     p.add_argument("--latent_dim", type=common.positive_int, default=1, help="noise dimension")
     p.add_argument("--g_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="generator hidden widths")
-    p.add_argument("--d_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="discriminator hidden widths")
-    p.add_argument("--lr_d", type=common.positive_float, default=None, help="discriminator learning rate (default: --lr)")
+    p.add_argument("--d_hidden", type=common.positive_int, nargs="+", default=[16], help="discriminator hidden widths")
+    p.add_argument("--lr_d", type=common.positive_float, default=3e-4, help="Adam learning rate of the discriminator")
     p.add_argument("--d_steps", type=common.positive_int, default=1, help="discriminator steps per generator step")
     p.add_argument("--seeds", type=common.positive_int, default=1, help="train this many seeds (seed, seed+1, ...) at once")
     p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
@@ -57,7 +57,9 @@ class StackedMLP(torch.nn.Module):
     """S independent MLPs (one per seed) evaluated together with batched matrix products.
 
     Each seed's weights are initialised as torch.nn.Linear does (uniform in +-1/sqrt(fan_in)) from its
-    own generator, so seed s trains the same network whether it runs alone or among others."""
+    own generator, and each seed draws its own noise, so seed s starts from the same network and sees
+    the same data whether it runs alone or among others (the arithmetic can differ in the last bits,
+    which a chaotic game like this one amplifies over thousands of steps)."""
 
     def __init__(self, sizes: list[int], generators: list[torch.Generator]):
         super().__init__()
@@ -139,7 +141,7 @@ def train(args, device, progress=True):
     G = StackedMLP([args.latent_dim, *args.g_hidden, 1], gens).to(device)
     D = StackedMLP([1, *args.d_hidden, 1], gens).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d or args.lr, betas=(args.b1, args.b2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.b1, args.b2))
     S, B = len(seeds), args.batch_size
 
     n_eval, grid = 1000, torch.linspace(-60, 70, 261)
@@ -224,14 +226,14 @@ def plot_story(hist, args, run_dir, i=0):
     plt = common.pyplot()
     samples, steps = hist["samples"][i], hist["step"]
     modes = list(common.TEMPERATURE_MODES.items())
-    edges = torch.linspace(-50, 60, 111)
-    heat = torch.stack([torch.histc(s.clamp(-50, 60), bins=110, min=-50, max=60) for s in samples]) / samples.shape[1]
+    lo, hi = -70, 80
+    heat = torch.stack([torch.histc(s.clamp(lo, hi), bins=hi - lo, min=lo, max=hi) for s in samples]) / samples.shape[1]
     frac = hot_fraction(samples)
     hops = hop_steps(frac.tolist(), steps.tolist(), args.collapse_threshold)
 
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.imshow(heat.T.sqrt(), aspect="auto", origin="lower", cmap="magma",
-              extent=[0, int(steps[-1]), float(edges[0]), float(edges[-1])])
+              extent=[0, int(steps[-1]), lo, hi])
     for name, t in modes:
         ax.axhline(t, color="cyan", ls="--", lw=1)
         ax.text(int(steps[-1]) * 1.005, t, name, color="black", va="center", fontsize=8)
@@ -251,21 +253,32 @@ def plot_story(hist, args, run_dir, i=0):
     ax.legend(loc="center right")
     common.savefig(fig, run_dir / "mode_fractions.png")
 
-    # D(x) just before and just after each of the first hops: the "real" region flips
-    show = hops[:4] or [int(steps[-1])]
-    fig, axes = plt.subplots(1, len(show), figsize=(3.6 * len(show), 3), squeeze=False, sharey=True)
-    for ax, s in zip(axes[0], show):
+    # at each of the first hops: the D that pushed the generator, and the samples before and after
+    settled = [h for h in hops if h >= 0.2 * int(steps[-1])]  # skip the turbulent start
+    show = (settled or hops)[:4] or [int(steps[-1])]
+    fig, axes = plt.subplots(1, len(show), figsize=(3.8 * len(show), 3.2), squeeze=False)
+    for k, (ax, s) in enumerate(zip(axes[0], show)):
         t = int((steps - s).abs().argmin())
-        for tt, style, when in [(max(t - 1, 0), "--", "before"), (t, "-", "after")]:
-            ax.plot(hist["grid"], hist["d_curve"][i, tt], style, color="k", label=f"D(x), step {int(steps[tt])}")
-            ax.hist(samples[tt].clamp(-60, 70), bins=130, range=(-60, 70), density=True, alpha=0.35,
-                    color="tab:red" if when == "after" else "tab:blue", label=f"G samples, step {int(steps[tt])}")
+        before = max(t - 1, 0)
+        twin = ax.twinx()
+        twin.hist(samples[before].clamp(-60, 70), bins=130, range=(-60, 70), density=True, alpha=0.45,
+                  color="tab:blue", label=f"G, step {int(steps[before])}")
+        twin.hist(samples[t].clamp(-60, 70), bins=130, range=(-60, 70), density=True, alpha=0.45,
+                  color="tab:red", label=f"G, step {int(steps[t])}")
+        twin.set_yticks([])
+        ax.plot(hist["grid"], hist["d_curve"][i, before], color="k", lw=1.8, label=f"D(x), step {int(steps[before])}")
         for _, temp in modes:
             ax.axvline(temp, color="gray", ls=":")
-        ax.set(xlabel="temperature (C)", title=f"hop at step {s}", ylim=(0, 1.05))
-        ax.legend(fontsize=6, loc="upper center")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        direction = "cold -> hot" if frac[t] > 0.5 else "hot -> cold"
+        ax.set(xlabel="temperature (C)", title=f"hop {k + 1} at step {s}: {direction}")
+        if k == 0:
+            ax.legend(loc="upper left", fontsize=7)
+            twin.legend(loc="upper right", fontsize=7)
     axes[0][0].set_ylabel("D(x) = P(real)")
-    fig.suptitle("the discriminator's 'real' region flips when the generator changes mode")
+    fig.suptitle(f"seed {hist['seeds'][i]}: before each hop D rates the other side as more real; the favoured side "
+                 "alternates (cat and mouse)", fontsize=10)
     common.savefig(fig, run_dir / "discriminator_flips.png")
 
 
@@ -287,6 +300,16 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # networks this small run several times faster on one thread than on two
+    try:
+        return run(args, device, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args, device, argv) -> dict:
     name = f"{args.loss}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "") + ("_quick" if args.quick else "")
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"01: {args.seeds} seed(s), {args.n_steps} steps, {args.loss} loss, on {device}; writing {run_dir}")

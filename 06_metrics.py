@@ -4,11 +4,13 @@ The experiment (the default run) reproduces the MNIST demonstration of NDB (Rich
 and GMMs", NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms): K = 100 K-means bins
 are fitted on 50,000 MNIST training images, and sets of images are compared with them bin by bin. It
 goes further: besides (a) a held-out part of the training set, (b) the test set and (c) the test set
-without its 9s (the reference's three sets), it evaluates (d) a set where one digit fills half the
+without its 9s (the sets of the reference demo), it evaluates (d) a set where one digit fills half the
 samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images, and reports
-every metric of this file for each. What you should see: (a) and (b) look like the training data
-(NDB near 0); (c)-(f) do not, and each metric fails in its own way (for example the near-duplicates
-fool the per-sample quality metrics but not NDB, coverage or diversity).
+every metric of this file for each. What you should see: the held-out images (a) differ from the bins
+in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers)
+in a few more; (c)-(f) in many. Each other metric misses something: the near-duplicates (f) keep a
+high precision and density (every image is real) and a normal pixel diversity (ten different images
+are as far apart as any), while NDB, recall and coverage expose them.
 
 This file is also the metrics module of the other scripts, loaded with
     metrics = importlib.import_module("06_metrics")
@@ -21,15 +23,14 @@ This file is also the metrics module of the other scripts, loaded with
   pacgan_mode_stats                       the PacGAN mode counts for mixtures (= common.mode_stats)
 Images are float tensors N x 1 x 28 x 28 in [-1, 1] (the GAN convention) unless a docstring says otherwise.
 
-Run:  python 06_metrics.py                        (the experiment: ~2-4 min on two CPU cores the first
-                                                   time, which trains and caches the classifier)
+Run:  python 06_metrics.py                        (the experiment: about 3 min on two CPU cores, plus
+                                                   1-3 min the first time to train and cache the classifier)
       python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
       python 06_metrics.py --fake pngs/ --real other.npz
 Needs: common.py
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
 import os
@@ -131,7 +132,7 @@ class NDB:
 
     @property
     def real_proportions(self) -> torch.Tensor:
-        return self.real_counts.double() / self.n_real
+        return self.real_counts.cpu().double() / self.n_real
 
     def assign(self, samples) -> torch.Tensor:
         """The bin (index into the size-sorted centres) of each sample."""
@@ -145,19 +146,19 @@ class NDB:
         n = len(samples)
         if n == 0:
             raise ValueError("NDB.evaluate needs at least one sample")
-        counts = torch.bincount(self.assign(samples), minlength=self.k)
+        counts = torch.bincount(self.assign(samples), minlength=self.k).cpu()
         q = counts.double() / n
         p = self.real_proportions
         z, p_value, sig = two_proportion_z_test(p, self.n_real, q, n, alpha)
         if z_threshold is not None:
             sig = z.abs() > z_threshold
-        sig_cpu = sig.cpu()
-        over = sig_cpu & (q > p).cpu()
-        return {"ndb": int(sig_cpu.sum()), "ndb_frac": float(sig_cpu.sum()) / self.k,
+        over = sig & (q > p)
+        return {"ndb": int(sig.sum()), "ndb_frac": float(sig.sum()) / self.k,
                 "jsd": jensen_shannon_divergence(p, q), "k": self.k, "n": n, "n_real": self.n_real,
-                "alpha": alpha, "z_threshold": z_threshold, "ndb_over": int(over.sum()), "ndb_under": int((sig_cpu & ~over).sum()),
-                "significant": sig_cpu.tolist(), "z": z.cpu().tolist(),
-                "real_proportions": p.cpu().tolist(), "sample_proportions": q.cpu().tolist()}
+                "alpha": alpha, "z_threshold": z_threshold,
+                "ndb_over": int(over.sum()), "ndb_under": int((sig & ~over).sum()),
+                "significant": sig.tolist(), "z": z.tolist(),
+                "real_proportions": p.tolist(), "sample_proportions": q.tolist()}
 
     def state_dict(self) -> dict:
         return {"k": self.k, "seed": self.seed, "whiten": self.whiten, "centers": self.centers.cpu(),
@@ -216,9 +217,10 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local
     centers = x.new_empty(k, x.shape[1])
     centers[0] = x[first]
     closest = _sq_dist_to(x, x_sq, x[first:first + 1])[:, 0]
+    acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
     for i in range(1, k):
-        cum = torch.cumsum(closest.double(), 0)
-        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * cum[-1]
+        cum = torch.cumsum(closest.to(acc), 0)
+        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device, acc) * cum[-1]
         cand = torch.searchsorted(cum, u).clamp_(max=n - 1)
         new_closest = torch.minimum(closest[:, None], _sq_dist_to(x, x_sq, x[cand]))
         best = new_closest.sum(0).argmin()
@@ -230,7 +232,8 @@ def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
            progress: bool = False):
     """Lloyd's K-means with greedy k-means++ start, in torch (CPU or GPU), seeded: the same seed gives
-    the same centres on the same device. An iteration assigns every point to its nearest centre and
+    the same centres on the same device with the same number of threads (the BLAS summation order can
+    differ between thread counts, and with it a few late assignments). An iteration assigns every point to its nearest centre and
     moves each centre to the mean of its points (sums updated with the points that changed cluster
     only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
     variance of x), squared and summed (scikit-learn's rule), or after `max_iter` iterations; an empty
@@ -271,11 +274,11 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: flo
 pacgan_mode_stats = common.mode_stats  # PacGAN (Lin et al. 2018, Sec. 5.1): 3-sigma quality, modes, reverse KL
 
 
-def digit_stats(labels, n_classes: int = 10, min_count: int = 1) -> dict:
+def digit_stats(labels, n_classes: int = 10, min_count: int = 1, device=None) -> dict:
     """Histogram of predicted classes, the classes covered and KL(p || uniform) = ln K - H(p) in nats.
 
     Rule: a class is covered when at least `min_count` samples (default 1, the rule of PacGAN/VEEGAN
-    for stacked MNIST) are predicted as it."""
+    for stacked MNIST) are predicted as it. Counted on the CPU (`device` is accepted and unused)."""
     labels = torch.as_tensor(labels).reshape(-1).long().cpu()
     n = len(labels)
     counts = torch.bincount(labels, minlength=n_classes)[:n_classes]
@@ -415,7 +418,8 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
     total = recipe["epochs"] * steps_per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=total, pct_start=0.15)
-    bar = common.Progress(total, "06 classifier" + (" (quick)" if quick else ""), every=10.0 if progress else float("inf"))
+    bar = common.Progress(total, "06 classifier" + (" (quick)" if quick else ""),
+                          every=10.0 if progress else float("inf"))
     t0 = time.perf_counter()
     model.train()
     for _ in range(recipe["epochs"]):
@@ -442,7 +446,7 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
 def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool = True) -> MNISTClassifier:
     """The MNIST classifier in eval mode: loaded from the cache (weights + a hash of the MNIST files),
     or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU cores; quick:
-    a smaller net on 8,000 images, a few seconds, about 96%, for smoke tests). `clf.info` says which."""
+    a smaller net on 8,000 images, a few seconds, about 95%, for smoke tests). `clf.info` says which."""
     fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else None
     name = f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint or 'nodata'}.pt"
     path = cache_dir(data_root) / name
@@ -487,7 +491,7 @@ class FeatureStats:
     """Mean and covariance (ddof = 1) of a feature set, e.g. the real MNIST features, computed once."""
 
     def __init__(self, feats):
-        f = torch.as_tensor(feats, dtype=torch.float64).reshape(len(feats), -1)
+        f = torch.as_tensor(feats).detach().cpu().double().reshape(len(feats), -1)
         if len(f) < 2:
             raise ValueError("Frechet distance needs at least 2 samples per set")
         self.n, self.mu, self.sigma = len(f), f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])
@@ -496,10 +500,11 @@ class FeatureStats:
         return _frechet_from_moments(self.mu, self.sigma, other.mu, other.sigma)
 
 
-def frechet_distance(feats_a, feats_b) -> float:
+def frechet_distance(feats_a, feats_b, device=None) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, eq. 6), here in
     the feature space of this repository's MNIST classifier: NOT the Inception FID, and not comparable
-    with published FID numbers. Either argument may be a FeatureStats."""
+    with published FID numbers. Either argument may be a FeatureStats. Computed on the CPU in float64
+    (`device` is accepted for a uniform signature)."""
     a = feats_a if isinstance(feats_a, FeatureStats) else FeatureStats(feats_a)
     b = feats_b if isinstance(feats_b, FeatureStats) else FeatureStats(feats_b)
     return a.frechet(b)
@@ -539,7 +544,7 @@ def _prdc(real, fake, k, device, real_radii=None):
         nearest_fake = torch.minimum(nearest_fake, d.min(0).values)
     return {"precision": float(torch.cat(in_real_le).float().mean()),
             "recall": float(real_in_fake.float().mean()),
-            "density": float(torch.cat(in_real_lt).double().sum() / (k * len(f))),
+            "density": int(torch.cat(in_real_lt).sum()) / (k * len(f)),
             "coverage": float((nearest_fake < r_rad).float().mean())}
 
 
@@ -561,11 +566,13 @@ def density_coverage(real_feats, fake_feats, k: int = 5, device="cpu", real_radi
     return {"density": out["density"], "coverage": out["coverage"]}
 
 
-def diversity(samples, metric: str = "l1", max_samples: int = 1000, seed: int = 0) -> float:
+def diversity(samples, metric: str = "l1", max_samples: int = 1000, seed: int = 0, device=None) -> float:
     """Mean pairwise distance over all pairs i != j of (at most `max_samples`, a seeded random subset)
     samples, flattened. metric "l1": mean absolute difference per element (for images in [-1, 1] it lies
-    in [0, 2]); "l2": Euclidean distance. 0 for identical samples; nan for fewer than 2 samples."""
+    in [0, 2]); "l2": Euclidean distance. 0 for identical samples; nan for fewer than 2 samples.
+    Blind to a set of a few distinct images copied many times: pairs of different images dominate."""
     x = torch.as_tensor(samples).float().reshape(len(samples), -1)
+    x = x.to(device) if device is not None else x
     if len(x) < 2:
         return float("nan")
     if len(x) > max_samples:
@@ -577,7 +584,7 @@ def diversity(samples, metric: str = "l1", max_samples: int = 1000, seed: int = 
     else:
         raise ValueError(f"diversity metric must be 'l1' or 'l2', not {metric!r}")
     n = len(x)
-    return float(d.double().sum() / (n * (n - 1)))
+    return float(d.sum(1).cpu().double().sum()) / (n * (n - 1))
 
 
 def lpips_status() -> str | None:
@@ -672,7 +679,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("the experiment's sets")
     g.add_argument("--n_holdout", type=common.positive_int, default=10000,
                    help="training images held out of the bins: set (a) (the reference holds out 1/6)")
-    g.add_argument("--drop_digit", type=int, choices=range(10), default=9, help="digit removed from the test set: set (c)")
+    g.add_argument("--drop_digit", type=int, choices=range(10), default=9,
+                   help="digit removed from the test set: set (c)")
     g.add_argument("--collapse_digit", type=int, choices=range(10), default=1, help="the digit of sets (d) and (e)")
     g.add_argument("--n_dup_sources", type=common.positive_int, default=10, help="test images copied to make set (f)")
     g.add_argument("--dup_noise", type=common.nonneg_float, default=0.05,
@@ -710,7 +718,8 @@ def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
         except common.UserError:
             raise
         except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} ({common.one_line(e)[:150]})") from None
+            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} "
+                                   f"({common.one_line(e)[:150]})") from None
     else:
         raise common.UserError(f"{what} {path}: expected an .npz or .npy file or a folder of .png images")
     return _normalise_images(arr, f"{what} {path}")
@@ -802,7 +811,8 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
         out.update({"digits_covered" if not ref.stacked else "triples_covered": stats["covered"],
                     "kl_uniform": stats["kl_uniform"], "digit_histogram": stats["histogram"]})
     feats = ref.features(images.to(ref.device))
-    out["frechet"] = ref.real_stats.frechet(FeatureStats(feats)) if ref.real_stats is not None and len(feats) > 1 else None
+    out["frechet"] = (ref.real_stats.frechet(FeatureStats(feats))
+                      if ref.real_stats is not None and len(feats) > 1 else None)
     if len(feats) > ref.nn_k:
         out.update(_prdc(ref.ref_feats, feats, ref.nn_k, ref.device, ref.ref_radii))
     else:
@@ -817,12 +827,13 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
 TABLE_COLUMNS = [("n", "n", "{:d}"), ("ndb", "NDB", "{:d}"), ("ndb_frac", "NDB/K", "{:.2f}"),
                  ("jsd", "JSD", "{:.4f}"), ("ndb_z3", "NDB|z|>3", "{:d}"),
                  ("digits_covered", "digits", "{:d}"), ("triples_covered", "triples", "{:d}"),
-                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD(clf)", "{:.2f}"),
+                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD*", "{:.2f}"),
                  ("precision", "prec", "{:.3f}"), ("recall", "rec", "{:.3f}"), ("density", "dens", "{:.3f}"),
                  ("coverage", "cov", "{:.3f}"), ("diversity_l1", "div(L1)", "{:.3f}")]
 
 
-def format_table(rows: dict) -> str:
+def format_table(rows: dict, feature_space: str = "") -> str:
+    """The metrics as a text table; FD and the k-NN metrics are computed in `feature_space`."""
     cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
     width = max(len(name) for name in rows) + 2
     lines = ["set".ljust(width) + " ".join(h.rjust(8) for _, h, _ in cols)]
@@ -830,8 +841,12 @@ def format_table(rows: dict) -> str:
         cells = []
         for key, _, fmt in cols:
             v = r.get(key)
-            cells.append(("-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)).rjust(8))
+            missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+            cells.append(("-" if missing else fmt.format(v)).rjust(8))
         lines.append(name.ljust(width) + " ".join(cells))
+    if feature_space:
+        lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
+                     + (" (not the Inception FID)" if "classifier" in feature_space else ""))
     return "\n".join(lines)
 
 
@@ -855,7 +870,8 @@ def plot_ndb_bins(results: dict, path, title: str) -> None:
                 label="significantly more")
         ax.plot(np.flatnonzero(under), q[under], "v", color="tab:blue", ms=4, label="significantly fewer")
         if q.max() > top:
-            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7)
         ax.set_ylim(0, top * 1.05)
         ax.set(xlabel="bin (sorted by real proportion)", ylabel="proportion of samples",
                title=f"{name}\nNDB {res['ndb']}/{k}, JSD {res['jsd']:.4f}, n={res['n']}")
@@ -985,7 +1001,7 @@ def run_experiment(args, device, run_dir) -> dict:
     rows = {}
     for name, images in sets.items():
         rows[name] = evaluate_images(images, ref, args.alpha, args.diversity_samples)
-    print(format_table(rows))
+    print(format_table(rows, ref.feature_space))
 
     speed = speed_benchmark(args, x_train, x_test, device, ndb)
     n_stacked = 2000 if args.quick else 26000
@@ -997,19 +1013,20 @@ def run_experiment(args, device, run_dir) -> dict:
     print(f"06: stacked MNIST, {n_stacked} real triples: {st['covered']}/1000 triples covered "
           f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
 
-    first = next(iter(rows))
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
-                  f"NDB on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: held-out and test "
-                  f"images stay within chance, missing, over-represented or duplicated digits do not")
+                  f"NDB on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: held-out images "
+                  f"differ in about alpha K = {args.alpha * args.k:g} bins (chance), the test set in a few more, "
+                  f"sets with missing, over-represented or duplicated digits in many")
     drop_name = [n for n in rows if n.startswith("(c)")][0]
     plot_bin_centres(ndb, rows[drop_name]["ndb_result"], run_dir / "ndb_bin_centres.png",
                      f"bin centres; framed: significantly different bins for '{drop_name}' "
                      f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
     plot_digit_histograms(rows, run_dir / "digit_histograms.png")
     with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows) + "\n")
+        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
-            "sets": rows, "first_set": first, "k": args.k, "alpha": args.alpha, "n_fit": len(fit_images),
+            "sets": rows, "k": args.k, "alpha": args.alpha, "ndb_expected_by_chance": args.alpha * args.k,
+            "n_fit": len(fit_images),
             "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
             "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
             "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
@@ -1020,7 +1037,8 @@ def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
     """Fit K bins on all 60,000 training images (the bins `mnist_ndb` caches) and evaluate 10,000."""
     load = os.getloadavg()
     if args.quick:
-        fit_seconds, n_fit, it, bench = ndb_quick.fit_info["seconds"], ndb_quick.n_real, ndb_quick.fit_info["iterations"], ndb_quick
+        bench = ndb_quick
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
     else:
         real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
         bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
@@ -1043,46 +1061,60 @@ def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
             "load_average_1_5_15min": list(load), "speed_note": "quick: timed on the quick fit" if args.quick else ""}
 
 
-def run_eval(args, device, run_dir) -> dict:
-    """The command line: --fake against --real, one row of every metric."""
+def load_inputs(args) -> dict:
+    """--fake and --real (when a file), checked against each other before any work starts."""
     fake, fake_range = load_images(args.fake, "--fake")
-    print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
-    t0 = time.perf_counter()
+    inputs = {"fake": fake, "fake_range": fake_range, "real": None}
     if args.real == "mnist":
         if fake.shape[2:] != (28, 28):
             raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
+        if args.whiten or args.max_iter != 100:
+            raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
+                                   "--real mnist uses the cached standard bins")
+        common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
+    else:
+        real, inputs["real_range"] = load_images(args.real, "--real")
+        if real.shape[1:] != fake.shape[1:]:
+            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
+                                   f"--fake {tuple(fake.shape[1:])}")
+        if len(real) < max(args.k, args.nn_k + 1):
+            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        inputs["real"] = real
+    return inputs
+
+
+def run_eval(args, device, run_dir, inputs: dict) -> dict:
+    """The command line: --fake against --real, one row of every metric."""
+    fake, fake_range = inputs["fake"], inputs["fake_range"]
+    print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
+    t0 = time.perf_counter()
+    if args.real == "mnist":
         stacked = fake.shape[1] == 3
         clf = load_classifier(args.data_root, device, quick=args.quick)
-        if args.whiten or args.max_iter != 100:
-            raise common.UserError("--whiten and --max_iter apply to the experiment and --real FILE; "
-                                   "--real mnist uses the cached standard bins")
         ndb = mnist_ndb(args.data_root, args.k, args.seed, device, quick=args.quick, stacked=stacked)
         x_train, _ = common.load_mnist(args.data_root, train=True)
         gen = torch.Generator().manual_seed(args.seed)
         n_real = 6000 if args.quick else (30000 if stacked else 60000)
         real = (make_stacked_mnist(x_train, n_real, gen) if stacked
                 else _to_float(x_train[torch.randperm(len(x_train), generator=gen)[:n_real]]))
-        space = f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d{' per channel, concatenated' if stacked else ''})"
+        space = (f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d"
+                 f"{' per channel, concatenated' if stacked else ''})")
         ref = make_reference(ndb, clf, real, args, device, stacked=stacked, feature_space=space)
     else:
-        real, real_range = load_images(args.real, "--real")
-        if real.shape[1:] != fake.shape[1:]:
-            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, --fake {tuple(fake.shape[1:])}")
-        if len(real) < max(args.k, args.nn_k + 1):
-            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        real = inputs["real"]
         ndb = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
                   max_iter=args.max_iter, progress=True)
         ref = make_reference(ndb, None, real, args, device, feature_space="pixels")
     name = Path(args.fake).name
     row = evaluate_images(fake, ref, args.alpha, args.diversity_samples)
     rows = {name: row}
-    print(format_table(rows))
+    print(format_table(rows, ref.feature_space))
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
                   f"marked bins differ significantly (alpha {args.alpha})")
     common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
     with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows) + "\n")
+        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
             "k": args.k, "alpha": args.alpha, "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
             "classifier": None if ref.clf is None else {k: v for k, v in ref.clf.info.items() if k != "recipe"},
@@ -1096,14 +1128,18 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     if args.fake is not None:
-        load_images(args.fake, "--fake")  # fail on bad input before anything is created or trained
+        inputs = load_inputs(args)  # fail on bad input before anything is created or trained
         name = f"eval_{Path(args.fake).stem or 'samples'}" + ("_quick" if args.quick else "")
     else:
+        common.load_mnist(args.data_root, train=False)  # a clear error before the run folder is made
         name = f"ndb_demo_k{args.k}_seed{args.seed}" + ("_quick" if args.quick else "")
     name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"06: on {device}; writing {run_dir}")
-    metrics = run_eval(args, device, run_dir) if args.fake is not None else run_experiment(args, device, run_dir)
+    if args.fake is not None:
+        metrics = run_eval(args, device, run_dir, inputs)
+    else:
+        metrics = run_experiment(args, device, run_dir)
     metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"06: outputs in {run_dir}")

@@ -46,3 +46,18 @@ def mnist_root() -> str:
 # No network for the code under test: urllib honours these, so a download attempt fails at once.
 OFFLINE_ENV = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
                "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_metrics_cache(tmp_path_factory):
+    """One cache folder for the whole test session (06's classifier and NDB bins are fitted once),
+    unless MODE_COLLAPSE_CACHE is already set; subprocesses inherit it."""
+    if os.environ.get("MODE_COLLAPSE_CACHE"):
+        yield os.environ["MODE_COLLAPSE_CACHE"]
+        return
+    path = tmp_path_factory.mktemp("mode_collapse_cache")
+    os.environ["MODE_COLLAPSE_CACHE"] = str(path)
+    try:
+        yield str(path)
+    finally:
+        os.environ.pop("MODE_COLLAPSE_CACHE", None)

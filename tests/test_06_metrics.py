@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,19 +12,6 @@ import common
 from conftest import load_script, run_cli
 
 metrics = load_script("06_metrics")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def metrics_cache(tmp_path_factory):
-    """One cache folder for the whole test session, so the quick classifier and bins are made once."""
-    old = os.environ.get("MODE_COLLAPSE_CACHE")
-    path = tmp_path_factory.mktemp("mode_collapse_cache")
-    os.environ["MODE_COLLAPSE_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("MODE_COLLAPSE_CACHE", None)
-    else:
-        os.environ["MODE_COLLAPSE_CACHE"] = old
 
 
 def blobs(n, centers, std, generator):
@@ -117,7 +103,8 @@ def test_pacgan_counts_on_collapsed_and_spread_sets():
     off = torch.zeros(100, 2)  # the centre of the ring: far from every mode
     s, c, o = (metrics.pacgan_mode_stats(x, ring.centers, ring.std) for x in (spread, collapsed, off))
     # in 2-D, P(|noise| < 3 sigma) = 1 - exp(-9/2) = 0.9889
-    assert s["modes"] == 8 and s["reverse_kl"] < 0.01 and s["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.005)
+    assert s["modes"] == 8 and s["reverse_kl"] < 0.01
+    assert s["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.005)
     assert c["modes"] == 1 and c["reverse_kl"] == pytest.approx(math.log(8)) and c["counts"][2] > 970
     assert o["modes"] == 0 and o["high_quality"] == 0 and math.isnan(o["reverse_kl"])
 
@@ -264,7 +251,7 @@ def test_quick_experiment_reports_every_metric_for_every_set(mnist_root, tmp_pat
     assert e["ndb"] > a["ndb"] and e["jsd"] > 10 * a["jsd"] and f["ndb"] > 50
     assert c["ndb"] > a["ndb"] and c["digit_histogram"][9] < 0.02
     assert e["digits_covered"] <= 7 and e["kl_uniform"] > 1.5 and a["kl_uniform"] < 0.05
-    assert e["frechet"] > 10 * b["frechet"] and f["recall"] < 0.1 and f["diversity_l1"] < a["diversity_l1"]
+    assert e["frechet"] > 10 * b["frechet"] and f["recall"] < 0.1 and f["coverage"] < 0.2
     for row in sets.values():
         for key in ("ndb", "jsd", "frechet", "precision", "recall", "density", "coverage", "diversity_l1"):
             assert row[key] is not None

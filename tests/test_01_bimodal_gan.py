@@ -1,0 +1,87 @@
+"""01: mode fractions and hop counts on hand-made sequences, the losses, smoke runs, bad flags."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import load_script, run_cli
+
+m = load_script("01_bimodal_gan")
+
+
+def test_hot_fraction_splits_at_the_midpoint():
+    t = torch.tensor([[-30.0, -20.0, 10.0, 40.0], [35.0, 36.0, 37.0, 38.0]])
+    assert m.hot_fraction(t).tolist() == [0.5, 1.0]
+    assert -26 < m.MID < 36
+
+
+def test_hops_on_hand_made_sequences():
+    assert m.count_hops([0.0, 0.0, 1.0, 1.0, 0.0]) == 2          # cold -> hot -> cold
+    assert m.count_hops([0.5, 0.45, 0.55, 0.5, 0.6]) == 0        # balanced and wobbling: no hop
+    assert m.count_hops([0.95, 0.6, 0.95, 0.5, 0.97]) == 0       # stays hot through mixed phases
+    assert m.count_hops([0.95, 0.5, 0.05, 0.5, 0.95]) == 2       # hot -> (transit) -> cold -> hot
+    assert m.count_hops([0.5, 0.5, 0.02]) == 0                   # collapsing once is not a hop
+    assert m.hop_steps([0.0, 0.5, 1.0, 1.0, 0.0], [0, 10, 20, 30, 40]) == [20, 40]
+    assert m.majority_sequence([0.5, 0.95, 0.8, 0.05], threshold=0.9) == [None, 1, 1, 0]
+
+
+def test_losses_and_their_gradients():
+    logits = torch.tensor([[[-3.0], [0.0], [3.0]]], requires_grad=True)
+    # minimax log(1 - D) saturates where D rejects the samples (logit -3); -log D does not
+    mm = torch.autograd.grad(m.generator_loss(logits, "minimax"), logits)[0].abs().flatten()
+    ns = torch.autograd.grad(m.generator_loss(logits, "nonsaturating"), logits)[0].abs().flatten()
+    assert ns[0] > 10 * mm[0]
+    assert torch.allclose(mm + ns, torch.full((3,), 1 / 3))       # sigmoid(l) + sigmoid(-l) = 1, / 3 samples
+    real, fake = torch.zeros(1, 4, 1), torch.zeros(1, 4, 1)
+    assert torch.isclose(m.discriminator_loss(real, fake), torch.tensor(2 * 0.6931472), atol=1e-6)
+
+
+def test_stacked_seeds_are_independent():
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    net = m.StackedMLP([1, 8, 1], gens)
+    alone = m.StackedMLP([1, 8, 1], [torch.Generator().manual_seed(4)])
+    assert torch.equal(net.weights[0][1], alone.weights[0][0])
+    x = torch.randn(2, 5, 1)
+    out = net(x)
+    out[0].sum().backward()
+    assert net.weights[0].grad[1].abs().sum() == 0 and net.weights[0].grad[0].abs().sum() > 0
+
+
+def test_quick_run_in_process(tmp_path):
+    metrics = m.main(["--quick", "--seeds", "3", "--device", "cpu", "--out", str(tmp_path)])
+    assert metrics["seeds"] == 3 and len(metrics["per_seed"]) == 3
+    assert 0 <= metrics["collapse_rate"] <= 1 and metrics["steps_per_s"] > 0
+    lo, hi = metrics["collapse_rate_ci95"]
+    assert lo <= metrics["collapse_rate"] <= hi
+    for r in metrics["per_seed"]:
+        assert abs(r["fraction_cold"] + r["fraction_hot"] - 1) < 1e-6
+    run = tmp_path / "01_bimodal_gan" / "nonsaturating_seed0x3_quick"
+    for f in ["config.json", "metrics.json", "mode_fractions.csv", "samples_heatmap.png", "mode_fractions.png",
+              "discriminator_flips.png", "seeds_mode_fraction.png"]:
+        assert (run / f).exists(), f
+
+
+def test_same_seed_same_numbers(tmp_path):
+    a = m.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    b = m.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    assert a["per_seed"] == b["per_seed"]
+    assert (tmp_path / "01_bimodal_gan" / "nonsaturating_seed0_quick_2").is_dir()  # the first is kept
+
+
+def test_command_line(tmp_path):
+    r = run_cli("01_bimodal_gan.py", "--quick", "--loss", "minimax", "--device", "cpu", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "01_bimodal_gan" / "minimax_seed0_quick" / "metrics.json").read_text())
+    assert metrics["seeds"] == 1 and "hops_per_run" in metrics
+
+
+@pytest.mark.parametrize("flags", [["--n_steps", "-5"], ["--device", "tpu"], ["--loss", "wasserstein"],
+                                   ["--lr", "abc"]])
+def test_bad_flags_exit_2_with_one_line(flags, tmp_path):
+    r = run_cli("01_bimodal_gan.py", *flags, "--out", str(tmp_path))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "01_bimodal_gan").exists()   # nothing written
