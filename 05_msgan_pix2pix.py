@@ -778,16 +778,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        # On the 2-core machine with one other busy process, two threads trained 6x slower than one
-        # (40 vs 247 inputs/s); and the numbers depend on the thread count, so one thread everywhere
-        # reproduces the published ones.
-        torch.set_num_threads(1)
-    try:
+    # On the 2-core machine with one other busy process, two threads trained 6x slower than one
+    # (40 vs 247 inputs/s); and the numbers depend on the thread count, so one thread everywhere
+    # reproduces the published ones.
+    with common.cpu_threads(device, 1):
         return run(args, device, argv)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args, device, argv) -> dict:
