@@ -192,3 +192,14 @@ def test_wilson_interval_known_values():
     lo, hi = common.wilson_interval(18, 20)
     assert abs(lo - 0.6990) < 1e-3 and abs(hi - 0.9721) < 1e-3
     assert common.wilson_interval(0, 10)[0] == 0.0 and math.isclose(common.wilson_interval(10, 10)[1], 1.0)
+
+
+def test_cpu_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with common.cpu_threads(torch.device("cpu"), 1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with common.cpu_threads(torch.device("cpu"), 1):
+            raise RuntimeError
+    assert torch.get_num_threads() == before
