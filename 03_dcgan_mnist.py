@@ -90,14 +90,17 @@ def parse_args(argv=None):
                    help="batches over which each gradient norm's mean and spread are taken")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the two networks")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels-last memory format for the convolutions")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format for the convolutions (default: on CUDA only; on this "
+                        "repository's 2-core CPU it was slower, see the README)")
     common.add_common_args(p, resume=True)
     args = p.parse_args(argv)
     if args.quick:  # smaller defaults; flags given explicitly still win
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
     args.probe_epochs = sorted({e for e in args.probe_epochs if e <= args.n_epochs})
+    if args.channels_last is None:
+        args.channels_last = common.pick_device(args.device).type == "cuda"
     return args
 
 
