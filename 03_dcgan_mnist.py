@@ -31,6 +31,7 @@ matters where sqrt(v) ~ 1e-7); PyTorch's BatchNorm moving variance uses n/(n-1) 
 Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CPU and GPU times)
       python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
+      python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)
       python 03_dcgan_mnist.py --quick         (one epoch on 2,000 images, seconds)
 Needs: common.py and 06_metrics.py (digit classifier, NDB, Fréchet distance)
 """
@@ -88,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--probe_steps", type=common.positive_int, default=2000, help="discriminator steps per probe")
     p.add_argument("--probe_batches", type=common.positive_int, default=5,
                    help="batches over which each gradient norm's mean and spread are taken")
+    p.add_argument("--probe_run", metavar="RUN_DIR",
+                   help="only run the gradient probe, on the generator snapshots kept in this finished run "
+                        "folder (e.g. runs/03_dcgan_mnist/compare_seed0x5/relu_seed0); writes there")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the two networks")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -539,7 +543,7 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
                     p.requires_grad_(False)
                 D.train()
                 t = torch.tensor
-                rows.append({"d_step": s, "d_loss": float(d_loss),
+                rows.append({"d_step": s, "d_loss": float(d_loss.detach()),
                              **{f"{k}_mean": float(t(v).mean()) for k, v in norms.items()},
                              **{f"{k}_std": float(t(v).std()) for k, v in norms.items()}})
             bar.update(1)
@@ -566,6 +570,25 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
     return {str(e): rows[-1] for e, rows in results.items()}
 
 
+def probe_finished_run(args, device, run_dir: Path) -> dict:
+    """--probe_run: the gradient probe on the snapshots of a finished run, with that run's generator."""
+    if not (run_dir / "config.json").is_file():
+        raise common.UserError(f"--probe_run: {run_dir} is not a run folder of this script (no config.json)")
+    saved = common.load_json(run_dir / "config.json")["args"]
+    for key in ("act", "latent_dim", "seed", "n_train", "batch_size", "lr", "b1", "b2", "eps"):
+        setattr(args, key, saved[key])
+    asked = args.probe_epochs
+    args.probe_epochs = [e for e in asked if (run_dir / f"generator_epoch{e:03d}.pt").exists()]
+    if not args.probe_epochs:
+        raise common.UserError(f"--probe_run: {run_dir} keeps no generator snapshot of epochs {asked}")
+    print(f"03: gradient probe of {run_dir} ({args.act} generator, epochs {args.probe_epochs}, "
+          f"{args.probe_steps} discriminator steps)")
+    result = {"run_dir": str(run_dir), "act": args.act, "probe_steps": args.probe_steps,
+              "gradient_probe": probe_gradients(args, device, run_dir)}
+    common.save_json(run_dir / "gradient_probe.json", result)
+    return result
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -573,6 +596,8 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
     quick = "_quick" if args.quick else ""
+    if args.probe_run:
+        return probe_finished_run(args, device, Path(args.probe_run))
     if args.seeds:
         base = common.start_run(args, __file__, f"compare_seed{args.seed}x{args.seeds}{quick}", argv)
         print(f"03: {'/'.join(args.acts)} x {args.seeds} seeds on {device}; writing {base}")

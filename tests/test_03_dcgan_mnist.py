@@ -137,6 +137,16 @@ def test_quick_run_through_the_command_line_writes_everything(tmp_path, mnist_ro
     header = (run / "curves.csv").read_text().splitlines()[0].split(",")
     assert {"d_loss", "g_loss", "d_real", "d_fake", "digit_kl", "ndb", "frechet_clf", "digit_9"} <= set(header)
 
+    # --probe_run: the gradient probe alone, on the snapshot the finished run kept (epoch 1)
+    probe = m.main(["--quick", "--device", "cpu", "--data_root", mnist_root, "--probe_run", str(run),
+                    "--probe_steps", "5"])
+    assert probe["act"] == "relu" and set(probe["gradient_probe"]) == {"1"}
+    last = probe["gradient_probe"]["1"]
+    assert last["d_step"] == 5 and last["minimax_mean"] > 0 and last["nonsaturating_mean"] > 0
+    assert (run / "gradient_probe.png").exists() and (run / "gradient_probe.json").exists()
+    bad = run_cli("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--probe_run", str(tmp_path))
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "probe_run" in bad.stderr
+
 
 def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, monkeypatch):
     flags = QUICK + ["--n_epochs", "2", "--data_root", mnist_root, "--out", str(tmp_path)]
