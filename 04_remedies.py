@@ -37,6 +37,7 @@ Run:  python 04_remedies.py                                  (the table: every m
       python 04_remedies.py --data temperature               (every method on the 1-D mixture)
       python 04_remedies.py --method unrolled5 --data ring   (one row)
       python 04_remedies.py --quick                          (smoke run of the table, seconds)
+      python 04_remedies.py --resume                         (continue a killed table: finished cells are kept)
 Needs: common.py
 """
 from __future__ import annotations
@@ -313,7 +314,7 @@ def parse_args(argv=None):
                    help="AdaGAN: size of the fixed training set the weights live on")
     p.add_argument("--lambda_ms", type=common.positive_float, default=1.0, help="MSGAN: weight of the mode-seeking term")
     p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves")
-    common.add_common_args(p)
+    common.add_common_args(p, resume=True)
     args = p.parse_args(argv)
     for k in SIZE_FLAGS:
         if getattr(args, k) is None:
@@ -861,6 +862,8 @@ def run(args, device, argv) -> dict:
     what = "table" if whole else "-".join(args.method if len(args.method) <= 4 else [f"{len(args.method)}methods"]) + "_" + "-".join(args.data)
     name = f"{what}_seed{args.seed}x{args.seeds}" + ("_quick" if args.quick else "")
     run_dir = common.start_run(args, __file__, name, argv)
+    if args.resume:  # finished (method, benchmark) cells are kept in cells/; each cell is seeded on its own
+        common.check_same_config(common.load_json(run_dir / "config.json")["args"], common.to_jsonable(vars(args)))
     seeds = [args.seed + i for i in range(args.seeds)]
     print(f"04: {len(args.method)} method(s) x {len(args.data)} benchmark(s), seeds {seeds}, {args.n_steps} steps "
           f"each, on {device}; writing {run_dir}")
@@ -873,8 +876,13 @@ def run(args, device, argv) -> dict:
         bench = make_benchmark(data)
         for method in args.method:
             k += 1
-            common.set_seed(args.seed, args.deterministic)
-            r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 10.0)
+            cell = run_dir / "cells" / f"{data}_{method}.pt"
+            if args.resume and cell.exists():
+                r = torch.load(cell, map_location="cpu", weights_only=True)
+            else:
+                common.set_seed(args.seed, args.deterministic)
+                r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 10.0)
+                common.save_torch(cell, r)
             results.append(r)
             print(f"[{k}/{n_runs}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
                   f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} "

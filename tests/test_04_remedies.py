@@ -324,3 +324,32 @@ def test_bad_flags_exit_2_with_one_line(flags, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "04_remedies").exists()
+
+
+def test_resume_after_interruption_gives_the_same_table(tmp_path, monkeypatch):
+    argv = ["--quick", "--method", "gan", "fm", "pacgan2", "--data", "ring", "--device", "cpu", "--out", str(tmp_path)]
+    full = m.main(argv + ["--run_name", "full"])
+
+    original, calls = m.run_one, {"n": 0}
+
+    def killed_in_the_third_cell(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(m, "run_one", killed_in_the_third_cell)
+    with pytest.raises(SystemExit) as e:
+        m.main(argv + ["--run_name", "cut"])
+    assert e.value.code == 130
+    cells = tmp_path / "04_remedies" / "cut" / "cells"
+    assert sorted(p.name for p in cells.iterdir()) == ["ring_fm.pt", "ring_gan.pt"]
+
+    monkeypatch.setattr(m, "run_one", lambda *a, **k: (calls.__setitem__("resumed", True), original(*a, **k))[1])
+    resumed = m.main(argv + ["--run_name", "cut", "--resume"])
+    same = lambda res: json.dumps([r["per_seed"] for r in res["results"]])  # nan-safe comparison
+    assert same(resumed) == same(full) and calls.get("resumed")  # pacgan2 trained again, gan and fm loaded
+    assert [r["method"] for r in resumed["results"]] == ["gan", "fm", "pacgan2"]
+    with pytest.raises(SystemExit) as e:  # other flags than the run was started with
+        m.main(argv + ["--run_name", "cut", "--resume", "--lr", "0.01"])
+    assert e.value.code == 2
