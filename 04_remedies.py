@@ -839,12 +839,12 @@ def write_outputs(results, args, device, run_dir, curves_file, info):
         f.write(results_markdown(results, args, device, info["command"], wall, info["load"]))
     curves_file.rows = []
     for r in results:
-        c = r["_curves"]
+        c = {k: (v if k == "step" else v.tolist()) for k, v in r["_curves"].items()}  # one conversion per curve
         for t, step in enumerate(c["step"]):
             for i, seed in enumerate(r["seeds"]):
                 curves_file.log(method=r["method"], data=r["data"], seed=seed, step=step,
-                                d_loss=round(float(c["d_loss"][t, i]), 5), g_loss=round(float(c["g_loss"][t, i]), 5),
-                                d_real=round(float(c["d_real"][t, i]), 4), d_fake=round(float(c["d_fake"][t, i]), 4))
+                                d_loss=round(c["d_loss"][t][i], 5), g_loss=round(c["g_loss"][t][i], 5),
+                                d_real=round(c["d_real"][t][i], 4), d_fake=round(c["d_fake"][t][i], 4))
     curves_file.save()
 
 
@@ -878,7 +878,11 @@ def run(args, device, argv) -> dict:
             k += 1
             cell = run_dir / "cells" / f"{data}_{method}.pt"
             if args.resume and cell.exists():
-                r = torch.load(cell, map_location="cpu", weights_only=True)
+                try:
+                    r = torch.load(cell, map_location="cpu", weights_only=True)
+                except Exception as e:
+                    raise common.UserError(f"--resume: cannot read {cell} ({common.one_line(e)}); delete it to "
+                                           "train that cell again") from None
             else:
                 common.set_seed(args.seed, args.deterministic)
                 r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 10.0)
