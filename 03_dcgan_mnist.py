@@ -32,6 +32,7 @@ Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CP
       python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
       python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)
+      python 03_dcgan_mnist.py --act relu --n_epochs 60 --resume   (continue, or extend a finished run)
       python 03_dcgan_mnist.py --quick         (one epoch on 2,000 images, seconds)
 Needs: common.py and 06_metrics.py (digit classifier, NDB, Fréchet distance)
 """
@@ -312,10 +313,13 @@ def train_run(args, device, run_dir: Path) -> dict:
         saved = common.load_checkpoint(ckpt, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
         common.check_same_config(saved["config"], config,
                                  ignore=("probe_gradients", "probe_steps", "probe_batches", "probe_epochs",
-                                         "stop_on_collapse", "amp", "compile", "channels_last"))
+                                         "stop_on_collapse", "amp", "compile", "channels_last", "n_epochs"))
         gen.set_state(saved["train_rng"])
         curves.load_state_dict(saved["curves"])
         state = saved["state"]
+        if state["epoch"] > args.n_epochs:   # a larger --n_epochs extends a run: the learning rate is constant
+            raise common.UserError(f"--n_epochs {args.n_epochs} is below the {state['epoch']} epochs "
+                                   f"{run_dir} has already trained")
         print(f"resumed {run_dir} at epoch {state['epoch']}")
     samples_dir = run_dir / "samples"
     samples_dir.mkdir(exist_ok=True)

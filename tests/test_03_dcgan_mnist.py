@@ -173,6 +173,16 @@ def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, 
                          (tmp_path / "03_dcgan_mnist" / name / "curves.csv").read_text().splitlines()]
     assert rows("cut") == rows("full")
 
+    # a finished 1-epoch run extended with --resume --n_epochs 2 (constant learning rate) ends the same
+    m.main(QUICK + ["--n_epochs", "1", "--data_root", mnist_root, "--out", str(tmp_path), "--run_name", "short"])
+    extended = m.main(flags + ["--run_name", "short", "--resume"])
+    assert extended["epochs_trained"] == 2 and extended["final"] == full["final"]
+    assert rows("short") == rows("full")
+    with pytest.raises(SystemExit) as e:  # cannot shorten a run below what it has trained
+        m.main(QUICK + ["--n_epochs", "1", "--data_root", mnist_root, "--out", str(tmp_path),
+                        "--run_name", "short", "--resume"])
+    assert e.value.code == 2
+
 
 def test_resume_refuses_other_flags_and_missing_runs(tmp_path, mnist_root):
     flags = QUICK + ["--data_root", mnist_root, "--out", str(tmp_path)]
