@@ -485,7 +485,8 @@ def write_comparison(base_dir: Path, runs: list[dict], acts) -> dict:
 
 def plot_comparison(base_dir, runs):
     plt = common.pyplot()
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.3 * len(runs) + 0.5), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8, 1.3 * len(runs) + 0.8), squeeze=False, sharex=True)
+    longest = 1
     for ax, r in zip(axes[:, 0], runs):
         with open(base_dir / f"{r['act']}_seed{r['seed']}" / "curves.csv") as f:
             rows = list(csv.DictReader(f))
@@ -494,10 +495,14 @@ def plot_comparison(base_dir, runs):
                   extent=[0.5, len(rows) + 0.5, -0.5, 9.5])
         if r["collapsed"]:
             ax.axvline(r["first_collapse_epoch"] - 0.5, color="red", lw=2)
+        flagged = [int(row["epoch"]) for row in rows if row["collapsed"] == "1"]
+        ax.plot(flagged, [9.9] * len(flagged), "v", color="red", ms=5, clip_on=False)
         ax.set_ylabel(f"{r['act']}\nseed {r['seed']}", fontsize=7)
         ax.set_yticks([0, 9])
+        longest = max(longest, len(rows))
+    axes[-1, 0].set_xlim(0.5, longest + 0.5)
     axes[-1, 0].set_xlabel("epoch")
-    fig.suptitle("digit histogram per epoch for every run (red line: first collapsed epoch)")
+    fig.suptitle("digit histogram per epoch for every run\n(red line: first collapsed epoch; red marks: every collapsed epoch)")
     common.savefig(fig, base_dir / "digit_histograms.png")
 
 
