@@ -878,11 +878,7 @@ def run(args, device, argv) -> dict:
             k += 1
             cell = run_dir / "cells" / f"{data}_{method}.pt"
             if args.resume and cell.exists():
-                try:
-                    r = torch.load(cell, map_location="cpu", weights_only=True)
-                except Exception as e:
-                    raise common.UserError(f"--resume: cannot read {cell} ({common.one_line(e)}); delete it to "
-                                           "train that cell again") from None
+                r = common.load_checkpoint(cell, restore_rng=False)  # unreadable: one line, exit 2
             else:
                 common.set_seed(args.seed, args.deterministic)
                 r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 10.0)

@@ -26,6 +26,21 @@ def run_cli(script: str, *args: str, timeout: float = 300, env: dict | None = No
                           text=True, timeout=timeout, env=full_env)
 
 
+def kill_on_call(monkeypatch, owner, name: str, n: int) -> dict:
+    """Patch `owner.name` so that its n-th call raises KeyboardInterrupt, as if the run were killed there.
+    Returns the call counter ({"n": calls so far}); later calls go through to the original."""
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def wrapper(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return calls
+
+
 def mnist_root_or_none() -> str | None:
     """$MNIST_ROOT if set, else ../shared/data beside the repository if it holds MNIST/raw."""
     root = os.environ.get("MNIST_ROOT")

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, load_script, run_cli
+from conftest import OFFLINE_ENV, kill_on_call, load_script, run_cli
 
 m = load_script("03_dcgan_mnist")
 
@@ -152,20 +152,10 @@ def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, 
     flags = QUICK + ["--n_epochs", "2", "--data_root", mnist_root, "--out", str(tmp_path)]
     full = m.main(flags + ["--run_name", "full"])
 
-    calls = {"n": 0}
-    original = m.Evaluator.__call__
-
-    def interrupt_in_epoch_2(self, samples):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed after epoch 1's checkpoint, during epoch 2
-        return original(self, samples)
-
-    monkeypatch.setattr(m.Evaluator, "__call__", interrupt_in_epoch_2)
+    kill_on_call(monkeypatch, m.Evaluator, "__call__", 2)  # killed after epoch 1's checkpoint, during epoch 2
     with pytest.raises(SystemExit) as e:
         m.main(flags + ["--run_name", "cut"])
     assert e.value.code == 130
-    monkeypatch.setattr(m.Evaluator, "__call__", original)
     resumed = m.main(flags + ["--run_name", "cut", "--resume"])
     assert resumed["epochs_trained"] == 2
     assert resumed["final"] == full["final"]

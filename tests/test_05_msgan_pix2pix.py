@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.io import encode_png, write_file
 
-from conftest import load_script, run_cli
+from conftest import kill_on_call, load_script, run_cli
 
 m = load_script("05_msgan_pix2pix")
 
@@ -230,22 +230,12 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     flags = FOLDER_RUN + ["--data_root", str(root), "--models", "msgan"]
     whole = m.main(flags + ["--out", str(tmp_path / "a")])
 
-    calls = {"n": 0}
-    real_d_loss = m.discriminator_loss
-
-    def dies_at_step_7(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KeyboardInterrupt
-        return real_d_loss(*a, **k)
-
-    monkeypatch.setattr(m, "discriminator_loss", dies_at_step_7)
+    kill_on_call(monkeypatch, m, "discriminator_loss", 7)  # dies at step 7
     with pytest.raises(SystemExit) as e:
         m.main(flags + ["--out", str(tmp_path / "b")])
     assert e.value.code == 130
     run = tmp_path / "b" / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 4
-    monkeypatch.setattr(m, "discriminator_loss", real_d_loss)
     resumed = m.main(flags + ["--out", str(tmp_path / "b"), "--resume"])
     a, b = whole["per_run"][0], resumed["per_run"][0]
     assert a["eval"]["diversity_l1"] == b["eval"]["diversity_l1"]
