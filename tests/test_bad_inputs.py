@@ -3,7 +3,8 @@
 Each row: (script, flags, expected exit code, a word the one-line message must contain). Every case must
 end with exactly one line on stderr, no traceback, the expected exit code, and must fail before any
 training (each case is bounded by a short timeout). Rows that need MNIST are in MNIST_CASES and are skipped
-without it. Each script's rows live in its own block below.
+without it. Each script's rows live in its own block below. "{tmp}" in a flag is replaced by the test's
+temporary folder, and "{file}" by a regular file inside it (for an --out that is not a folder).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ MNIST_SCRIPTS = {"03_dcgan_mnist.py", "05_msgan_pix2pix.py", "06_metrics.py"}
 @pytest.mark.parametrize("script,flags,code,word", CASES,
                          ids=[f"{c[0][:2]}:{' '.join(c[1])}"[:80] for c in CASES])
 def test_bad_input_one_line_and_exit_code(script, flags, code, word, tmp_path):
-    args = [*flags]
+    (tmp_path / "a_file").write_text("not a folder")
+    args = [f.replace("{file}", str(tmp_path / "a_file")).replace("{tmp}", str(tmp_path)) for f in flags]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "runs")]
     if script in MNIST_SCRIPTS and "--data_root" not in args:
