@@ -1,13 +1,17 @@
 """03_dcgan_mnist.py - the TensorFlow-tutorial DCGAN on MNIST, with a LeakyReLU (tutorial) or ReLU
-(DCGAN paper) generator, and what really happens to mode collapse, over seeds.
+(DCGAN paper) generator; it tells mode collapse from non-convergence every epoch, over seeds.
 
 The material: its author downloaded the DCGAN example of the TensorFlow tutorials, saw that the
 generator used LeakyReLU where the DCGAN paper (Radford et al. 2016) recommends ReLU, switched to ReLU,
 and saw training go well to epoch 15, then collapse from epoch 16 (all samples the same noise, then
-something like a "2"). This script trains that network faithfully and measures, every epoch: a fixed
-noise sample grid, the losses, D(x) and D(G(z)), the digit histogram of 10,000 samples (classifier of
-06_metrics.py), digits covered, KL(p_digits || uniform), NDB/JSD against MNIST and the Fréchet distance
-in the classifier's feature space; a collapse detector names the first collapsed epoch.
+something like a "2"). It names two failures: *mode collapse* (the samples are of one or a few kinds)
+and *non-convergence* (the discriminator wins early, D(G(z)) -> 0, the generator's gradient vanishes
+and its samples stay trash), with three causes of the latter: a latent dimension too small, a learning
+rate too high, kernels too small. This script trains that network faithfully and measures, every
+epoch: a fixed-noise sample grid, the losses, D(x) and D(G(z)), the digit histogram and the
+classifier's confidence on 10,000 samples (classifier of 06_metrics.py), NDB/JSD against MNIST and
+the Frechet distance in the classifier's feature space; `epoch_state` turns these into one of four
+states (not yet diverse, healthy, mode collapse, non-convergence) with the thresholds it documents.
 
 Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2):
 - G: Dense(100 -> 7*7*256, no bias), BatchNorm, act, reshape; Conv2DTranspose(128, 5, stride 1, same,
@@ -17,33 +21,39 @@ Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2):
   Dropout(0.3); Flatten; Dense(1) -> logit. 212,865 parameters. Binary cross-entropy on logits; the
   generator minimises the non-saturating loss -log D(G(z)).
 - Keras defaults: Glorot-uniform kernels, zero biases; BatchNorm epsilon 1e-3, momentum 0.99 (PyTorch
-  momentum 0.01); LeakyReLU slope 0.3; Adam(1e-4, beta 0.9/0.999, epsilon 1e-7). TensorFlow's "same"
-  padding for stride 2 is asymmetric (1 before, 2 after), reproduced exactly.
+  momentum 0.01); LeakyReLU slope 0.3; Adam(1e-4, beta 0.9/0.999, epsilon 1e-7) *as Keras computes it*
+  (`KerasAdam`: epsilon is added to sqrt(v) before the bias correction; `--optimizer torch` is
+  PyTorch's Adam). TensorFlow's "same" padding for stride 2 is asymmetric (1 before, 2 after for a
+  5x5 kernel), reproduced exactly for every odd `--kernel_size`.
 - Batch 256, 50 epochs, noise 100-d N(0, 1), pixels scaled to [-1, 1]; the data are reshuffled every
   epoch and the last batch (60,000 = 234 * 256 + 96) is kept, with 96 real against 256 fake images.
 - Both players' gradients come from the same forward pass and are applied together (simultaneous
   updates; `--update alternating` is the usual PyTorch way).
 - Sample grids (16 fixed noise vectors) are drawn with training=False, i.e. with BatchNorm's moving
   averages, as the tutorial does; so are the 10,000 samples the metrics use.
-Known differences: Keras Adam adds epsilon to sqrt(v) before the bias correction, PyTorch after (only
-matters where sqrt(v) ~ 1e-7); PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
+Known difference: PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
 
-Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CPU and GPU times)
+Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CPU times)
       python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
+      python 03_dcgan_mnist.py --causes --seeds 3 --n_train 8192 --n_epochs 4   (the material's causes)
+      python 03_dcgan_mnist.py --causes_table results/03/causes   (rebuild the causes table from records)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
       python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)
       python 03_dcgan_mnist.py --act relu --n_epochs 60 --resume   (continue, or extend a finished run)
       python 03_dcgan_mnist.py --quick         (one epoch on 2,000 images, seconds)
-Needs: common.py and 06_metrics.py (digit classifier, NDB, Fréchet distance)
+Needs: common.py and 06_metrics.py (digit classifier, NDB, Frechet distance), beside this file.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import importlib
 import math
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -55,58 +65,215 @@ import common
 
 QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
 ACTS = {"leakyrelu": lambda: nn.LeakyReLU(0.3), "relu": lambda: nn.ReLU()}
+MNIST_TRAIN_IMAGES = 60_000
+
+# The per-epoch state (see `epoch_state`). Thresholds are flags; these are their defaults.
+STATES = ("not yet diverse", "healthy", "mode collapse", "non-convergence")
+FAILURES = ("mode collapse", "non-convergence")
+STATE_COLOURS = {"not yet diverse": "#bbbbbb", "healthy": "#2ca02c", "mode collapse": "#ff7f0e",
+                 "non-convergence": "#d62728"}
+
+# The material's causes of failure, each a set of flags changed from the tutorial's (`--causes`).
+CAUSES = {"baseline": {}, "latent_dim=1": {"latent_dim": 1}, "latent_dim=2": {"latent_dim": 2},
+          "lr_d=1e-3": {"lr_d": 1e-3}, "lr_d=1e-2": {"lr_d": 1e-2}, "lr=1e-2": {"lr": 1e-2},
+          "kernel_size=3": {"kernel_size": 3}, "kernel_size=1": {"kernel_size": 1}}
+DEFAULT_CAUSES = ["baseline", "latent_dim=1", "latent_dim=2", "lr_d=1e-3", "lr_d=1e-2", "lr=1e-2", "kernel_size=3"]
+
+
+def odd_kernel(text: str) -> int:
+    k = common.positive_int(text)
+    if k % 2 == 0 or k > 13:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an odd kernel size from 1 to 13")
+    return k
+
+
+odd_kernel.__name__ = "an odd kernel size"
 
 
 # ----------------------------------------------------------------------------- 1. arguments
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--act", choices=list(ACTS), default="leakyrelu",
                    help="generator activation: leakyrelu (the tutorial's, slope 0.3) or relu (the DCGAN paper's)")
-    p.add_argument("--n_epochs", type=common.positive_int, default=50)
-    p.add_argument("--batch_size", type=common.positive_int, default=256)
-    p.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate, both players")
-    p.add_argument("--b1", type=common.beta_float, default=0.9, help="Adam beta1 (Keras default)")
-    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2 (Keras default)")
-    p.add_argument("--eps", type=common.positive_float, default=1e-7, help="Adam epsilon (Keras default)")
-    p.add_argument("--latent_dim", type=common.positive_int, default=100)
+    p.add_argument("--n_epochs", type=common.positive_int, default=50, help="epochs (the tutorial's 50)")
+    p.add_argument("--batch_size", type=common.positive_int, default=256, help="batch size (the tutorial's)")
+    p.add_argument("--lr", type=common.positive_float, default=1e-4, help="Adam learning rate of both players")
+    p.add_argument("--lr_g", type=common.positive_float, default=None,
+                   help="generator's learning rate (default %(default)s: the value of --lr)")
+    p.add_argument("--lr_d", type=common.positive_float, default=None,
+                   help="discriminator's learning rate (default %(default)s: the value of --lr)")
+    p.add_argument("--b1", type=common.beta_float, default=0.9, help="Adam beta1 (Keras' value)")
+    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2 (Keras' value)")
+    p.add_argument("--eps", type=common.positive_float, default=1e-7, help="Adam epsilon (Keras' value)")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="keras",
+                   help="keras: Adam as Keras computes it (epsilon added before the bias correction, the "
+                        "tutorial's); torch: torch.optim.Adam")
+    p.add_argument("--latent_dim", type=common.positive_int, default=100, help="noise dimension (the tutorial's)")
+    p.add_argument("--kernel_size", type=odd_kernel, default=5,
+                   help="kernel size of every (transposed) convolution, with TensorFlow's 'same' padding")
     p.add_argument("--update", choices=["simultaneous", "alternating"], default="simultaneous",
                    help="simultaneous: the tutorial's one forward pass, both steps together")
     p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
-    p.add_argument("--n_train", type=common.positive_int, default=60000, help="training images used")
+    p.add_argument("--n_train", type=common.positive_int, default=MNIST_TRAIN_IMAGES,
+                   help="training images used (at most MNIST's 60,000)")
     p.add_argument("--n_eval", type=common.positive_int, default=10000, help="samples scored every epoch")
-    p.add_argument("--ndb_k", type=common.positive_int, default=100, help="NDB bins")
-    p.add_argument("--stop_on_collapse", action="store_true",
-                   help="stop at the first collapsed epoch and keep the checkpoint from before it")
-    p.add_argument("--collapse_digit_frac", type=common.unit_float, default=0.5,
-                   help="collapse rule: one digit holds more than this fraction of the samples, or ...")
-    p.add_argument("--collapse_diversity", type=common.unit_float, default=0.5,
+    p.add_argument("--ndb_k", type=common.positive_int, default=100,
+                   help="NDB bins (at most --n_eval / 5, so each bin expects 5 samples)")
+    g = p.add_argument_group("the per-epoch state (see epoch_state)")
+    g.add_argument("--stop_on_collapse", action="store_true",
+                   help="stop at the first failing epoch (mode collapse or non-convergence) and keep the "
+                        "checkpoint from before it")
+    g.add_argument("--grace_epochs", type=common.nonneg_int, default=5,
+                   help="before the first healthy epoch, failures within this many epochs are 'not yet diverse'")
+    g.add_argument("--collapse_digit_frac", type=common.unit_float, default=0.5,
+                   help="mode collapse: one digit holds more than this fraction of the samples, or ...")
+    g.add_argument("--collapse_diversity", type=common.unit_float, default=0.5,
                    help="... the samples' mean pairwise distance is below this fraction of MNIST's")
+    g.add_argument("--min_confidence", type=common.unit_float, default=0.8,
+                   help="samples are digits when the classifier's mean top probability is at least this")
+    g.add_argument("--max_frechet", type=common.positive_float, default=1000.0,
+                   help="non-convergence: confidence below --min_confidence and Frechet distance above this")
+    g.add_argument("--d_wins", type=common.unit_float, default=0.05,
+                   help="non-convergence: D(x) > 1 - this and D(G(z)) < this (the discriminator has won)")
     p.add_argument("--seeds", type=common.nonneg_int, default=0,
-                   help="if N > 0: train both activations for seeds seed..seed+N-1 and write the comparison")
+                   help="if N > 0: train both activations (or, with --causes, every cause) for seeds "
+                        "seed..seed+N-1 and write the comparison")
     p.add_argument("--acts", nargs="+", choices=list(ACTS), default=list(ACTS), help="activations compared by --seeds")
+    p.add_argument("--causes", nargs="*", choices=list(CAUSES), default=None,
+                   help=f"with --seeds: train each of these configurations (none named: {' '.join(DEFAULT_CAUSES)})")
+    p.add_argument("--causes_table", metavar="DIR",
+                   help="only rebuild the causes table and figure from the run records in DIR (e.g. results/03/causes)")
     p.add_argument("--probe_gradients", action="store_true",
                    help="after training: freeze G at --probe_epochs, train a fresh D, record G's gradient norms")
-    p.add_argument("--probe_epochs", type=common.positive_int, nargs="+", default=[1, 10, 25])
+    p.add_argument("--probe_epochs", type=common.positive_int, nargs="+", default=[1, 10, 25],
+                   help="epochs whose generator the probe freezes")
     p.add_argument("--probe_steps", type=common.positive_int, default=2000, help="discriminator steps per probe")
     p.add_argument("--probe_batches", type=common.positive_int, default=5,
                    help="batches over which each gradient norm's mean and spread are taken")
     p.add_argument("--probe_run", metavar="RUN_DIR",
                    help="only run the gradient probe, on the generator snapshots kept in this finished run "
                         "folder (e.g. runs/03_dcgan_mnist/compare_seed0x5/relu_seed0); writes there")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CPU and CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the two networks")
-    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last memory format for the convolutions (default: on CUDA only; on this "
-                        "repository's 2-core CPU it was slower, see the README)")
+    p.add_argument("--amp", nargs="?", choices=["off", "on", "force"], const="on", default="off",
+                   help="bfloat16 autocast. 'on' (or --amp alone): only where the hardware has bfloat16 "
+                        "arithmetic (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32 with a note; "
+                        "'force': bfloat16 anyway (on a CPU without it, about 20x slower)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto",
+                   help="channels-last memory format for the convolutions; auto: on CUDA only (on the 2-core "
+                        "CPU of the README it was slower)")
     common.add_common_args(p, resume=True)
+    for action in p._actions:  # say what --quick changes in each flag's help
+        if action.dest in QUICK and action.help:
+            action.help += f"; --quick: {QUICK[action.dest]}"
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:  # smaller defaults; flags given explicitly still win
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
     args.probe_epochs = sorted({e for e in args.probe_epochs if e <= args.n_epochs})
-    if args.channels_last is None:
-        args.channels_last = common.pick_device(args.device).type == "cuda"
     return args
+
+
+def check_args(args, device) -> None:
+    """Every size the data, the metrics and the memory allow, checked before a run folder exists."""
+    if args.n_train > MNIST_TRAIN_IMAGES:
+        raise common.UserError(f"--n_train {args.n_train}: MNIST has {MNIST_TRAIN_IMAGES:,} training images")
+    if args.batch_size < 2:
+        raise common.UserError(f"--batch_size {args.batch_size}: the generator's BatchNorm needs at least 2 "
+                               f"samples per batch")
+    if args.batch_size > args.n_train:
+        raise common.UserError(f"--batch_size {args.batch_size} is larger than --n_train {args.n_train}")
+    if args.n_eval < 2:
+        raise common.UserError(f"--n_eval {args.n_eval}: the Frechet distance and the diversity need at least "
+                               f"2 samples")
+    if args.ndb_k * 5 > args.n_eval:
+        raise common.UserError(f"--ndb_k {args.ndb_k}: at most --n_eval / 5 = {args.n_eval // 5} bins, so that "
+                               f"each bin expects 5 of the {args.n_eval} samples")
+    need = memory_estimate(args)
+    have = available_memory(device)
+    if have is not None and sum(need.values()) > 0.8 * have:
+        flag = max(need, key=need.get)
+        raise common.UserError(f"{flag} {getattr(args, flag[2:])}: this run needs about "
+                               f"{sum(need.values()) / 2**30:.1f} GiB, {need[flag] / 2**30:.1f} GiB of it for "
+                               f"{flag}, and {device} has {have / 2**30:.1f} GiB free")
+
+
+ACTIVATION_BYTES_PER_SAMPLE = 2_000_000  # forward + backward of G and D, measured order (~0.9 MB forward)
+
+
+def memory_estimate(args) -> dict:
+    """Bytes of the big tensors, by the flag that sizes them (float32)."""
+    latent = args.latent_dim * 4 * (7 * 7 * 256 * 4          # G's first weight, its gradient, Adam's m and v
+                                    + args.n_eval + 2 * args.batch_size + 16)   # noise tensors
+    return {"--latent_dim": latent, "--n_train": args.n_train * 784 * 4,
+            "--batch_size": args.batch_size * ACTIVATION_BYTES_PER_SAMPLE,
+            "--n_eval": args.n_eval * 784 * 4 * 3}
+
+
+def available_memory(device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def load_metrics_module():
+    """06_metrics.py, which must lie beside this script (or on the path)."""
+    try:
+        return importlib.import_module("06_metrics")
+    except ModuleNotFoundError as e:
+        if e.name != "06_metrics":
+            raise
+        raise common.UserError(f"03 needs 06_metrics.py (digit classifier, NDB, Frechet distance): copy it "
+                               f"from this repository beside {Path(__file__).name}") from None
+
+
+def bf16_hardware(device) -> tuple[bool, str]:
+    """Whether the device does bfloat16 arithmetic in hardware, and what was found."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name(device)} {'supports' if ok else 'lacks'} bfloat16"
+    if device.type != "cpu":
+        return False, f"{device.type}: bfloat16 speed unknown"
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    capability = torch.backends.cpu.get_cpu_capability()
+    ok = bool(found) or "BF16" in capability.upper() or "AMX" in capability.upper()
+    return ok, f"CPU capability {capability}, " + (f"flags {' '.join(found)}" if found else
+                                                    "no avx512_bf16/amx_bf16 flag")
+
+
+def resolve_amp(args, device) -> bool:
+    """--amp on: bfloat16 only where the hardware has it; --amp force: always."""
+    if args.amp == "off":
+        return False
+    ok, what = bf16_hardware(device)
+    if args.amp == "on" and not ok:
+        print(f"03: --amp ignored, running fp32: no bfloat16 arithmetic here ({what}); bfloat16 autocast is "
+              f"about 20x slower than fp32 on such a CPU (--amp force to use it anyway)", file=sys.stderr)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- 2. data
@@ -114,36 +281,58 @@ def load_train_images(args, device) -> torch.Tensor:
     """MNIST training images as one float tensor in [-1, 1] on the device (N, 1, 28, 28)."""
     images, _ = common.load_mnist(args.data_root, train=True)
     x = (images[: args.n_train].float().sub_(127.5).div_(127.5)).unsqueeze(1).to(device)
-    return x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+    return x.contiguous(memory_format=torch.channels_last) if args.use_channels_last else x
 
 
 # ----------------------------------------------------------------------------- 3. models (the tutorial's)
+def tf_same_split(kernel_size: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding on an input whose size is a multiple of the stride: the total is
+    max(k - stride, 0), with the smaller half before (so 1 before and 2 after for k=5, stride 2)."""
+    total = max(kernel_size - stride, 0)
+    return total // 2, total - total // 2
+
+
 class TFSamePad(nn.Module):
-    """TensorFlow's 'same' padding for a 5x5 stride-2 convolution on an even size: 1 before, 2 after."""
+    """TensorFlow's 'same' padding for a stride-2 convolution on an even size (5x5: 1 before, 2 after)."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.before, self.after = tf_same_split(kernel_size, 2)
 
     def forward(self, x):
-        return F.pad(x, (1, 2, 1, 2))
+        return F.pad(x, (self.before, self.after, self.before, self.after))
 
 
 class TFSameCrop(nn.Module):
-    """The transpose of TFSamePad: a 5x5 stride-2 transposed convolution with padding 0 gives 2n+3
-    pixels; TensorFlow's 'same' keeps 2n of them, dropping 1 before and 2 after."""
+    """The transpose of TFSamePad: a kxk stride-2 transposed convolution with padding 0 gives 2n+k-2
+    pixels; TensorFlow's 'same' keeps 2n of them, dropping the padding of the forward convolution
+    (5x5: 1 before, 2 after). A 1x1 kernel gives 2n-1: TensorFlow's last row and column are zeros."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.before, self.after = tf_same_split(kernel_size, 2)
 
     def forward(self, x):
-        return x[..., 1:-2, 1:-2]
+        if self.kernel_size == 1:
+            return F.pad(x, (0, 1, 0, 1))
+        return x[..., self.before:x.shape[-2] - self.after, self.before:x.shape[-1] - self.after]
 
 
 class Generator(nn.Module):
-    def __init__(self, act: str = "leakyrelu", latent_dim: int = 100, channels_last: bool = False):
+    def __init__(self, act: str = "leakyrelu", latent_dim: int = 100, channels_last: bool = False,
+                 kernel_size: int = 5):
         super().__init__()
         self.channels_last = channels_last
+        k = kernel_size
         bn = dict(eps=1e-3, momentum=0.01)  # Keras defaults (Keras momentum 0.99 = PyTorch 0.01)
         self.fc = nn.Sequential(nn.Linear(latent_dim, 7 * 7 * 256, bias=False), nn.BatchNorm1d(7 * 7 * 256, **bn),
                                 ACTS[act]())
-        self.conv = nn.Sequential(
-            nn.ConvTranspose2d(256, 128, 5, stride=1, padding=2, bias=False), nn.BatchNorm2d(128, **bn), ACTS[act](),
-            nn.ConvTranspose2d(128, 64, 5, stride=2, bias=False), TFSameCrop(), nn.BatchNorm2d(64, **bn), ACTS[act](),
-            nn.ConvTranspose2d(64, 1, 5, stride=2, bias=False), TFSameCrop(), nn.Tanh())
+        self.conv = nn.Sequential(  # stride 1, odd k: 'same' is symmetric, (k - 1) / 2 each side
+            nn.ConvTranspose2d(256, 128, k, stride=1, padding=(k - 1) // 2, bias=False), nn.BatchNorm2d(128, **bn),
+            ACTS[act](),
+            nn.ConvTranspose2d(128, 64, k, stride=2, bias=False), TFSameCrop(k), nn.BatchNorm2d(64, **bn), ACTS[act](),
+            nn.ConvTranspose2d(64, 1, k, stride=2, bias=False), TFSameCrop(k), nn.Tanh())
         keras_init(self)
 
     def forward(self, z):
@@ -154,11 +343,12 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self):
+    def __init__(self, kernel_size: int = 5):
         super().__init__()
+        k = kernel_size
         self.net = nn.Sequential(
-            TFSamePad(), nn.Conv2d(1, 64, 5, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
-            TFSamePad(), nn.Conv2d(64, 128, 5, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+            TFSamePad(k), nn.Conv2d(1, 64, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+            TFSamePad(k), nn.Conv2d(64, 128, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
             nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
         keras_init(self)
 
@@ -182,7 +372,7 @@ def count_parameters(model: nn.Module) -> dict:
     return {"trainable": trainable, "keras_total": trainable + running}
 
 
-# ----------------------------------------------------------------------------- 4. the idea: losses and the collapse detector
+# ----------------------------------------------------------------------------- 4. the idea: losses, Keras' Adam, the state
 def bce_losses(real_logits, fake_logits):
     """The tutorial's losses: D minimises BCE(real -> 1) + BCE(fake -> 0); G minimises BCE(fake -> 1),
     i.e. the non-saturating -log D(G(z)) of Goodfellow et al. 2014, Sec. 3."""
@@ -191,37 +381,175 @@ def bce_losses(real_logits, fake_logits):
     return d_loss, g_loss
 
 
+class KerasAdam(torch.optim.Optimizer):
+    """Adam as tf.keras.optimizers.Adam computes it (Kingma & Ba 2015, Algorithm 1 with the "efficient"
+    ordering of Sec. 2, which Keras follows):
+
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+    PyTorch's Adam instead divides by sqrt(v / (1 - b2^t)) + eps. The two agree except through epsilon:
+    Keras' update is PyTorch's with an effective epsilon eps / sqrt(1 - b2^t), i.e. 1e-7 / sqrt(0.001) =
+    3.2e-6 at the first step, shrinking to 1e-7 over a few thousand steps. That matters early in this
+    DCGAN, where many first gradients are about that small. A drop-in torch.optim optimiser."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-7):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                alpha = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)
+        return loss
+
+
+def torch_adam(params, lr, betas, eps):
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+OPTIMIZERS = {"keras": KerasAdam, "torch": torch_adam}
+
+
+def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, str]:
+    """The state of one epoch from its measured signals `s`, with thresholds `t` (the flags of the same
+    names; defaults in brackets). Returns (state, reason).
+
+    - the samples are *digits* when the classifier's mean top probability >= min_confidence [0.8]
+      (MNIST's own test images: 0.99);
+    - *non-convergence*: the discriminator has won (D(x) > 1 - d_wins and D(G(z)) < d_wins [0.05]: the
+      generator's gradient vanishes), or the samples are not digits and far from MNIST (confidence
+      below min_confidence and Frechet distance in the classifier's features above max_frechet [1000;
+      MNIST's test set: 1.6, the tutorial's 20-epoch samples 235-804]); also any epoch past the grace
+      period whose samples are still not digits;
+    - *mode collapse*: the samples are digits, but one digit holds more than collapse_digit_frac [0.5]
+      of them or their mean pairwise distance is below collapse_diversity [0.5] times MNIST's;
+    - *healthy*: digits, neither of the above;
+    - *not yet diverse*: before the first healthy epoch, within the first grace_epochs [5] epochs, any
+      of the failures above, or weak digits: the blobs of the first epochs are not a failure yet.
+    """
+    top = max(range(10), key=lambda d: s["digit_fractions"][d])
+    digits = s["confidence"] >= t["min_confidence"]
+    won = s["d_real"] > 1 - t["d_wins"] and s["d_fake"] < t["d_wins"]
+    trash = not digits and s["frechet_clf"] > t["max_frechet"]
+    if won:
+        state, why = "non-convergence", f"D wins: D(x) {s['d_real']:.3f}, D(G(z)) {s['d_fake']:.3f}"
+    elif trash:
+        state, why = "non-convergence", (f"not digits: confidence {s['confidence']:.2f}, "
+                                         f"FD {s['frechet_clf']:.0f}")
+    elif digits and s["digit_fractions"][top] > t["collapse_digit_frac"]:
+        state, why = "mode collapse", f"digit {top} holds {s['digit_fractions'][top]:.0%} of the samples"
+    elif digits and s["diversity"] < t["collapse_diversity"] * s["data_diversity"]:
+        state, why = "mode collapse", (f"diversity {s['diversity']:.2f} is below {t['collapse_diversity']:g} x "
+                                       f"MNIST's {s['data_diversity']:.2f}")
+    elif digits:
+        return "healthy", ""
+    else:
+        state, why = "non-convergence", f"weak digits: confidence {s['confidence']:.2f}"
+    if not seen_healthy and epoch <= t["grace_epochs"]:
+        return "not yet diverse", why
+    return state, why
+
+
 def detect_collapse(digit_fractions, diversity: float, data_diversity: float, max_digit_frac: float = 0.5,
                     min_diversity_ratio: float = 0.5) -> str | None:
-    """The collapse rule: the samples lack diversity when one digit class holds more than
-    `max_digit_frac` of them, or when their mean pairwise distance is below `min_diversity_ratio` times
-    that of real MNIST images. Returns the reason, or None when the samples look diverse.
+    """The diversity half of `epoch_state` alone (kept for callers of earlier versions): the reason the
+    samples lack diversity, or None."""
+    s = {"digit_fractions": digit_fractions, "confidence": 1.0, "d_real": 0.5, "d_fake": 0.5, "frechet_clf": 0.0,
+         "diversity": diversity, "data_diversity": data_diversity}
+    t = {"min_confidence": 0.0, "d_wins": 0.0, "max_frechet": math.inf, "collapse_digit_frac": max_digit_frac,
+         "collapse_diversity": min_diversity_ratio, "grace_epochs": 0}
+    state, why = epoch_state(s, t, True, 1)
+    return why if state == "mode collapse" else None
 
-    A run has *collapsed* at the first epoch where this holds after an epoch where it did not: the
-    blobs of the first epochs, before the generator has learnt any digits, are not a collapse."""
-    top = max(range(len(digit_fractions)), key=lambda d: digit_fractions[d])
-    if digit_fractions[top] > max_digit_frac:
-        return f"digit {top} holds {digit_fractions[top]:.0%} of the samples"
-    if diversity < min_diversity_ratio * data_diversity:
-        return f"diversity {diversity:.2f} is below {min_diversity_ratio:g} x MNIST's {data_diversity:.2f}"
-    return None
+
+class RunState:
+    """Where a run stands: epochs, timing, and its per-epoch states (the one place the collapse state is
+    kept). Saved in the checkpoint as a plain dict."""
+
+    THRESHOLDS = ("min_confidence", "d_wins", "max_frechet", "collapse_digit_frac", "collapse_diversity",
+                  "grace_epochs")
+
+    def __init__(self, args, saved: dict | None = None):
+        self.thresholds = {k: getattr(args, k) for k in self.THRESHOLDS}
+        self.d = {"epoch": 0, "first_healthy": None, "first_failure": None, "first_failure_state": None,
+                  "failure_reason": None, "first_collapse": None, "first_nonconvergence": None,
+                  "states": [], "train_seconds": 0.0, "images": 0, **(saved or {})}
+
+    def update(self, signals: dict) -> tuple[str, str, bool]:
+        """Record one epoch; returns (state, reason, is this the run's first failing epoch)."""
+        d = self.d
+        epoch = d["epoch"] + 1
+        state, why = epoch_state(signals, self.thresholds, d["first_healthy"] is not None, epoch)
+        if state == "healthy" and d["first_healthy"] is None:
+            d["first_healthy"] = epoch
+        first = state in FAILURES and d["first_failure"] is None
+        if first:
+            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, state, why
+        key = {"mode collapse": "first_collapse", "non-convergence": "first_nonconvergence"}.get(state)
+        if key and d[key] is None:
+            d[key] = epoch
+        d["states"].append(state)
+        d["epoch"] = epoch
+        return state, why, first
+
+    def summary(self) -> dict:
+        d = self.d
+        return {"epochs_trained": d["epoch"], "first_healthy_epoch": d["first_healthy"],
+                "first_failure_epoch": d["first_failure"], "first_failure_state": d["first_failure_state"],
+                "failure_reason": d["failure_reason"], "first_collapse_epoch": d["first_collapse"],
+                "first_nonconvergence_epoch": d["first_nonconvergence"], "failed": d["first_failure"] is not None,
+                "collapsed": d["first_collapse"] is not None, "states": list(d["states"]),
+                "train_seconds": d["train_seconds"],
+                "images_per_s": d["images"] / d["train_seconds"] if d["train_seconds"] else None}
+
+
+def check_finite_samples(samples: torch.Tensor, epoch: int, ckpt: Path) -> None:
+    """Divergence seen in the samples: non-finite values, or a saturated tanh (99% of the pixels at
+    +-1 to 1e-4: the generator's gradient through tanh is below 2e-4 there, so it cannot learn)."""
+    if not torch.isfinite(samples).all():
+        raise common.TrainingDiverged(f"the samples became non-finite in epoch {epoch}; the last good "
+                                      f"checkpoint is {ckpt}")
+    saturated = float((samples.abs() > 1 - 1e-4).float().mean())
+    if saturated > 0.99:
+        raise common.TrainingDiverged(f"the generator's tanh saturated in epoch {epoch} ({saturated:.1%} of the "
+                                      f"pixels at +-1); the last good checkpoint is {ckpt}")
 
 
 # ----------------------------------------------------------------------------- 5. training
 def build(args, device):
-    G, D = Generator(args.act, args.latent_dim, args.channels_last).to(device), Discriminator().to(device)
-    if args.channels_last:
+    G = Generator(args.act, args.latent_dim, args.use_channels_last, args.kernel_size).to(device)
+    D = Discriminator(args.kernel_size).to(device)
+    if args.use_channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    adam = dict(lr=args.lr, betas=(args.b1, args.b2), eps=args.eps)
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    opt_g = torch.optim.Adam(G.parameters(), **adam, **fused)
-    opt_d = torch.optim.Adam(D.parameters(), **adam, **fused)
+    make_opt = OPTIMIZERS[args.optimizer]
+    betas = (args.b1, args.b2)
+    opt_g = make_opt(G.parameters(), lr=args.lr_g or args.lr, betas=betas, eps=args.eps)
+    opt_d = make_opt(D.parameters(), lr=args.lr_d or args.lr, betas=betas, eps=args.eps)
     return G, D, opt_g, opt_d
 
 
 def make_step(G, D, opt_g, opt_d, args, device):
     """One training step on a real batch; returns (d_loss, g_loss, D(x) mean, D(G(z)) mean) as tensors."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.use_amp)
     g_params, d_params = list(G.parameters()), list(D.parameters())
 
     def step(real, z):
@@ -262,7 +590,7 @@ def generate(G, z, args, batch=1000):
     """Samples in eval mode (BatchNorm moving averages), as the tutorial's generate_and_save_images."""
     was_training = G.training
     G.eval()
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=args.amp):
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=args.use_amp):
         out = torch.cat([G(z[i:i + batch]).float() for i in range(0, len(z), batch)])
     G.train(was_training)
     return out
@@ -272,142 +600,220 @@ class Evaluator:
     """Everything scored each epoch, fitted once per run: the classifier, NDB bins and MNIST statistics."""
 
     def __init__(self, args, device, real_images):
-        self.m = importlib.import_module("06_metrics")
+        self.m = load_metrics_module()
         self.args, self.device = args, device
-        self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
-        self.ndb = self.m.mnist_ndb(args.data_root, k=args.ndb_k, seed=0, device=device, quick=args.quick)
+        with contextlib.redirect_stderr(sys.stdout):  # fitting progress is not an error: stdout, as ours
+            self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
+            self.ndb = self.m.mnist_ndb(args.data_root, k=args.ndb_k, seed=0, device=device, quick=args.quick)
         gen = torch.Generator().manual_seed(12345)
         idx = torch.randperm(len(real_images), generator=gen)[: args.n_eval].to(real_images.device)
         ref = real_images[idx].float().contiguous()
         self.real_feats = self.clf.features(ref)
         self.data_diversity = self.m.diversity(ref[:1000])
 
+    @torch.no_grad()
+    def confidence(self, samples, batch=1000) -> float:
+        """The classifier's mean top softmax probability: near 1 for digits, low for blobs and noise."""
+        tops = [F.softmax(self.clf(samples[i:i + batch].float().contiguous(memory_format=torch.channels_last)),
+                          1).amax(1) for i in range(0, len(samples), batch)]
+        return float(torch.cat(tops).mean())
+
     def __call__(self, samples) -> dict:
         m = self.m
         labels = self.clf.predict(samples)
         digits = m.digit_stats(labels)
         ndb = self.ndb.evaluate(samples.reshape(len(samples), -1))
+        try:
+            fd = m.frechet_distance(self.real_feats, self.clf.features(samples))
+        except RuntimeError:  # eigh fails on degenerate features (e.g. all samples equal)
+            fd = float("inf")
         return {"digit_fractions": digits["histogram"], "digits_covered": digits["covered"],
-                "digit_kl": digits["kl_uniform"], "ndb": ndb["ndb"], "ndb_frac": ndb["ndb_frac"],
-                "ndb_jsd": ndb["jsd"], "frechet_clf": m.frechet_distance(self.real_feats, self.clf.features(samples)),
+                "digit_kl": digits["kl_uniform"], "confidence": self.confidence(samples), "ndb": ndb["ndb"],
+                "ndb_frac": ndb["ndb_frac"], "ndb_jsd": ndb["jsd"], "frechet_clf": fd,
                 "diversity": m.diversity(samples[:1000]), "data_diversity": self.data_diversity}
 
 
-def train_run(args, device, run_dir: Path) -> dict:
-    """Train one (activation, seed) run with per-epoch evaluation and checkpoints; returns its metrics."""
-    data = load_train_images(args, device)
-    evaluator = Evaluator(args, device, data)  # before seeding: it may train (and cache) the classifier
-    common.set_seed(args.seed, args.deterministic)
-    G, D, opt_g, opt_d = build(args, device)
-    step = make_step(G, D, opt_g, opt_d, args, device)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)       # shuffling and training noise
-    fixed = torch.Generator().manual_seed(args.seed + 10_000)
-    fixed_noise = torch.randn(16, args.latent_dim, generator=fixed)  # the tutorial's `seed` tensor
-    eval_noise = torch.randn(args.n_eval, args.latent_dim, generator=fixed)
-    curves = common.Curves(run_dir / "curves.csv")
-    state = {"epoch": 0, "first_diverse": None, "first_collapse": None, "collapse_reason": None,
-             "train_seconds": 0.0, "images": 0}
-    ckpt = run_dir / "checkpoint.pt"
-    config = {k: v for k, v in vars(args).items() if k not in ("seeds", "acts")}
-    if args.resume and ckpt.exists():
-        saved = common.load_checkpoint(ckpt, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
-        common.check_same_config(saved["config"], config,
-                                 ignore=("probe_gradients", "probe_steps", "probe_batches", "probe_epochs",
-                                         "stop_on_collapse", "amp", "compile", "channels_last", "n_epochs"))
-        gen.set_state(saved["train_rng"])
-        curves.load_state_dict(saved["curves"])
-        state = saved["state"]
-        if state["epoch"] > args.n_epochs:   # a larger --n_epochs extends a run: the learning rate is constant
-            raise common.UserError(f"--n_epochs {args.n_epochs} is below the {state['epoch']} epochs "
-                                   f"{run_dir} has already trained")
-        print(f"resumed {run_dir} at epoch {state['epoch']}")
-    samples_dir = run_dir / "samples"
-    samples_dir.mkdir(exist_ok=True)
-    n, bs = len(data), args.batch_size
-    steps_per_epoch = math.ceil(n / bs)
-    bar = common.Progress(args.n_epochs * steps_per_epoch, f"03 {args.act} seed {args.seed}",
-                          every=10.0, start=state["epoch"] * steps_per_epoch)
-    while state["epoch"] < args.n_epochs:
-        epoch = state["epoch"] + 1
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen).to(device)
+def memory_guard(what: str):
+    """Turn an allocation failure into one line naming the flags that size it."""
+    class Guard:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, kind, e, tb):
+            if kind is MemoryError or (kind is not None and issubclass(kind, RuntimeError) and any(
+                    s in str(e).lower() for s in ("out of memory", "can't allocate", "not enough memory"))):
+                raise common.UserError(f"out of memory while allocating {what} ({common.one_line(e)[:120]})") from None
+            return False
+    return Guard()
+
+
+class Trainer:
+    """One (configuration, seed) run: models, data, noise, curves and RunState, with resume."""
+
+    IGNORED_ON_RESUME = ("probe_gradients", "probe_steps", "probe_batches", "probe_epochs", "stop_on_collapse",
+                         "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last")
+
+    def __init__(self, args, device, run_dir: Path):
+        self.args, self.device, self.run_dir = args, device, run_dir
+        with memory_guard("the training images (--n_train)"):
+            self.data = load_train_images(args, device)
+        self.evaluator = Evaluator(args, device, self.data)  # before seeding: it may train (and cache) the classifier
+        common.set_seed(args.seed, args.deterministic)
+        with memory_guard("the networks (--latent_dim)"):
+            self.G, self.D, self.opt_g, self.opt_d = build(args, device)
+        self.step = make_step(self.G, self.D, self.opt_g, self.opt_d, args, device)
+        self.gen = torch.Generator(device="cpu").manual_seed(args.seed)       # shuffling and training noise
+        fixed = torch.Generator().manual_seed(args.seed + 10_000)
+        self.fixed_noise = torch.randn(16, args.latent_dim, generator=fixed)  # the tutorial's `seed` tensor
+        self.eval_noise = torch.randn(args.n_eval, args.latent_dim, generator=fixed)
+        self.curves = common.Curves(run_dir / "curves.csv")
+        self.state = RunState(args)
+        self.ckpt = run_dir / "checkpoint.pt"
+        self.config = {k: v for k, v in vars(args).items() if k not in ("seeds", "acts", "causes")}
+        (run_dir / "samples").mkdir(exist_ok=True)
+
+    def resume(self) -> None:
+        saved = common.load_checkpoint(self.ckpt, models={"G": self.G, "D": self.D},
+                                       optimizers={"G": self.opt_g, "D": self.opt_d})
+        common.check_same_config(saved["config"], self.config, ignore=self.IGNORED_ON_RESUME)
+        self.gen.set_state(saved["train_rng"])
+        self.curves.load_state_dict(saved["curves"])
+        self.state = RunState(self.args, saved["state"])
+        if self.state.d["epoch"] > self.args.n_epochs:  # a larger --n_epochs extends a run (constant lr)
+            raise common.UserError(f"--n_epochs {self.args.n_epochs} is below the {self.state.d['epoch']} epochs "
+                                   f"{self.run_dir} has already trained")
+        print(f"resumed {self.run_dir} at epoch {self.state.d['epoch']}")
+
+    def train_epoch(self, epoch: int, bar) -> list[float]:
+        """One pass over the data; returns the mean (d_loss, g_loss, D(x), D(G(z)))."""
+        args, device, n, bs = self.args, self.device, len(self.data), self.args.batch_size
+        steps = math.ceil(n / bs)
+        perm = torch.randperm(n, generator=self.gen).to(device)
         sums = torch.zeros(4, device=device)
-        for i in range(steps_per_epoch):
-            real = data[perm[i * bs:(i + 1) * bs]]
-            z = torch.randn(bs, args.latent_dim, generator=gen).to(device, non_blocking=True)
-            sums += step(real, z)
+        for i in range(steps):
+            real = self.data[perm[i * bs:(i + 1) * bs]]
+            z = torch.randn(bs, args.latent_dim, generator=self.gen).to(device, non_blocking=True)
+            sums += self.step(real, z)
             bar.update(1, info=lambda: {"epoch": epoch})
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        means = (sums / steps_per_epoch).tolist()
-        if not all(math.isfinite(v) for v in means):
-            raise common.TrainingDiverged(f"loss became non-finite in epoch {epoch} (D {means[0]}, G {means[1]}); "
-                                          f"the last good checkpoint is {ckpt}")
-        samples = generate(G, eval_noise.to(device), args)
-        scores = evaluator(samples)
-        common.save_grid(generate(G, fixed_noise.to(device), args), samples_dir / f"epoch_{epoch:03d}.png", nrow=4)
-        reason = detect_collapse(scores["digit_fractions"], scores["diversity"], scores["data_diversity"],
-                                 args.collapse_digit_frac, args.collapse_diversity)
-        if reason is None and state["first_diverse"] is None:
-            state["first_diverse"] = epoch
-        collapsed = reason is not None and state["first_diverse"] is not None
-        state["train_seconds"] += seconds
-        state["images"] += n
-        row = {"epoch": epoch, "d_loss": means[0], "g_loss": means[1], "d_real": means[2], "d_fake": means[3],
-               **{k: v for k, v in scores.items() if k != "digit_fractions"},
-               **{f"digit_{d}": f for d, f in enumerate(scores["digit_fractions"])},
-               "low_diversity": int(reason is not None), "collapsed": int(collapsed), "epoch_seconds": seconds, "images_per_s": n / seconds}
-        curves.log(**row)
-        print(f"epoch {epoch}: D loss {means[0]:.3f}, G loss {means[1]:.3f}, D(x) {means[2]:.2f}, "
-              f"D(G(z)) {means[3]:.2f}, digits covered {scores['digits_covered']}, KL {scores['digit_kl']:.3f}, "
-              f"NDB {scores['ndb']}/{args.ndb_k}, FD {scores['frechet_clf']:.2f}, {n / seconds:.0f} img/s"
-              + (f"; COLLAPSED: {reason}" if collapsed else f"; not diverse yet: {reason}" if reason else ""))
-        if collapsed and state["first_collapse"] is None:
-            state["first_collapse"], state["collapse_reason"] = epoch, reason
-            if ckpt.exists():
-                shutil.copyfile(ckpt, run_dir / "checkpoint_before_collapse.pt")
-            if args.stop_on_collapse:
-                curves.save()
-                print(f"stopping: first collapse at epoch {epoch} ({reason}); the checkpoint of epoch "
-                      f"{epoch - 1} is kept in {ckpt}")
+            if i % 25 == 24 and not bool(torch.isfinite(sums).all()):  # one sync per 25 steps
                 break
-        state["epoch"] = epoch
-        if epoch in args.probe_epochs:
-            common.save_torch(run_dir / f"generator_epoch{epoch:03d}.pt", G.state_dict())
-        common.save_checkpoint(ckpt, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, step=epoch,
-                               config=config, train_rng=gen.get_state(), curves=curves.state_dict(), state=state,
-                               fixed_noise=fixed_noise)
-        curves.save()
-    make_figures(curves, run_dir, args)
-    last = curves.rows[-1] if curves.rows else {}
-    return {"act": args.act, "seed": args.seed, "epochs_trained": state["epoch"],
-            "first_diverse_epoch": state["first_diverse"],
-            "first_collapse_epoch": state["first_collapse"], "collapse_reason": state["collapse_reason"],
-            "collapsed": state["first_collapse"] is not None,
-            "final": {k: last.get(k) for k in ("digits_covered", "digit_kl", "ndb", "ndb_frac", "ndb_jsd",
-                                                "frechet_clf", "diversity", "d_loss", "g_loss", "d_real", "d_fake")},
-            "train_seconds": state["train_seconds"],
-            "images_per_s": state["images"] / state["train_seconds"] if state["train_seconds"] else None,
-            "parameters": {"G": count_parameters(G), "D": count_parameters(D)}}
+        means = (sums / steps).tolist()
+        if not all(math.isfinite(v) for v in means):
+            raise common.TrainingDiverged(f"the loss became non-finite in epoch {epoch} (D {means[0]}, G {means[1]});"
+                                          f" the last good checkpoint is {self.ckpt}")
+        return means
+
+    def run(self) -> dict:
+        args, st = self.args, self.state
+        steps = math.ceil(len(self.data) / args.batch_size)
+        bar = common.Progress(args.n_epochs * steps, f"03 {args.act} seed {args.seed}", every=10.0,
+                              start=st.d["epoch"] * steps, stream=sys.stdout)  # stderr is for errors
+        while st.d["epoch"] < args.n_epochs:
+            epoch = st.d["epoch"] + 1
+            t0 = time.perf_counter()
+            means = self.train_epoch(epoch, bar)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            state, why, first = self.evaluate(epoch, means, seconds)
+            if first:
+                if self.ckpt.exists():
+                    shutil.copyfile(self.ckpt, self.run_dir / "checkpoint_before_collapse.pt")
+                if args.stop_on_collapse:
+                    self.curves.save()
+                    print(f"stopping: first failing epoch {epoch} ({state}: {why}); the checkpoint of epoch "
+                          f"{epoch - 1} is kept in {self.ckpt}")
+                    break
+            if epoch in args.probe_epochs:
+                common.save_torch(self.run_dir / f"generator_epoch{epoch:03d}.pt", self.G.state_dict())
+            common.save_checkpoint(self.ckpt, models={"G": self.G, "D": self.D},
+                                   optimizers={"G": self.opt_g, "D": self.opt_d}, step=epoch, config=self.config,
+                                   train_rng=self.gen.get_state(), curves=self.curves.state_dict(), state=st.d,
+                                   fixed_noise=self.fixed_noise)
+            self.curves.save()
+        make_figures(self.curves, self.run_dir, args)
+        last = self.curves.rows[-1] if self.curves.rows else {}
+        return {"act": args.act, "seed": args.seed, **st.summary(),
+                "final": {k: last.get(k) for k in ("digits_covered", "digit_kl", "confidence", "ndb", "ndb_frac",
+                                                    "ndb_jsd", "frechet_clf", "diversity", "d_loss", "g_loss",
+                                                    "d_real", "d_fake", "state")},
+                "parameters": {"G": count_parameters(self.G), "D": count_parameters(self.D)}}
+
+    def evaluate(self, epoch: int, means: list[float], seconds: float):
+        """Score the epoch, draw its grid, record its state and curve row."""
+        args, st, n = self.args, self.state, len(self.data)
+        samples = generate(self.G, self.eval_noise.to(self.device), args)
+        check_finite_samples(samples, epoch, self.ckpt)
+        scores = self.evaluator(samples)
+        common.save_grid(generate(self.G, self.fixed_noise.to(self.device), args),
+                         self.run_dir / "samples" / f"epoch_{epoch:03d}.png", nrow=4)
+        signals = {**scores, "d_loss": means[0], "g_loss": means[1], "d_real": means[2], "d_fake": means[3]}
+        state, why, first = st.update(signals)
+        st.d["train_seconds"] += seconds
+        st.d["images"] += n
+        self.curves.log(epoch=epoch, d_loss=means[0], g_loss=means[1], d_real=means[2], d_fake=means[3],
+                        **{k: v for k, v in scores.items() if k != "digit_fractions"},
+                        **{f"digit_{d}": f for d, f in enumerate(scores["digit_fractions"])},
+                        state=state, reason=why, collapsed=int(state in FAILURES), epoch_seconds=seconds,
+                        images_per_s=n / seconds)
+        print(f"epoch {epoch}: D loss {means[0]:.3f}, G loss {means[1]:.3f}, D(x) {means[2]:.2f}, "
+              f"D(G(z)) {means[3]:.2f}, confidence {scores['confidence']:.2f}, digits covered "
+              f"{scores['digits_covered']}, KL {scores['digit_kl']:.3f}, NDB {scores['ndb']}/{args.ndb_k}, "
+              f"FD {scores['frechet_clf']:.2f}, {n / seconds:.0f} img/s; {state.upper()}" + (f" ({why})" if why else ""))
+        return state, why, first
+
+
+def train_run(args, device, run_dir: Path) -> dict:
+    """Train one run with per-epoch evaluation and checkpoints (resuming when asked); returns its metrics."""
+    trainer = Trainer(args, device, run_dir)
+    if args.resume:
+        trainer.resume()
+    return trainer.run()
 
 
 # ----------------------------------------------------------------------------- 6. figures, comparison, probe
+def read_sample_grid(path: Path):
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(path) if path.exists() else None
+
+
 def make_figures(curves, run_dir, args):
+    """losses.png (losses, D outputs and the state strip, with the fixed-noise grid where the state
+    changes), digit_histogram.png, samples.gif."""
     plt = common.pyplot()
     rows = curves.rows
     if not rows:
         return
     ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+    states = [r.get("state", "healthy") for r in rows]
+    changes = [i for i in range(len(rows)) if i == 0 or states[i] != states[i - 1]][:8]
+    fig = plt.figure(figsize=(11, 7.2))
+    gs = fig.add_gridspec(4, max(len(changes), 1), height_ratios=[3, 3, 0.6, 2.2], hspace=0.55)
+    a, b, c = fig.add_subplot(gs[0, :]), fig.add_subplot(gs[1, :]), fig.add_subplot(gs[2, :])
     a.plot(ep, [r["g_loss"] for r in rows], "o-", label="generator")
     a.plot(ep, [r["d_loss"] for r in rows], "o-", label="discriminator")
-    a.set(xlabel="epoch", ylabel="mean loss", title=f"losses per epoch ({args.act} generator)")
-    a.legend()
+    a.set(ylabel="mean loss", title=f"losses, discriminator outputs and the state per epoch ({args.act} generator, "
+                                    f"seed {args.seed})")
+    a.legend(fontsize=8)
     b.plot(ep, [r["d_real"] for r in rows], "o-", label="D(x)")
     b.plot(ep, [r["d_fake"] for r in rows], "o-", label="D(G(z))")
-    b.set(xlabel="epoch", ylabel="mean probability 'real'", ylim=(0, 1), title="discriminator outputs")
-    b.legend()
+    b.set(ylabel="mean P(real)", ylim=(0, 1))
+    b.legend(fontsize=8)
+    for x in (a, b):
+        x.set_xlim(ep[0] - 0.5, ep[-1] + 0.5)
+    for e, s in zip(ep, states):
+        c.axvspan(e - 0.5, e + 0.5, color=STATE_COLOURS.get(s, "white"))
+    c.set(xlim=(ep[0] - 0.5, ep[-1] + 0.5), yticks=[], xlabel="epoch")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=col) for col in STATE_COLOURS.values()]
+    c.legend(handles, list(STATE_COLOURS), ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.9))
+    for j, i in enumerate(changes):
+        img = read_sample_grid(run_dir / "samples" / f"epoch_{ep[i]:03d}.png")
+        ax = fig.add_subplot(gs[3, j])
+        if img is not None:
+            ax.imshow(img, cmap="gray")
+        ax.set_title(f"epoch {ep[i]}: {states[i]}", fontsize=7, color=STATE_COLOURS.get(states[i], "black"))
+        ax.axis("off")
     common.savefig(fig, run_dir / "losses.png")
 
     heat = torch.tensor([[r[f"digit_{d}"] for d in range(10)] for r in rows]).T
@@ -419,7 +825,7 @@ def make_figures(curves, run_dir, args):
         ax.axvline(first - 0.5, color="red", lw=2)
     fig.colorbar(im, ax=ax, label="fraction of samples")
     ax.set(xlabel="epoch", ylabel="digit (classifier)", yticks=range(10),
-           title="digit histogram of 10,000 samples per epoch" + (f"; collapse at epoch {first}" if first else ""))
+           title="digit histogram of the samples per epoch" + (f"; first failure at epoch {first}" if first else ""))
     common.savefig(fig, run_dir / "digit_histogram.png")
 
     frames = sorted((run_dir / "samples").glob("epoch_*.png"))
@@ -431,28 +837,38 @@ def make_figures(curves, run_dir, args):
             images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=300, loop=0)
 
 
+def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) -> dict:
+    """Train each (run name, flag overrides) job in base_dir/<name>, skipping finished ones (so --resume
+    continues a cut-short grid), and call write(base_dir, runs) after every finished run."""
+    runs, result = [], {}
+    for name, overrides in jobs:
+        sub = copy.copy(args)
+        for k, v in overrides.items():
+            setattr(sub, k, v)
+        run_dir = base_dir / name
+        done = run_dir / "metrics.json"
+        if done.exists():
+            runs.append(common.load_json(done))
+        else:
+            sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
+            if not sub.resume:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
+            print(f"03: {name}")
+            result = {"run": name, **overrides, **train_run(sub, device, run_dir)}
+            common.save_json(done, result)
+            runs.append(result)
+        result = write(base_dir, runs)
+    return result
+
+
 def compare(args, device, base_dir: Path) -> dict:
-    """Both activations over seeds: collapse rate (95% Wilson interval), first collapse epoch, final scores.
+    """Both activations over seeds: failure rate (95% Wilson interval), first failing epoch, final scores.
     The table and figure are rewritten after every finished run, so a cut-short comparison still shows
     what it has; `--resume` skips finished runs and continues the unfinished one."""
-    runs, result = [], {}
-    for seed in range(args.seed, args.seed + args.seeds):   # seeds outermost: a cut-short comparison stays balanced
-        for act in args.acts:
-            sub = copy.copy(args)
-            sub.act, sub.seed = act, seed
-            run_dir = base_dir / f"{act}_seed{seed}"
-            done = run_dir / "metrics.json"
-            if done.exists():
-                runs.append(common.load_json(done))
-            else:
-                sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
-                if not sub.resume:
-                    run_dir.mkdir(parents=True, exist_ok=True)
-                    common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
-                result = train_run(sub, device, run_dir)
-                common.save_json(done, result)
-                runs.append(result)
-            result = write_comparison(base_dir, runs, args.acts)
+    jobs = [(f"{act}_seed{seed}", {"act": act, "seed": seed})   # seeds outermost: a cut-short grid stays balanced
+            for seed in range(args.seed, args.seed + args.seeds) for act in args.acts]
+    result = run_grid(args, device, base_dir, jobs, lambda d, runs: write_comparison(d, runs, args.acts))
     print((base_dir / "comparison.md").read_text())
     return result
 
@@ -463,19 +879,20 @@ def write_comparison(base_dir: Path, runs: list[dict], acts) -> dict:
         rs = [r for r in runs if r["act"] == act]
         if not rs:
             continue
-        k = sum(r["collapsed"] for r in rs)
-        table[act] = {"runs": len(rs), "collapsed": k, "collapse_rate": k / len(rs),
-                      "collapse_rate_ci95": common.wilson_interval(k, len(rs)),
-                      "first_collapse_epochs": [r["first_collapse_epoch"] for r in rs if r["collapsed"]],
+        k = sum(r["failed"] for r in rs)
+        table[act] = {"runs": len(rs), "failed": k, "failure_rate": k / len(rs),
+                      "failure_rate_ci95": common.wilson_interval(k, len(rs)),
+                      "first_failures": [(r["first_failure_epoch"], r["first_failure_state"]) for r in rs if r["failed"]],
                       **{f"final_{m}": common.mean_sem(r["final"][m] for r in rs)
                          for m in ("digit_kl", "ndb", "frechet_clf", "digits_covered")}}
-    lines = ["| generator | runs | collapsed | rate (95% CI) | first collapse epochs | final digit KL | "
+    lines = ["| generator | runs | failed | rate (95% CI) | first failing epochs (state) | final digit KL | "
              "final NDB | final FD (classifier) |", "|---|---|---|---|---|---|---|---|"]
     for act, t in table.items():
-        lo, hi = t["collapse_rate_ci95"]
+        lo, hi = t["failure_rate_ci95"]
         f = lambda m: f"{t['final_' + m][0]:.3g} ± {t['final_' + m][1]:.2g}"
-        lines.append(f"| {act} | {t['runs']} | {t['collapsed']} | {t['collapse_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
-                     f"{t['first_collapse_epochs'] or '-'} | {f('digit_kl')} | {f('ndb')} | {f('frechet_clf')} |")
+        firsts = ", ".join(f"{e} ({s})" for e, s in t["first_failures"]) or "-"
+        lines.append(f"| {act} | {t['runs']} | {t['failed']} | {t['failure_rate']:.0%} ({lo:.0%}-{hi:.0%}) | "
+                     f"{firsts} | {f('digit_kl')} | {f('ndb')} | {f('frechet_clf')} |")
     with common.atomic_open(base_dir / "comparison.md") as fh:
         fh.write("\n".join(lines) + "\n")
     common.save_json(base_dir / "comparison.json", {"table": table, "runs": runs})
@@ -493,8 +910,8 @@ def plot_comparison(base_dir, runs):
         heat = torch.tensor([[float(row[f"digit_{d}"]) for d in range(10)] for row in rows]).T
         ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=0.5,
                   extent=[0.5, len(rows) + 0.5, -0.5, 9.5])
-        if r["collapsed"]:
-            ax.axvline(r["first_collapse_epoch"] - 0.5, color="red", lw=2)
+        if r["failed"]:
+            ax.axvline(r["first_failure_epoch"] - 0.5, color="red", lw=2)
         flagged = [int(row["epoch"]) for row in rows if row["collapsed"] == "1"]
         ax.plot(flagged, [9.9] * len(flagged), "v", color="red", ms=5, clip_on=False)
         ax.set_ylabel(f"{r['act']}\nseed {r['seed']}", fontsize=7)
@@ -502,8 +919,82 @@ def plot_comparison(base_dir, runs):
         longest = max(longest, len(rows))
     axes[-1, 0].set_xlim(0.5, longest + 0.5)
     axes[-1, 0].set_xlabel("epoch")
-    fig.suptitle("digit histogram per epoch for every run\n(red line: first collapsed epoch; red marks: every collapsed epoch)")
+    fig.suptitle("digit histogram per epoch for every run\n(red line: first failing epoch; red marks: every failing epoch)")
     common.savefig(fig, base_dir / "digit_histograms.png")
+
+
+def causes(args, device, base_dir: Path) -> dict:
+    """The material's causes of failure (`CAUSES`), each over seeds, on this DCGAN."""
+    names = args.causes or DEFAULT_CAUSES
+    jobs = [(f"{name}_seed{seed}", {**CAUSES[name], "seed": seed})
+            for seed in range(args.seed, args.seed + args.seeds) for name in names]
+    result = run_grid(args, device, base_dir, jobs, write_causes_table)
+    print((base_dir / "causes.md").read_text())
+    return result
+
+
+def write_causes_table(base_dir: Path, runs: list[dict] | None = None) -> dict:
+    """causes.md / causes.json / causes.png from the runs (or from base_dir/*/metrics.json)."""
+    if runs is None:
+        runs = [common.load_json(p) for p in sorted(base_dir.glob("*/metrics.json"))]
+        if not runs:
+            raise common.UserError(f"--causes_table: no */metrics.json under {base_dir}")
+    by_cause: dict[str, list[dict]] = {}
+    for r in runs:
+        by_cause.setdefault(r["run"].rsplit("_seed", 1)[0], []).append(r)
+    table, lines = {}, ["| configuration | seed: first failing epoch (state), last state | failed | rate (95% CI) | "
+                        "mode collapse | non-convergence | last-epoch confidence | last-epoch FD |",
+                        "|---|---|---|---|---|---|---|---|"]
+    for cause, rs in by_cause.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        n, k = len(rs), sum(r["failed"] for r in rs)
+        kc = sum(r["first_failure_state"] == "mode collapse" for r in rs)
+        kn = sum(r["first_failure_state"] == "non-convergence" for r in rs)
+        ci = lambda j: common.wilson_interval(j, n)
+        table[cause] = {"runs": n, "failed": k, "rate_ci95": ci(k), "mode_collapse_first": kc,
+                        "non_convergence_first": kn,
+                        "per_seed": {r["seed"]: {"first_failure_epoch": r["first_failure_epoch"],
+                                                 "state": r["first_failure_state"], "states": r["states"]}
+                                     for r in rs}}
+        cells = "; ".join(f"{r['seed']}: " + (f"{r['first_failure_epoch']} ({r['first_failure_state']})"
+                                              if r["failed"] else "none") + f", {r['states'][-1]}" for r in rs)
+        conf = common.mean_sem(r["final"]["confidence"] for r in rs)
+        fd = common.mean_sem(r["final"]["frechet_clf"] for r in rs)
+        lo, hi = ci(k)
+        lines.append(f"| {cause} | {cells} | {k}/{n} | {k / n:.0%} ({lo:.0%}-{hi:.0%}) | {kc}/{n} | {kn}/{n} | "
+                     f"{conf[0]:.2f} ± {conf[1]:.2f} | {fd[0]:.0f} ± {fd[1]:.0f} |")
+    with common.atomic_open(base_dir / "causes.md") as fh:
+        fh.write("\n".join(lines) + "\n")
+    common.save_json(base_dir / "causes.json", {"table": table})
+    plot_causes(base_dir, by_cause)
+    return {"table": table, "runs": runs}
+
+
+def plot_causes(base_dir: Path, by_cause: dict):
+    """One row per configuration: the last fixed-noise grid of each seed, titled with its state."""
+    plt = common.pyplot()
+    n_seeds = max(len(rs) for rs in by_cause.values())
+    fig, axes = plt.subplots(len(by_cause), n_seeds, figsize=(1.9 * n_seeds + 1.2, 2.0 * len(by_cause)),
+                             squeeze=False)
+    for i, (cause, rs) in enumerate(by_cause.items()):
+        for j in range(n_seeds):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(rs):
+                ax.axis("off")
+                continue
+            r = sorted(rs, key=lambda r: r["seed"])[j]
+            grids = sorted((base_dir / r["run"] / "samples").glob("epoch_*.png"))
+            if grids:
+                ax.imshow(read_sample_grid(grids[-1]), cmap="gray")
+            state = r["states"][-1] if r["states"] else "?"
+            ax.set_title(f"seed {r['seed']}, epoch {r['epochs_trained']}:\n{state}", fontsize=7,
+                         color=STATE_COLOURS.get(state, "black"))
+            if j == 0:
+                ax.set_ylabel(cause, fontsize=8)
+    fig.suptitle("the material's causes on the tutorial's DCGAN: last fixed-noise grid per seed")
+    common.savefig(fig, base_dir / "causes.png", dpi=80)
 
 
 def probe_gradients(args, device, run_dir: Path) -> dict:
@@ -520,12 +1011,12 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
         path = run_dir / f"generator_epoch{epoch:03d}.pt"
         if not path.exists():
             raise common.UserError(f"no generator snapshot {path}: train with --probe_gradients to keep them")
-        G = Generator(args.act, args.latent_dim).to(device)
+        G = Generator(args.act, args.latent_dim, kernel_size=args.kernel_size).to(device)
         G.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         G.train()  # as during training; its weights are frozen, only D learns
         for p in G.parameters():
             p.requires_grad_(False)
-        D = Discriminator().to(device)
+        D = Discriminator(args.kernel_size).to(device)
         opt = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2), eps=args.eps)
         rows = []
         bar = common.Progress(args.probe_steps, f"03 probe epoch {epoch}", every=10.0)
@@ -586,6 +1077,7 @@ def probe_finished_run(args, device, run_dir: Path) -> dict:
     saved = common.load_json(run_dir / "config.json")["args"]
     for key in ("act", "latent_dim", "seed", "n_train", "batch_size", "lr", "b1", "b2", "eps"):
         setattr(args, key, saved[key])
+    args.kernel_size = saved.get("kernel_size", 5)
     asked = args.probe_epochs
     args.probe_epochs = [e for e in asked if (run_dir / f"generator_epoch{e:03d}.pt").exists()]
     if not args.probe_epochs:
@@ -598,29 +1090,55 @@ def probe_finished_run(args, device, run_dir: Path) -> dict:
     return result
 
 
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but what start_run wrote (a run that failed on a user
+    error before its first epoch), so later runs do not get ever higher _N suffixes."""
+    left = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "config.json"]
+    if not left:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = common.pick_device(args.device)
+    if args.causes_table:
+        return write_causes_table(Path(args.causes_table))
+    args.use_channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
+    if args.probe_run:
+        args.use_amp = resolve_amp(args, device)
+        return probe_finished_run(args, device, Path(args.probe_run))
+    load_metrics_module()  # before any run folder exists
+    check_args(args, device)
+    args.use_amp = resolve_amp(args, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not args.deterministic
     quick = "_quick" if args.quick else ""
-    if args.probe_run:
-        return probe_finished_run(args, device, Path(args.probe_run))
+    if args.causes is not None and not args.seeds:
+        raise common.UserError("--causes needs --seeds N (the seeds each configuration is trained for)")
     if args.seeds:
-        base = common.start_run(args, __file__, f"compare_seed{args.seed}x{args.seeds}{quick}", argv)
-        print(f"03: {'/'.join(args.acts)} x {args.seeds} seeds on {device}; writing {base}")
-        result = compare(args, device, base)
+        grid, name = (causes, "causes") if args.causes is not None else (compare, "compare")
+        base = common.start_run(args, __file__, f"{name}_seed{args.seed}x{args.seeds}{quick}", argv)
+        print(f"03: {name} x {args.seeds} seeds on {device}; writing {base}")
+        result = grid(args, device, base)
         common.save_json(base / "metrics.json", {"device": str(device), **result})
         return result
     run_dir = common.start_run(args, __file__, f"{args.act}_seed{args.seed}{quick}", argv)
+    if args.resume and not (run_dir / "checkpoint.pt").is_file():
+        raise common.UserError(f"--resume: {run_dir} has no checkpoint.pt, so there is nothing to resume and "
+                               f"nothing in it is changed (start a new run without --resume)")
     print(f"03: {args.act} generator, seed {args.seed}, {args.n_epochs} epochs on {device}; writing {run_dir}")
-    metrics = {"device": str(device), **train_run(args, device, run_dir)}
+    try:
+        metrics = {"device": str(device), **train_run(args, device, run_dir)}
+    except common.UserError:
+        if not args.resume:
+            discard_unstarted(run_dir)
+        raise
     if args.probe_gradients:
         metrics["gradient_probe"] = probe_gradients(args, device, run_dir)
     common.save_json(run_dir / "metrics.json", metrics)
-    print(f"done: first collapse epoch {metrics['first_collapse_epoch']}, "
-          f"{metrics['images_per_s']:.0f} images/s; outputs in {run_dir}")
+    print(f"done: {metrics['epochs_trained']} epochs, first failing epoch {metrics['first_failure_epoch']} "
+          f"({metrics['first_failure_state'] or 'none'}), {metrics['images_per_s']:.0f} images/s; outputs in {run_dir}")
     return metrics
 
 

@@ -1,12 +1,15 @@
-"""03: the tutorial's networks, the collapse detector, a quick run, resume, and bad input."""
+"""03: the tutorial's networks, Keras' Adam, the per-epoch state, a quick run, resume, and bad input
+(the one-line bad-input cases are rows of tests/test_bad_inputs.py)."""
 from __future__ import annotations
 
 import json
+import math
+import shutil
 
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, kill_on_call, load_script, run_cli
+from conftest import OFFLINE_ENV, REPO, kill_on_call, load_script, run_cli
 
 m = load_script("03_dcgan_mnist")
 
@@ -199,8 +202,219 @@ def test_seeds_comparison_writes_the_table(tmp_path, mnist_root):
     out = m.main(QUICK + ["--seeds", "1", "--n_train", "256", "--n_eval", "200", "--data_root", mnist_root,
                           "--out", str(tmp_path)])
     assert set(out["table"]) == {"leakyrelu", "relu"}
-    assert all(t["runs"] == 1 and 0 <= t["collapse_rate"] <= 1 for t in out["table"].values())
+    assert all(t["runs"] == 1 and 0 <= t["failure_rate"] <= 1 for t in out["table"].values())
     base = tmp_path / "03_dcgan_mnist" / "compare_seed0x1_quick"
     table = (base / "comparison.md").read_text()
     assert "| relu | 1 |" in table and "| leakyrelu | 1 |" in table
     assert (base / "digit_histograms.png").exists() and (base / "relu_seed0" / "config.json").exists()
+
+
+# ----------------------------------------------------------------------------- Keras' Adam (issue 13, item 5)
+def test_keras_adam_epsilon_placement_worked_out_by_hand():
+    # one parameter p = 1, gradient g = 1e-6, lr 0.1, betas (0.9, 0.999), eps 1e-7, first step:
+    # m = 0.1 g, v = 0.001 g^2. Keras: p -= lr sqrt(1 - 0.999) / (1 - 0.9) * m / (sqrt(v) + eps)
+    #   = 0.1 * 0.031623 * 1e-7 / (3.1623e-8 + 1e-7) = 0.024025, i.e. lr g / (g + eps / sqrt(0.001));
+    # PyTorch: p -= lr * m_hat / (sqrt(v_hat) + eps) = 0.1 * 1e-6 / (1e-6 + 1e-7) = 0.090909.
+    lr, g, eps = 0.1, 1e-6, 1e-7
+    updates = {}
+    for name, make in [("keras", m.KerasAdam), ("torch", torch.optim.Adam)]:
+        p = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+        opt = make([p], lr=lr, betas=(0.9, 0.999), eps=eps)
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        updates[name] = 1.0 - float(p.detach())
+    assert updates["keras"] == pytest.approx(0.024025, rel=1e-4)
+    assert updates["keras"] == pytest.approx(lr * g / (g + eps / math.sqrt(1 - 0.999)), rel=1e-12)
+    assert updates["torch"] == pytest.approx(lr * g / (g + eps), rel=1e-12)  # 0.0909: almost 4x larger
+
+
+def test_keras_adam_is_torch_adam_with_a_step_dependent_epsilon():
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=gen, dtype=torch.float64) * 1e-5 for _ in range(6)]
+    b2, eps = 0.999, 1e-7
+    w0 = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    pk = torch.nn.Parameter(w0.clone())
+    keras = m.KerasAdam([pk], lr=1e-3, betas=(0.9, b2), eps=eps)
+    pt = torch.nn.Parameter(w0.clone())
+    ref = torch.optim.Adam([pt], lr=1e-3, betas=(0.9, b2), eps=eps)
+    for t, grad in enumerate(grads, 1):
+        ref.param_groups[0]["eps"] = eps / math.sqrt(1 - b2 ** t)  # Keras' effective epsilon at step t
+        pk.grad, pt.grad = grad.clone(), grad.clone()
+        keras.step()
+        ref.step()
+        assert torch.allclose(pk, pt, rtol=0, atol=1e-15)
+    assert not torch.allclose(pk, w0)
+    # and the state survives a checkpoint round trip
+    again = m.KerasAdam([torch.nn.Parameter(pk.detach().clone())], lr=1e-3, betas=(0.9, b2), eps=eps)
+    again.load_state_dict(keras.state_dict())
+    assert float(again.state[again.param_groups[0]["params"][0]]["step"]) == 6
+
+
+def test_keras_adam_matches_tensorflow_when_installed():
+    """Optional: a few Adam steps on the same quadratic in Keras and in KerasAdam."""
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w0, x = rng.normal(size=(4, 3)), rng.normal(size=(8, 4)) * 1e-3
+    v = tf.Variable(w0.astype("float32"))
+    opt = tf.keras.optimizers.Adam(1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
+    p = torch.nn.Parameter(torch.tensor(w0, dtype=torch.float32))
+    ours = m.KerasAdam([p], lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    xt = torch.tensor(x, dtype=torch.float32)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.matmul(x.astype("float32"), v) ** 2)
+        opt.apply_gradients([(tape.gradient(loss, v), v)])
+        ours.zero_grad()
+        ((xt @ p) ** 2).sum().backward()
+        ours.step()
+    assert np.abs(v.numpy() - p.detach().numpy()).max() < 1e-6
+
+
+# ----------------------------------------------------------------------------- new flags (item 2)
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_other_kernel_sizes_give_28x28_with_tensorflow_padding(k):
+    G, D = m.Generator("relu", kernel_size=k), m.Discriminator(kernel_size=k)
+    assert G(torch.randn(2, 100)).shape == (2, 1, 28, 28)
+    x = torch.randn(2, 1, 28, 28)
+    assert tuple(D.net[:4](x).shape[1:]) == (64, 14, 14) and D(x).shape == (2,)
+    # TF 'same', stride 2 on 28: total padding max(k - 2, 0), the smaller half before
+    assert (D.net[0].before, D.net[0].after) == {1: (0, 0), 3: (0, 1), 7: (2, 3)}[k]
+
+
+def test_learning_rate_flags_reach_the_right_optimiser():
+    args = m.parse_args(["--quick", "--lr", "3e-4", "--lr_d", "1e-2", "--device", "cpu"])
+    args.use_channels_last, args.use_amp = False, False
+    G, D, opt_g, opt_d = m.build(args, torch.device("cpu"))
+    assert opt_g.param_groups[0]["lr"] == 3e-4 and opt_d.param_groups[0]["lr"] == 1e-2
+    assert isinstance(opt_g, m.KerasAdam)
+    args = m.parse_args(["--lr_g", "2e-3", "--optimizer", "torch"])
+    args.use_channels_last, args.use_amp = False, False
+    _, _, opt_g, opt_d = m.build(args, torch.device("cpu"))
+    assert opt_g.param_groups[0]["lr"] == 2e-3 and opt_d.param_groups[0]["lr"] == 1e-4
+    assert isinstance(opt_g, torch.optim.Adam)
+
+
+# ----------------------------------------------------------------------------- the per-epoch state (item 1)
+THRESHOLDS = {"min_confidence": 0.8, "d_wins": 0.05, "max_frechet": 1000.0, "collapse_digit_frac": 0.5,
+              "collapse_diversity": 0.5, "grace_epochs": 2}
+
+
+def epoch(**over):
+    """A hand-made healthy epoch; `over` changes some of its signals."""
+    s = {"digit_fractions": [0.1] * 10, "confidence": 0.95, "frechet_clf": 300.0, "diversity": 0.6,
+         "data_diversity": 0.68, "d_real": 0.7, "d_fake": 0.3, "g_loss": 1.0}
+    return {**s, **over}
+
+
+ONE_DIGIT = [0.02] * 10
+ONE_DIGIT[7] = 0.82
+
+
+@pytest.mark.parametrize("signals,seen_healthy,ep,state,word", [
+    (epoch(), False, 1, "healthy", ""),
+    (epoch(confidence=0.3, frechet_clf=2500.0), False, 1, "not yet diverse", "not digits"),  # blobs, early
+    (epoch(confidence=0.3, frechet_clf=2500.0), True, 9, "non-convergence", "not digits"),   # trash after
+    (epoch(confidence=0.5, frechet_clf=600.0), False, 6, "non-convergence", "weak digits"),  # never digits
+    (epoch(d_real=0.99, d_fake=0.01, g_loss=5.0), True, 4, "non-convergence", "D wins"),
+    (epoch(digit_fractions=ONE_DIGIT), True, 4, "mode collapse", "digit 7"),
+    (epoch(diversity=0.1), True, 4, "mode collapse", "diversity"),
+    (epoch(diversity=0.1), False, 2, "not yet diverse", "diversity"),                         # within grace
+    (epoch(diversity=0.1), False, 3, "mode collapse", "diversity"),                           # past grace
+])
+def test_epoch_state_on_hand_made_epochs(signals, seen_healthy, ep, state, word):
+    got, why = m.epoch_state(signals, THRESHOLDS, seen_healthy, ep)
+    assert got == state and word in why
+
+
+def test_run_state_records_the_first_failure_once():
+    args = m.parse_args(["--grace_epochs", "1"])
+    st = m.RunState(args)
+    assert st.update(epoch(confidence=0.2, frechet_clf=3000.0))[0] == "not yet diverse"
+    assert st.update(epoch())[:2] == ("healthy", "")
+    state, _, first = st.update(epoch(digit_fractions=ONE_DIGIT))
+    assert state == "mode collapse" and first
+    state, _, first = st.update(epoch(d_real=0.99, d_fake=0.001))
+    assert state == "non-convergence" and not first
+    s = st.summary()
+    assert (s["first_healthy_epoch"], s["first_failure_epoch"], s["first_failure_state"]) == (2, 3, "mode collapse")
+    assert (s["first_collapse_epoch"], s["first_nonconvergence_epoch"]) == (3, 4)
+    assert s["states"] == ["not yet diverse", "healthy", "mode collapse", "non-convergence"]
+
+
+def test_divergence_is_seen_in_the_samples(tmp_path):
+    ok = torch.rand(50, 1, 28, 28) * 2 - 1
+    m.check_finite_samples(ok, 1, tmp_path / "c.pt")
+    for bad in [torch.full_like(ok, float("nan")), torch.sign(ok)]:  # non-finite; tanh saturated at +-1
+        with pytest.raises(m.common.TrainingDiverged):
+            m.check_finite_samples(bad, 1, tmp_path / "c.pt")
+
+
+# ----------------------------------------------------------------------------- --amp (item 4)
+def test_amp_runs_fp32_without_bfloat16_hardware_unless_forced(monkeypatch, capsys):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(m, "bf16_hardware", lambda device: (False, "no avx512_bf16/amx_bf16 flag"))
+    args = m.parse_args(["--amp"])
+    assert args.amp == "on" and m.resolve_amp(args, cpu) is False
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fp32" in err[0] and "--amp force" in err[0]
+    assert m.resolve_amp(m.parse_args(["--amp", "force"]), cpu) is True
+    assert m.resolve_amp(m.parse_args([]), cpu) is False
+    monkeypatch.setattr(m, "bf16_hardware", lambda device: (True, "flags amx_bf16"))
+    assert m.resolve_amp(m.parse_args(["--amp"]), cpu) is True
+    assert isinstance(m.bf16_hardware.__call__(cpu)[0], bool)
+
+
+def test_every_flag_has_help_with_its_default_once():
+    p = m.build_parser()
+    shared = {"help", "seed", "device", "out", "run_name", "overwrite", "quick", "deterministic", "resume"}
+    own = [a for a in p._actions if a.dest not in shared]
+    assert {"n_epochs", "batch_size", "latent_dim", "lr_g", "lr_d", "kernel_size", "optimizer", "amp"} <= {a.dest for a in own}
+    for action in own:
+        text = p._get_formatter()._expand_help(action)
+        assert text.count("default") == 1, (action.dest, text)
+    assert run_cli("03_dcgan_mnist.py", "--help").returncode == 0
+
+
+# ----------------------------------------------------------------------------- missing 06 (item 6), resume
+def test_missing_06_metrics_is_one_line_before_any_run_folder(tmp_path):
+    for f in ["03_dcgan_mnist.py", "common.py"]:
+        shutil.copy(REPO / f, tmp_path / f)
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(tmp_path / "03_dcgan_mnist.py"), "--quick", "--device", "cpu",
+                        "--out", str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "06_metrics.py" in lines[0], r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_without_a_checkpoint_refuses_and_changes_nothing(tmp_path, mnist_root, capsys):
+    flags = QUICK + ["--n_train", "256", "--n_eval", "200", "--data_root", mnist_root, "--out", str(tmp_path)]
+    m.main(flags)
+    run = tmp_path / "03_dcgan_mnist" / "leakyrelu_seed0_quick"
+    (run / "checkpoint.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        m.main(flags + ["--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "checkpoint.pt" in err[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_a_failing_configuration_reports_its_state_and_stops(tmp_path, mnist_root):
+    # min_confidence 1 makes every epoch 'not digits': epoch 1 is within the grace period, epoch 2 fails
+    r = run_cli("03_dcgan_mnist.py", *QUICK, "--n_train", "256", "--n_eval", "200", "--n_epochs", "3",
+                "--lr_d", "1e-2", "--min_confidence", "1", "--grace_epochs", "1", "--stop_on_collapse",
+                "--data_root", mnist_root, "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "NON-CONVERGENCE" in r.stdout and "stopping: first failing epoch 2" in r.stdout
+    run = tmp_path / "03_dcgan_mnist" / "leakyrelu_seed0_quick"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["first_failure_epoch"] == 2 and metrics["first_failure_state"] == "non-convergence"
+    assert metrics["states"] == ["not yet diverse", "non-convergence"]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 1  # the epoch before the failure
+    assert (run / "checkpoint_before_collapse.pt").exists() and (run / "losses.png").exists()
