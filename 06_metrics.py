@@ -1,36 +1,45 @@
 """06_metrics.py - how collapsed is this? NDB/JSD, mode counts, digit histograms and feature-space metrics.
 
-The experiment (the default run) reproduces the MNIST demonstration of NDB (Richardson & Weiss, "On GANs
-and GMMs", NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms): K = 100 K-means bins
-are fitted on 50,000 MNIST training images, and sets of images are compared with them bin by bin. It
-goes further: besides (a) a held-out part of the training set, (b) the test set and (c) the test set
-without its 9s (the sets of the reference demo), it evaluates (d) a set where one digit fills half the
-samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images, and reports
-every metric of this file for each. What you should see: the held-out images (a) differ from the bins
-in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers)
-in a few more; (c)-(f) in many. Each other metric misses something: the near-duplicates (f) keep a
-high precision and density (every image is real) and a normal pixel diversity (ten different images
-are as far apart as any), while NDB, recall and coverage expose them.
+A library first (Part I), then two experiments and a command line that use it:
 
-This file is also the metrics module of the other scripts, loaded with
-    metrics = importlib.import_module("06_metrics")
-  NDB, mnist_ndb, kmeans                  bins and the Number of statistically Different Bins, JSD
+Part I, the metrics, loaded by the other scripts with  metrics = importlib.import_module("06_metrics")
+  NDB, kmeans, jensen_shannon_divergence  bins and the Number of statistically Different Bins, JSD
+  mnist_ndb                               NDB bins fitted on MNIST, cached
   load_classifier, digit_stats,           the digit histogram, digits covered, KL to uniform, from a
   stacked_digit_stats, make_stacked_mnist small CNN trained here (and digit triples of stacked MNIST)
   frechet_distance, FeatureStats          Frechet distance in the CLASSIFIER's feature space (not FID)
   precision_recall, density_coverage      Kynkaanniemi et al. 2019; Naeem et al. 2020 (k = 5)
-  diversity, lpips_diversity              mean pairwise distance; LPIPS only where installed
+  diversity, lpips_diversity              mean pairwise distance; LPIPS over random pairs, where installed
   pacgan_mode_stats                       the PacGAN mode counts for mixtures (= common.mode_stats)
+  cache_dir                               where the classifier and the bins are cached
 Images are float tensors N x 1 x 28 x 28 in [-1, 1] (the GAN convention) unless a docstring says otherwise.
 
-Run:  python 06_metrics.py                        (the experiment: about 3 min on two CPU cores, plus
-                                                   1-3 min the first time to train and cache the classifier)
+Part II, the NDB demonstration (the default run). NDB is from Richardson & Weiss, "On GANs and GMMs",
+NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms. K = 100 K-means bins are fitted
+on 50,000 MNIST training images and sets of images are compared with them bin by bin: (a) the 10,000
+held-out training images, (b) the test set, (c) the test set without its 9s, (d) a set where one digit
+fills half the samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images,
+each scored with every metric of Part I. What you should see: the held-out images (a) differ from the bins
+in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers) in a
+few more; (c)-(f) in many. Each other metric misses something: the near-duplicates (f) keep a high
+precision and density (every image is real) and a normal pixel diversity, while NDB, recall and coverage
+expose them.
+  --protocol gans-n-gmms runs the authors' own protocol instead: bins fitted on 45,000 training images
+  (15,000 held out as validation), 10,000 query images per set, a bin counted when |z| > 3 or 4, over
+  3 random splits, beside the figures of their README.
+
+Part III, the command line for your samples: --fake FILE against MNIST or against --real FILE.
+
+Run:  python 06_metrics.py                        (Part II: about 3 min on two CPU cores, plus 1-3 min the
+                                                   first time to train and cache the classifier)
+      python 06_metrics.py --protocol gans-n-gmms (the authors' protocol, 3 splits: about 1 min)
       python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
       python 06_metrics.py --fake pngs/ --real other.npz
 Needs: common.py
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
 import os
@@ -49,7 +58,8 @@ import common
 LN2 = math.log(2.0)
 
 
-# ----------------------------------------------------------------------------- 1. the idea: NDB and JSD
+# ============================================================================= PART I. THE METRICS
+# ----------------------------------------------------------------------------- 1. NDB and JSD
 def two_proportion_z_test(p_real, n_real: int, p_sample, n_sample: int, alpha: float = 0.05):
     """The per-bin test of NDB (Richardson & Weiss 2018, Sec. 2): a pooled two-proportion z-test.
 
@@ -66,10 +76,30 @@ def two_proportion_z_test(p_real, n_real: int, p_sample, n_sample: int, alpha: f
     return z, p_value, p_value < alpha
 
 
+def different_bins(z, p_value, alpha: float = 0.05, z_threshold: float | None = None) -> torch.Tensor:
+    """NDB's rule for "this bin differs": p-value < alpha (the paper's test), or, with `z_threshold`,
+    |z| > z_threshold (the authors' demo: 3 when their README figures were made, 4 since 2018-12).
+    Bins with a nan z (empty in both sets) never count."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    if z_threshold is not None:
+        return z.abs() > z_threshold
+    return torch.as_tensor(p_value, dtype=torch.float64) < alpha
+
+
 def jensen_shannon_divergence(p, q) -> float:
-    """JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, in nats (0 <= JSD <= ln 2)."""
-    p = torch.as_tensor(p, dtype=torch.float64)
-    q = torch.as_tensor(q, dtype=torch.float64).to(p.device)
+    """JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, in nats (0 <= JSD <= ln 2).
+
+    p and q: two histograms over the same bins, as counts or proportions (each is normalised to sum 1),
+    as torch tensors (any device), NumPy arrays or lists. Used for NDB's JSD here and for the colour
+    histograms of 05."""
+    p = torch.as_tensor(np.asarray(p) if not isinstance(p, torch.Tensor) else p).detach().cpu().double().reshape(-1)
+    q = torch.as_tensor(np.asarray(q) if not isinstance(q, torch.Tensor) else q).detach().cpu().double().reshape(-1)
+    if p.shape != q.shape:
+        raise ValueError(f"JSD needs two histograms over the same bins, got {len(p)} and {len(q)} bins")
+    for h in (p, q):
+        if not bool(torch.isfinite(h).all()) or bool((h < 0).any()) or float(h.sum()) <= 0:
+            raise ValueError("JSD needs finite, non-negative histograms with a positive total")
+    p, q = p / p.sum(), q / q.sum()
     m = 0.5 * (p + q)
 
     def kl(a):
@@ -86,8 +116,9 @@ class NDB:
     (per-dimension mean and std + 1e-6, as the reference); bins are sorted by size, largest first. The
     real bin proportions are those of the real samples assigned to the final centres.
     Evaluate: each sample goes to its nearest centre (L2); per bin, a two-proportion z-test against the
-    real proportion (`two_proportion_z_test`); NDB = number of significant bins, NDB/K, and the JSD
-    between the two proportion vectors. About 500 real samples per bin is the authors' advice.
+    real proportion (`two_proportion_z_test`); NDB = number of different bins (`different_bins`: p < alpha,
+    or |z| > z_threshold), NDB/K, and the JSD between the two proportion vectors. About 500 real samples
+    per bin is the authors' advice.
 
     Differences from the reference (utils/ndb.py): one seeded k-means++ run instead of scikit-learn's
     unseeded n_init=10 runs; all dimensions are used (the reference subsamples d // 6 of them when
@@ -139,19 +170,23 @@ class NDB:
         return _nearest_center(self._prepare(samples), self.centers)
 
     def evaluate(self, samples, alpha: float = 0.05, z_threshold: float | None = None) -> dict:
-        """NDB, NDB/K and JSD of `samples` against the real bins. With `z_threshold` a bin counts as
-        different when |z| exceeds it instead (the reference's option; its README numbers use 3)."""
+        """NDB, NDB/K and JSD of `samples` against the real bins. A bin counts as different when its
+        p-value is below `alpha`, or, with `z_threshold`, when |z| exceeds it instead (the authors'
+        demo; their README figures use 3)."""
         if self.centers is None:
             raise RuntimeError("NDB.evaluate before fit: pass real samples to NDB(...) or call fit")
+        if not 0 < alpha < 1:
+            raise ValueError(f"NDB's alpha must lie strictly between 0 and 1, got {alpha}")
+        if z_threshold is not None and not (math.isfinite(z_threshold) and z_threshold > 0):
+            raise ValueError(f"NDB's z_threshold must be a positive number, got {z_threshold}")
         n = len(samples)
         if n == 0:
             raise ValueError("NDB.evaluate needs at least one sample")
         counts = torch.bincount(self.assign(samples), minlength=self.k).cpu()
         q = counts.double() / n
         p = self.real_proportions
-        z, p_value, sig = two_proportion_z_test(p, self.n_real, q, n, alpha)
-        if z_threshold is not None:
-            sig = z.abs() > z_threshold
+        z, p_value, _ = two_proportion_z_test(p, self.n_real, q, n, alpha)
+        sig = different_bins(z, p_value, alpha, z_threshold)
         over = sig & (q > p)
         return {"ndb": int(sig.sum()), "ndb_frac": float(sig.sum()) / self.k,
                 "jsd": jensen_shannon_divergence(p, q), "k": self.k, "n": n, "n_real": self.n_real,
@@ -186,10 +221,12 @@ class NDB:
         return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
-# ----------------------------------------------------------------------------- seeded K-means in torch
-def _nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int = 16384, x_sq: torch.Tensor | None = None,
-                    return_dist: bool = False):
-    """argmin_j ||x_i - c_j||^2 in row chunks (||x||^2 is constant per row, so it only enters the distances)."""
+# ----------------------------------------------------------------------------- 2. seeded K-means in torch
+def _nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int | None = None,
+                    x_sq: torch.Tensor | None = None, return_dist: bool = False):
+    """argmin_j ||x_i - c_j||^2 in row chunks (||x||^2 is constant per row, so it only enters the distances).
+    A chunk holds at most 16,384 rows and about 64 MB of distances, whatever K."""
+    chunk = chunk or max(1, min(16384, (1 << 24) // max(len(centers), 1)))
     c_sq = (centers * centers).sum(1)
     labels, dists = [], []
     for i in range(0, len(x), chunk):
@@ -270,15 +307,15 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: flo
     return centers, labels, info
 
 
-# ----------------------------------------------------------------------------- 2. mode counting
+# ----------------------------------------------------------------------------- 3. mode counting
 pacgan_mode_stats = common.mode_stats  # PacGAN (Lin et al. 2018, Sec. 5.1): 3-sigma quality, modes, reverse KL
 
 
-def digit_stats(labels, n_classes: int = 10, min_count: int = 1, device=None) -> dict:
+def digit_stats(labels, n_classes: int = 10, min_count: int = 1) -> dict:
     """Histogram of predicted classes, the classes covered and KL(p || uniform) = ln K - H(p) in nats.
 
     Rule: a class is covered when at least `min_count` samples (default 1, the rule of PacGAN/VEEGAN
-    for stacked MNIST) are predicted as it. Counted on the CPU (`device` is accepted and unused)."""
+    for stacked MNIST) are predicted as it. Counted on the CPU."""
     labels = torch.as_tensor(labels).reshape(-1).long().cpu()
     n = len(labels)
     counts = torch.bincount(labels, minlength=n_classes)[:n_classes]
@@ -317,7 +354,7 @@ def make_stacked_mnist(images, n: int, generator: torch.Generator | None = None,
     return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
 
 
-# ----------------------------------------------------------------------------- 3. the MNIST classifier
+# ----------------------------------------------------------------------------- 4. the MNIST classifier and the cache
 CLASSIFIER_VERSION = 1
 CLASSIFIER_RECIPES = {  # widths, training images, epochs; the full one reaches >= 99.0% test accuracy
     False: {"c1": 16, "c2": 32, "hidden": 128, "n_train": 60000, "epochs": 3, "batch_size": 128, "lr": 3e-3},
@@ -368,33 +405,39 @@ class MNISTClassifier(nn.Module):
         return torch.cat(out).to(dev) if out else torch.zeros(0, self.arch["hidden"], device=dev)
 
 
-def cache_dir(data_root) -> Path:
-    """$MODE_COLLAPSE_CACHE if set, else <data_root>/cache if writable, else ~/.cache/mode-collapse-gans."""
-    env = os.environ.get("MODE_COLLAPSE_CACHE")
-    candidates = [Path(env)] if env else [Path(data_root) / "cache", Path.home() / ".cache" / "mode-collapse-gans"]
-    for d in candidates:
-        if not _writable(d):
-            continue
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        return d
-    raise common.UserError(f"no writable cache folder (tried {', '.join(map(str, candidates))}); "
-                           f"set MODE_COLLAPSE_CACHE to one")
+CACHE_ENV = "MODE_COLLAPSE_CACHE"
+CACHE_SUBFOLDER = "mode-collapse-gans"
 
 
-def _writable(path: Path) -> bool:
-    """Writable, judged on the nearest existing folder by access and by its mode bits (root may write
-    into a folder marked read-only, but a shared read-only data folder should stay untouched)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p.is_dir() and os.access(p, os.W_OK) and bool(p.stat().st_mode & 0o222)
+def cache_dir() -> Path:
+    """Where the classifier and the NDB bins are cached (created if needed): $MODE_COLLAPSE_CACHE if set,
+    else $XDG_CACHE_HOME/mode-collapse-gans (the XDG base-directory convention; a relative
+    $XDG_CACHE_HOME is ignored, as the convention says), else ~/.cache/mode-collapse-gans. Never inside
+    the dataset folder."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        folder = Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        folder = (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / CACHE_SUBFOLDER
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise common.UserError(f"cannot create the cache folder {folder} ({e.strerror or common.one_line(e)}); "
+                               f"set {CACHE_ENV} to a writable folder") from None
+    if not os.access(folder, os.W_OK):
+        raise common.UserError(f"the cache folder {folder} is not writable; set {CACHE_ENV} to a writable folder")
+    return folder
 
 
-def _mnist_float(images_uint8: torch.Tensor, device) -> torch.Tensor:
-    return images_uint8.to(device).float().div_(127.5).sub_(1).unsqueeze(1)
+def cache_file(data_root, stem: str) -> Path:
+    """The cache file `stem`_<hash of the MNIST files>.pt: the one place a cache file name is built."""
+    return cache_dir() / f"{stem}_{common.mnist_fingerprint(data_root)}.pt"
+
+
+def _to_float(x_uint8: torch.Tensor, device="cpu") -> torch.Tensor:
+    """uint8 MNIST images (N, 28, 28) as float N x 1 x 28 x 28 in [-1, 1]."""
+    return x_uint8.to(device).float().div_(127.5).sub_(1).reshape(len(x_uint8), 1, 28, 28)
 
 
 def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0, progress: bool = True):
@@ -407,7 +450,7 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
     x_test, y_test = common.load_mnist(data_root, train=False)
     gen = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(x_train), generator=gen)[:recipe["n_train"]]
-    x = _mnist_float(x_train[keep], device).contiguous(memory_format=torch.channels_last)
+    x = _to_float(x_train[keep], device).contiguous(memory_format=torch.channels_last)
     y = y_train[keep].to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -434,7 +477,7 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
             bar.update(1, info=lambda: {"loss": loss.item()})
     model.eval()
     seconds = time.perf_counter() - t0
-    acc = float((model.predict(_mnist_float(x_test, "cpu")).cpu() == y_test).double().mean())
+    acc = float((model.predict(_to_float(x_test)).cpu() == y_test).double().mean())
     for p in model.parameters():
         p.requires_grad_(False)
     info = {"test_accuracy": acc, "train_seconds": seconds, "quick": bool(quick), "recipe": recipe,
@@ -444,19 +487,17 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
 
 
 def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool = True) -> MNISTClassifier:
-    """The MNIST classifier in eval mode: loaded from the cache (weights + a hash of the MNIST files),
-    or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU cores; quick:
-    a smaller net on 8,000 images, a few seconds, about 95%, for smoke tests). `clf.info` says which."""
-    fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else None
-    name = f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint or 'nodata'}.pt"
-    path = cache_dir(data_root) / name
-    if fingerprint and path.is_file():
+    """The MNIST classifier in eval mode: loaded from the cache (`cache_dir()`, weights + a hash of the
+    MNIST files), or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU
+    cores; quick: a smaller net on 8,000 images, a few seconds, about 95%, for smoke tests). `clf.info`
+    says which."""
+    common.load_mnist(data_root, train=False)  # the files must be there (or downloaded) before hashing them
+    path = cache_file(data_root, f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}")
+    if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model = MNISTClassifier(**state["arch"])
             model.load_state_dict(state["weights"])
-            if state["fingerprint"] != fingerprint:
-                raise ValueError("data hash differs")
             model.info = {**state["info"], "cached": True, "path": str(path)}
             model.eval().requires_grad_(False)
             return model.to(device).to(memory_format=torch.channels_last)
@@ -464,18 +505,15 @@ def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool
             print(f"06: ignoring cached classifier {path} ({common.one_line(e)[:100]}); training again",
                   file=sys.stderr)
     model, info = train_classifier(data_root, device, quick=quick, progress=progress)
-    fingerprint = common.mnist_fingerprint(data_root)  # the files exist now (load_mnist succeeded)
-    path = cache_dir(data_root) / f"mnist_cnn_v{CLASSIFIER_VERSION}{'_quick' if quick else ''}_{fingerprint}.pt"
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    common.save_torch(path, {"arch": model.arch, "weights": weights, "fingerprint": fingerprint,
-                             "info": common.to_jsonable(info)})
+    common.save_torch(path, {"arch": model.arch, "weights": weights, "info": common.to_jsonable(info)})
     model.info = {**info, "cached": False, "path": str(path)}
     if not quick and info["test_accuracy"] < 0.99:
         print(f"06: warning: the classifier reached only {info['test_accuracy']:.2%} test accuracy", file=sys.stderr)
     return model
 
 
-# ----------------------------------------------------------------------------- 4. feature-space metrics
+# ----------------------------------------------------------------------------- 5. feature-space metrics and diversity
 def _frechet_from_moments(mu1, s1, mu2, s2) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), with tr((S1 S2)^1/2) computed as the sum of
     square roots of the eigenvalues of S1^1/2 S2 S1^1/2 (symmetric PSD, so no complex sqrtm)."""
@@ -500,11 +538,10 @@ class FeatureStats:
         return _frechet_from_moments(self.mu, self.sigma, other.mu, other.sigma)
 
 
-def frechet_distance(feats_a, feats_b, device=None) -> float:
+def frechet_distance(feats_a, feats_b) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, eq. 6), here in
     the feature space of this repository's MNIST classifier: NOT the Inception FID, and not comparable
-    with published FID numbers. Either argument may be a FeatureStats. Computed on the CPU in float64
-    (`device` is accepted for a uniform signature)."""
+    with published FID numbers. Either argument may be a FeatureStats. Computed on the CPU in float64."""
     a = feats_a if isinstance(feats_a, FeatureStats) else FeatureStats(feats_a)
     b = feats_b if isinstance(feats_b, FeatureStats) else FeatureStats(feats_b)
     return a.frechet(b)
@@ -571,6 +608,8 @@ def diversity(samples, metric: str = "l1", max_samples: int = 1000, seed: int = 
     samples, flattened. metric "l1": mean absolute difference per element (for images in [-1, 1] it lies
     in [0, 2]); "l2": Euclidean distance. 0 for identical samples; nan for fewer than 2 samples.
     Blind to a set of a few distinct images copied many times: pairs of different images dominate."""
+    if max_samples < 2:
+        raise ValueError(f"diversity needs max_samples >= 2 (pairs of samples), got {max_samples}")
     x = torch.as_tensor(samples).float().reshape(len(samples), -1)
     x = x.to(device) if device is not None else x
     if len(x) < 2:
@@ -598,47 +637,58 @@ def lpips_status() -> str | None:
     return None
 
 
+def random_pairs(n: int, n_pairs: int, generator: torch.Generator, group_size: int | None = None):
+    """`n_pairs` random pairs (i, j) of different indices into n samples, drawn with `generator`: i
+    uniform, j uniform among the others. With `group_size`, the n samples are n / group_size
+    consecutive groups (e.g. the outputs of one input) and both members of a pair come from one group,
+    so the pair mean estimates the mean over groups of the mean within-group distance."""
+    size = group_size or n
+    if size < 2 or n % size:
+        raise ValueError(f"pairs need groups of at least 2 samples dividing {n}, got group size {size}")
+    group = torch.randint(n // size, (n_pairs,), generator=generator)
+    a = torch.randint(size, (n_pairs,), generator=generator)
+    b = (a + torch.randint(1, size, (n_pairs,), generator=generator)) % size
+    return group * size + a, group * size + b
+
+
 def lpips_diversity(samples, n_pairs: int = 1000, device="cpu", seed: int = 0) -> float | None:
-    """Mean LPIPS distance (Zhang et al. 2018, AlexNet) between random pairs of samples, as MSGAN and
-    DSGAN report diversity; None when `lpips_status()` says LPIPS is not available here (never a
+    """Mean LPIPS distance (Zhang et al. 2018, AlexNet) over `n_pairs` seeded random pairs of different
+    samples (`random_pairs`), the diversity score of MSGAN and DSGAN. `samples`: N x C x H x W, or
+    G x M x C x H x W for G groups of M samples (M outputs for each of G inputs, as MSGAN scores a
+    conditional model): then both members of each pair come from one group. Values in [-1, 1]; one
+    channel is repeated to three. None when `lpips_status()` says LPIPS is not available here (never a
     stand-in under that name)."""
+    x = torch.as_tensor(samples)
+    if x.ndim not in (4, 5) or x.shape[-3] not in (1, 3):
+        raise ValueError(f"LPIPS takes N x C x H x W or G x M x C x H x W images (C = 1 or 3), got {tuple(x.shape)}")
+    group_size = x.shape[1] if x.ndim == 5 else None
+    x = x.reshape(-1, *x.shape[-3:])
+    i, j = random_pairs(len(x), n_pairs, torch.Generator().manual_seed(seed), group_size)
     if lpips_status() is not None:
         return None
     import lpips  # noqa: PLC0415 (optional dependency)
 
-    x = torch.as_tensor(samples).float()
-    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-    g = torch.Generator().manual_seed(seed)
-    i, j = torch.randint(len(x), (2, n_pairs), generator=g)
-    keep = i != j
+    x = x.float().expand(-1, 3, -1, -1) if x.shape[1] == 1 else x.float()
     net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
     with torch.no_grad():
-        d = torch.cat([net(x[i[keep][s:s + 100]].to(device), x[j[keep][s:s + 100]].to(device)).flatten()
-                       for s in range(0, int(keep.sum()), 100)])
+        d = torch.cat([net(x[i[s:s + 100]].to(device), x[j[s:s + 100]].to(device)).flatten()
+                       for s in range(0, n_pairs, 100)])
     return float(d.mean())
 
 
-# ----------------------------------------------------------------------------- 5. cached MNIST bins
-def mnist_images(data_root, train: bool = True, device="cpu") -> torch.Tensor:
-    """MNIST as float N x 1 x 28 x 28 in [-1, 1]."""
-    x, _ = common.load_mnist(data_root, train=train)
-    return _mnist_float(x, device)
-
-
+# ----------------------------------------------------------------------------- 6. cached MNIST bins
 def mnist_ndb(data_root, k: int = 100, seed: int = 0, device="cpu", quick: bool = False,
               stacked: bool = False, progress: bool = True) -> NDB:
-    """NDB bins fitted on MNIST's 60,000 training images (pixels in [-1, 1], flattened), cached under
-    `cache_dir(data_root)` with a hash of the data. quick: 6,000 images (for smoke tests). stacked: bins
+    """NDB bins fitted on MNIST's 60,000 training images (pixels in [-1, 1], flattened), cached in
+    `cache_dir()` with a hash of the data. quick: 6,000 images (for smoke tests). stacked: bins
     for stacked MNIST, fitted on 60,000 seeded triples of training images (3 x 784 dimensions)."""
-    fingerprint = common.mnist_fingerprint(data_root) if (Path(data_root) / "MNIST" / "raw").is_dir() else "x"
-    tag = f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}{'_quick' if quick else ''}_{fingerprint}"
-    path = cache_dir(data_root) / f"{tag}.pt"
+    x, _ = common.load_mnist(data_root, train=True)
+    path = mnist_ndb_path(data_root, k, seed, quick, stacked)
     if path.is_file():
         try:
             return NDB.load(path, device)
         except Exception as e:
             print(f"06: ignoring cached bins {path} ({common.one_line(e)[:100]})", file=sys.stderr)
-    x, y = common.load_mnist(data_root, train=True)
     n = 6000 if quick else 60000
     gen = torch.Generator().manual_seed(seed)
     if stacked:
@@ -647,137 +697,16 @@ def mnist_ndb(data_root, k: int = 100, seed: int = 0, device="cpu", quick: bool 
         real = x[torch.randperm(len(x), generator=gen)[:n]] if quick else x
         real = real.reshape(len(real), -1).float().div(127.5).sub(1)
     ndb = NDB(real.to(device), k=k, seed=seed, device=device, progress=progress)
-    ndb.save(cache_dir(data_root) / f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}"
-             f"{'_quick' if quick else ''}_{common.mnist_fingerprint(data_root)}.pt")
+    ndb.save(path)
     return ndb
 
 
-def _mnist_ndb_path(data_root, k, seed, quick, stacked) -> Path:
-    fingerprint = common.mnist_fingerprint(data_root)
-    return cache_dir(data_root) / (f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}"
-                                   f"{'_quick' if quick else ''}_{fingerprint}.pt")
+def mnist_ndb_path(data_root, k: int, seed: int, quick: bool, stacked: bool) -> Path:
+    """The cache file of `mnist_ndb`'s bins (also written by the experiment's speed benchmark)."""
+    return cache_file(data_root, f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}{'_quick' if quick else ''}")
 
 
-# ----------------------------------------------------------------------------- 6. the experiment and the command line
-def parse_args(argv=None):
-    p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fake", default=None,
-                   help="evaluate these samples instead of running the experiment: an .npz/.npy of images "
-                        "(N x H x W or N x C x H x W; values in [0, 1], [-1, 1] or 0-255) or a folder of PNGs")
-    p.add_argument("--real", default="mnist", help="reference for --fake: 'mnist' or an .npz/.npy/folder like --fake")
-    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
-    g = p.add_argument_group("metrics")
-    g.add_argument("--k", type=common.positive_int, default=100, help="NDB bins (K-means clusters)")
-    g.add_argument("--alpha", type=common.unit_float, default=0.05, help="significance level of the per-bin z-test")
-    g.add_argument("--whiten", action="store_true", help="whiten (per-dimension mean/std) before binning")
-    g.add_argument("--max_iter", type=common.positive_int, default=100, help="K-means iterations at most")
-    g.add_argument("--nn_k", type=common.positive_int, default=5, help="k of precision/recall and density/coverage")
-    g.add_argument("--n_real_ref", type=common.positive_int, default=10000,
-                   help="real samples for precision/recall and density/coverage")
-    g.add_argument("--diversity_samples", type=common.positive_int, default=1000,
-                   help="samples (seeded subset) for the mean pairwise distance")
-    g = p.add_argument_group("the experiment's sets")
-    g.add_argument("--n_holdout", type=common.positive_int, default=10000,
-                   help="training images held out of the bins: set (a) (the reference holds out 1/6)")
-    g.add_argument("--drop_digit", type=int, choices=range(10), default=9,
-                   help="digit removed from the test set: set (c)")
-    g.add_argument("--collapse_digit", type=int, choices=range(10), default=1, help="the digit of sets (d) and (e)")
-    g.add_argument("--n_dup_sources", type=common.positive_int, default=10, help="test images copied to make set (f)")
-    g.add_argument("--dup_noise", type=common.nonneg_float, default=0.05,
-                   help="std of the Gaussian pixel noise on the copies of set (f) (pixels in [-1, 1])")
-    common.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_holdout, args.n_real_ref = min(args.n_holdout, 1000), min(args.n_real_ref, 1000)
-        args.diversity_samples = min(args.diversity_samples, 300)
-    return args
-
-
-def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
-    """Images from an .npz/.npy file (key 'images', 'x', 'samples' or the only array) or a folder of PNGs,
-    as float N x C x H x W in [-1, 1]. Value ranges: uint8 or integers 0-255; floats with no negative
-    value are taken as [0, 1]; floats with negative values as [-1, 1]. Anything else: UserError."""
-    p = Path(path)
-    if not p.exists():
-        raise common.UserError(f"{what} {path}: no such file or folder")
-    if p.is_dir():
-        arr = _read_png_folder(p, what)
-    elif p.suffix.lower() in (".npz", ".npy"):
-        try:
-            data = np.load(p, allow_pickle=False)
-            if isinstance(data, np.ndarray):
-                arr = data
-            else:
-                keys = list(data.keys())
-                key = next((k for k in ("images", "x", "samples", "arr_0") if k in keys), None)
-                if key is None and len(keys) == 1:
-                    key = keys[0]
-                if key is None:
-                    raise common.UserError(f"{what} {path}: no array named images, x or samples among {keys}")
-                arr = data[key]
-        except common.UserError:
-            raise
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} "
-                                   f"({common.one_line(e)[:150]})") from None
-    else:
-        raise common.UserError(f"{what} {path}: expected an .npz or .npy file or a folder of .png images")
-    return _normalise_images(arr, f"{what} {path}")
-
-
-def _read_png_folder(folder: Path, what: str) -> np.ndarray:
-    from torchvision.io import ImageReadMode, read_image
-
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".png")
-    if not files:
-        raise common.UserError(f"{what} {folder}: the folder holds no .png files")
-    images = []
-    for f in files:
-        try:
-            img = read_image(str(f), ImageReadMode.UNCHANGED)
-        except Exception as e:  # torchvision raises RuntimeError for undecodable files
-            raise common.UserError(f"{what}: cannot read {f} as PNG ({common.one_line(e)[:120]})") from None
-        if img.shape[0] in (2, 4):  # drop alpha
-            img = img[:-1]
-        if images and img.shape != images[0].shape:
-            raise common.UserError(f"{what}: {f.name} is {tuple(img.shape)} but {files[0].name} is "
-                                   f"{tuple(images[0].shape)}; all images must have one size")
-        images.append(img)
-    x = torch.stack(images)
-    if x.shape[1] == 3 and bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()):
-        x = x[:, :1]  # grey images saved as RGB (torchvision's save_image does this)
-    return x.numpy()
-
-
-def _normalise_images(arr: np.ndarray, what: str) -> tuple[torch.Tensor, str]:
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or arr.dtype == bool:
-        raise common.UserError(f"{what}: images must be numbers, not {arr.dtype}")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
-        arr = np.moveaxis(arr, 3, 1)  # N x H x W x C
-    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or min(arr.shape[2:]) < 2:
-        raise common.UserError(f"{what}: expected images N x H x W or N x C x H x W (C = 1 or 3), got shape "
-                               f"{tuple(arr.shape)}")
-    if len(arr) < 2:
-        raise common.UserError(f"{what}: needs at least 2 images, got {len(arr)}")
-    x = torch.from_numpy(np.ascontiguousarray(arr))
-    if x.dtype == torch.uint8:
-        return x.float().div_(127.5).sub_(1), "uint8 0-255"
-    x = x.double()
-    if not bool(torch.isfinite(x).all()):
-        raise common.UserError(f"{what}: the images contain NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    eps = 1e-3
-    if not arr.dtype.kind == "f" and lo >= 0 and hi <= 255:
-        return x.float().div_(127.5).sub_(1), "integers 0-255"
-    if lo >= 0 and hi <= 1 + eps:
-        return x.clamp(0, 1).float().mul_(2).sub_(1), "[0, 1]"
-    if lo >= -1 - eps and hi <= 1 + eps:
-        return x.clamp(-1, 1).float(), "[-1, 1]"
-    raise common.UserError(f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected [0, 1], [-1, 1] or 0-255")
-
-
+# ----------------------------------------------------------------------------- 7. every metric of one set
 class Reference:
     """What every evaluated set is compared with: NDB bins, the classifier (MNIST only), the real feature
     statistics (Frechet) and the real k-NN radii (precision/recall, density/coverage)."""
@@ -799,10 +728,12 @@ class Reference:
         return self.clf.features(images)
 
 
-def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, diversity_samples: int = 1000) -> dict:
-    """Every metric of this file for one set of images (N x C x H x W in [-1, 1]) against `ref`."""
+def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, diversity_samples: int = 1000,
+                    z_threshold: float | None = None) -> dict:
+    """Every metric of this file for one set of images (N x C x H x W in [-1, 1]) against `ref`. NDB
+    counts bins at `alpha`, or at |z| > `z_threshold` when given; "ndb_z3" always counts |z| > 3."""
     t0 = time.perf_counter()
-    res = ref.ndb.evaluate(images, alpha=alpha)
+    res = ref.ndb.evaluate(images, alpha=alpha, z_threshold=z_threshold)
     out = {"n": len(images), "ndb": res["ndb"], "ndb_frac": res["ndb_frac"], "jsd": res["jsd"],
            "ndb_z3": int(sum(abs(z) > 3 for z in res["z"] if z == z)),
            "ndb_over": res["ndb_over"], "ndb_under": res["ndb_under"]}
@@ -818,7 +749,7 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
     else:
         out.update({"precision": None, "recall": None, "density": None, "coverage": None})
     out["diversity_l1"] = diversity(images, "l1", max_samples=diversity_samples)
-    out["lpips_diversity"] = lpips_diversity(images[:2000], device=ref.device)
+    out["lpips_diversity"] = lpips_diversity(images, device=ref.device) if len(images) >= 2 else None
     out["seconds"] = time.perf_counter() - t0
     out["ndb_result"] = res
     return out
@@ -850,6 +781,232 @@ def format_table(rows: dict, feature_space: str = "") -> str:
     return "\n".join(lines)
 
 
+# ============================================================================= PART II. THE NDB DEMONSTRATION
+# ----------------------------------------------------------------------------- 8. sets with known defects
+def build_sets(args, x_train, y_train, x_test, y_test):
+    """The bins' training images and the sets (a)-(f), all float N x 1 x 28 x 28 in [-1, 1], seeded."""
+    gen = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(x_train), generator=gen)
+    hold_idx, fit_idx = perm[:args.n_holdout], perm[args.n_holdout:]
+    if args.n_fit is not None:
+        fit_idx = fit_idx[:args.n_fit]
+    if args.n_test < len(x_test):
+        keep = torch.randperm(len(x_test), generator=gen)[:args.n_test]
+        x_test, y_test = x_test[keep], y_test[keep]
+    d, c = args.drop_digit, args.collapse_digit
+    ones, others = x_test[y_test == c], x_test[y_test != c]
+    half = torch.cat([ones, others[torch.randperm(len(others), generator=gen)[:len(ones)]]])
+    sources = _to_float(x_test[torch.randperm(len(x_test), generator=gen)[:args.n_dup_sources]])
+    reps = max(1, len(x_test) // args.n_dup_sources)
+    copies = sources.repeat(reps, 1, 1, 1)
+    copies = (copies + args.dup_noise * torch.randn(copies.shape, generator=gen)).clamp_(-1, 1)
+    sets = {"(a) held-out train": _to_float(x_train[hold_idx]),
+            "(b) test": _to_float(x_test),
+            f"(c) test without {d}s": _to_float(x_test[y_test != d]),
+            f"(d) half are {c}s": _to_float(half),
+            f"(e) only {c}s": _to_float(ones),
+            f"(f) {args.n_dup_sources} images, noisy copies": copies}
+    return _to_float(x_train[fit_idx]), sets
+
+
+def make_reference(ndb, clf, real_images, args, device, stacked=False, feature_space=""):
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    if clf is None:
+        flat = real_images.reshape(len(real_images), -1)
+        real_feats = flat if flat.shape[1] <= 2048 else None
+    else:
+        real_feats = _clf_features(clf, real_images, stacked, device)
+    ref_idx = torch.randperm(len(real_images), generator=gen)[:args.n_real_ref]
+    ref_feats = (real_images[ref_idx].reshape(len(ref_idx), -1).float().to(device) if clf is None
+                 else real_feats[ref_idx.to(real_feats.device)].to(device))
+    return Reference(ndb, real_feats, ref_feats, args.nn_k, device, clf, stacked, feature_space)
+
+
+def _clf_features(clf, images, stacked, device):
+    x = images.to(device)
+    if stacked:
+        return clf.features(x.reshape(-1, 1, *x.shape[2:])).reshape(len(x), -1)
+    return clf.features(x)
+
+
+def _rule(args) -> str:
+    return f"|z| > {args.z_threshold:g}" if args.z_threshold is not None else f"alpha = {args.alpha:g}"
+
+
+# ----------------------------------------------------------------------------- 9. the demonstration
+def run_experiment(args, device, run_dir, data: dict) -> dict:
+    t_start = time.perf_counter()
+    x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    small = args.reference == "small"
+    clf = load_classifier(args.data_root, device, quick=small)
+    print(f"06: classifier {'(small) ' if small else ''}test accuracy {clf.info['test_accuracy']:.2%}, "
+          f"trained in {clf.info['train_seconds']:.0f} s{' (loaded from the cache)' if clf.info['cached'] else ''}")
+    fit_images, sets = build_sets(args, x_train, y_train, x_test, y_test)
+    print(f"06: fitting K = {args.k} bins on {len(fit_images)} training images ({len(fit_images) // args.k} per bin)")
+    ndb = NDB(fit_images, k=args.k, seed=args.seed, whiten=args.whiten, device=device, max_iter=args.max_iter,
+              progress=True)
+    ref = make_reference(ndb, clf, fit_images, args, device,
+                         feature_space=f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d)")
+    rows = {name: evaluate_images(images, ref, args.alpha, args.diversity_samples, args.z_threshold)
+            for name, images in sets.items()}
+    print(format_table(rows, ref.feature_space))
+
+    speed = speed_benchmark(args, x_train, x_test, device, ndb)
+    stacked, triples = make_stacked_mnist(x_test, args.n_stacked, torch.Generator().manual_seed(args.seed),
+                                          labels=y_test)
+    st = stacked_digit_stats(stacked.to(device), clf)
+    stacked_check = {"n": args.n_stacked, "triples_covered": st["covered"], "kl_uniform": st["kl_uniform"],
+                     "true_triples_present": int(torch.unique(triples).numel()),
+                     "note": "random triples of real test digits: the 1000-mode count of stacked MNIST on real data"}
+    print(f"06: stacked MNIST, {args.n_stacked} real triples: {st['covered']}/1000 triples covered "
+          f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
+
+    chance = (f"differ in about alpha K = {args.alpha * args.k:g} bins (chance)" if args.z_threshold is None
+              else f"differ in about {args.k * math.erfc(args.z_threshold / math.sqrt(2)):.2g} bins (chance)")
+    plot_ndb_bins(rows, run_dir / "ndb_bins.png",
+                  f"NDB ({_rule(args)}) on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: "
+                  f"held-out images {chance}, the test set in a few more, "
+                  f"sets with missing, over-represented or duplicated digits in many")
+    drop_name = [n for n in rows if n.startswith("(c)")][0]
+    plot_bin_centres(ndb, rows[drop_name]["ndb_result"], run_dir / "ndb_bin_centres.png",
+                     f"bin centres; framed: significantly different bins for '{drop_name}' "
+                     f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
+    plot_digit_histograms(rows, run_dir / "digit_histograms.png")
+    with common.atomic_open(run_dir / "table.txt") as f:
+        f.write(format_table(rows, ref.feature_space) + "\n")
+    return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
+            "sets": rows, "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
+            "ndb_expected_by_chance": args.alpha * args.k if args.z_threshold is None
+            else args.k * math.erfc(args.z_threshold / math.sqrt(2)),
+            "n_fit": len(fit_images), "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
+            "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
+            "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
+            "seconds_total": time.perf_counter() - t_start}
+
+
+def speed_benchmark(args, x_train, x_test, device, ndb_fitted) -> dict:
+    """Fit K bins on all 60,000 training images (the bins `mnist_ndb` caches) and evaluate 10,000; without
+    --speed_benchmark, only the evaluation is timed, on the experiment's own bins."""
+    load = os.getloadavg()
+    if not args.speed_benchmark:
+        bench = ndb_fitted
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
+    else:
+        real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
+        bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
+                    max_iter=args.max_iter, progress=True)
+        fit_seconds, n_fit, it = bench.fit_info["seconds"], len(real), bench.fit_info["iterations"]
+        if not args.whiten and args.max_iter == 100:
+            bench.save(mnist_ndb_path(args.data_root, args.k, args.seed, quick=False, stacked=False))
+    samples = _to_float(x_test)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        res = bench.evaluate(samples.to(device), alpha=args.alpha)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    print(f"06: speed: fit K = {args.k} on {n_fit} images {fit_seconds:.1f} s ({it} iterations); evaluate "
+          f"{len(samples)} samples {sorted(times)[1]:.3f} s (median of 3); load average {load[0]:.1f}")
+    return {"fit_seconds": fit_seconds, "fit_n": n_fit, "fit_iterations": it,
+            "eval_seconds": sorted(times)[1], "eval_n": len(samples), "eval_ndb_test": res["ndb"],
+            "load_average_1_5_15min": list(load),
+            "speed_note": "" if args.speed_benchmark else "timed on the experiment's own fit (--no-speed_benchmark)"}
+
+
+# ----------------------------------------------------------------------------- 10. the authors' protocol
+# The figures of the official README (eitanrich/gans-n-gmms), copied from ../shared/anchors/README.md:
+# made when ndb_mnist_demo.py counted a bin at |z| > 3 (commit bfa0704); the demo uses 4 since d3b8c28.
+GANS_N_GMMS_README = {"validation": {"ndb": 0, "jsd": 0.0014}, "test": {"ndb": 4, "jsd": 0.0041},
+                      "validation without 9s": {"ndb": 11, "jsd": 0.016}}
+PROTOCOL_Z_THRESHOLDS = (3.0, 4.0)
+
+
+def protocol_splits(args, y_train, n_test: int) -> list[dict]:
+    """The authors' splits (ndb_mnist_demo.py), one per seed: a random permutation of the training set,
+    the first part fits the bins, the last `n_holdout` images are the validation set; `n_query` images
+    are drawn from the validation set, from the validation set without its `drop_digit`s, and from the
+    test set. Seeded (their demo is not). Checked for size before anything is fitted."""
+    splits = []
+    for i in range(args.n_splits):
+        seed = args.seed + i
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(y_train), generator=gen)
+        n_rest = len(y_train) - args.n_holdout
+        fit_idx, val_idx = perm[:args.n_fit or n_rest], perm[n_rest:]
+        val_kept = val_idx[y_train[val_idx] != args.drop_digit]
+        if args.n_query > len(val_kept):
+            raise common.UserError(f"--n_query {args.n_query}: split seed {seed} has only {len(val_kept)} validation "
+                                   f"images without {args.drop_digit}s (--n_holdout {args.n_holdout})")
+        pick = lambda idx: idx[torch.randperm(len(idx), generator=gen)[:args.n_query]]  # noqa: E731
+        validation = pick(val_idx)
+        test = torch.randperm(n_test, generator=gen)[:args.n_query]
+        splits.append({"seed": seed, "fit": fit_idx, "validation": validation, "test": test,
+                       f"validation without {args.drop_digit}s": pick(val_kept)})
+    return splits
+
+
+def run_protocol(args, device, run_dir, data: dict) -> dict:
+    """ndb_mnist_demo.py of Richardson & Weiss over `n_splits` seeded splits: NDB at |z| > 3 and > 4 (and
+    at alpha) and JSD for validation, test and validation-without-9s, beside their README's figures."""
+    t_start = time.perf_counter()
+    x_train, y_train, x_test = data["x_train"], data["y_train"], data["x_test"]
+    thresholds = sorted(set(PROTOCOL_Z_THRESHOLDS) | ({args.z_threshold} if args.z_threshold else set()))
+    splits = protocol_splits(args, y_train, len(x_test))
+    records = []
+    for split in splits:
+        fit = _to_float(x_train[split["fit"]])
+        print(f"06: split seed {split['seed']}: fitting K = {args.k} bins on {len(fit)} training images, "
+              f"{args.n_holdout} held out")
+        ndb = NDB(fit, k=args.k, seed=split["seed"], whiten=args.whiten, device=device, max_iter=args.max_iter,
+                  progress=True)
+        sets = {}
+        for name, idx in split.items():
+            if name in ("seed", "fit"):
+                continue
+            images = _to_float(x_test[idx] if name == "test" else x_train[idx])
+            res = ndb.evaluate(images, alpha=args.alpha)
+            z = torch.tensor(res["z"])
+            sets[name] = {"n": res["n"], "jsd": res["jsd"], "ndb_alpha": res["ndb"],
+                          **{f"ndb_z{t:g}": int((z.abs() > t).sum()) for t in thresholds}}
+        records.append({"seed": split["seed"], "n_fit": len(fit), "fit": ndb.fit_info, "sets": sets})
+        print("06:   " + "; ".join(f"{n}: NDB(|z|>3) {s['ndb_z3']}, NDB(|z|>4) {s['ndb_z4']}, JS {s['jsd']:.4f}"
+                                   for n, s in sets.items()))
+    out = {"experiment": "NDB, the protocol of ndb_mnist_demo.py (eitanrich/gans-n-gmms)",
+           "protocol": args.protocol, "k": args.k, "alpha": args.alpha, "z_thresholds": thresholds,
+           "n_holdout": args.n_holdout, "n_query": args.n_query, "drop_digit": args.drop_digit,
+           "seeds": [s["seed"] for s in splits], "splits": records, "official_readme": GANS_N_GMMS_README,
+           "official_readme_rule": "|z| > 3", "hardware": common.hardware(),
+           "seconds_total": time.perf_counter() - t_start}
+    table = protocol_table(out)
+    print(table)
+    with common.atomic_open(run_dir / "table.md") as f:
+        f.write(table + "\n")
+    return out
+
+
+def protocol_table(record: dict) -> str:
+    """The markdown table of a `run_protocol` record (metrics.json or results/06/*.json): per set, the
+    official README figures, then our NDB at each rule and the JSD, per split and their mean."""
+    splits = record["splits"]
+    rules = [f"ndb_z{t:g}" for t in record["z_thresholds"]] + ["ndb_alpha"]
+    heads = [f"NDB, |z| > {t:g}" for t in record["z_thresholds"]] + [f"NDB, α = {record['alpha']:g}"]
+    lines = [f"| set ({record['n_query']:,} images) | official README: NDB / JS (|z| > 3) | "
+             + " | ".join(heads) + " | JS |", "|---" * (len(rules) + 3) + "|"]
+
+    def cell(values, fmt, mean_fmt):
+        return ", ".join(fmt.format(v) for v in values) + f" (mean {mean_fmt.format(sum(values) / len(values))})"
+
+    for name in splits[0]["sets"]:
+        official = record["official_readme"].get(name)  # only the 9s-dropped set has README figures
+        ref = f"{official['ndb']} / {official['jsd']:g}" if official else "-"
+        cells = [cell([s["sets"][name][r] for s in splits], "{:d}", "{:.1f}") for r in rules]
+        lines.append(f"| {name} | {ref} | " + " | ".join(cells) + " | "
+                     + cell([s["sets"][name]["jsd"] for s in splits], "{:.4f}", "{:.4f}") + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- 11. figures
 def plot_ndb_bins(results: dict, path, title: str) -> None:
     """Real against evaluated bin proportions per set, bins sorted by real size, significant bins marked."""
     plt = common.pyplot()
@@ -936,135 +1093,100 @@ def plot_digit_histograms(rows: dict, path) -> None:
     common.savefig(fig, path)
 
 
-def _to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float().div(127.5).sub(1).reshape(len(x_uint8), 1, 28, 28)
-
-
-def build_sets(args, x_train, y_train, x_test, y_test):
-    """The bins' training images and the sets (a)-(f), all float N x 1 x 28 x 28 in [-1, 1], seeded."""
-    gen = torch.Generator().manual_seed(args.seed)
-    perm = torch.randperm(len(x_train), generator=gen)
-    hold_idx, fit_idx = perm[:args.n_holdout], perm[args.n_holdout:]
-    if args.quick:
-        fit_idx = fit_idx[:5000]
-        keep = torch.randperm(len(x_test), generator=gen)[:2000]
-        x_test, y_test = x_test[keep], y_test[keep]
-    d, c = args.drop_digit, args.collapse_digit
-    ones, others = x_test[y_test == c], x_test[y_test != c]
-    half = torch.cat([ones, others[torch.randperm(len(others), generator=gen)[:len(ones)]]])
-    sources = _to_float(x_test[torch.randperm(len(x_test), generator=gen)[:args.n_dup_sources]])
-    reps = max(1, len(x_test) // args.n_dup_sources)
-    copies = sources.repeat(reps, 1, 1, 1)
-    copies = (copies + args.dup_noise * torch.randn(copies.shape, generator=gen)).clamp_(-1, 1)
-    sets = {"(a) held-out train": _to_float(x_train[hold_idx]),
-            "(b) test": _to_float(x_test),
-            f"(c) test without {d}s": _to_float(x_test[y_test != d]),
-            f"(d) half are {c}s": _to_float(half),
-            f"(e) only {c}s": _to_float(ones),
-            f"(f) {args.n_dup_sources} images, noisy copies": copies}
-    return _to_float(x_train[fit_idx]), sets
-
-
-def make_reference(ndb, clf, real_images, args, device, stacked=False, feature_space=""):
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    if clf is None:
-        flat = real_images.reshape(len(real_images), -1)
-        real_feats = flat if flat.shape[1] <= 2048 else None
+# ============================================================================= PART III. THE COMMAND LINE
+# ----------------------------------------------------------------------------- 12. --fake: your samples
+def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
+    """Images from an .npz/.npy file (key 'images', 'x', 'samples' or the only array) or a folder of PNGs,
+    as float N x C x H x W in [-1, 1]. Value ranges: uint8 or integers 0-255; floats with no negative
+    value are taken as [0, 1]; floats with negative values as [-1, 1]. Anything else: UserError."""
+    p = Path(path)
+    if not p.exists():
+        raise common.UserError(f"{what} {path}: no such file or folder")
+    if p.is_dir():
+        arr = _read_png_folder(p, what)
+    elif p.suffix.lower() in (".npz", ".npy"):
+        try:
+            data = np.load(p, allow_pickle=False)
+            if isinstance(data, np.ndarray):
+                arr = data
+            else:
+                keys = list(data.keys())
+                key = next((k for k in ("images", "x", "samples", "arr_0") if k in keys), None)
+                if key is None and len(keys) == 1:
+                    key = keys[0]
+                if key is None:
+                    raise common.UserError(f"{what} {path}: no array named images, x or samples among {keys}")
+                arr = data[key]
+        except common.UserError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+            raise common.UserError(f"{what} {path}: cannot read it as {p.suffix} "
+                                   f"({common.one_line(e)[:150]})") from None
     else:
-        real_feats = _clf_features(clf, real_images, stacked, device)
-    ref_idx = torch.randperm(len(real_images), generator=gen)[:args.n_real_ref]
-    ref_feats = (real_images[ref_idx].reshape(len(ref_idx), -1).float().to(device) if clf is None
-                 else real_feats[ref_idx.to(real_feats.device)].to(device))
-    return Reference(ndb, real_feats, ref_feats, args.nn_k, device, clf, stacked, feature_space)
+        raise common.UserError(f"{what} {path}: expected an .npz or .npy file or a folder of .png images")
+    return _normalise_images(arr, f"{what} {path}")
 
 
-def _clf_features(clf, images, stacked, device):
-    x = images.to(device)
-    if stacked:
-        return clf.features(x.reshape(-1, 1, *x.shape[2:])).reshape(len(x), -1)
-    return clf.features(x)
+def _read_png_folder(folder: Path, what: str) -> np.ndarray:
+    from torchvision.io import ImageReadMode, read_image
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() == ".png")
+    if not files:
+        raise common.UserError(f"{what} {folder}: the folder holds no .png files")
+    images = []
+    for f in files:
+        try:
+            img = read_image(str(f), ImageReadMode.UNCHANGED)
+        except Exception as e:  # torchvision raises RuntimeError for undecodable files
+            raise common.UserError(f"{what}: cannot read {f} as PNG ({common.one_line(e)[:120]})") from None
+        if img.shape[0] in (2, 4):  # drop alpha
+            img = img[:-1]
+        if images and img.shape != images[0].shape:
+            raise common.UserError(f"{what}: {f.name} is {tuple(img.shape)} but {files[0].name} is "
+                                   f"{tuple(images[0].shape)}; all images must have one size")
+        images.append(img)
+    x = torch.stack(images)
+    if x.shape[1] == 3 and bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all()):
+        x = x[:, :1]  # grey images saved as RGB (torchvision's save_image does this)
+    return x.numpy()
 
 
-def run_experiment(args, device, run_dir) -> dict:
-    t_start = time.perf_counter()
-    x_train, y_train = common.load_mnist(args.data_root, train=True)
-    x_test, y_test = common.load_mnist(args.data_root, train=False)
-    clf = load_classifier(args.data_root, device, quick=args.quick)
-    print(f"06: classifier {'(quick) ' if args.quick else ''}test accuracy {clf.info['test_accuracy']:.2%}, "
-          f"trained in {clf.info['train_seconds']:.0f} s{' (loaded from the cache)' if clf.info['cached'] else ''}")
-    fit_images, sets = build_sets(args, x_train, y_train, x_test, y_test)
-    print(f"06: fitting K = {args.k} bins on {len(fit_images)} training images ({len(fit_images) // args.k} per bin)")
-    ndb = NDB(fit_images, k=args.k, seed=args.seed, whiten=args.whiten, device=device, max_iter=args.max_iter,
-              progress=True)
-    ref = make_reference(ndb, clf, fit_images, args, device,
-                         feature_space=f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d)")
-    rows = {}
-    for name, images in sets.items():
-        rows[name] = evaluate_images(images, ref, args.alpha, args.diversity_samples)
-    print(format_table(rows, ref.feature_space))
-
-    speed = speed_benchmark(args, x_train, x_test, device, ndb)
-    n_stacked = 2000 if args.quick else 26000
-    stacked, triples = make_stacked_mnist(x_test, n_stacked, torch.Generator().manual_seed(args.seed), labels=y_test)
-    st = stacked_digit_stats(stacked.to(device), clf)
-    stacked_check = {"n": n_stacked, "triples_covered": st["covered"], "kl_uniform": st["kl_uniform"],
-                     "true_triples_present": int(torch.unique(triples).numel()),
-                     "note": "random triples of real test digits: the 1000-mode count of stacked MNIST on real data"}
-    print(f"06: stacked MNIST, {n_stacked} real triples: {st['covered']}/1000 triples covered "
-          f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
-
-    plot_ndb_bins(rows, run_dir / "ndb_bins.png",
-                  f"NDB on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: held-out images "
-                  f"differ in about alpha K = {args.alpha * args.k:g} bins (chance), the test set in a few more, "
-                  f"sets with missing, over-represented or duplicated digits in many")
-    drop_name = [n for n in rows if n.startswith("(c)")][0]
-    plot_bin_centres(ndb, rows[drop_name]["ndb_result"], run_dir / "ndb_bin_centres.png",
-                     f"bin centres; framed: significantly different bins for '{drop_name}' "
-                     f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
-    plot_digit_histograms(rows, run_dir / "digit_histograms.png")
-    with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows, ref.feature_space) + "\n")
-    return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
-            "sets": rows, "k": args.k, "alpha": args.alpha, "ndb_expected_by_chance": args.alpha * args.k,
-            "n_fit": len(fit_images),
-            "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
-            "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
-            "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
-            "seconds_total": time.perf_counter() - t_start}
-
-
-def speed_benchmark(args, x_train, x_test, device, ndb_quick) -> dict:
-    """Fit K bins on all 60,000 training images (the bins `mnist_ndb` caches) and evaluate 10,000."""
-    load = os.getloadavg()
-    if args.quick:
-        bench = ndb_quick
-        fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
-    else:
-        real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
-        bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
-                    max_iter=args.max_iter, progress=True)
-        fit_seconds, n_fit, it = bench.fit_info["seconds"], len(real), bench.fit_info["iterations"]
-        if not args.whiten and args.max_iter == 100:
-            bench.save(_mnist_ndb_path(args.data_root, args.k, args.seed, False, False))
-    samples = _to_float(x_test)
-    times = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        res = bench.evaluate(samples.to(device), alpha=args.alpha)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    print(f"06: speed: fit K = {args.k} on {n_fit} images {fit_seconds:.1f} s ({it} iterations); evaluate "
-          f"{len(samples)} samples {sorted(times)[1]:.3f} s (median of 3); load average {load[0]:.1f}")
-    return {"fit_seconds": fit_seconds, "fit_n": n_fit, "fit_iterations": it,
-            "eval_seconds": sorted(times)[1], "eval_n": len(samples), "eval_ndb_test": res["ndb"],
-            "load_average_1_5_15min": list(load), "speed_note": "quick: timed on the quick fit" if args.quick else ""}
+def _normalise_images(arr: np.ndarray, what: str) -> tuple[torch.Tensor, str]:
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or arr.dtype == bool:
+        raise common.UserError(f"{what}: images must be numbers, not {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[3] in (1, 3):
+        arr = np.moveaxis(arr, 3, 1)  # N x H x W x C
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3) or min(arr.shape[2:]) < 2:
+        raise common.UserError(f"{what}: expected images N x H x W or N x C x H x W (C = 1 or 3), got shape "
+                               f"{tuple(arr.shape)}")
+    if len(arr) < 2:
+        raise common.UserError(f"{what}: needs at least 2 images, got {len(arr)}")
+    x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dtype == torch.uint8:
+        return x.float().div_(127.5).sub_(1), "uint8 0-255"
+    x = x.double()
+    if not bool(torch.isfinite(x).all()):
+        raise common.UserError(f"{what}: the images contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    eps = 1e-3
+    if not arr.dtype.kind == "f" and lo >= 0 and hi <= 255:
+        return x.float().div_(127.5).sub_(1), "integers 0-255"
+    if lo >= 0 and hi <= 1 + eps:
+        return x.clamp(0, 1).float().mul_(2).sub_(1), "[0, 1]"
+    if lo >= -1 - eps and hi <= 1 + eps:
+        return x.clamp(-1, 1).float(), "[-1, 1]"
+    raise common.UserError(f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected [0, 1], [-1, 1] or 0-255")
 
 
 def load_inputs(args) -> dict:
     """--fake and --real (when a file), checked against each other before any work starts."""
     fake, fake_range = load_images(args.fake, "--fake")
     inputs = {"fake": fake, "fake_range": fake_range, "real": None}
+    if len(fake) <= args.nn_k:
+        raise common.UserError(f"--nn_k {args.nn_k}: the k-NN metrics need more than {args.nn_k} images in "
+                               f"--fake {args.fake}, which holds {len(fake)}")
     if args.real == "mnist":
         if fake.shape[2:] != (28, 28):
             raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
@@ -1072,15 +1194,22 @@ def load_inputs(args) -> dict:
             raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
                                    "--real mnist uses the cached standard bins")
         common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
+        n_real = mnist_reference_size(args, stacked=fake.shape[1] == 3)
+        check_sizes(args, n_bins_real=6000 if args.reference == "small" else 60000, n_real=n_real,
+                    what="MNIST (--reference " + args.reference + ")")
     else:
         real, inputs["real_range"] = load_images(args.real, "--real")
         if real.shape[1:] != fake.shape[1:]:
             raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
                                    f"--fake {tuple(fake.shape[1:])}")
-        if len(real) < max(args.k, args.nn_k + 1):
-            raise common.UserError(f"--real {args.real}: {len(real)} images are too few for --k {args.k} bins")
+        check_sizes(args, n_bins_real=len(real), n_real=len(real), what=f"--real {args.real}")
         inputs["real"] = real
     return inputs
+
+
+def mnist_reference_size(args, stacked: bool) -> int:
+    """How many MNIST images (or stacked triples) stand for the real data in --fake ... --real mnist."""
+    return 6000 if args.reference == "small" else (30000 if stacked else 60000)
 
 
 def run_eval(args, device, run_dir, inputs: dict) -> dict:
@@ -1089,12 +1218,12 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
     print(f"06: {len(fake)} images {tuple(fake.shape[1:])} from {args.fake} (values read as {fake_range})")
     t0 = time.perf_counter()
     if args.real == "mnist":
-        stacked = fake.shape[1] == 3
-        clf = load_classifier(args.data_root, device, quick=args.quick)
-        ndb = mnist_ndb(args.data_root, args.k, args.seed, device, quick=args.quick, stacked=stacked)
+        stacked, small = fake.shape[1] == 3, args.reference == "small"
+        clf = load_classifier(args.data_root, device, quick=small)
+        ndb = mnist_ndb(args.data_root, args.k, args.seed, device, quick=small, stacked=stacked)
         x_train, _ = common.load_mnist(args.data_root, train=True)
         gen = torch.Generator().manual_seed(args.seed)
-        n_real = 6000 if args.quick else (30000 if stacked else 60000)
+        n_real = mnist_reference_size(args, stacked)
         real = (make_stacked_mnist(x_train, n_real, gen) if stacked
                 else _to_float(x_train[torch.randperm(len(x_train), generator=gen)[:n_real]]))
         space = (f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d"
@@ -1106,40 +1235,200 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
                   max_iter=args.max_iter, progress=True)
         ref = make_reference(ndb, None, real, args, device, feature_space="pixels")
     name = Path(args.fake).name
-    row = evaluate_images(fake, ref, args.alpha, args.diversity_samples)
+    row = evaluate_images(fake, ref, args.alpha, args.diversity_samples, args.z_threshold)
     rows = {name: row}
     print(format_table(rows, ref.feature_space))
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
-                  f"marked bins differ significantly (alpha {args.alpha})")
+                  f"marked bins differ significantly ({_rule(args)})")
     common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
     with common.atomic_open(run_dir / "table.txt") as f:
         f.write(format_table(rows, ref.feature_space) + "\n")
     return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
-            "k": args.k, "alpha": args.alpha, "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
+            "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
+            "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
             "classifier": None if ref.clf is None else {k: v for k, v in ref.clf.info.items() if k != "recipe"},
             "lpips": lpips_status() or "available", "seconds_total": time.perf_counter() - t0,
             "load_average_1_5_15min": list(os.getloadavg())}
 
 
+# ----------------------------------------------------------------------------- 13. flags
+MIN_PER_BIN = 10  # real images per NDB bin at the least (the authors advise about 500)
+# --quick: smaller defaults; flags given explicitly still win. PRESETS: the same for --protocol.
+QUICK = {"n_holdout": 1000, "n_fit": 5000, "n_test": 2000, "diversity_samples": 300, "n_stacked": 2000,
+         "speed_benchmark": False, "reference": "small"}  # and --n_real_ref at most 1000 (check_sizes)
+PRESETS = {"gans-n-gmms": {"n_holdout": 15000, "n_query": 10000, "n_splits": 3}}
+QUICK_PRESETS = {"gans-n-gmms": {"n_holdout": 3000, "n_fit": 5000, "n_query": 1000, "n_splits": 1}}
+open_unit_float = common._typed(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
+at_least_two = common._typed(int, lambda v: v >= 2, "an integer of at least 2")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except a None default: those flags say in words what they default to."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    p.add_argument("--fake", default=None,
+                   help="evaluate these samples instead of running the experiment: an .npz/.npy of images "
+                        "(N x H x W or N x C x H x W; values in [0, 1], [-1, 1] or 0-255) or a folder of PNGs")
+    p.add_argument("--real", default="mnist", help="reference for --fake: 'mnist' or an .npz/.npy/folder like --fake")
+    p.add_argument("--protocol", choices=sorted(PRESETS), default=None,
+                   help="instead of the demonstration, run the authors' NDB protocol (ndb_mnist_demo.py of "
+                        "eitanrich/gans-n-gmms): bins on 45,000 training images, 15,000 held out as validation, "
+                        "10,000 query images per set, NDB at |z| > 3 and > 4, over --n_splits splits; its "
+                        "defaults are named 'gans-n-gmms:' below")
+    p.add_argument("--table", metavar="RECORD", default=None,
+                   help="print the markdown table of a finished --protocol run (its metrics.json, or "
+                        "results/06/gans_n_gmms_protocol.json) and exit")
+    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
+    g = p.add_argument_group("metrics")
+    g.add_argument("--k", type=common.positive_int, default=100,
+                   help=f"NDB bins (K-means clusters), at least 2 and at most the bins' real images / {MIN_PER_BIN}")
+    g.add_argument("--alpha", type=open_unit_float, default=0.05,
+                   help="significance level of NDB's per-bin z-test (unused with --z_threshold)")
+    g.add_argument("--z_threshold", type=common.positive_float, default=None,
+                   help="count a bin as different when |z| > this, instead of p < alpha (the authors' demo: 4; "
+                        "their README figures: 3); default: off, the alpha rule")
+    g.add_argument("--whiten", action="store_true", help="whiten (per-dimension mean/std) before binning")
+    g.add_argument("--max_iter", type=common.positive_int, default=100, help="K-means iterations at most")
+    g.add_argument("--nn_k", type=common.positive_int, default=5,
+                   help="k of precision/recall and density/coverage, below --n_real_ref and the evaluated set's size")
+    g.add_argument("--n_real_ref", type=common.positive_int, default=None,
+                   help="real samples for precision/recall and density/coverage (default: 10,000, or all the "
+                        "real images when fewer; --quick: 1000)")
+    g.add_argument("--diversity_samples", type=at_least_two, default=1000,
+                   help="samples (seeded subset) for the mean pairwise distance; --quick: 300")
+    g.add_argument("--reference", choices=["full", "small"], default="full",
+                   help="MNIST reference models: full = the 99%% classifier, bins on 60,000 images; small = a "
+                        "95%% classifier on 8,000 images, bins on 6,000 (seconds); --quick: small")
+    g = p.add_argument_group("the experiment's sets")
+    g.add_argument("--n_holdout", type=common.positive_int, default=10000,
+                   help="training images held out of the bins: set (a), or the validation set of --protocol "
+                        "(gans-n-gmms: 15000, a quarter, as in the authors' current demo; --quick: 1000, "
+                        "with --protocol 3000)")
+    g.add_argument("--n_fit", type=common.positive_int, default=None,
+                   help="training images the bins are fitted on (default: all not held out, 50,000 or with "
+                        "--protocol 45,000; --quick: 5000)")
+    g.add_argument("--n_test", type=common.positive_int, default=10000,
+                   help="test images used (a seeded subset when fewer than 10,000): sets (b)-(f); --quick: 2000")
+    g.add_argument("--n_query", type=common.positive_int, default=10000,
+                   help="--protocol: images drawn for each evaluated set (gans-n-gmms: 10000; --quick: 1000)")
+    g.add_argument("--n_splits", type=common.positive_int, default=3,
+                   help="--protocol: random splits, seeds --seed, --seed + 1, ... (gans-n-gmms: 3; --quick: 1)")
+    g.add_argument("--drop_digit", type=int, choices=range(10), default=9,
+                   help="digit removed: set (c) from the test set, --protocol from the validation set")
+    g.add_argument("--collapse_digit", type=int, choices=range(10), default=1, help="the digit of sets (d) and (e)")
+    g.add_argument("--n_dup_sources", type=common.positive_int, default=10, help="test images copied to make set (f)")
+    g.add_argument("--dup_noise", type=common.nonneg_float, default=0.05,
+                   help="std of the Gaussian pixel noise on the copies of set (f) (pixels in [-1, 1])")
+    g.add_argument("--n_stacked", type=common.positive_int, default=26000,
+                   help="random triples of test digits for the stacked-MNIST check of the classifier; --quick: 2000")
+    g.add_argument("--speed_benchmark", action=argparse.BooleanOptionalAction, default=True,
+                   help="time a fit of K bins on all 60,000 training images (and cache those bins); --quick: off")
+    common.add_common_args(p)
+    for action in p._actions:  # say what --quick does, in its own help
+        if action.dest == "quick":
+            action.help = ("smaller defaults, for a smoke run in seconds: --n_holdout 1000 --n_fit 5000 --n_test 2000 "
+                           "--n_real_ref 1000 --diversity_samples 300 --n_stacked 2000 --no-speed_benchmark "
+                           "--reference small; with --protocol: --n_holdout 3000 --n_fit 5000 --n_query 1000 "
+                           "--n_splits 1. Flags given explicitly win")
+    args = p.parse_args(argv)
+    presets = dict(PRESETS.get(args.protocol, {}))
+    if args.quick:
+        presets.update(QUICK_PRESETS[args.protocol] if args.protocol else QUICK)
+    if presets:  # smaller or preset defaults; flags given explicitly still win
+        p.set_defaults(**presets)
+        args = p.parse_args(argv)
+    return args
+
+
+def check_sizes(args, n_bins_real: int, n_real: int, what: str) -> None:
+    """Bounds that the data set: bins per real image, the k-NN reference, the diversity subset."""
+    if args.k < 2:
+        raise common.UserError("--k must be at least 2 (one bin holds everything)")
+    if args.k * MIN_PER_BIN > n_bins_real:
+        raise common.UserError(f"--k {args.k}: the bins are fitted on {n_bins_real} images of {what}, enough for "
+                               f"at most {n_bins_real // MIN_PER_BIN} bins ({MIN_PER_BIN} images per bin)")
+    if args.n_real_ref is None:  # the default: 10,000 (--quick: 1000), or all the real images when fewer
+        args.n_real_ref = min(1000 if args.quick else 10000, n_real)
+    if args.n_real_ref > n_real:
+        raise common.UserError(f"--n_real_ref {args.n_real_ref}: {what} holds only {n_real} real images")
+    if args.nn_k >= args.n_real_ref:
+        raise common.UserError(f"--nn_k {args.nn_k}: the k-NN metrics need more than {args.nn_k} real images "
+                               f"(--n_real_ref {args.n_real_ref})")
+
+
+def check_experiment(args, data: dict) -> None:
+    """Every size of the demonstration or the protocol, checked before anything is fitted."""
+    n_train, n_test = len(data["x_train"]), len(data["x_test"])
+    if args.n_holdout >= n_train:
+        raise common.UserError(f"--n_holdout {args.n_holdout}: MNIST has {n_train} training images")
+    n_rest = n_train - args.n_holdout
+    if args.n_fit is not None and args.n_fit > n_rest:
+        raise common.UserError(f"--n_fit {args.n_fit}: only {n_rest} training images are not held out "
+                               f"(--n_holdout {args.n_holdout})")
+    n_fit = args.n_fit or n_rest
+    if args.protocol:
+        if args.n_query > n_test:
+            raise common.UserError(f"--n_query {args.n_query}: MNIST has {n_test} test images")
+        check_sizes(args, n_fit, n_fit, f"the training set (--n_fit {n_fit})")
+        protocol_splits(args, data["y_train"], n_test)  # the validation sets are large enough
+        return
+    if args.n_test > n_test:
+        raise common.UserError(f"--n_test {args.n_test}: MNIST has {n_test} test images")
+    if args.n_dup_sources > args.n_test:
+        raise common.UserError(f"--n_dup_sources {args.n_dup_sources}: more than the {args.n_test} test images (--n_test)")
+    check_sizes(args, n_fit, n_fit, f"the training set (--n_fit {n_fit})")
+
+
+def print_table(path) -> dict:
+    """--table: the markdown table of a finished --protocol record."""
+    try:
+        record = common.load_json(path)
+        table = protocol_table(record)
+    except common.UserError as e:
+        raise common.UserError(f"--table: {common.one_line(e)}") from None
+    except OSError as e:
+        raise common.UserError(f"--table {path}: cannot read it ({e.strerror or common.one_line(e)})") from None
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise common.UserError(f"--table {path}: not a record of --protocol ({common.one_line(e)[:100]})") from None
+    print(table)
+    return record
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table is not None:
+        return print_table(args.table)
+    if args.fake is not None and args.protocol is not None:
+        raise common.UserError("--fake evaluates your samples and --protocol runs the authors' protocol: choose one")
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
-    if args.fake is not None:
-        inputs = load_inputs(args)  # fail on bad input before anything is created or trained
-        name = f"eval_{Path(args.fake).stem or 'samples'}" + ("_quick" if args.quick else "")
+    data = {}
+    if args.fake is not None:  # fail on bad input before anything is created or trained
+        inputs = load_inputs(args)
+        name = f"eval_{Path(args.fake).stem or 'samples'}"
     else:
-        common.load_mnist(args.data_root, train=False)  # a clear error before the run folder is made
-        name = f"ndb_demo_k{args.k}_seed{args.seed}" + ("_quick" if args.quick else "")
+        data["x_train"], data["y_train"] = common.load_mnist(args.data_root, train=True)
+        data["x_test"], data["y_test"] = common.load_mnist(args.data_root, train=False)
+        check_experiment(args, data)
+        name = (f"gans_n_gmms_seed{args.seed}x{args.n_splits}" if args.protocol
+                else f"ndb_demo_k{args.k}_seed{args.seed}")
+    name += "_quick" if args.quick else ""
     name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"06: on {device}; writing {run_dir}")
     if args.fake is not None:
         metrics = run_eval(args, device, run_dir, inputs)
+    elif args.protocol:
+        metrics = run_protocol(args, device, run_dir, data)
     else:
-        metrics = run_experiment(args, device, run_dir)
+        metrics = run_experiment(args, device, run_dir, data)
     metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"06: outputs in {run_dir}")
