@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=["minimax", "nonsaturating"], default="nonsaturating",
                    help="generator loss: minimax log(1-D(G(z))) or non-saturating -log D(G(z))")
     p.add_argument("--n_steps", type=common.positive_int, default=6000, help="training steps")
-    p.add_argument("--batch_size", type=common.positive_int, default=128)
+    p.add_argument("--batch_size", type=common.positive_int, default=128, help="samples per step and seed")
     p.add_argument("--lr", type=common.positive_float, default=3e-3, help="Adam learning rate of the generator")
     p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
     p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
@@ -45,10 +45,32 @@ def parse_args(argv=None):
     p.add_argument("--collapse_threshold", type=common.unit_float, default=0.9,
                    help="a run has collapsed when one mode holds more than this fraction of samples")
     common.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_steps, args.log_every = min(args.n_steps, 600), min(args.log_every, 10)
-    return args
+    return common.parse_with_quick(p, argv, QUICK)
+
+
+QUICK = {"n_steps": 600, "log_every": 10}  # --quick: smaller defaults; flags given explicitly win
+NOISE_CHUNK = 200  # training steps whose noise is drawn at once (part of the random stream: keep it fixed)
+N_EVAL, D_GRID = 1000, 261  # samples per snapshot and seed; points of the D(x) curve
+
+
+def memory_needed(args) -> float:
+    """Bytes of the big tensors of `train` (all seeds): weights with gradients and Adam moments, a chunk
+    of noise and data (made per seed, then stacked: twice), the fixed evaluation noise and the snapshots."""
+    S, L, B = args.seeds, args.latent_dim, args.batch_size
+    c = min(NOISE_CHUNK, args.n_steps)
+    g_sizes, d_sizes = [L, *args.g_hidden, 1], [1, *args.d_hidden, 1]
+    params = sum((a + 1) * b for sizes in (g_sizes, d_sizes) for a, b in zip(sizes[:-1], sizes[1:]))
+    activations = 4 * B * (sum(g_sizes) + sum(d_sizes)) * (args.d_steps + 1)
+    noise = 2 * c * (args.d_steps + 1) * B * L + 3 * c * args.d_steps * B
+    snapshots = 2 * (args.n_steps // args.log_every + 2) * (N_EVAL + D_GRID)
+    return 4.0 * S * (4 * params + activations + noise + 2 * N_EVAL * L + snapshots)
+
+
+def size_flags(args) -> str:
+    """The flags that set the memory of a run and differ from their defaults, for the one line that
+    refuses a run too big for the machine."""
+    names = ["seeds", "latent_dim", "batch_size", "g_hidden", "d_hidden", "d_steps", "n_steps", "log_every"]
+    return common.flags_text(args, names, parse_args(["--quick"] if args.quick else []))
 
 
 # ----------------------------------------------------------------------------- 2. data
@@ -144,7 +166,7 @@ def train(args, device, progress=True):
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.b1, args.b2))
     S, B = len(seeds), args.batch_size
 
-    n_eval, grid = 1000, torch.linspace(-60, 70, 261)
+    n_eval, grid = N_EVAL, torch.linspace(-60, 70, D_GRID)
     z_eval = torch.stack([torch.randn(n_eval, args.latent_dim, generator=g) for g in gens]).to(device)
     grid_in = ((grid - MID) / SCALE).view(1, -1, 1).expand(S, -1, -1).to(device)
     snaps = {"step": [], "samples": [], "d_curve": []}
@@ -158,7 +180,7 @@ def train(args, device, progress=True):
     bar = common.Progress(args.n_steps, "01 train", every=5.0 if progress else float("inf"))
     t0 = time.perf_counter()
     snapshot(0)
-    chunk = 200  # draw noise for `chunk` steps at a time: per-seed generators, few calls
+    chunk = NOISE_CHUNK  # draw noise for `chunk` steps at a time: per-seed generators, few calls
     for step in range(1, args.n_steps + 1):
         if (step - 1) % chunk == 0:
             n = min(chunk, args.n_steps - step + 1)
@@ -286,10 +308,14 @@ def plot_seeds(hist, summary, run_dir):
     plt = common.pyplot()
     frac = hot_fraction(hist["samples"])
     S = frac.shape[0]
-    fig, ax = plt.subplots(figsize=(10, 0.35 * S + 1.2))
+    fig, ax = plt.subplots(figsize=(10, min(0.35 * S, 24) + 1.2))  # one row per seed, at most 24 inches
     ax.imshow(frac, aspect="auto", cmap="coolwarm", vmin=0, vmax=1, interpolation="nearest",
               extent=[0, int(hist["step"][-1]), S - 0.5, -0.5])
-    ax.set_yticks(range(S), [f"seed {s} ({h} hops)" for s, h in zip(hist["seeds"], summary["hops_per_run"])], fontsize=7)
+    if S <= 68:  # beyond that the labels would overlap
+        ax.set_yticks(range(S), [f"seed {s} ({h} hops)" for s, h in zip(hist["seeds"], summary["hops_per_run"])],
+                      fontsize=7)
+    else:
+        ax.set_ylabel(f"seed - {hist['seeds'][0]}")
     ax.set(xlabel="training step", title=f"fraction of hot samples per seed (red = all hot, blue = all cold); "
                                          f"collapse rate {summary['collapse_rate']:.0%}")
     common.savefig(fig, run_dir / "seeds_mode_fraction.png")
@@ -300,8 +326,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
-    with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
-        return run(args, device, argv)
+    sizes = size_flags(args)
+    common.check_memory(memory_needed(args), sizes, device)
+    with common.cpu_threads(device, 1), common.memory_errors_as_user_error(sizes):
+        return run(args, device, argv)  # networks this small run several times faster on one thread
 
 
 def run(args, device, argv) -> dict:
@@ -321,9 +349,11 @@ def run(args, device, argv) -> dict:
     metrics = {"device": str(device), **summary}
     common.save_json(run_dir / "metrics.json", metrics)
     lo, hi = summary["collapse_rate_ci95"]
+    hops = summary["hops_per_run"]
+    hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"
     print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
           f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
-          f"{summary['hop_rate']:.0%}; hops per run {summary['hops_per_run']}; "
+          f"{summary['hop_rate']:.0%}; {hops_text}; "
           f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
     return metrics
 

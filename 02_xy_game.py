@@ -81,13 +81,72 @@ def parse_args(argv=None):
                    help="converged = mean distance over the last 10%% of steps below this (above the "
                         "Monte-Carlo noise floor of instance noise, about 0.02)")
     j = p.add_argument_group("vanishing JS gradient")
-    j.add_argument("--mu_max", type=common.positive_float, default=30.0, help="largest shift mu")
+    j.add_argument("--mu_max", type=common.positive_float, default=30.0,
+                   help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
     j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max]")
     common.add_common_args(p)
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_steps, args.dirac_steps, args.n_mu = min(args.n_steps, 400), min(args.dirac_steps, 200), min(args.n_mu, 61)
-    return args
+    return common.parse_with_quick(p, argv, QUICK)
+
+
+QUICK = {"n_steps": 400, "dirac_steps": 200, "n_mu": 61}  # --quick: smaller defaults; explicit flags win
+# Trapezoid step 0.01 of `js_gaussian_shift`: against mpmath (40 digits, break points at mu/2 + k/mu) the
+# relative error of ln 2 - JS is 5e-12 at mu = 30 and 60, 7e-11 at 100, 1e-7 at 150, 3e-4 at 300, 0.2 at 1000.
+MU_MAX_ACCURATE = 100.0
+# Largest distance to (0, 0) allowed along a run: squares (the alternating invariant) stay in float64.
+Z_LIMIT = 1e150
+
+
+def check_args(args) -> None:
+    """Refuse, before anything runs, settings whose numbers would be meaningless: a JS table beyond the
+    integral's accuracy, or iterates that leave float64 range (the runs are linear on x*y, so their
+    growth is known in advance: |z_t| <= |z_0| * rho^t, rho the rule's per-step factor)."""
+    if args.mu_max > MU_MAX_ACCURATE:
+        raise common.UserError(f"--mu_max {args.mu_max:g}: the log-space JS integral is accurate (relative "
+                               f"error < 1e-10) only up to mu = {MU_MAX_ACCURATE:g}; use --mu_max "
+                               f"{MU_MAX_ACCURATE:g} or less")
+    for flags, start in ((f"--x0 {args.x0:g} --y0 {args.y0:g}", (args.x0, args.y0)),
+                         (f"--theta0 {args.theta0:g} --psi0 {args.psi0:g}", (args.theta0, args.psi0))):
+        if math.hypot(*start) > Z_LIMIT:
+            raise common.UserError(f"{flags}: the start is {math.hypot(*start):.3g} from (0, 0); the games are "
+                                   f"run in float64 and need it below {Z_LIMIT:g}")
+    log_start, log_limit = math.log(max(math.hypot(args.x0, args.y0), 1e-300)), math.log(Z_LIMIT)
+    start = f"from (--x0, --y0) = ({args.x0:g}, {args.y0:g})"
+    log_rho = {name: max(log_rule_factor(name, args), 0.0) for name in RULES}
+    fastest = max(log_rho, key=log_rho.get)          # the rule that grows fastest sets the limit
+    log_end = log_start + args.n_steps * log_rho[fastest]
+    if log_end > log_limit:
+        most = int((log_limit - log_start) / log_rho[fastest]) if math.isfinite(log_rho[fastest]) else 0
+        hint = f"use --n_steps {most} or fewer, or a smaller --lr" if most >= 10 else "use a smaller --lr"
+        raise common.UserError(
+            f"--lr {args.lr:g} --n_steps {args.n_steps} {start}: the {fastest} iterates would grow to about "
+            f"10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g} (float64 holds 1e308); {hint}")
+    for lr in args.swing_lrs:
+        log_end = log_start + swing_steps(lr) * math.log(simultaneous_factor(lr))
+        if log_end > log_limit:
+            raise common.UserError(
+                f"--swing_lrs {lr:g} {start}: three turns ({swing_steps(lr)} steps) of simultaneous GDA would "
+                f"grow to about 10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g}; use a smaller step")
+
+
+def log_rule_factor(name: str, args) -> float:
+    """log of the per-step growth factor of rule `name` on x*y; inf where it overflows float64."""
+    try:
+        rho = analytic_factor(name, args)[0]
+    except (OverflowError, RuntimeError, ValueError):  # lr**4, or eigenvalues of a matrix with infinities
+        return math.inf
+    if not math.isfinite(rho):
+        return math.inf
+    return math.log(rho) if rho > 0 else -math.inf
+
+
+def memory_needed(args) -> float:
+    """Bytes the run keeps: every iterate of every rule and variant with its CSV row (a Python dict), the
+    Monte-Carlo noise of one instance-noise step, and the (n_mu, 3201) grids of the JS integrals."""
+    xy_step = len(RULES) * 48 + 600                   # trajectory, distance, ratios; one CSV row of 7 numbers
+    dirac_step = 12 * 40 + 2000                       # 6 variants x 2 modes; one CSV row of 25 numbers
+    js = args.n_mu * (3201 * 8 * 12 + 1601 * 8 * 6 + 1000)
+    noise = args.noise_samples * 8 * 10
+    return float(args.n_steps * xy_step + args.dirac_steps * dirac_step + js + noise)
 
 
 # ----------------------------------------------------------------------------- 2. the games (vector fields)
@@ -202,15 +261,17 @@ def linear_growth_factor(step, lr: float) -> float:
 
 
 def simultaneous_factor(lr: float) -> float:
-    return math.sqrt(1 + lr * lr)
+    return math.hypot(1.0, lr)                        # sqrt(1 + lr^2), without overflow
 
 
 def extragradient_factor(lr: float) -> float:
+    if lr > 1e100:                                     # lr^4 would overflow: sqrt(lr^4 - lr^2 + 1) ~ lr^2
+        return lr * lr
     return math.sqrt(1 - lr * lr + lr ** 4)
 
 
 def consensus_factor(lr: float, gamma: float) -> float:
-    return math.sqrt((1 - lr * gamma) ** 2 + lr * lr)
+    return math.hypot(1 - lr * gamma, lr)
 
 
 def distance(z: torch.Tensor) -> torch.Tensor:
@@ -461,9 +522,13 @@ def run_xy_game(args) -> dict:
     # the "large swings" of simultaneous GDA: three turns (at most 5000 steps) at a small and a large step
     out["swings"] = {}
     for lr in args.swing_lrs:
-        n = min(int(math.ceil(3 * 2 * math.pi / math.atan(lr))), 5000)
-        out["swings"][lr] = run_rule(simultaneous, bilinear_field, z0, lr, n)
+        out["swings"][lr] = run_rule(simultaneous, bilinear_field, z0, lr, swing_steps(lr))
     return out
+
+
+def swing_steps(lr: float) -> int:
+    """Three turns of simultaneous GDA at step lr (it turns by atan(lr) per step), at most 5000 steps."""
+    return min(int(math.ceil(3 * 2 * math.pi / math.atan(lr))), 5000)
 
 
 def run_dirac(args) -> dict:
@@ -710,6 +775,10 @@ def save_curves(xy, dirac, js, args, run_dir):
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_args(args)
+    sizes = common.flags_text(args, ["n_steps", "dirac_steps", "n_mu", "noise_samples"],
+                              parse_args(["--quick"] if args.quick else []))
+    common.check_memory(memory_needed(args), sizes)
     common.set_seed(args.seed, args.deterministic)
     if args.device not in ("auto", "cpu"):
         print(f"02: note: everything here is a float64 scalar loop and runs on the CPU (--device {args.device} ignored)")

@@ -5,15 +5,21 @@ Copy one numbered script together with this file into another project and it run
 - the command line: one-line errors with exit code 2 (`UserError`, `cli`), argument types, the shared
   flags `--seed --device --out --run_name --overwrite --quick --deterministic` (`add_common_args`);
 - device choice (`pick_device`: auto = cuda, then mps, then cpu) and seeding (`set_seed`);
+- `--quick` as smaller defaults that explicit flags override (`parse_with_quick`);
 - run folders `runs/<script>/<run-name>/` that never silently replace an earlier run (`make_run_dir`),
-  with `config.json` (`start_run`);
+  with `config.json` (`start_run`); an --out that is a file or not writable, and a run refused before
+  it wrote anything but config.json (its folder is removed again by `cli`), are one-line errors;
+- memory: estimate before allocating (`check_memory`), an allocation failure as one line
+  (`memory_errors_as_user_error`);
 - atomic writes (`atomic_open`, `save_json`, `save_torch`): a kill or an exception mid-write leaves the
   old file intact;
 - checkpoints with models, optimisers, step, config and every RNG state (`save_checkpoint`,
-  `load_checkpoint`), so a resumed run continues exactly;
+  `load_checkpoint`), so a resumed run continues exactly; `checkpoint_to_resume` refuses a --resume with
+  nothing to resume;
 - curves kept in memory and written as CSV (`Curves`), progress lines with an ETA (`Progress`);
 - figures with the Agg backend (`pyplot`, `savefig`, `save_grid`);
-- MNIST through torchvision with a clear message when it is missing and cannot be downloaded;
+- MNIST through torchvision with a clear message when it is missing and cannot be downloaded, or when a
+  file is truncated or damaged (`check_mnist_file`);
 - the Gaussian-mixture benchmarks and the PacGAN mode metrics (`GaussianMixture`, `ring_mixture`,
   `grid_mixture`, `temperature_mixture`, `mode_stats`) and the Wilson interval for collapse rates.
 """
@@ -66,9 +72,11 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
     @functools.wraps(main_fn)
     def wrapper(argv: list[str] | None = None) -> dict:
         prog = Path(getattr(sys.modules.get(main_fn.__module__), "__file__", None) or "script").name
+        first_new = len(_NEW_RUN_DIRS)
         try:
             return main_fn(argv)
         except UserError as e:
+            _remove_unused_run_dirs(first_new)
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
         except TrainingDiverged as e:
@@ -78,6 +86,8 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
             print(f"{prog}: interrupted; the last checkpoint (if any) is kept, continue with --resume",
                   file=sys.stderr)
             raise SystemExit(130) from None
+        finally:
+            del _NEW_RUN_DIRS[first_new:]
 
     return wrapper
 
@@ -86,11 +96,20 @@ def one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to every help text that does not already say its default in its own words."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class ArgParser(argparse.ArgumentParser):
     """argparse, but a bad flag raises UserError (one line) instead of printing usage plus a message."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -160,6 +179,83 @@ def add_common_args(p: argparse.ArgumentParser, *, resume: bool = False) -> None
     if resume:
         g.add_argument("--resume", action="store_true",
                        help="continue the newest run folder of this name from its last checkpoint")
+
+
+def parse_with_quick(p: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
+    """Parse `argv`; with --quick the values in `quick` (dest -> value) become the defaults, and flags
+    given explicitly still win. Each such flag's --help says what --quick changes, and so does --quick's."""
+    for action in p._actions:
+        if action.dest in quick:
+            action.help = f"{action.help or ''} (--quick: {_flag_value(quick[action.dest])})".lstrip()
+        if action.dest == "quick":
+            action.help = ("a smaller run that finishes in seconds on a CPU (smoke test): "
+                           + ", ".join(f"--{k} {_flag_value(v)}" for k, v in quick.items())
+                           + "; flags given explicitly win")
+    args = p.parse_args(argv)
+    if args.quick:
+        p.set_defaults(**quick)
+        args = p.parse_args(argv)
+    return args
+
+
+def _flag_value(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
+def flags_text(args: argparse.Namespace, names: Iterable[str], defaults: argparse.Namespace | None = None) -> str:
+    """The flags `names` as typed on a command line ("--seeds 8 --latent_dim 2"); with `defaults`, only
+    those whose value differs from it (all of them when none does): the flags a one-line error names."""
+    names = list(names)
+    if defaults is not None:
+        names = [n for n in names if getattr(args, n) != getattr(defaults, n)] or names
+    return " ".join(f"--{n} {_flag_value(getattr(args, n))}" for n in names)
+
+
+# ----------------------------------------------------------------------------- memory
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TB"
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors: free GPU memory on CUDA, MemAvailable of /proc/meminfo (or the physical
+    memory) on the CPU; None where it cannot be told."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def check_memory(need_bytes: float, flags: str, device: torch.device | str = "cpu", fraction: float = 0.8) -> None:
+    """Refuse, before allocating, a run whose big tensors would need more than `fraction` of the free
+    memory: one-line UserError naming `flags` (e.g. "--seeds 100000000 --latent_dim 1") and both sizes."""
+    free = available_memory(torch.device(device))
+    if free is not None and need_bytes > fraction * free:
+        where = "GPU memory" if torch.device(device).type == "cuda" else "memory"
+        raise UserError(f"{flags}: needs about {format_bytes(need_bytes)} of {where}, more than this machine "
+                        f"has free ({format_bytes(free)}); use smaller values")
+
+
+@contextlib.contextmanager
+def memory_errors_as_user_error(flags: str):
+    """Turn an allocation failure inside the block (CPU or GPU) into a one-line UserError naming `flags`."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if not (isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate" in text
+                or "not enough memory" in text.lower()):
+            raise
+        raise UserError(f"out of memory ({flags}): {one_line(text)[:160]}; use smaller values") from None
 
 
 @contextlib.contextmanager
@@ -286,7 +382,10 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
         raise UserError("--overwrite and --resume contradict each other: choose one")
     if not re.match(r"^[\w.=+-]+$", run_name):
         raise UserError(f"--run_name {run_name!r}: use letters, digits and . _ - = + only")
+    check_writable_folder(out, "--out")
     base = Path(out) / script
+    if base.exists() and not base.is_dir():
+        raise UserError(f"--out {out}: {base} is a file, not a folder; choose another --out")
     taken = _taken_run_dirs(base, run_name)
     if resume:
         if not taken:
@@ -303,8 +402,45 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
             path = base / f"{run_name}_{n}"
             print(f"note: {base / run_name} exists; writing to {path} (--overwrite replaces it, "
                   f"--resume continues it)", file=sys.stderr)
-    path.mkdir(parents=True, exist_ok=False)
+    created = [p for p in (Path(out), base, path) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the run folder {path} ({one_line(e)})") from None
+    _NEW_RUN_DIRS.append((path, created))
     return path
+
+
+# Run folders made by `make_run_dir` in this process, with the folders that did not exist before it, so
+# that `cli` can take back a folder that a run refused before writing anything but its config.json.
+_NEW_RUN_DIRS: list[tuple[Path, list[Path]]] = []
+_RUN_DIR_OWN_FILES = {"config.json"}
+
+
+def _remove_unused_run_dirs(first: int = 0) -> None:
+    """Remove the run folders made since entry `first` that hold nothing but config.json (written by
+    this run), and the parent folders made with them if they are empty now. Anything else is kept."""
+    for path, created in reversed(_NEW_RUN_DIRS[first:]):
+        with contextlib.suppress(OSError):
+            if not set(os.listdir(path)) <= _RUN_DIR_OWN_FILES:
+                continue
+            for name in _RUN_DIR_OWN_FILES & set(os.listdir(path)):
+                (path / name).unlink()
+            for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+                folder.rmdir()  # only empty folders go; a folder someone else filled meanwhile stays
+    del _NEW_RUN_DIRS[first:]
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """A one-line UserError unless `folder` is (or can be made as) a folder this process may write in."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: no permission to write in {existing}; choose another {flag}")
 
 
 def _taken_run_dirs(base: Path, run_name: str) -> list[Path]:
@@ -344,7 +480,10 @@ def start_run(args: argparse.Namespace, script_file: str, default_name: str, arg
         config = {"script": script, "command": " ".join(["python", Path(script_file).name] + [shlex.quote(a) for a in argv]),
                   "args": vars(args), "hardware": hardware(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        save_json(run_dir / "config.json", config)
+        try:
+            save_json(run_dir / "config.json", config)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot write {run_dir / 'config.json'} ({one_line(e)})") from None
     return run_dir
 
 
@@ -368,15 +507,34 @@ def load_checkpoint(path: str | os.PathLike, *, models: dict | None = None, opti
         raise UserError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a zip of tensors, or pickled objects we do not load: not ours
+        first = re.split(r"(?<=[.:])\s", one_line(e), maxsplit=1)[0][:160]
+        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script (torch.load: "
+                        f"{type(e).__name__}: {first}); delete it or point to the right run folder") from None
+    if not isinstance(state, dict) or not {"models", "rng"} <= set(state):
+        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script (it has no "
+                        f"models and RNG states); delete it or point to the right run folder")
+    try:
         for k, m in (models or {}).items():
             m.load_state_dict(state["models"][k])
         for k, o in (optimizers or {}).items():
             o.load_state_dict(state["optimizers"][k])
         if restore_rng:
             set_rng_state(state["rng"])
-    except Exception as e:  # pickle, zip, key and shape errors all mean: this file is not usable
-        raise UserError(f"cannot read checkpoint {path}: {type(e).__name__}: {one_line(e)[:300]}") from None
+    except Exception as e:  # key and shape errors: a checkpoint, but of other flags or another script
+        raise UserError(f"cannot read checkpoint {path}: it does not fit this run's networks "
+                        f"({type(e).__name__}: {one_line(e)[:200]})") from None
     return state
+
+
+def checkpoint_to_resume(run_dir: str | os.PathLike, name: str = "checkpoint.pt") -> Path:
+    """For --resume: the checkpoint `run_dir/name`, which must exist. A resume with nothing to resume
+    refuses (one-line UserError) rather than training from scratch over the folder's curves and metrics."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        raise UserError(f"--resume: nothing to resume in {run_dir}: it holds no {name} (finished, deleted or "
+                        f"never written); start a new run without --resume, or give --run_name of another run")
+    return path
 
 
 def check_same_config(saved: dict, current: dict, ignore: Iterable[str] = ()) -> None:
@@ -486,17 +644,56 @@ MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-image
                "t10k-labels-idx1-ubyte")
 
 
+# The official uncompressed files: size in bytes and CRC-32 (their MD5s are those of the MD5SUMS that came
+# with this repository's copy: 6bbc9ace..., a25bea73..., 2646ac64..., 27ae3e4e...).
+MNIST_CHECKS = {"train-images-idx3-ubyte": (47040016, 0xE9F4D8B3), "train-labels-idx1-ubyte": (60008, 0xE0CB4AD2),
+                "t10k-images-idx3-ubyte": (7840016, 0x91373BDF), "t10k-labels-idx1-ubyte": (10008, 0x4AB9EFF9)}
+
+
+def check_mnist_file(path: str | os.PathLike) -> None:
+    """A one-line UserError when an MNIST raw file is truncated or damaged (size and CRC-32 against the
+    official file, about 0.05 s for the training images); a missing file is left to torchvision."""
+    path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        st = path.stat()
+        _check_mnist_file(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _check_mnist_file(path: str, size: int, mtime_ns: int) -> None:
+    want_size, want_crc = MNIST_CHECKS[Path(path).name]
+    if size != want_size:
+        problem = f"{size} bytes instead of {want_size} (truncated or damaged)"
+    else:
+        import zlib
+
+        with open(path, "rb") as f:
+            crc = zlib.crc32(f.read())
+        problem = None if crc == want_crc else "its content differs from the official file (CRC-32 mismatch)"
+    if problem:
+        raise UserError(f"MNIST file {path} is damaged: {problem}; delete it (and its .gz if that is damaged "
+                        f"too) so that it is extracted or downloaded again, or copy an intact one there")
+
+
 def load_mnist(data_root: str | os.PathLike, train: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST as uint8 images (N, 28, 28) and int64 labels, through torchvision.
 
     torchvision reads `<data_root>/MNIST/raw/` and downloads there when the files are missing. When
-    they are missing and the download fails, this raises a one-line UserError saying where to put them."""
+    they are missing and the download fails, this raises a one-line UserError saying where to put them;
+    a truncated or damaged file is named in a one-line UserError (`check_mnist_file`)."""
     root = Path(data_root)
+    raw = root / "MNIST" / "raw"
+    for name in MNIST_FILES[:2] if train else MNIST_FILES[2:]:
+        check_mnist_file(raw / name)
     try:
         from torchvision.datasets import MNIST
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             ds = MNIST(root=str(root), train=train, download=True)
+        for name in MNIST_FILES[:2] if train else MNIST_FILES[2:]:
+            check_mnist_file(raw / name)  # also what was just downloaded or extracted
+    except UserError:
+        raise
     except Exception as e:  # network errors come as RuntimeError/URLError/OSError depending on the version
         raise UserError(
             f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded ({one_line(e)[:120]}); "

@@ -85,3 +85,50 @@ def test_bad_flags_exit_2_with_one_line(flags, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "01_bimodal_gan").exists()   # nothing written
+
+
+def help_entries(parse_args, capsys, monkeypatch) -> dict:
+    """--help as {flag: its help text} (a wide terminal, so that no help text is wrapped)."""
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out, flag = {}, None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):
+            flag = line.split()[0].rstrip(",")
+            out[flag] = line
+        elif flag and line.startswith("    "):
+            out[flag] += " " + line.strip()
+        else:
+            flag = None
+    out.pop("-h", None)
+    return out
+
+
+def test_every_flag_says_its_default_and_what_quick_changes(capsys, monkeypatch):
+    entries = help_entries(m.parse_args, capsys, monkeypatch)
+    assert {"--n_steps", "--batch_size", "--latent_dim", "--seeds", "--quick", "--out"} <= set(entries)
+    for flag, text in entries.items():
+        assert "(default:" in text, text
+        assert text.count("(default:") == 1, text
+    assert "(--quick: 600) (default: 6000)" in entries["--n_steps"]
+    assert "(--quick: 10) (default: 20)" in entries["--log_every"]
+    assert "--n_steps 600, --log_every 10; flags given explicitly win" in entries["--quick"]
+
+
+def test_quick_is_smaller_defaults_and_explicit_flags_win():
+    assert (m.parse_args(["--quick"]).n_steps, m.parse_args(["--quick"]).log_every) == (600, 10)
+    args = m.parse_args(["--quick", "--n_steps", "5000", "--log_every", "50"])
+    assert (args.n_steps, args.log_every) == (5000, 50)   # not clamped to the quick values
+    assert m.parse_args([]).n_steps == 6000
+
+
+def test_memory_estimate_covers_the_big_tensors_and_scales_with_the_flags():
+    base = m.parse_args([])
+    small = m.memory_needed(base)
+    assert small < 50e6                                   # the default run needs well under 50 MB
+    noise_chunk = 4 * 200 * 2 * 128 * 1000                # one chunk of noise at --latent_dim 1000, bytes
+    assert m.memory_needed(m.parse_args(["--latent_dim", "1000"])) > noise_chunk
+    assert m.memory_needed(m.parse_args(["--seeds", "10"])) == pytest.approx(10 * small)
+    assert m.memory_needed(m.parse_args(["--latent_dim", "1000000000"])) > 1e14
+    assert m.size_flags(m.parse_args(["--quick", "--seeds", "7"])) == "--seeds 7"

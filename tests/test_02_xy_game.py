@@ -194,3 +194,54 @@ def test_bad_flags_give_one_line_and_exit_code_2(flags, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "02_xy_game").exists()
+
+
+# ----------------------------------------------------------------------------- issue 15: flags and limits
+def test_every_flag_says_its_default_and_what_quick_changes(capsys, monkeypatch):
+    from test_01_bimodal_gan import help_entries
+
+    entries = help_entries(xy.parse_args, capsys, monkeypatch)
+    assert {"--lr", "--n_steps", "--mu_max", "--quick", "--out"} <= set(entries)
+    for text in entries.values():
+        assert text.count("(default:") == 1, text
+    assert "(--quick: 400) (default: 2000)" in entries["--n_steps"]
+    assert "(--quick: 200) (default: 500)" in entries["--dirac_steps"]
+    assert "--n_steps 400, --dirac_steps 200, --n_mu 61; flags given explicitly win" in entries["--quick"]
+
+
+def test_quick_is_smaller_defaults_and_explicit_flags_win():
+    args = xy.parse_args(["--quick", "--n_steps", "3000"])
+    assert (args.n_steps, args.dirac_steps, args.n_mu) == (3000, 200, 61)   # 3000 is not capped to 400
+
+
+def test_growth_factors_do_not_overflow_for_huge_steps():
+    assert xy.simultaneous_factor(1e300) == pytest.approx(1e300)
+    assert xy.extragradient_factor(1e200) == math.inf and xy.extragradient_factor(1e50) == pytest.approx(1e100)
+    assert xy.consensus_factor(1e300, 1.0) == pytest.approx(math.sqrt(2) * 1e300)
+    args = xy.parse_args(["--lr", "1e300"])
+    assert all(xy.log_rule_factor(name, args) > 600 for name in xy.RULES if name != "alternating")
+
+
+def test_the_suggested_n_steps_keeps_the_iterates_in_float64_range():
+    with pytest.raises(xy.common.UserError) as e:
+        xy.check_args(xy.parse_args(["--lr", "1.5"]))
+    n = int(str(e.value).split("use --n_steps ")[1].split()[0])
+    assert 100 < n < 2000
+    args = xy.parse_args(["--lr", "1.5", "--n_steps", str(n)])
+    xy.check_args(args)                                                    # accepted
+    finals = [float(xy.distance(xy.run_rule(xy.rule_step(name, args), xy.bilinear_field, START, 1.5, n))[-1])
+              for name in xy.RULES]
+    assert all(math.isfinite(f) and f <= xy.Z_LIMIT for f in finals) and max(finals) > 1e130
+    with pytest.raises(xy.common.UserError):
+        xy.check_args(xy.parse_args(["--lr", "1.5", "--n_steps", str(n + 5)]))
+    xy.check_args(xy.parse_args([]))                                       # the published settings pass
+
+
+def test_mu_max_bound_is_where_the_js_integral_is_still_accurate():
+    # ln(ln 2 - JS) at mu = 100 and 300 by mpmath (40 digits, break points at mu/2 + k/mu)
+    r = xy.js_gaussian_shift([100.0, 300.0])
+    assert abs(math.expm1(float(r["log_gap"][0]) - -1253.6871238544866)) < 1e-9
+    assert abs(math.expm1(float(r["log_gap"][1]) - -11254.784943201215)) > 1e-5   # beyond the bound: not
+    xy.check_args(xy.parse_args(["--mu_max", str(xy.MU_MAX_ACCURATE)]))
+    with pytest.raises(xy.common.UserError, match="--mu_max"):
+        xy.check_args(xy.parse_args(["--mu_max", "100.5"]))

@@ -6,6 +6,7 @@ import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,212 @@ def test_cpu_threads_sets_and_restores():
         with common.cpu_threads(torch.device("cpu"), 1):
             raise RuntimeError
     assert torch.get_num_threads() == before
+
+
+# ----------------------------------------------------------------------------- issue 15: --out, run folders
+def test_out_that_is_a_file_is_a_user_error(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        with pytest.raises(common.UserError, match="is a file, not a folder"):
+            common.make_run_dir(out, "script", "run")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "script").write_text("x")  # the script's folder itself is a file
+    with pytest.raises(common.UserError, match="is a file, not a folder"):
+        common.make_run_dir(tmp_path / "out", "script", "run")
+    assert a_file.read_text() == "x"
+
+
+def _as_a_user_without_override(cmd: list[str]) -> list[str]:
+    """`cmd` run so that folder permissions apply: as root, without the DAC override capabilities."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root and setpriv is not available to drop the DAC override")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+
+
+def test_out_in_an_unwritable_folder_is_one_line_exit_2(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        r = subprocess.run(_as_a_user_without_override([sys.executable, str(REPO / "02_xy_game.py"), "--quick",
+                                                         "--out", str(locked / "runs")]),
+                           capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        locked.chmod(0o755)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "no permission to write" in lines[0] and str(locked) in lines[0]
+    assert list(locked.iterdir()) == []
+
+
+def _cli_main(run_dir_box: dict, write_more: bool, fail: bool = True):
+    @common.cli
+    def main(argv=None):
+        import argparse
+
+        args = argparse.Namespace(out=run_dir_box["out"], run_name="run", overwrite=False, resume=False)
+        run_dir = common.start_run(args, "script.py", "run", [])
+        run_dir_box["run_dir"] = run_dir
+        if write_more:
+            (run_dir / "curves.csv").write_text("step\n1\n")
+        if fail:
+            raise common.UserError("refused after the folder was made")
+        return {}
+
+    return main
+
+
+def test_run_refused_before_writing_anything_leaves_no_folder(tmp_path, capsys):
+    box = {"out": tmp_path / "runs"}
+    with pytest.raises(SystemExit) as e:
+        _cli_main(box, write_more=False)([])
+    assert e.value.code == 2 and "refused" in capsys.readouterr().err
+    assert not box["run_dir"].exists() and not (tmp_path / "runs").exists()  # the folders it made are gone
+    # the next run gets the plain name again, not run_2
+    _cli_main(box, write_more=False, fail=False)([])
+    assert box["run_dir"].name == "run"
+
+
+def test_run_refused_after_writing_more_keeps_its_folder_and_never_touches_others(tmp_path):
+    box = {"out": tmp_path / "runs"}
+    with pytest.raises(SystemExit):
+        _cli_main(box, write_more=True)([])
+    assert (box["run_dir"] / "curves.csv").is_file() and (box["run_dir"] / "config.json").is_file()
+    # an earlier run's folder, and the script folder holding it, survive a later refused run
+    earlier = box["run_dir"]
+    with pytest.raises(SystemExit):
+        _cli_main(box, write_more=False)([])
+    assert box["run_dir"].name == "run_2" and not box["run_dir"].exists()
+    assert (earlier / "curves.csv").is_file() and earlier.parent.is_dir()
+
+
+def test_resume_folder_is_never_removed_on_a_refusal(tmp_path):
+    first = common.make_run_dir(tmp_path, "script", "run")
+    (first / "config.json").write_text("{}")
+
+    @common.cli
+    def main(argv=None):
+        common.make_run_dir(tmp_path, "script", "run", resume=True)
+        raise common.UserError("no checkpoint")
+
+    with pytest.raises(SystemExit):
+        main([])
+    assert (first / "config.json").is_file()
+
+
+def test_checkpoint_to_resume_refuses_when_there_is_nothing(tmp_path):
+    with pytest.raises(common.UserError, match="nothing to resume"):
+        common.checkpoint_to_resume(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    assert common.checkpoint_to_resume(tmp_path) == tmp_path / "checkpoint.pt"
+
+
+# ----------------------------------------------------------------------------- issue 15: checkpoints, MNIST
+@pytest.mark.parametrize("content", ["random", "other_torch_file"])
+def test_a_file_that_is_not_our_checkpoint_says_so_in_one_line(tmp_path, content):
+    bad = tmp_path / "checkpoint.pt"
+    if content == "random":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        torch.save({"weights": torch.zeros(3)}, bad)
+    with pytest.raises(common.UserError) as e:
+        common.load_checkpoint(bad, models={})
+    msg = str(e.value)
+    assert "not a checkpoint of this script" in msg and str(bad) in msg
+    assert "\n" not in msg and "weights_only=False" not in msg and len(msg) < 400
+
+
+def _mnist_copy(tmp_path, mnist_root, damaged: str, how: str) -> Path:
+    """A raw MNIST folder in tmp_path: links to the intact files, a damaged copy of `damaged`."""
+    import os
+
+    src, raw = Path(mnist_root) / "MNIST" / "raw", tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in common.MNIST_FILES:
+        if name != damaged:
+            os.symlink(src / name, raw / name)
+    data = bytearray((src / damaged).read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 3]
+    else:
+        data[len(data) // 2] ^= 0xFF  # one byte changed, same size
+    (raw / damaged).write_bytes(bytes(data))
+    return raw / damaged
+
+
+
+@pytest.mark.parametrize("damaged,how,train", [("train-images-idx3-ubyte", "truncated", True),
+                                               ("t10k-labels-idx1-ubyte", "truncated", False),
+                                               ("train-images-idx3-ubyte", "one_byte", True)])
+def test_damaged_mnist_file_is_named_in_one_line(tmp_path, mnist_root, damaged, how, train):
+    bad = _mnist_copy(tmp_path, mnist_root, damaged, how)
+    with pytest.raises(common.UserError) as e:
+        common.load_mnist(tmp_path, train=train)
+    msg = str(e.value)
+    assert str(bad) in msg and "damaged" in msg and "delete it" in msg and "\n" not in msg
+    assert ("bytes instead of" in msg) == (how == "truncated")
+    # the other split, whose files are intact, still loads
+    x, y = common.load_mnist(tmp_path, train=not train)
+    assert x.shape[1:] == (28, 28) and len(x) == len(y) == (60000 if not train else 10000)
+
+
+def test_official_mnist_passes_the_check(mnist_root):
+    for name in common.MNIST_FILES:
+        common.check_mnist_file(Path(mnist_root) / "MNIST" / "raw" / name)  # no error
+
+
+# ----------------------------------------------------------------------------- issue 15: --quick, memory
+def _parser():
+    p = common.ArgParser()
+    p.add_argument("--n_steps", type=common.positive_int, default=1000, help="steps")
+    p.add_argument("--widths", type=common.positive_int, nargs="+", default=[8, 8], help="widths")
+    common.add_common_args(p)
+    return p
+
+
+def test_quick_sets_smaller_defaults_and_explicit_flags_win(capsys):
+    quick = {"n_steps": 10, "widths": [2]}
+    assert common.parse_with_quick(_parser(), [], quick).n_steps == 1000
+    args = common.parse_with_quick(_parser(), ["--quick"], quick)
+    assert (args.n_steps, args.widths) == (10, [2])
+    args = common.parse_with_quick(_parser(), ["--quick", "--n_steps", "5000"], quick)
+    assert (args.n_steps, args.widths) == (5000, [2])   # larger than the quick value: still given explicitly
+    with pytest.raises(SystemExit):
+        common.parse_with_quick(_parser(), ["--help"], quick)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "steps (--quick: 10) (default: 1000)" in out and "widths (--quick: 2) (default: [8, 8])" in out
+    assert "--n_steps 10, --widths 2; flags given explicitly win" in out
+
+
+def test_flags_text_names_what_differs_from_the_defaults():
+    p = _parser()
+    args, defaults = p.parse_args(["--n_steps", "7"]), p.parse_args([])
+    assert common.flags_text(args, ["n_steps", "widths"], defaults) == "--n_steps 7"
+    assert common.flags_text(defaults, ["n_steps", "widths"], defaults) == "--n_steps 1000 --widths 8 8"
+
+
+def test_memory_check_refuses_what_does_not_fit_and_names_the_flags():
+    free = common.available_memory(torch.device("cpu"))
+    assert free is None or free > 0
+    common.check_memory(1e6, "--small 1")                      # a megabyte always fits
+    with pytest.raises(common.UserError, match=r"--latent_dim 1000000000: needs about .* TB of memory"):
+        common.check_memory(1e15, "--latent_dim 1000000000")
+    assert common.format_bytes(3 * 1024 ** 3) == "3 GB" and common.format_bytes(512) == "512 B"
+
+
+def test_allocation_failures_become_one_line_user_errors():
+    with pytest.raises(common.UserError, match=r"out of memory \(--seeds 9\)"):
+        with common.memory_errors_as_user_error("--seeds 9"):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    with pytest.raises(common.UserError, match="out of memory"):
+        with common.memory_errors_as_user_error("--seeds 9"):
+            raise MemoryError
+    with pytest.raises(RuntimeError, match="shape mismatch"):   # other errors pass through unchanged
+        with common.memory_errors_as_user_error("--seeds 9"):
+            raise RuntimeError("shape mismatch")
