@@ -47,6 +47,47 @@ def test_jsd_symmetric_zero_for_equal_and_at_most_ln2():
     assert metrics.jensen_shannon_divergence([1, 0], [0, 1]) == pytest.approx(math.log(2))
 
 
+def test_jsd_takes_counts_or_proportions_as_tensors_arrays_or_lists():
+    counts = torch.tensor([3.0, 1.0, 0.0, 4.0])
+    other = np.array([1, 1, 1, 1])
+    by_counts = metrics.jensen_shannon_divergence(counts, other)
+    assert by_counts == pytest.approx(metrics.jensen_shannon_divergence(counts / 8, [0.25] * 4), abs=1e-15)
+    assert by_counts > 0.05
+    assert metrics.jensen_shannon_divergence([1.0, 1, 2], [2.0, 2, 4]) == pytest.approx(0, abs=1e-12)  # 05's cases
+    assert metrics.jensen_shannon_divergence([1.0, 0], [0, 1.0]) == pytest.approx(math.log(2), abs=1e-12)
+    for p, q in [([1, 2], [1, 2, 3]), ([-1, 2], [1, 2]), ([0, 0], [1, 2]), ([float("nan"), 1], [1, 1])]:
+        with pytest.raises(ValueError):
+            metrics.jensen_shannon_divergence(p, q)
+
+
+def _two_bin_ndb():
+    """Two bins in 1-D (centres 0 and 10) holding 500 of 1000 real samples each."""
+    return metrics.NDB.from_state_dict({"k": 2, "seed": 0, "whiten": False, "centers": torch.tensor([[0.0], [10.0]]),
+                                        "real_counts": torch.tensor([500, 500]), "n_real": 1000,
+                                        "mean": None, "std": None})
+
+
+def test_z_threshold_counts_bins_with_abs_z_above_it():
+    # 60 of 100 samples in bin 0, 40 in bin 1: pooled p = 560/1100, se = sqrt(p (1 - p) (1/1000 + 1/100))
+    # = 0.052432, z = -/+ 0.1 / se = -/+ 1.9072, two-tailed p-value 0.0565.
+    ndb = _two_bin_ndb()
+    samples = torch.cat([torch.zeros(60, 1), torch.full((40, 1), 10.0)])
+    pooled = 560 / 1100
+    z = 0.1 / math.sqrt(pooled * (1 - pooled) * (1 / 1000 + 1 / 100))
+    res = ndb.evaluate(samples, z_threshold=1.9)
+    assert res["z"] == pytest.approx([-z, z], abs=1e-9) and z == pytest.approx(1.9072, abs=1e-4)
+    assert res["ndb"] == 2 and res["ndb_over"] == 1 and res["ndb_under"] == 1 and res["z_threshold"] == 1.9
+    assert ndb.evaluate(samples, z_threshold=1.91)["ndb"] == 0
+    assert ndb.evaluate(samples, alpha=0.05)["ndb"] == 0 and ndb.evaluate(samples, alpha=0.06)["ndb"] == 2
+    assert ndb.evaluate(samples, alpha=0.06, z_threshold=3)["ndb"] == 0   # the threshold replaces alpha
+    # a bin empty in both sets has a nan z and never counts
+    sig = metrics.different_bins(torch.tensor([float("nan"), -3.5, 3.5, 2.0]), None, z_threshold=3)
+    assert sig.tolist() == [False, True, True, False]
+    for bad in ({"alpha": 0.0}, {"alpha": 1.0}, {"z_threshold": 0.0}, {"z_threshold": -1.0}):
+        with pytest.raises(ValueError):
+            ndb.evaluate(samples, **bad)
+
+
 def test_kmeans_same_seed_same_bins_and_it_finds_the_clusters():
     g = torch.Generator().manual_seed(1)
     true = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
@@ -160,6 +201,81 @@ def test_diversity():
     assert metrics.diversity(torch.tensor([[0.0], [1.0], [3.0]])) == pytest.approx(2.0)  # (1 + 3 + 2) / 3
     assert metrics.diversity(torch.ones(50, 1, 4, 4)) == 0
     assert math.isnan(metrics.diversity(torch.ones(1, 3)))
+
+
+def test_random_pairs_are_of_different_samples_and_within_a_group():
+    g = torch.Generator().manual_seed(0)
+    i, j = metrics.random_pairs(7, 500, g)
+    assert len(i) == 500 and bool((i != j).all()) and int(i.max()) <= 6 and int(j.max()) <= 6
+    assert len(torch.unique(torch.stack([i, j], 1), dim=0)) == 42       # every ordered pair of 7 is drawn
+    i, j = metrics.random_pairs(12, 400, torch.Generator().manual_seed(1), group_size=4)
+    assert bool((i != j).all()) and torch.equal(i // 4, j // 4)         # same group, different members
+    again = metrics.random_pairs(12, 400, torch.Generator().manual_seed(1), group_size=4)
+    assert torch.equal(i, again[0]) and torch.equal(j, again[1])
+    with pytest.raises(ValueError):
+        metrics.random_pairs(12, 10, g, group_size=5)
+    with pytest.raises(ValueError):
+        metrics.lpips_diversity(torch.zeros(4, 28, 28))  # not N x C x H x W
+    with pytest.raises(ValueError):
+        metrics.diversity(torch.zeros(10, 4), max_samples=1)
+
+
+def test_cache_follows_xdg_and_the_override_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MODE_COLLAPSE_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert metrics.cache_dir() == tmp_path / "home" / ".cache" / "mode-collapse-gans"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert metrics.cache_dir() == tmp_path / "xdg" / "mode-collapse-gans"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")  # invalid by the convention: ignored
+    assert metrics.cache_dir() == tmp_path / "home" / ".cache" / "mode-collapse-gans"
+    monkeypatch.setenv("MODE_COLLAPSE_CACHE", str(tmp_path / "mine"))
+    assert metrics.cache_dir() == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+    data_root = tmp_path / "data"
+    assert metrics.cache_file(data_root, "bins").parent == tmp_path / "mine"  # not inside the data folder
+    assert metrics.mnist_ndb_path(data_root, 100, 0, False, False).parent == tmp_path / "mine"
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("MODE_COLLAPSE_CACHE", str(tmp_path / "a_file" / "cache"))
+    with pytest.raises(common.UserError, match="MODE_COLLAPSE_CACHE"):
+        metrics.cache_dir()
+
+
+def test_quick_sets_defaults_and_explicit_flags_win(capsys):
+    full, quick = metrics.parse_args([]), metrics.parse_args(["--quick"])
+    assert (full.n_holdout, full.n_fit, full.reference, full.speed_benchmark) == (10000, None, "full", True)
+    assert (quick.n_holdout, quick.n_fit, quick.n_test, quick.reference) == (1000, 5000, 2000, "small")
+    mixed = metrics.parse_args(["--quick", "--n_holdout", "7000", "--reference", "full", "--speed_benchmark"])
+    assert (mixed.n_holdout, mixed.n_fit, mixed.reference, mixed.speed_benchmark) == (7000, 5000, "full", True)
+    proto = metrics.parse_args(["--protocol", "gans-n-gmms"])
+    assert (proto.n_holdout, proto.n_query, proto.n_splits, proto.z_threshold) == (15000, 10000, 3, None)
+    assert metrics.parse_args(["--protocol", "gans-n-gmms", "--quick", "--n_splits", "2"]).n_splits == 2
+    with pytest.raises(SystemExit):
+        metrics.parse_args(["--help"])
+    text = capsys.readouterr().out
+    chunks = [c for c in ("\n" + text.split("options:", 1)[1]).split("\n  --")[1:] if not c.startswith("help")]
+    assert len(chunks) > 25
+    for chunk in chunks:  # every flag says its default, and the flags --quick changes say so
+        assert "default" in chunk or chunk.startswith(("quick", "fake", "protocol", "table")), chunk
+    for flag in ("n_holdout", "n_fit", "n_test", "n_real_ref", "diversity_samples", "n_stacked", "reference",
+                 "n_query", "n_splits", "speed_benchmark"):
+        assert "--quick" in next(c for c in chunks if c.startswith(flag)), flag
+
+
+def test_protocol_splits_follow_the_authors_demo():
+    args = metrics.parse_args(["--protocol", "gans-n-gmms", "--n_splits", "2"])
+    y = torch.arange(60000) % 10
+    splits = metrics.protocol_splits(args, y, 10000)
+    assert [s["seed"] for s in splits] == [0, 1]
+    for s in splits:
+        assert len(s["fit"]) == 45000 and len(s["validation"]) == len(s["test"]) == 10000
+        held = set(s["validation"].tolist()) | set(s["validation without 9s"].tolist())
+        assert not held & set(s["fit"].tolist())                              # validation is held out
+        assert int((y[s["validation without 9s"]] == 9).sum()) == 0 and len(s["validation without 9s"]) == 10000
+        assert sorted(s["test"].tolist()) == list(range(10000))                 # the whole test set
+    assert not torch.equal(splits[0]["fit"], splits[1]["fit"])
+    with pytest.raises(common.UserError, match="--n_query"):
+        metrics.protocol_splits(metrics.parse_args(["--protocol", "gans-n-gmms", "--n_holdout", "5000",
+                                                    "--n_query", "9000"]), y, 10000)
 
 
 def test_lpips_never_a_stand_in():
@@ -276,6 +392,43 @@ def test_command_line_on_a_tiny_npz_and_on_bad_input(mnist_root, tmp_path):
     r = run_cli("06_metrics.py", "--fake", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "runs"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "expected images" in r.stderr
+
+
+def test_quick_protocol_and_its_table(mnist_root, tmp_path, capsys):
+    m = metrics.main(["--protocol", "gans-n-gmms", "--quick", "--k", "20", "--n_fit", "2000", "--n_splits", "2",
+                      "--device", "cpu", "--out", str(tmp_path), "--data_root", mnist_root])
+    assert m["seeds"] == [0, 1] and m["z_thresholds"] == [3.0, 4.0] and m["official_readme"]["test"]["ndb"] == 4
+    for split in m["splits"]:
+        assert split["n_fit"] == 2000
+        sets = split["sets"]
+        assert list(sets) == ["validation", "test", "validation without 9s"]
+        assert all(s["n"] == 1000 and s["ndb_z3"] >= s["ndb_z4"] for s in sets.values())
+        assert sets["validation without 9s"]["jsd"] > sets["validation"]["jsd"]
+    run = tmp_path / "06_metrics" / "gans_n_gmms_seed0x2_quick"
+    table = (run / "table.md").read_text().strip()
+    assert "| validation without 9s | 11 / 0.016 |" in table
+    capsys.readouterr()
+    metrics.main(["--table", str(run / "metrics.json")])   # the table is rebuilt from the record
+    assert capsys.readouterr().out.strip() == table
+    assert not (tmp_path / "06_metrics" / "gans_n_gmms_seed0x2_quick_2").exists()
+
+
+@pytest.mark.parametrize("flags,word", [
+    (["--n_holdout", "60000"], "--n_holdout"), (["--n_fit", "55000"], "--n_fit"), (["--n_test", "20000"], "--n_test"),
+    (["--quick", "--n_dup_sources", "3000"], "--n_dup_sources"), (["--n_real_ref", "60000"], "--n_real_ref"),
+    (["--k", "1"], "--k"), (["--alpha", "1"], "--alpha"), (["--z_threshold", "-3"], "--z_threshold"),
+    (["--protocol", "gans-n-gmms", "--n_query", "20000"], "--n_query"),
+    (["--protocol", "gans-n-gmms", "--n_holdout", "5000", "--n_query", "9000"], "--n_query"),
+    (["--protocol", "gans-n-gmms", "--fake", "{file}"], "choose one"), (["--table", "{file}"], "--table"),
+    (["--table", "{tmp}/none.json"], "--table")])
+def test_bad_sizes_refused_before_the_run_folder(flags, word, mnist_root, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a record")
+    flags = [f.replace("{file}", str(tmp_path / "a_file")).replace("{tmp}", str(tmp_path)) for f in flags]
+    with pytest.raises(SystemExit) as e:
+        metrics.main([*flags, "--device", "cpu", "--out", str(tmp_path), "--data_root", mnist_root])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and word in err and "\n" not in err
+    assert not (tmp_path / "06_metrics").exists()
 
 
 @pytest.mark.slow
