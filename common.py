@@ -171,7 +171,8 @@ def add_common_args(p: argparse.ArgumentParser, *, resume: bool = False) -> None
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
     g.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--out", default=str(DEFAULT_OUT), help="root folder of the run folders")
+    g.add_argument("--out", type=out_folder, default=str(DEFAULT_OUT),
+                   help="root folder of the run folders (OUT/<script>/<run_name>/)")
     g.add_argument("--run_name", default=None, help="name of the run folder (default: made from the flags)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     g.add_argument("--quick", action="store_true", help="a tiny run that finishes in seconds on a CPU (smoke test)")
@@ -431,16 +432,32 @@ def _remove_unused_run_dirs(first: int = 0) -> None:
     del _NEW_RUN_DIRS[first:]
 
 
-def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
-    """A one-line UserError unless `folder` is (or can be made as) a folder this process may write in."""
-    folder = Path(folder)
-    existing = folder
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """Why `folder` cannot be (or be made as) a folder this process writes in, or None when it can."""
+    existing = Path(folder)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise UserError(f"{flag} {folder}: {existing} is a file, not a folder; choose another {flag}")
+        return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {folder}: no permission to write in {existing}; choose another {flag}")
+        return f"no permission to write in {existing}"
+    return None
+
+
+def check_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """A one-line UserError unless `folder` is (or can be made as) a folder this process may write in."""
+    problem = folder_problem(folder)
+    if problem:
+        raise UserError(f"{flag} {folder}: {problem}; choose another {flag}")
+
+
+def out_folder(text: str) -> str:
+    """argparse type for --out: a folder that exists or can be made, and that this process may write in
+    (checked when the flags are parsed, before any data is loaded or anything is trained)."""
+    problem = folder_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}; choose another --out")
+    return text
 
 
 def _taken_run_dirs(base: Path, run_name: str) -> list[Path]:
