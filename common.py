@@ -80,6 +80,7 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
         except TrainingDiverged as e:
+            _remove_unused_run_dirs(first_new)  # a run that diverged before writing anything leaves nothing
             print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr)
             raise SystemExit(3) from None
         except KeyboardInterrupt:
@@ -413,7 +414,8 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
 
 
 # Run folders made by `make_run_dir` in this process, with the folders that did not exist before it, so
-# that `cli` can take back a folder that a run refused before writing anything but its config.json.
+# that `cli` can take back a folder that a run refused (or that diverged) before it wrote anything but its
+# config.json: later runs then do not get ever higher _N suffixes.
 _NEW_RUN_DIRS: list[tuple[Path, list[Path]]] = []
 _RUN_DIR_OWN_FILES = {"config.json"}
 

@@ -413,3 +413,18 @@ def test_allocation_failures_become_one_line_user_errors():
     with pytest.raises(RuntimeError, match="shape mismatch"):   # other errors pass through unchanged
         with common.memory_errors_as_user_error("--seeds 9"):
             raise RuntimeError("shape mismatch")
+
+
+def test_run_that_diverged_before_writing_anything_leaves_no_folder(tmp_path, capsys):
+    import argparse
+
+    @common.cli
+    def main(argv=None):
+        args = argparse.Namespace(out=tmp_path / "runs", run_name="run", overwrite=False, resume=False)
+        common.start_run(args, "script.py", "run", [])
+        raise common.TrainingDiverged("loss became nan at step 3")
+
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 3 and "nan at step 3" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
