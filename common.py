@@ -528,8 +528,9 @@ def load_checkpoint(path: str | os.PathLike, *, models: dict | None = None, opti
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a zip of tensors, or pickled objects we do not load: not ours
         first = re.split(r"(?<=[.:])\s", one_line(e), maxsplit=1)[0][:160]
-        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script (torch.load: "
-                        f"{type(e).__name__}: {first}); delete it or point to the right run folder") from None
+        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script, or a damaged one "
+                        f"(torch.load: {type(e).__name__}: {first}); delete it or point to the right run "
+                        f"folder") from None
     if not isinstance(state, dict) or not {"models", "rng"} <= set(state):
         raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script (it has no "
                         f"models and RNG states); delete it or point to the right run folder")
