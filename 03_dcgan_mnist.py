@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "arithmetic (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32 with a note; "
                         "'force': bfloat16 anyway (on a CPU without it, about 20x slower)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    p.add_argument("--bench", type=common.nonneg_int, default=0, metavar="STEPS",
+                   help="only time this many training steps (after 2 warm-up steps) with the other flags, "
+                        "print images/s and write nothing")
     p.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto",
                    help="channels-last memory format for the convolutions; auto: on CUDA only (on the 2-core "
                         "CPU of the README it was slower)")
@@ -933,10 +936,27 @@ def causes(args, device, base_dir: Path) -> dict:
     return result
 
 
-def write_causes_table(base_dir: Path, runs: list[dict] | None = None) -> dict:
-    """causes.md / causes.json / causes.png from the runs (or from base_dir/*/metrics.json)."""
+def restate(rows: list[dict], args) -> dict:
+    """A finished run's per-epoch states recomputed from its curves with the thresholds in `args`."""
+    st = RunState(args)
+    for row in rows:
+        signals = {k: float(row[k]) for k in ("confidence", "frechet_clf", "diversity", "data_diversity", "d_real",
+                                             "d_fake", "g_loss")}
+        st.update({**signals, "digit_fractions": [float(row[f"digit_{d}"]) for d in range(10)]})
+    keep = ("train_seconds", "images_per_s")
+    return {k: v for k, v in st.summary().items() if k not in keep}
+
+
+def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None) -> dict:
+    """causes.md / causes.json / causes.png / causes_states.png from the runs, or from the records
+    base_dir/<run>/metrics.json + curves.csv, whose states are then recomputed with the thresholds of `args`."""
     if runs is None:
-        runs = [common.load_json(p) for p in sorted(base_dir.glob("*/metrics.json"))]
+        runs = []
+        for path in sorted(base_dir.glob("*/metrics.json")):
+            r = common.load_json(path)
+            with open(path.parent / "curves.csv") as f:
+                r.update(restate(list(csv.DictReader(f)), args))
+            runs.append(r)
         if not runs:
             raise common.UserError(f"--causes_table: no */metrics.json under {base_dir}")
     by_cause: dict[str, list[dict]] = {}
@@ -995,6 +1015,18 @@ def plot_causes(base_dir: Path, by_cause: dict):
                 ax.set_ylabel(cause, fontsize=8)
     fig.suptitle("the material's causes on the tutorial's DCGAN: last fixed-noise grid per seed")
     common.savefig(fig, base_dir / "causes.png", dpi=80)
+
+    runs = [r for rs in by_cause.values() for r in sorted(rs, key=lambda r: r["seed"])]
+    longest = max(len(r["states"]) for r in runs)
+    fig, ax = plt.subplots(figsize=(0.45 * longest + 3, 0.22 * len(runs) + 1.2))
+    for i, r in enumerate(runs):
+        for e, state in enumerate(r["states"], 1):
+            ax.add_patch(plt.Rectangle((e - 0.5, i - 0.4), 1, 0.8, color=STATE_COLOURS[state]))
+    ax.set(xlim=(0.5, longest + 0.5), ylim=(len(runs) - 0.5, -0.5), xlabel="epoch",
+           yticks=range(len(runs)), title="state per epoch, every run (grey: not yet diverse, green: healthy, "
+                                          "orange: mode collapse, red: non-convergence)")
+    ax.set_yticklabels([r["run"] for r in runs], fontsize=6)
+    common.savefig(fig, base_dir / "causes_states.png", dpi=90)
 
 
 def probe_gradients(args, device, run_dir: Path) -> dict:
@@ -1090,6 +1122,40 @@ def probe_finished_run(args, device, run_dir: Path) -> dict:
     return result
 
 
+def bench(args, device) -> dict:
+    """--bench N: images/s of N training steps on random data with the given flags (data, noise and
+    weights seeded, so two settings can be compared step for step: the losses of the last step are
+    returned too)."""
+    check_args(args, device)
+    args.use_amp = resolve_amp(args, device)
+    common.set_seed(args.seed)
+    G, D, opt_g, opt_d = build(args, device)
+    step = make_step(G, D, opt_g, opt_d, args, device)
+    gen = torch.Generator().manual_seed(args.seed)
+    real = (torch.rand(args.batch_size, 1, 28, 28, generator=gen) * 2 - 1).to(device)
+    if args.use_channels_last:
+        real = real.contiguous(memory_format=torch.channels_last)
+    zs = [torch.randn(args.batch_size, args.latent_dim, generator=gen).to(device) for _ in range(args.bench + 2)]
+    for z in zs[:2]:
+        step(real, z)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for z in zs[2:]:
+        out = step(real, z)
+    out = out.tolist()
+    seconds = time.perf_counter() - t0
+    result = {"steps": args.bench, "batch_size": args.batch_size, "seconds": seconds,
+              "images_per_s": args.bench * args.batch_size / seconds, "amp": args.use_amp,
+              "channels_last": args.use_channels_last, "compile": args.compile, "threads": torch.get_num_threads(),
+              "optimizer": args.optimizer, "last_losses": out[:2], "load_average": os.getloadavg(),
+              "hardware": common.hardware()}
+    print(f"03 bench: {result['images_per_s']:.1f} images/s ({args.bench} steps of {args.batch_size}, "
+          f"{'bfloat16' if args.use_amp else 'fp32'}, {result['threads']} threads, load {result['load_average'][0]:.1f}); "
+          f"last D/G loss {out[0]:.6f} {out[1]:.6f}")
+    return result
+
+
 def discard_unstarted(run_dir: Path) -> None:
     """Remove a run folder that holds nothing but what start_run wrote (a run that failed on a user
     error before its first epoch), so later runs do not get ever higher _N suffixes."""
@@ -1103,8 +1169,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = common.pick_device(args.device)
     if args.causes_table:
-        return write_causes_table(Path(args.causes_table))
+        return write_causes_table(Path(args.causes_table), args=args)
     args.use_channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
+    if args.bench:
+        return bench(args, device)
     if args.probe_run:
         args.use_amp = resolve_amp(args, device)
         return probe_finished_run(args, device, Path(args.probe_run))
