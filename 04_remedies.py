@@ -1,104 +1,197 @@
 """04_remedies.py - the remedies for mode collapse, measured side by side on the standard benchmarks.
 
-Every remedy the material names, each as a small piece you can copy, trained with the same networks and
-optimiser on the PacGAN benchmarks and scored with the PacGAN protocol over several seeds:
+Every remedy the material names, each a small piece you can copy into your own GAN (section 2: plain
+nn.Module + torch.optim, paper and defaults in each docstring), trained in one of three named settings
+(section 1, `--setting`) and scored with the PacGAN protocol over several trials:
 
 - plain GAN, non-saturating loss (Goodfellow et al. 2014): the baseline;
 - feature matching (Salimans et al. 2016, Sec. 3.1), alone and as a hybrid with the usual loss;
-- minibatch discrimination (Salimans et al. 2016, Sec. 3.2; exp(-L1) kernels, 25 here, 100 in the paper);
-- unrolled GAN (Metz et al. 2017, Sec. 2.2), k = 0, 1, 5, 10 look-ahead steps with the gradient through
-  them (a differentiable copy of D's Adam step, as in the authors' code);
-- experience replay: a buffer of old fakes in D's fake batches (the history buffer of Shrivastava et al.
-  2017), and snapshot swapping: every few steps G meets an old D and D meets an old G;
+- minibatch discrimination (Salimans et al. 2016, Sec. 3.2);
+- unrolled GAN (Metz et al., ICLR 2017, Sec. 2.2), k = 0, 1, 5, 10 look-ahead steps with the gradient
+  through them (a differentiable copy of D's Adam step, as in the authors' code);
+- experience replay (the history buffer of Shrivastava et al. 2017) and snapshot swapping (G meets an old
+  D, D an old G);
 - AdaGAN (Tolstikhin et al. 2017, Algorithm 1): GANs trained one after another on re-weighted data;
-- beyond the material: PacGAN m = 2, 3, 4 (Lin et al. 2018) and MSGAN's mode-seeking term (Mao et al. 2019).
+- PacGAN m = 2, 3, 4 (Lin et al., NeurIPS 2018, arXiv:1712.04086) and MSGAN's mode-seeking term (Mao et
+  al. 2019).
 
-Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, centres at angles 2 pi k / 8), 25 Gaussians on a
-grid ({-4, -2, 0, 2, 4}^2, std 0.05), and the 1-D temperature mixture of 01 (two modes, std 3 C).
-Scores (PacGAN, Sec. 5.1): on 2,500 generated samples, the modes captured (at least one high-quality
-sample nearest the mode), the fraction of high-quality samples (within 3 std of the nearest centre), and
-reverse KL = ln K - H of the high-quality samples' mode histogram; mean +- standard error over seeds.
-The measured numbers are in results.md of a run (they are not repeated here, so they cannot disagree).
-A seed whose losses or samples turn NaN/inf is marked diverged in the table and left out of the means;
-the run stops with TrainingDiverged (exit code 3) only when every seed of every run diverged.
+Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides one value):
+- pacgan (default): PacGAN's synthetic experiments (Lin et al. 2018): 4 x 400 ReLU+BatchNorm generator on
+  2-D noise, 3 maxout layers of 200 x 5 pieces, Adam 1e-4 / beta1 0.8 for both, batch 100, a fixed set of
+  100,000 training samples, 400,000 steps, both players' updates from one pass, 10 trials. Evaluated at
+  10k, 25k, 50k, 100k, 200k and 400k steps, so a cell cut short still gives dated points.
+- unrolled: the unrolled-GAN demonstration (poolio/unrolled_gan notebook): 2 x 128 tanh, orthogonal
+  init (gain 1.4), z 256-d, batch 512, Adam D 1e-4 / G 1e-3, beta1 0.5, 25,000 steps.
+- small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
+  32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
 
-Networks and optimiser, the same for every method and benchmark. PacGAN's (4 x 400 ReLU+BatchNorm
-generator, 3 maxout layers of 200 units x 5 pieces, Adam 1e-4, beta1 = 0.8, batch 100, 400 epochs of
-100,000 samples = 400,000 steps) do not fit 30 minutes of one CPU core for 15 methods x 2 benchmarks x
-5 seeds, so (see DEFAULTS, sized by timing): generator 3 x 64 ReLU+BatchNorm, 2-D Gaussian noise;
-discriminator 2 maxout layers of 32 units x 5 pieces and a linear output; weights N(0, 0.02), zero
-biases (as PacGAN); Adam with PacGAN's beta1 = 0.8 and batch 100, but 2,000 steps with lr 2e-3 decayed
-to 1e-5 (cosine). Minibatch discrimination uses 25 kernels of dimension 5 (Salimans et al.: 100; four
-times the cost, 0.25 s a step here). At this budget the grid is far from converged for every method
-(few high-quality samples): compare methods with each other, not with PacGAN's 400,000-step numbers.
+Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, angles 2 pi k / 8), 25 on a grid ({-4..4}^2 step
+2, std 0.05), and the 1-D temperature mixture of 01. Scores (PacGAN, Sec. 5.1): on 2,500 samples per
+trial, the modes captured (at least one high-quality sample nearest the mode), the fraction of
+high-quality samples (within 3 std of the nearest centre) and reverse KL = ln K - H of the high-quality
+samples' mode histogram; mean +- standard error over trials. A trial also counts as collapsed when it
+ends with fewer than K modes or hops between modes (see `collapse_of`); rates with Wilson intervals.
 
-Run:  python 04_remedies.py                                  (the table: every method on ring and grid, 5 seeds,
-                                                              about 20 min of one CPU core)
-      python 04_remedies.py --data temperature               (every method on the 1-D mixture)
-      python 04_remedies.py --method unrolled5 --data ring   (one row)
-      python 04_remedies.py --quick                          (smoke run of the table, seconds)
-      python 04_remedies.py --resume                         (continue a killed table: finished cells are kept)
+Run:  python 04_remedies.py --method gan pacgan2 --data ring --records results/04   (pacgan cells; hours)
+      python 04_remedies.py --setting unrolled --method gan unrolled5 unrolled10 --data ring
+      python 04_remedies.py --setting small                    (the old table, ~20 min of one core)
+      python 04_remedies.py --table results/04                 (the README table from the records)
+      python 04_remedies.py --speed                            (ms/step of the pacgan networks)
+      python 04_remedies.py --ablation                         (when does the plain GAN collapse?)
+      python 04_remedies.py --quick                            (smoke run of the whole table, seconds)
+      python 04_remedies.py ... --shard 0/4                    (every 4th cell, from the first)
+      python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept)
 Needs: common.py
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import math
 import os
 import random
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 import common
 
+# ----------------------------------------------------------------------------- 1. the settings
+PRESETS = {
+    # PacGAN's synthetic experiments, Lin et al. (NeurIPS 2018, arXiv:1712.04086), Sec. 5.1 / Table 1, as
+    # read from fjxmlzn/PacGAN synthetic_data_experiments/2DRing_GAN&PacGAN/config.py, 2DGrid_.../config.py,
+    # pacgan_task.py and PacGAN/pacgan/extensions.py (quoted in ../shared/anchors/README.md).
+    "pacgan": dict(
+        latent_dim=2,                                 # 2-d N(0, 1) noise
+        g_hidden=400, g_layers=4, g_act="relu_bn",    # 4 hidden layers of 400, BatchNorm + ReLU -> 2
+        d_hidden=200, d_layers=3, d_act="maxout", maxout_pieces=5,  # 3 LinearMaxout 200 x 5 -> linear 1
+        init="normal", init_scale=0.02,               # weights N(0, 0.02^2), biases 0
+        lr_g=1e-4, lr_d=1e-4, lr_final=1e-4,          # Adam lr 1e-4, both players, constant
+        b1=0.8, b2=0.999, adam_eps=1e-8,              # beta1 0.8; beta2, eps: not stated there, Adam's defaults
+        batch_size=100, n_train=100_000,              # batch 100 from a fixed set of 100,000 samples
+        n_steps=400_000,                              # 400 epochs of 100,000 / 100 = 400,000 steps
+        update="simultaneous",                        # both updates from one pass, applied together (ALI)
+        n_eval=2500, seeds=10,                        # 2,500 evaluation samples, 10 trials
+        eval_steps=(10_000, 25_000, 50_000, 100_000, 200_000, 400_000), eval_every=0,  # ours: dated points
+    ),
+    # The unrolled-GAN demonstration setting, poolio/unrolled_gan "Unrolled GAN demo.ipynb" (Metz et al.,
+    # ICLR 2017; the notebook says its setup is not identical to the paper's), as quoted in the anchors file.
+    "unrolled": dict(
+        latent_dim=256,                               # z 256-d
+        g_hidden=128, g_layers=2, g_act="tanh",       # 2 hidden layers of 128 tanh units
+        d_hidden=128, d_layers=2, d_act="tanh", maxout_pieces=5,
+        init="orthogonal", init_scale=1.4,            # orthogonal initialisation, gain 1.4
+        lr_g=1e-3, lr_d=1e-4, lr_final=1e-4,          # Adam G 1e-3, D 1e-4, constant
+        b1=0.5, b2=0.999, adam_eps=1e-8,              # beta1 0.5, eps 1e-8 (beta2: not stated, Adam's default)
+        batch_size=512, n_train=0,                    # batch 512, fresh samples every step
+        n_steps=25_000,                               # 25,000 iterations
+        update="alternating",                         # ours: D step, then G step (not stated in the anchors)
+        n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; >= 5 trials (issue 12)
+        eval_steps=(), eval_every=500,                # ours: modes against the step, every 500 steps
+    ),
+    # The small setting of this script's first version (sized to fit 20 min of one CPU core for 15
+    # methods x 2 benchmarks x 5 seeds); kept so that its README results stay reproducible.
+    "small": dict(
+        latent_dim=2, g_hidden=64, g_layers=3, g_act="relu_bn",
+        d_hidden=32, d_layers=2, d_act="maxout", maxout_pieces=5,
+        init="normal", init_scale=0.02,
+        lr_g=2e-3, lr_d=2e-3, lr_final=1e-5,          # cosine decay 2e-3 -> 1e-5
+        b1=0.8, b2=0.999, adam_eps=1e-8,
+        batch_size=100, n_train=0, n_steps=2000, update="alternating",
+        n_eval=2500, seeds=5, eval_steps=(), eval_every=0,
+    ),
+}
+# The remedies' own hyper-parameters, the same in every setting. Where the anchors file gives no value
+# from the remedy's paper, the value is our choice and says so.
+REMEDY_DEFAULTS = dict(
+    mbd_kernels=25, mbd_dim=5,      # ours (Salimans et al.'s values are not in the anchors file; cost grows with B)
+    replay_size=20_000,             # ours; half of D's fake batch from the buffer (Shrivastava et al. 2017)
+    swap_every=10, snapshot_every=250, snapshot_keep=10,  # ours
+    adagan_components=4, adagan_clf_steps=500, adagan_train_size=10_000,  # ours; beta_t = 1/t (Tolstikhin et al.)
+    lambda_ms=1.0,                  # MSGAN: weight 1 in every variant of the official code (anchors file)
+)
+# --quick: smaller defaults for a smoke run (seconds); a flag given explicitly still wins.
+QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_layers=1, latent_dim=2, seeds=2,
+             n_eval=500, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
+             adagan_clf_steps=10, adagan_train_size=1000, mbd_kernels=10, snapshot_every=10, swap_every=5,
+             replay_size=500)
+PRESET_KEYS = tuple(PRESETS["pacgan"])
 
-# ----------------------------------------------------------------------------- 1. the remedies
+# when does the plain GAN collapse on the ring?  name -> flag overrides of the `unrolled` setting (run by
+# --ablation, plain GAN, ring; each over --seeds trials)
+ABLATION = {
+    "demo (unrolled setting)": [],
+    "10,000 steps": ["--n_steps", "10000"],
+    "lr G = lr D = 1e-4": ["--lr_g", "1e-4"],
+    "lr G 1e-4, D 1e-3 (D faster)": ["--lr_g", "1e-4", "--lr_d", "1e-3", "--lr_final", "1e-3"],
+    "small D (2 x 32)": ["--d_hidden", "32"],
+    "small G (2 x 32)": ["--g_hidden", "32"],
+    "noise 2-d": ["--latent_dim", "2"],
+    "data std 0.05": ["--data_std", "0.05"],
+}
+
+
+# ----------------------------------------------------------------------------- 2. the remedies (copy these)
+# Every function here works on a plain, single model's tensors (N, d) and on stacked trials (S, N, d)
+# alike: losses reduce the last two dimensions, so a plain model gets a scalar and S stacked trials get
+# one value per trial (S,), whose sum gives each trial exactly its own gradient.
 def discriminator_loss(d_real, d_fake):
-    """Goodfellow et al. 2014, eq. 1: cross-entropy with real -> 1, fake -> 0 (inputs: logits (S, N, 1)).
-    Every loss here returns one value per stacked seed, (S,); the caller backpropagates their sum, so
-    each seed gets exactly its own gradient."""
-    return F.softplus(-d_real).mean((1, 2)) + F.softplus(d_fake).mean((1, 2))
+    """Goodfellow et al. 2014, eq. 1: cross-entropy with real -> 1, fake -> 0, on logits (..., N, 1)."""
+    return F.softplus(-d_real).mean((-2, -1)) + F.softplus(d_fake).mean((-2, -1))
 
 
 def generator_loss(d_fake):
-    """The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, Sec. 3), per seed (S,)."""
-    return F.softplus(-d_fake).mean((1, 2))
+    """The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, Sec. 3), on logits."""
+    return F.softplus(-d_fake).mean((-2, -1))
 
 
 def feature_matching_loss(f_real, f_fake):
     """Feature matching, Salimans et al. 2016, Sec. 3.1: || E_x f(x) - E_z f(G(z)) ||_2^2 with f the
     discriminator's last hidden layer; the generator matches the batch means (real features held fixed).
-    f_*: (S, N, H) -> (S,)."""
-    return (f_real.detach().mean(1) - f_fake.mean(1)).pow(2).sum(-1)
+    f_*: (..., N, H)."""
+    return (f_real.detach().mean(-2) - f_fake.mean(-2)).pow(2).sum(-1)
 
 
 def minibatch_similarity(h, T, kernel_dim: int):
     """Minibatch discrimination, Salimans et al. 2016, Sec. 3.2: M_i = h_i T, a B x C matrix per sample,
     and c_b(x_i, x_j) = exp(-|| M_i,b - M_j,b ||_L1) for each of the B kernels.
-    h: (S, N, A) features of one batch; T: (S, A, B * C). Returns c: (S, B, N, N); c = 1 exactly for
+    h: (..., N, A) features of one batch; T: (..., A, B * C). Returns c: (..., B, N, N); c = 1 exactly for
     identical samples, the largest value possible."""
-    S, N, _ = h.shape
-    M = torch.bmm(h, T).view(S, N, -1, kernel_dim).transpose(1, 2)              # (S, B, N, C)
-    l1 = torch.cdist(M.reshape(-1, N, kernel_dim), M.reshape(-1, N, kernel_dim), p=1)
-    return torch.exp(-l1).view(S, -1, N, N)
+    M = torch.matmul(h, T)
+    *lead, N, BC = M.shape
+    M = M.view(*lead, N, BC // kernel_dim, kernel_dim).transpose(-3, -2)          # (..., B, N, C)
+    return torch.exp(-torch.cdist(M, M, p=1))
 
 
 def minibatch_features(h, T, kernel_dim: int):
     """o(x_i)_b = sum over j != i of c_b(x_i, x_j) (Salimans et al. 2016, Sec. 3.2; the constant self
-    term is left out as in their code). The discriminator sees [h_i, o(x_i)], computed separately for
-    the real and the fake batch. Returns (S, N, B)."""
-    c = minibatch_similarity(h, T, kernel_dim)
-    return (c.sum(-1) - 1.0).transpose(1, 2)
+    term is left out). Computed separately for the real and the fake batch. Returns (..., N, B)."""
+    return (minibatch_similarity(h, T, kernel_dim).sum(-1) - 1.0).transpose(-2, -1)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """A layer to put before the discriminator's output: h (N, A) -> [h, o(h)] (N, A + B) (Salimans et al.
+    2016, Sec. 3.2). Defaults: B = 25 kernels of dimension C = 5 (ours), T ~ N(0, 0.05^2)."""
+
+    def __init__(self, in_features: int, kernels: int = 25, kernel_dim: int = 5, init_std: float = 0.05):
+        super().__init__()
+        self.kernel_dim = kernel_dim
+        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim) * init_std)
+
+    def forward(self, h):
+        return torch.cat([h, minibatch_features(h, self.T, self.kernel_dim)], -1)
 
 
 def adam_lookahead_step(params, grads, state, lr: float, betas, eps: float):
     """One step of torch.optim.Adam written with ordinary tensor operations, so that autograd can
-    differentiate through it (with grads computed with create_graph=True). state: list of (m, v, t).
+    differentiate through it (grads computed with create_graph=True). state: list of (m, v, t).
 
     The same arithmetic as torch.optim.Adam: m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2,
     p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). sqrt is taken so that v = 0 (a
@@ -117,81 +210,91 @@ def adam_lookahead_step(params, grads, state, lr: float, betas, eps: float):
     return new_params, new_state
 
 
-def adam_state_of(optimizer: torch.optim.Adam, params, n_steps_done: int):
-    """(m, v, t) of each parameter as the optimiser holds them (zeros before its first step). The
-    tensors are only read: the look-ahead builds new ones, the optimiser's state is never written."""
+def adam_state_of(optimizer: torch.optim.Adam, params, n_steps_done: int | None = None):
+    """(m, v, t) of each parameter as the optimiser holds them (zeros before its first step); t is read
+    from the optimiser unless given (reading it is a host sync on a GPU). Only read, never written."""
     state = []
     for p in params:
         s = optimizer.state.get(p, {})
-        state.append((s.get("exp_avg", torch.zeros_like(p)), s.get("exp_avg_sq", torch.zeros_like(p)), n_steps_done))
+        t = n_steps_done if n_steps_done is not None else int(s.get("step", 0))
+        state.append((s.get("exp_avg", torch.zeros_like(p)), s.get("exp_avg_sq", torch.zeros_like(p)), t))
     return state
 
 
-def unrolled_generator_loss(D, real, fake, k: int, adam_state, lr: float, betas, eps: float = 1e-8,
-                            d_input=lambda x: x):
-    """Unrolled GAN, Metz et al. 2017 (ICLR), Sec. 2.2: the generator's loss against the discriminator after k
-    look-ahead updates,  f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D)),  with
-    theta_D^{k+1} = theta_D^k + eta dL/dtheta_D^k taken on the same real and fake batch.
+def unrolled_generator_loss(D: nn.Module, d_optimizer: torch.optim.Adam, real, fake, k: int = 5, *,
+                            n_steps_done: int | None = None, d_loss=discriminator_loss, g_loss=generator_loss):
+    """Unrolled GAN, Metz et al. 2017 (ICLR), Sec. 2.2: the generator's loss against the discriminator
+    after k look-ahead updates,  f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D)), the
+    inner updates taken on the same real and fake batch. Default k = 5 (the paper's demo; 10 in Table 3).
 
-    The gradient flows through all k steps (create_graph=True): d f_K / d theta_G includes how D's
-    update would react to the generator. The inner update is Adam, continued from D's real optimiser
-    state (as the authors' code does); it runs on detached copies of D's parameters, so D's real
-    parameters and its optimiser state are untouched. k = 0 is the plain non-saturating loss. `fake`
-    must depend on the generator's parameters; the caller updates D with the ordinary, un-unrolled loss."""
+    The gradient flows through all k steps (create_graph=True): d f_K / d theta_G includes how D's update
+    would react to the generator. The inner update is Adam with D's optimiser's lr, betas, eps and state
+    (as the authors' code does), on detached copies of D's parameters: D and its optimiser are untouched.
+    `fake` must depend on the generator; update D as usual with the ordinary loss. k = 0 = the plain loss.
+    Works on any nn.Module D (the parameters are swapped in with torch.func.functional_call)."""
+    names = [n for n, _ in D.named_parameters()]
     params = [p.detach().requires_grad_(True) for p in D.parameters()]
-    state = adam_state
-    real_in, fake_in = d_input(real), d_input(fake)
+    group = d_optimizer.param_groups[0]
+    lr, betas, eps = float(group["lr"]), group["betas"], group["eps"]
+    state = adam_state_of(d_optimizer, D.parameters(), n_steps_done)
+
+    def call(ps, x):
+        return functional_call(D, dict(zip(names, ps)), (x,))
+
     for _ in range(k):
-        d_loss = discriminator_loss(D(real_in, params), D(fake_in, params)).sum()
-        grads = torch.autograd.grad(d_loss, params, create_graph=True)
+        loss = d_loss(call(params, real), call(params, fake)).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
         params, state = adam_lookahead_step(params, grads, state, lr, betas, eps)
-    return generator_loss(D(fake_in, params))
+    return g_loss(call(params, fake))
 
 
 class ReplayBuffer:
     """Experience replay for the discriminator: half of each fake batch it sees is fresh, half is drawn
-    from a buffer of past generated samples; the fresh half then replaces random buffer entries (the
-    history buffer of Shrivastava et al. 2017, Sec. 2.3; the replay idea of Pfau & Vinyals 2016).
-    One buffer per stacked seed: data (S, capacity, dim)."""
+    from a buffer of past generated samples; the fresh half then replaces random buffer entries once the
+    buffer is full (the history buffer of Shrivastava et al. 2017, Sec. 2.3; the replay idea of Pfau &
+    Vinyals 2016). Default capacity 20,000 (ours). `mix(fake)`: fake (N, dim) -> D's fake batch (N, dim).
+    `generator` decides every random choice (None: torch's global one)."""
 
-    def __init__(self, capacity: int, n_seeds: int, dim: int, generator: torch.Generator, device=None):
+    def __init__(self, capacity: int = 20_000, dim: int = 2, generator: torch.Generator | None = None, device=None):
         self.capacity, self.size, self.gen = capacity, 0, generator
-        self.data = torch.zeros(n_seeds, capacity, dim, device=device)
+        self.data = torch.zeros(capacity, dim, device=device)
 
     def push(self, x):
-        """Append x (S, n, dim) while there is room, then overwrite random entries."""
-        n = x.shape[1]
+        n = len(x)
         if self.size + n <= self.capacity:
-            self.data[:, self.size:self.size + n] = x
+            self.data[self.size:self.size + n] = x
             self.size += n
         else:
-            idx = torch.randint(self.capacity, (n,), generator=self.gen).to(x.device)
-            self.data[:, idx] = x
+            self.data[torch.randint(self.capacity, (n,), generator=self.gen).to(x.device)] = x
 
     def mix(self, fake):
-        """D's fake batch: the first half of `fake`, the second half old samples (all fresh while the
-        buffer is empty); then the fresh half goes into the buffer."""
-        S, N, dim = fake.shape
-        fresh = fake[:, : N // 2].detach()
+        N = len(fake)
+        fresh = fake[: N // 2].detach()
         if self.size == 0:
             out = fake.detach()
         else:
-            idx = torch.randint(self.size, (S, N - N // 2), generator=self.gen).to(fake.device)
-            out = torch.cat([fresh, torch.gather(self.data, 1, idx[..., None].expand(-1, -1, dim))], 1)
+            old = self.data[torch.randint(self.size, (N - N // 2,), generator=self.gen).to(fake.device)]
+            out = torch.cat([fresh, old], 0)
         self.push(fresh)
         return out
+
+    def state_dict(self):
+        return {"data": self.data[: self.size].clone(), "size": self.size}
 
 
 class SnapshotPool:
     """Snapshot swapping, the model-level variant of experience replay: keep detached copies of a
-    network's parameters (every `every` steps, the newest `keep`), and hand out a random old one."""
+    network's parameters (the newest `keep`, default 10, ours), and hand out a random old one to use with
+    torch.func.functional_call(module, snapshot, inputs). `rng`: a random.Random deciding the choice."""
 
-    def __init__(self, keep: int, rng: random.Random):
-        self.keep, self.rng, self.snaps = keep, rng, []
+    def __init__(self, keep: int = 10, rng: random.Random | None = None):
+        self.keep, self.rng, self.snaps = keep, rng or random.Random(0), []
 
     def add(self, module: nn.Module):
-        self.snaps.append([p.detach().clone() for p in module.parameters()])
-        self.snaps = self.snaps[-self.keep:]
+        self.add_state({n: p.detach().clone() for n, p in module.named_parameters()})
+
+    def add_state(self, params: dict):
+        self.snaps = (self.snaps + [params])[-self.keep:]
 
     def sample(self):
         return self.rng.choice(self.snaps) if self.snaps else None
@@ -199,17 +302,19 @@ class SnapshotPool:
 
 def pack(x, m: int):
     """PacGAN (Lin et al. 2018, Sec. 3): the discriminator judges m samples at once, concatenated.
-    (S, N * m, d) -> (S, N, m * d); samples i*m .. i*m+m-1 form pack i."""
-    S, Nm, d = x.shape
-    return x.reshape(S, Nm // m, m * d)
+    (..., N * m, d) -> (..., N, m * d); samples i*m .. i*m+m-1 form pack i (all real or all fake, each
+    from its own noise vector). Build D with m times the input size."""
+    *lead, Nm, d = x.shape
+    return x.reshape(*lead, Nm // m, m * d)
 
 
 def mode_seeking_loss(fake, z, eps: float = 1e-5):
     """MSGAN's mode-seeking term (Mao et al. 2019, Sec. 3.2), as the official code computes it: the two
-    halves of the batch are the pairs (G(z1), G(z2));  lz = mean|G(z1) - G(z2)| / mean|z1 - z2|,
-    minimise 1 / (lz + eps). fake: (S, N, d), z: (S, N, latent) -> (S,)."""
-    h = fake.shape[1] // 2
-    lz = (fake[:, :h] - fake[:, h:2 * h]).abs().mean((1, 2)) / (z[:, :h] - z[:, h:2 * h]).abs().mean((1, 2))
+    halves of the batch are the pairs (G(z1), G(z2)); lz = mean|G(z1) - G(z2)| / mean|z1 - z2|, minimise
+    1 / (lz + eps), added to G's loss with weight 1 (the official code). fake: (..., N, d), z: (..., N, l)."""
+    h = fake.shape[-2] // 2
+    lz = ((fake[..., :h, :] - fake[..., h:2 * h, :]).abs().mean((-2, -1))
+          / (z[..., :h, :] - z[..., h:2 * h, :]).abs().mean((-2, -1)))
     return 1.0 / (lz + eps)
 
 
@@ -218,119 +323,264 @@ def adagan_data_weights(h, beta: float):
     optimum dQ = (lambda* dP_data - (1 - beta) dP_model)_+ / beta, on the N training points):
     w_i = (lambda* - (1 - beta) h_i)_+ / (beta N), with h_i = dP_model/dP_data(x_i) of the mixture so far
     and lambda* the one value that makes the weights sum to 1 (found exactly, water-filling on the sorted
-    h). Points the mixture already covers (large h) lose weight, missed ones (small h) gain it.
-    h: (S, N) -> w: (S, N), each row summing to 1."""
-    S, N = h.shape
+    h). Points the mixture already covers (large h) lose weight, missed ones gain it. h: (..., N)."""
+    N = h.shape[-1]
     a = (1 - beta) * h.double()
     sa = a.sort(-1).values
     lam = (beta * N + sa.cumsum(-1)) / torch.arange(1, N + 1, dtype=a.dtype, device=a.device)
     k = (lam > sa).sum(-1, keepdim=True).clamp_min(1)        # the active points are a prefix of the sorted h
-    lam_star = lam.gather(-1, k - 1)
-    w = (lam_star - a).clamp_min(0) / (beta * N)
+    w = (lam.gather(-1, k - 1) - a).clamp_min(0) / (beta * N)
     return (w / w.sum(-1, keepdim=True)).to(h.dtype)
 
 
+def adagan_density_ratio(classifier_logits):
+    """h = dP_mix/dP_data from a classifier trained data (1) vs mixture (0): (1 - D)/D = exp(-logit)."""
+    return torch.exp(-classifier_logits).clamp(max=1e6)
+
+
 class GeneratorMixture:
-    """AdaGAN's model: a mixture of generators with weights (summing to 1). Each sample comes from one
-    component, drawn with the weights; `__call__(z, generator)` -> (S, N, d)."""
+    """AdaGAN's model: a mixture of generators; after `add(G, beta)` P <- (1 - beta) P + beta G (AdaGAN
+    uses beta_t = 1/t, so T components end with weight 1/T each). `__call__(z, generator)`: each sample
+    comes from one component, drawn with the weights; z (N, latent) -> (N, d)."""
 
     def __init__(self):
         self.components, self.weights = [], []
 
     def add(self, G, beta: float):
-        """Mix in a new component with weight beta: P <- (1 - beta) P + beta G."""
         self.weights = [w * (1 - beta) for w in self.weights] + [beta]
         self.components.append(G)
 
+    def with_extra(self, G, beta: float):
+        """The mixture as it will be once G joins with weight beta (for looking at a component in training)."""
+        out = GeneratorMixture()
+        out.components, out.weights = list(self.components), list(self.weights)
+        out.add(G, beta)
+        return out
+
     @torch.no_grad()
-    def __call__(self, z, generator: torch.Generator, extra=None):
-        comps, weights = list(self.components), list(self.weights)
-        if extra is not None:  # (G, beta): a component still in training, shown with its future weight
-            weights = [w * (1 - extra[1]) for w in weights] + [extra[1]]
-            comps.append(extra[0])
-        outs = torch.stack([G(z) for G in comps])                               # (C, S, N, d)
-        C, S, N, d = outs.shape
-        pick = torch.multinomial(torch.tensor(weights), S * N, replacement=True, generator=generator)
-        pick = pick.view(1, S, N, 1).expand(1, S, N, d).to(outs.device)
-        return outs.gather(0, pick)[0]
+    def sample_with(self, z, pick):
+        """pick: a component index per sample (z.shape[:-1])."""
+        outs = torch.stack([G(z) for G in self.components])                     # (C, ..., N, d)
+        idx = pick.to(outs.device)[None, ..., None].expand(1, *outs.shape[1:])
+        return outs.gather(0, idx)[0]
+
+    def __call__(self, z, generator: torch.Generator | None = None):
+        pick = torch.multinomial(torch.tensor(self.weights), z[..., 0].numel(), replacement=True,
+                                 generator=generator).view(z.shape[:-1])
+        return self.sample_with(z, pick)
 
 
-# ----------------------------------------------------------------------------- 2. defaults and arguments
-# Sized by measurement (CPU seconds per 1,000 steps, 5 seeds batched, one thread, grid): plain GAN 5.5,
-# PacGAN4 7.7, unrolled k=1/5/10: 10/39/77, minibatch discrimination 68 with 25 kernels (247 with 100).
-DEFAULTS = dict(n_steps=2000, batch_size=100, lr=2e-3, lr_final=1e-5, b1=0.8, b2=0.999, latent_dim=2, g_hidden=64,
-                g_layers=3, d_hidden=32, d_layers=2, maxout_pieces=5, seeds=5, n_eval=2500, snapshots=6,
-                adagan_components=4, adagan_clf_steps=500, mbd_kernels=25, snapshot_every=250, swap_every=10,
-                replay_size=20000)
-QUICK = dict(n_steps=40, g_hidden=16, g_layers=2, d_hidden=16, d_layers=1, seeds=2, n_eval=500,
-             snapshots=3, adagan_components=2, adagan_clf_steps=10, mbd_kernels=10, snapshot_every=10,
-             swap_every=5, replay_size=500)
-METHODS = ("gan", "fm", "fm_hybrid", "mbd", "unrolled0", "unrolled1", "unrolled5", "unrolled10", "replay",
-           "snapshot_swap", "adagan", "pacgan2", "pacgan3", "pacgan4", "msgan")
+# ----------------------------------------------------------------------------- 3. the methods (name -> remedy)
+@dataclasses.dataclass(frozen=True)
+class Remedy:
+    """What a method changes in the one training loop (section 7): G's loss (a key of G_LOSSES) and the
+    hooks on D's side."""
+    g_loss: str = "nonsaturating"
+    unroll: int = 0
+    pack: int = 1
+    mbd: bool = False
+    replay: bool = False
+    swap: bool = False
+    mode_seeking: bool = False
+    adagan: bool = False
+
+
+# table order = the order cells run in (issue 12: GAN, PacGAN2, unrolled, feature matching, the rest)
+METHODS = {
+    "gan": Remedy(),
+    "pacgan2": Remedy(pack=2),
+    "unrolled5": Remedy(g_loss="unrolled", unroll=5),
+    "unrolled10": Remedy(g_loss="unrolled", unroll=10),
+    "fm": Remedy(g_loss="feature_matching"),
+    "fm_hybrid": Remedy(g_loss="feature_matching_hybrid"),
+    "unrolled0": Remedy(g_loss="unrolled", unroll=0),
+    "unrolled1": Remedy(g_loss="unrolled", unroll=1),
+    "mbd": Remedy(mbd=True),
+    "replay": Remedy(replay=True),
+    "snapshot_swap": Remedy(swap=True),
+    "adagan": Remedy(adagan=True),
+    "pacgan3": Remedy(pack=3),
+    "pacgan4": Remedy(pack=4),
+    "msgan": Remedy(mode_seeking=True),
+}
+LABELS = {"gan": "plain GAN (non-saturating)", "fm": "feature matching", "fm_hybrid": "feature matching + GAN loss",
+          "mbd": "minibatch discrimination", "unrolled0": "unrolled, k = 0 (= plain GAN)", "unrolled1": "unrolled, k = 1",
+          "unrolled5": "unrolled, k = 5", "unrolled10": "unrolled, k = 10", "replay": "experience replay",
+          "snapshot_swap": "snapshot swapping", "adagan": "AdaGAN", "pacgan2": "PacGAN2", "pacgan3": "PacGAN3",
+          "pacgan4": "PacGAN4", "msgan": "mode seeking (MSGAN)"}
+
+
+@dataclasses.dataclass
+class GStep:
+    """What a generator loss may look at: D (with the parameters G meets this step), the packed real
+    and fake batches, and for unrolling D's optimiser and its step count."""
+    D: nn.Module
+    d_params: dict | None
+    real: torch.Tensor
+    fake: torch.Tensor
+    opt_d: torch.optim.Optimizer
+    d_steps_done: int
+    unroll: int
+
+    def d(self, x, features=False):
+        return self.D(x, features=features) if self.d_params is None else \
+            functional_call(self.D, self.d_params, (x,), {"features": features})
+
+
+G_LOSSES = {
+    "nonsaturating": lambda s: generator_loss(s.d(s.fake)),
+    "feature_matching": lambda s: feature_matching_loss(s.d(s.real, True)[1], s.d(s.fake, True)[1]),
+    "feature_matching_hybrid": lambda s: (feature_matching_loss(s.d(s.real, True)[1], (o := s.d(s.fake, True))[1])
+                                          + generator_loss(o[0])),
+    "unrolled": lambda s: unrolled_generator_loss(s.D, s.opt_d, s.real, s.fake, s.unroll, n_steps_done=s.d_steps_done),
+}
 DATASETS = ("ring", "grid", "temperature")
-SIZE_FLAGS = ("n_steps", "g_hidden", "g_layers", "d_hidden", "d_layers", "seeds", "n_eval", "snapshots",
-              "adagan_components", "adagan_clf_steps", "mbd_kernels", "snapshot_every", "swap_every", "replay_size")
-TABLE_DATA = ["ring", "grid"]  # the default run: every method on both 2-D benchmarks
+TABLE_DATA = ["ring", "grid"]
 
 
-def parse_args(argv=None):
+# ----------------------------------------------------------------------------- 4. arguments
+def _preset_help(key: str) -> str:
+    vals = ", ".join(f"{s} {_show(p[key])}" for s, p in PRESETS.items())
+    return f"default by --setting: {vals}" + (f"; --quick {_show(QUICK[key])}" if key in QUICK else "")
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else ("none" if v == () else str(v))
+
+
+def shard_arg(text: str):
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < n")
+    return (i, n)
+
+
+def build_parser() -> common.ArgParser:
+    S = argparse.SUPPRESS  # preset values: filled in after parsing from --setting (and --quick)
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", nargs="+", choices=METHODS + ("all",), default=["all"],
+    p.add_argument("--setting", choices=tuple(PRESETS), default="pacgan",
+                   help="named setting (numbers and sources at the top of the file); flags override single values")
+    p.add_argument("--method", nargs="+", choices=tuple(METHODS) + ("all",), default=["all"],
                    help="method(s) to train; all = the whole table")
     p.add_argument("--data", nargs="+", choices=DATASETS + ("all",), default=TABLE_DATA,
                    help="benchmark(s): ring (8 modes), grid (25), temperature (1-D, 2 modes); all = the three")
-    p.add_argument("--n_steps", type=common.positive_int, help=f"generator steps per run, one D step each "
-                   f"(default {DEFAULTS['n_steps']}; --quick {QUICK['n_steps']}); AdaGAN shares them out")
-    p.add_argument("--batch_size", type=common.positive_int, default=DEFAULTS["batch_size"],
-                   help="samples per batch (PacGAN: packs per batch, of m samples each)")
-    p.add_argument("--lr", type=common.positive_float, default=DEFAULTS["lr"], help="Adam learning rate, G and D")
-    p.add_argument("--lr_final", type=common.nonneg_float, default=DEFAULTS["lr_final"],
-                   help="learning rate at the last step: cosine decay from --lr (sharpens the samples at the end)")
-    p.add_argument("--b1", type=common.beta_float, default=DEFAULTS["b1"], help="Adam beta1")
-    p.add_argument("--b2", type=common.beta_float, default=DEFAULTS["b2"], help="Adam beta2")
-    p.add_argument("--latent_dim", type=common.positive_int, default=DEFAULTS["latent_dim"], help="noise dimension")
-    p.add_argument("--g_hidden", type=common.positive_int, help=f"generator width (default {DEFAULTS['g_hidden']})")
-    p.add_argument("--g_layers", type=common.positive_int, help=f"generator hidden layers (default {DEFAULTS['g_layers']})")
-    p.add_argument("--d_hidden", type=common.positive_int, help=f"discriminator maxout units (default {DEFAULTS['d_hidden']})")
-    p.add_argument("--d_layers", type=common.positive_int, help=f"discriminator maxout layers (default {DEFAULTS['d_layers']})")
-    p.add_argument("--maxout_pieces", type=common.positive_int, default=DEFAULTS["maxout_pieces"])
-    p.add_argument("--seeds", type=common.positive_int,
-                   help=f"train seeds seed, seed+1, ... together as one batched network (default {DEFAULTS['seeds']})")
-    p.add_argument("--n_eval", type=common.positive_int, help=f"samples scored per seed (default {DEFAULTS['n_eval']})")
-    p.add_argument("--snapshots", type=common.positive_int, help="columns (training steps) of the sample figure (default 6)")
-    p.add_argument("--mbd_kernels", type=common.positive_int,
-                   help="minibatch discrimination: kernels B (default 25; Salimans et al. used 100, 4x the time)")
-    p.add_argument("--mbd_dim", type=common.positive_int, default=5, help="minibatch discrimination: kernel dimension C")
-    p.add_argument("--replay_size", type=common.positive_int, help="experience replay: buffer size (default 20000)")
-    p.add_argument("--swap_every", type=common.positive_int,
-                   help="snapshot swap: every this many steps G meets an old D and D an old G (default 10)")
-    p.add_argument("--snapshot_every", type=common.positive_int, help="snapshot swap: steps between snapshots (default 250)")
-    p.add_argument("--snapshot_keep", type=common.positive_int, default=10, help="snapshot swap: snapshots kept")
-    p.add_argument("--adagan_components", type=common.positive_int,
-                   help="AdaGAN: GANs in the mixture, each trained for n_steps / components steps (default 4)")
-    p.add_argument("--adagan_clf_steps", type=common.positive_int,
-                   help="AdaGAN: steps of the classifier data-vs-mixture that re-weights the data (default 500)")
-    p.add_argument("--adagan_train_size", type=common.positive_int, default=10000,
-                   help="AdaGAN: size of the fixed training set the weights live on")
-    p.add_argument("--lambda_ms", type=common.positive_float, default=1.0, help="MSGAN: weight of the mode-seeking term")
-    p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves")
+    p.add_argument("--data_std", type=common.positive_float, default=S,
+                   help="standard deviation of every mode (default: the benchmark's, ring 0.01, grid 0.05)")
+    h = _preset_help
+    p.add_argument("--n_steps", type=common.positive_int, default=S, help="training steps (one D and one G update each); " + h("n_steps"))
+    p.add_argument("--batch_size", type=common.positive_int, default=S, help="batch (PacGAN: packs of m samples); " + h("batch_size"))
+    p.add_argument("--n_train", type=common.nonneg_int, default=S,
+                   help="size of the fixed training set, drawn once per trial (0: fresh samples every step); " + h("n_train"))
+    p.add_argument("--lr", type=common.positive_float, default=S, help="Adam learning rate of both players (sets --lr_g and --lr_d)")
+    p.add_argument("--lr_g", type=common.positive_float, default=S, help="generator learning rate; " + h("lr_g"))
+    p.add_argument("--lr_d", type=common.positive_float, default=S, help="discriminator learning rate; " + h("lr_d"))
+    p.add_argument("--lr_final", type=common.positive_float, default=S,
+                   help="D's learning rate at the last step, cosine decay from --lr_d (G decays by the same factor); "
+                        "equal to --lr_d: constant; " + h("lr_final"))
+    p.add_argument("--b1", type=common.beta_float, default=S, help="Adam beta1; " + h("b1"))
+    p.add_argument("--b2", type=common.beta_float, default=S, help="Adam beta2; " + h("b2"))
+    p.add_argument("--adam_eps", type=common.positive_float, default=S, help="Adam epsilon; " + h("adam_eps"))
+    p.add_argument("--latent_dim", type=common.positive_int, default=S, help="noise dimension; " + h("latent_dim"))
+    p.add_argument("--g_hidden", type=common.positive_int, default=S, help="generator width; " + h("g_hidden"))
+    p.add_argument("--g_layers", type=common.positive_int, default=S, help="generator hidden layers; " + h("g_layers"))
+    p.add_argument("--g_act", choices=("relu_bn", "tanh"), default=S, help="generator hidden layers; " + h("g_act"))
+    p.add_argument("--d_hidden", type=common.positive_int, default=S, help="discriminator width (maxout units); " + h("d_hidden"))
+    p.add_argument("--d_layers", type=common.positive_int, default=S, help="discriminator hidden layers; " + h("d_layers"))
+    p.add_argument("--d_act", choices=("maxout", "tanh"), default=S, help="discriminator hidden layers; " + h("d_act"))
+    p.add_argument("--maxout_pieces", type=common.positive_int, default=S, help="pieces per maxout unit; " + h("maxout_pieces"))
+    p.add_argument("--init", choices=("normal", "orthogonal"), default=S,
+                   help="weight initialisation (biases 0): normal with std --init_scale, or orthogonal with gain --init_scale; " + h("init"))
+    p.add_argument("--init_scale", type=common.positive_float, default=S, help=h("init_scale"))
+    p.add_argument("--update", choices=("simultaneous", "alternating"), default=S,
+                   help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step; " + h("update"))
+    p.add_argument("--seeds", type=common.positive_int, default=S,
+                   help="trials seed, seed+1, ... trained together as one batched network; " + h("seeds"))
+    p.add_argument("--n_eval", type=common.positive_int, default=S, help="samples scored per trial (at least 2); " + h("n_eval"))
+    p.add_argument("--eval_steps", type=common.positive_int, nargs="+", default=S,
+                   help="steps at which every trial is scored (the last step always is); " + h("eval_steps"))
+    p.add_argument("--eval_every", type=common.nonneg_int, default=S,
+                   help="also score every this many steps (0: off); " + h("eval_every"))
+    p.add_argument("--snapshots", type=common.positive_int, default=6,
+                   help="columns (training steps) of the sample figure (--quick 3)")
+    for k, v in REMEDY_DEFAULTS.items():
+        typ = common.positive_float if isinstance(v, float) else common.positive_int
+        p.add_argument(f"--{k}", type=typ, default=v, help=REMEDY_HELP[k] + (f" (--quick {QUICK[k]})" if k in QUICK else ""))
+    p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves (--quick 10)")
+    p.add_argument("--records", default=None,
+                   help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
+                        "wall time) into this folder, e.g. results/04 (default: only the run folder's records/)")
+    p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
+    p.add_argument("--table", metavar="DIR", default=None, help="no training: rebuild the results table from the records in DIR")
+    p.add_argument("--speed", action="store_true", help="no training: measure ms/step of the networks (1 vs 10 trials)")
+    p.add_argument("--ablation", action="store_true",
+                   help="run the plain GAN on the ring in every configuration of ABLATION (the unrolled setting changed one value each)")
     common.add_common_args(p, resume=True)
+    return p
+
+
+REMEDY_HELP = {
+    "mbd_kernels": "minibatch discrimination: kernels B", "mbd_dim": "minibatch discrimination: kernel dimension C",
+    "replay_size": "experience replay: buffer size",
+    "swap_every": "snapshot swap: every this many steps G meets an old D and D an old G",
+    "snapshot_every": "snapshot swap: steps between snapshots", "snapshot_keep": "snapshot swap: snapshots kept",
+    "adagan_components": "AdaGAN: GANs in the mixture, each trained n_steps / components steps",
+    "adagan_clf_steps": "AdaGAN: steps of the classifier data-vs-mixture that re-weights the data",
+    "adagan_train_size": "AdaGAN: size of the fixed training set the weights live on",
+    "lambda_ms": "MSGAN: weight of the mode-seeking term",
+}
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    for action in p._actions:
+        if action.dest == "quick":
+            action.help = ("smaller defaults for a smoke run of seconds: " + ", ".join(
+                f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; flags given explicitly win")
     args = p.parse_args(argv)
-    for k in SIZE_FLAGS:
-        if getattr(args, k) is None:
-            setattr(args, k, QUICK.get(k, DEFAULTS[k]) if args.quick else DEFAULTS[k])
-    if args.quick:
-        args.log_every = min(args.log_every, 10)
+    if args.quick:  # the flags with a fixed default: --quick's values become the defaults, explicit flags win
+        p.set_defaults(**{k: v for k, v in QUICK.items() if k not in PRESET_KEYS}, log_every=10)
+        args = p.parse_args(argv)
+    given = set(vars(args))
+    preset = PRESETS[args.setting]
+    for k in PRESET_KEYS:  # the setting's values (or --quick's) where no flag was given
+        if k not in given:
+            setattr(args, k, QUICK[k] if args.quick and k in QUICK else preset[k])
+    if "lr" in given:
+        args.lr_g = args.lr if "lr_g" not in given else args.lr_g
+        args.lr_d = args.lr if "lr_d" not in given else args.lr_d
+        del args.lr
+    if "lr_final" not in given:  # keep the setting's decay factor
+        args.lr_final = preset["lr_final"] / preset["lr_d"] * args.lr_d
+    if "data_std" not in given:
+        args.data_std = 0.0  # 0 = the benchmark's own
+    args.eval_steps = tuple(sorted(set(args.eval_steps)))
     args.method = list(METHODS) if "all" in args.method else list(dict.fromkeys(args.method))
     args.data = list(DATASETS) if "all" in args.data else list(dict.fromkeys(args.data))
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    """Everything that can be refused before training starts."""
+    if args.lr_final > args.lr_d * (1 + 1e-12):
+        raise common.UserError(f"--lr_final {args.lr_final:g} is above the starting learning rate --lr_d "
+                               f"{args.lr_d:g}: the schedule only decays")
     if "adagan" in args.method and args.adagan_components > args.n_steps:
         raise common.UserError(f"--adagan_components {args.adagan_components} is more than --n_steps {args.n_steps}")
     if args.batch_size < 2:
         raise common.UserError("--batch_size must be at least 2 (BatchNorm, minibatch features, MSGAN pairs)")
-    return args
+    if args.n_eval < 2:
+        raise common.UserError("--n_eval must be at least 2 (the generator's BatchNorm normalises the evaluation batch)")
+    if 0 < args.n_train < args.batch_size * 4:
+        raise common.UserError(f"--n_train {args.n_train} is smaller than one batch of packs (--batch_size "
+                               f"{args.batch_size} x up to 4 samples); use 0 (fresh samples) or more")
 
 
-# ----------------------------------------------------------------------------- 3. data
+# ----------------------------------------------------------------------------- 5. data
 @dataclasses.dataclass
 class Benchmark:
     """A mixture and the affine map to the networks' units: x_net = (x - shift) / scale."""
@@ -348,73 +598,77 @@ class Benchmark:
         return x * self.scale + self.shift
 
 
-def make_benchmark(name: str) -> Benchmark:
+def make_benchmark(name: str, std: float = 0.0) -> Benchmark:
     """PacGAN's ring (raw coordinates) and grid (divided by 4 for the networks; PacGAN fed raw coordinates;
     the ratio of std to mode spacing, what makes it hard, is unchanged), 01's temperatures with the modes
-    at +-1. Scores are always computed in the data's own units."""
-    if name == "ring":
-        return Benchmark("ring", common.ring_mixture(8, 1.0, 0.01), lim=(-1.6, 1.6))
-    if name == "grid":  # networks see the grid divided by 4, i.e. in [-1, 1] like the ring
-        return Benchmark("grid", common.grid_mixture(5, 2.0, 0.05), scale=4.0, lim=(-6.0, 6.0))
-    if name == "temperature":
-        t = list(common.TEMPERATURE_MODES.values())
-        return Benchmark("temperature", common.temperature_mixture(), shift=0.5 * (t[0] + t[1]),
-                         scale=0.5 * abs(t[1] - t[0]), lim=(-60.0, 70.0))
-    raise ValueError(f"unknown benchmark {name!r}")
+    at +-1. std > 0 replaces the modes' standard deviation. Scores are computed in the data's own units."""
+    table = {
+        "ring": lambda: Benchmark("ring", common.ring_mixture(8, 1.0, std or 0.01), lim=(-1.6, 1.6)),
+        "grid": lambda: Benchmark("grid", common.grid_mixture(5, 2.0, std or 0.05), scale=4.0, lim=(-6.0, 6.0)),
+        "temperature": lambda: _temperature_benchmark(std),
+    }
+    if name not in table:
+        raise ValueError(f"unknown benchmark {name!r}")
+    return table[name]()
+
+
+def _temperature_benchmark(std):
+    mix = common.temperature_mixture()
+    if std:
+        mix = common.GaussianMixture(mix.centers, std, name=mix.name, labels=mix.labels)
+    t = list(common.TEMPERATURE_MODES.values())
+    return Benchmark("temperature", mix, shift=0.5 * (t[0] + t[1]), scale=0.5 * abs(t[1] - t[0]), lim=(-60.0, 70.0))
 
 
 def seed_generators(seeds, salt: int):
-    """One torch.Generator per seed: a seed sees the same numbers alone or among others."""
+    """One torch.Generator per trial: a trial sees the same numbers alone or among others."""
     return [torch.Generator().manual_seed(s * 1_000_003 + salt) for s in seeds]
 
 
-# ----------------------------------------------------------------------------- 4. models
-def _normal(shape, std, gens):
-    return torch.stack([torch.randn(*shape, generator=g) * std for g in gens])
+class EpochSampler:
+    """Indices into a fixed training set of n points, one shuffled pass (epoch) after another."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.gen, self.perm, self.pos = n, generator, torch.randperm(n, generator=generator), 0
+
+    def take(self, k: int):
+        out = []
+        while k > 0:
+            if self.pos == self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            j = min(k, self.n - self.pos)
+            out.append(self.perm[self.pos:self.pos + j])
+            self.pos, k = self.pos + j, k - j
+        return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------- 6. batched trials (machinery)
+# S trials as one network: every weight has a leading trial dimension and layers are batched matrix
+# products, so S trials cost about one call per layer. Kept apart from the remedies above.
+def _init_weight(a, b, gens, init, scale):
+    if init == "normal":
+        return torch.stack([torch.randn(a, b, generator=g) * scale for g in gens])
+    out = []
+    for g in gens:  # orthogonal (Saxe et al. 2014) with gain `scale`, as nn.init.orthogonal_, per trial
+        q, r = torch.linalg.qr(torch.randn(max(a, b), min(a, b), generator=g))
+        q = q * torch.sign(torch.diagonal(r))
+        out.append(scale * (q if a >= b else q.T))
+    return torch.stack(out)
 
 
 def stacked_batch_norm(x, gamma, beta, eps: float = 1e-5):
-    """BatchNorm of each seed's batch: x (S, N, H), statistics over N, gamma/beta (S, 1, H). Laid out as
-    one (N, S * H) batch for F.batch_norm, which is several times faster than the formula on a CPU."""
+    """BatchNorm of each trial's batch: x (S, N, H), statistics over N. Laid out as one (N, S * H) batch
+    for F.batch_norm (several times faster than the formula on a CPU); trials stay independent."""
     S, N, H = x.shape
     y = F.batch_norm(x.transpose(0, 1).reshape(N, S * H), None, None, gamma.reshape(-1), beta.reshape(-1),
                      training=True, momentum=0.0, eps=eps)
     return y.view(N, S, H).transpose(0, 1)
 
 
-class StackedGenerator(nn.Module):
-    """S independent generators (one per seed) evaluated together with batched matrix products.
-
-    PacGAN's generator shape: hidden layers Linear (no bias) -> BatchNorm -> ReLU, then a linear output.
-    BatchNorm uses the statistics of the batch it is given, in training and in the 2,500-sample
-    evaluation alike. `forward(z, params)` runs with another parameter list (an old snapshot).
-    z: (S, N, latent_dim) -> (S, N, out_dim)."""
-
-    def __init__(self, latent_dim, hidden, layers, out_dim, gens, init_std=0.02):
-        super().__init__()
-        S, sizes = len(gens), [latent_dim] + [hidden] * layers
-        self.n_layers = layers
-        self.weights = nn.ParameterList(nn.Parameter(_normal((a, b), init_std, gens)) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.gammas = nn.ParameterList(nn.Parameter(torch.ones(S, 1, hidden)) for _ in range(layers))
-        self.betas = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, hidden)) for _ in range(layers))
-        # everything in ParameterLists, so that parameters() has the order forward(params=...) expects
-        self.out = nn.ParameterList([nn.Parameter(_normal((hidden, out_dim), init_std, gens)),
-                                     nn.Parameter(torch.zeros(S, 1, out_dim))])
-
-    def forward(self, z, params=None):
-        params = list(self.parameters()) if params is None else params
-        n = self.n_layers
-        x = z
-        for w, g, b in zip(params[:n], params[n:2 * n], params[2 * n:3 * n]):
-            x = stacked_batch_norm(torch.bmm(x, w), g, b).relu()
-        return torch.baddbmm(params[-1], x, params[-2])
-
-
 class _Maxout(torch.autograd.Function):
-    """max over the pieces (dim -2 of (..., pieces, units)). torch's own amax backward spends most of
-    its time splitting the gradient among ties, which have probability zero here; this one sends the
-    gradient to every maximal piece, and its backward is differentiable again (the unrolled GAN needs
-    that)."""
+    """max over the pieces (dim -2 of (..., pieces, units)). torch's amax backward spends most of its
+    time splitting the gradient among ties (probability zero here); this one sends the gradient to every
+    maximal piece, and its backward is differentiable again (the unrolled GAN needs that)."""
 
     @staticmethod
     def forward(ctx, v):
@@ -429,161 +683,198 @@ class _Maxout(torch.autograd.Function):
 
 
 def maxout(x, pieces: int):
-    """Maxout (Goodfellow et al. 2013): (..., pieces * units) -> (..., units), the max of each unit's pieces."""
+    """Maxout (Goodfellow et al. 2013): (..., pieces * units) -> (..., units)."""
     return _Maxout.apply(x.view(*x.shape[:-1], pieces, -1))
 
 
-class StackedMaxoutD(nn.Module):
-    """S independent maxout discriminators (PacGAN's shape: maxout layers, then a linear output), with
-    optional minibatch discrimination before the output layer.
+class StackedMLP(nn.Module):
+    """S independent MLPs (one per trial). act: relu_bn (Linear without bias -> BatchNorm -> ReLU,
+    PacGAN's generator), tanh (the unrolled demo), maxout (PacGAN's discriminator). Optional minibatch
+    discrimination before the linear output. forward(x (S, N, in), features) -> (S, N, out)
+    [, last hidden layer]."""
 
-    `forward(x, params, features=True)` -> (logits (S, N, 1), last hidden layer (S, N, H)); `params`
-    replaces the module's own parameters (the unrolled look-ahead and old snapshots use this)."""
-
-    def __init__(self, in_dim, hidden, layers, pieces, gens, mbd=None, init_std=0.02):
+    def __init__(self, in_dim, hidden, layers, out_dim, act, gens, init="normal", init_scale=0.02, pieces=5, mbd=None):
         super().__init__()
         S, sizes = len(gens), [in_dim] + [hidden] * layers
-        self.pieces, self.n_layers, self.mbd = pieces, layers, mbd
-        self.weights = nn.ParameterList(nn.Parameter(_normal((a, b * pieces), init_std, gens))
+        self.act, self.pieces, self.mbd = act, pieces, mbd
+        width = pieces if act == "maxout" else 1
+        self.weights = nn.ParameterList(nn.Parameter(_init_weight(a, b * width, gens, init, init_scale))
                                         for a, b in zip(sizes[:-1], sizes[1:]))
-        self.biases = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, b * pieces)) for b in sizes[1:])
+        if act == "relu_bn":
+            self.gammas = nn.ParameterList(nn.Parameter(torch.ones(S, 1, hidden)) for _ in range(layers))
+            self.betas = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, hidden)) for _ in range(layers))
+        else:
+            self.biases = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, b * width)) for b in sizes[1:])
         extra = 0
-        if mbd is not None:  # (kernels B, kernel dimension C); T ~ N(0, 0.05) as in Salimans et al.'s code
-            self.mbd_T = nn.ParameterList([nn.Parameter(_normal((hidden, mbd[0] * mbd[1]), 0.05, gens))])
+        if mbd is not None:  # (kernels B, kernel dimension C); T ~ N(0, 0.05)
+            self.mbd_T = nn.Parameter(torch.stack([torch.randn(hidden, mbd[0] * mbd[1], generator=g) * 0.05 for g in gens]))
             extra = mbd[0]
-        # everything in ParameterLists, so that parameters() has the order forward(params=...) expects
-        self.out = nn.ParameterList([nn.Parameter(_normal((hidden + extra, 1), init_std, gens)),
-                                     nn.Parameter(torch.zeros(S, 1, 1))])
+        self.out_w = nn.Parameter(_init_weight(hidden + extra, out_dim, gens, init, init_scale))
+        self.out_b = nn.Parameter(torch.zeros(S, 1, out_dim))
 
-    def forward(self, x, params=None, features=False):
-        params = list(self.parameters()) if params is None else params
-        n = self.n_layers
-        for w, b in zip(params[:n], params[n:2 * n]):
-            x = torch.baddbmm(b, x, w)
-            x = maxout(x, self.pieces)
+    def forward(self, x, features=False):
+        for i, w in enumerate(self.weights):
+            if self.act == "relu_bn":
+                x = stacked_batch_norm(torch.bmm(x, w), self.gammas[i], self.betas[i]).relu()
+            elif self.act == "tanh":
+                x = torch.baddbmm(self.biases[i], x, w).tanh()
+            else:
+                x = maxout(torch.baddbmm(self.biases[i], x, w), self.pieces)
         h = x
         if self.mbd is not None:
-            x = torch.cat([x, minibatch_features(x, params[2 * n], self.mbd[1])], -1)
-        logits = torch.baddbmm(params[-1], x, params[-2])
-        return (logits, h) if features else logits
+            x = torch.cat([x, minibatch_features(x, self.mbd_T, self.mbd[1])], -1)
+        out = torch.baddbmm(self.out_b, x, self.out_w)
+        return (out, h) if features else out
 
 
-# ----------------------------------------------------------------------------- 5. training
-@dataclasses.dataclass(frozen=True)
-class Spec:
-    """What a method changes in the one training loop below."""
-    name: str
-    pack: int = 1
-    unroll: int | None = None
-    fm: str | None = None          # "pure" or "hybrid"
-    mbd: bool = False
-    replay: bool = False
-    swap: bool = False
-    ms: bool = False
-    adagan: bool = False
+def make_networks(args, remedy: Remedy, dim: int, gens):
+    G = StackedMLP(args.latent_dim, args.g_hidden, args.g_layers, dim, args.g_act, gens, args.init, args.init_scale)
+    mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
+    D = StackedMLP(dim * remedy.pack, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
+                   args.maxout_pieces, mbd)
+    return G, D
 
 
-def method_spec(name: str) -> Spec:
-    if name.startswith("unrolled"):
-        return Spec(name, unroll=int(name[len("unrolled"):]))
-    if name.startswith("pacgan"):
-        return Spec(name, pack=int(name[len("pacgan"):]))
-    extra = {"gan": {}, "fm": {"fm": "pure"}, "fm_hybrid": {"fm": "hybrid"}, "mbd": {"mbd": True},
-             "replay": {"replay": True}, "snapshot_swap": {"swap": True}, "msgan": {"ms": True},
-             "adagan": {"adagan": True}}
-    if name not in extra:
-        raise ValueError(f"unknown method {name!r}")
-    return Spec(name, **extra[name])
+def make_adam(params, lr, betas, eps=1e-8):
+    """torch.optim.Adam, fused (one kernel for all parameters; same arithmetic) where this torch supports
+    it for the parameters' device (CPU: torch >= 2.4), the default implementation otherwise."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps)
 
 
-def cosine_lr(step: int, n_steps: int, lr: float, lr_final: float) -> float:
-    """Cosine decay from lr (step 1) to lr_final (last step), the same for G and D and every method."""
+class StackedReplay:
+    """One ReplayBuffer per trial, each with its own generator (trials stay independent)."""
+
+    def __init__(self, capacity, dim, gens, device):
+        self.buffers = [ReplayBuffer(capacity, dim, g, device) for g in gens]
+
+    def mix(self, fake):
+        return torch.stack([b.mix(f) for b, f in zip(self.buffers, fake)])
+
+
+class StackedSnapshots:
+    """One SnapshotPool per trial (its own random.Random); sample() stacks each trial's choice."""
+
+    def __init__(self, keep, seeds, salt):
+        self.pools = [SnapshotPool(keep, random.Random(s * 1_000_003 + salt)) for s in seeds]
+
+    def add(self, module):
+        for s, pool in enumerate(self.pools):
+            pool.add_state({n: p.detach()[s].clone() for n, p in module.named_parameters()})
+
+    def sample(self):
+        picks = [pool.sample() for pool in self.pools]
+        if picks[0] is None:
+            return None
+        return {n: torch.stack([p[n] for p in picks]) for n in picks[0]}
+
+
+def lr_factor(step: int, n_steps: int, final_factor: float) -> float:
+    """Cosine decay from 1 (step 1) to final_factor (last step); 1 throughout when final_factor = 1."""
+    if final_factor >= 1.0:
+        return 1.0
     frac = (step - 1) / max(n_steps - 1, 1)
-    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * frac))
+    return final_factor + 0.5 * (1 - final_factor) * (1 + math.cos(math.pi * frac))
 
 
-def make_adam(params, lr, betas):
-    """torch.optim.Adam, fused (one kernel for all parameters: twice as fast here; same arithmetic)."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+def noise_chunk(S, B, latent, n_max=100):
+    """Steps of noise drawn at once: few calls, but at most ~16 MB at a time."""
+    return max(1, min(n_max, (1 << 22) // max(1, S * 2 * B * latent)))
 
 
-def train_gan(spec: Spec, bench: Benchmark, args, device, seeds, n_steps: int, *, salt: int = 0,
-              real_source=None, on_snapshot=None, snapshot_steps=(), progress=None):
-    """Train one (stacked, S seeds) GAN for n_steps with the method's changes. Returns G and its curves.
+# ----------------------------------------------------------------------------- 7. training
+def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, salt: int = 0,
+              real_source=None, on_step=None, progress=None):
+    """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
 
-    real_source(n) -> (S, n, dim) real samples in network units (default: fresh mixture samples).
-    on_snapshot(step, G) is called at the steps in snapshot_steps (the figure's columns)."""
-    S, B, m, dim = len(seeds), args.batch_size, spec.pack, bench.dim
+    real_source(n) -> (S, n, dim) real samples in network units (default: the fixed training set of
+    --n_train points, or fresh mixture samples when it is 0). on_step(step, G) is called after each step
+    (it decides itself whether to evaluate; keep it cheap)."""
+    S, B, m, dim = len(seeds), args.batch_size, remedy.pack, bench.dim
     init_gens = seed_generators(seeds, 11 + salt)
-    G = StackedGenerator(args.latent_dim, args.g_hidden, args.g_layers, dim, init_gens).to(device)
-    mbd = (args.mbd_kernels, args.mbd_dim) if spec.mbd else None
-    D = StackedMaxoutD(dim * m, args.d_hidden, args.d_layers, args.maxout_pieces, init_gens, mbd).to(device)
+    G, D = make_networks(args, remedy, dim, init_gens)
+    G, D = G.to(device), D.to(device)
     betas = (args.b1, args.b2)
-    opt_g = make_adam(G.parameters(), args.lr, betas)
-    opt_d = make_adam(D.parameters(), args.lr, betas)
-    g_params = list(G.parameters())
+    opt_g = make_adam(G.parameters(), args.lr_g, betas, args.adam_eps)
+    opt_d = make_adam(D.parameters(), args.lr_d, betas, args.adam_eps)
+    g_params, d_params = list(G.parameters()), list(D.parameters())
     data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
-    aux = torch.Generator().manual_seed(seeds[0] * 7919 + 53 + salt)        # replay indices, snapshot choice
     if real_source is None:
-        def real_source(n):
-            x = torch.stack([bench.mixture.sample(n, g) for g in data_gens])
-            return ((x - bench.shift) / bench.scale).to(device)
-    replay = ReplayBuffer(args.replay_size, S, dim, aux, device) if spec.replay else None
-    pools = (SnapshotPool(args.snapshot_keep, random.Random(seeds[0] * 31 + salt)),
-             SnapshotPool(args.snapshot_keep, random.Random(seeds[0] * 37 + salt))) if spec.swap else None
+        real_source = make_real_source(bench, args, seeds, salt, device, data_gens)
+    replay = StackedReplay(args.replay_size, dim, seed_generators(seeds, 53 + salt), device) if remedy.replay else None
+    pools = (StackedSnapshots(args.snapshot_keep, seeds, 31 + salt),
+             StackedSnapshots(args.snapshot_keep, seeds, 37 + salt)) if remedy.swap else None
+    g_loss_fn = G_LOSSES[remedy.g_loss]
+    shared_pass = args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
+    final_factor = args.lr_final / args.lr_d
     curves = {"step": [], "d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
-    snapshot_steps = set(snapshot_steps)
-    if 0 in snapshot_steps and on_snapshot:
-        on_snapshot(0, G)
+    if on_step:
+        on_step(0, G)
 
-    chunk = 100  # draw data and noise for `chunk` steps at a time: per-seed generators, few calls
+    chunk = noise_chunk(S, B * m, args.latent_dim)
     for step in range(1, n_steps + 1):
         j = (step - 1) % chunk
-        if j == 0:
+        if j == 0:  # data and noise for `chunk` steps at a time: per-trial generators, few calls
             n = min(chunk, n_steps - step + 1)
             reals = real_source(n * B * m).view(S, n, B * m, dim)
             zs = torch.stack([torch.randn(n, 2, B * m, args.latent_dim, generator=g) for g in noise_gens]).to(device)
         real, z_d, z_g = reals[:, j], zs[:, j, 0], zs[:, j, 1]
-        lr = cosine_lr(step, n_steps, args.lr, args.lr_final)
-        for opt in (opt_g, opt_d):
-            opt.param_groups[0]["lr"] = lr
+        f = lr_factor(step, n_steps, final_factor)
+        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = args.lr_g * f, args.lr_d * f
+        swap_now = remedy.swap and step % args.swap_every == 0
+        real_in = pack(real, m)
 
-        # discriminator step (every method: the ordinary loss)
-        with torch.no_grad():
-            old_g = pools[0].sample() if spec.swap and step % args.swap_every == 0 else None
-            fake = G(z_d, old_g)
-            if replay is not None:
-                fake = replay.mix(fake)
-        d_real, d_fake = D(pack(real, m)), D(pack(fake, m))
-        d_loss_s = discriminator_loss(d_real, d_fake)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss_s.sum().backward()
-        opt_d.step()
-
-        # generator step: the method's loss
-        fake = G(z_g)
-        if spec.unroll is not None:
-            state = adam_state_of(opt_d, D.parameters(), step)
-            g_loss = unrolled_generator_loss(D, real, fake, spec.unroll, state, lr, betas,
-                                             d_input=lambda x: pack(x, m))
-        elif spec.fm is not None:
-            logit_f, f_fake = D(pack(fake, m), features=True)
-            with torch.no_grad():
-                _, f_real = D(pack(real, m), features=True)
-            g_loss = feature_matching_loss(f_real, f_fake)
-            if spec.fm == "hybrid":
-                g_loss = g_loss + generator_loss(logit_f)
+        if shared_pass:  # ALI / PacGAN: one forward pass gives both players' gradients
+            z_g = z_d
+            fake = G(z_d)
+            d_real, d_fake = D(real_in), D(pack(fake, m))
+            d_loss_s = discriminator_loss(d_real, d_fake)
+            g_loss = generator_loss(d_fake)
+            if remedy.mode_seeking:
+                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_d)
+            d_grads = torch.autograd.grad(d_loss_s.sum(), d_params, retain_graph=True)
+            g_grads = torch.autograd.grad(g_loss.sum(), g_params)
+            for p, g in zip(d_params + g_params, d_grads + g_grads):
+                p.grad = g
+            opt_d.step()
+            opt_g.step()
         else:
-            old_d = pools[1].sample() if spec.swap and step % args.swap_every == 0 else None
-            g_loss = generator_loss(D(pack(fake, m), old_d))
-        if spec.ms:
-            g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_g)
-        grads = torch.autograd.grad(g_loss.sum(), g_params)   # G's gradient only: D's would be thrown away
-        for p, g in zip(g_params, grads):
-            p.grad = g
-        opt_g.step()
+            simultaneous = args.update == "simultaneous"
+            if simultaneous:
+                z_g = z_d
+            # discriminator's gradient (every method: the ordinary loss)
+            with torch.no_grad():
+                old_g = pools[0].sample() if swap_now else None
+                fake_d = G(z_d) if old_g is None else functional_call(G, old_g, (z_d,))
+                if replay is not None:
+                    fake_d = replay.mix(fake_d)
+            d_real, d_fake = D(real_in), D(pack(fake_d, m))
+            d_loss_s = discriminator_loss(d_real, d_fake)
+            d_grads = torch.autograd.grad(d_loss_s.sum(), d_params)
+            if not simultaneous:
+                for p, g in zip(d_params, d_grads):
+                    p.grad = g
+                opt_d.step()
+            # generator's gradient: the method's loss
+            fake = G(z_g)
+            old_d = pools[1].sample() if swap_now else None
+            state = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll)
+            g_loss = g_loss_fn(state)
+            if remedy.mode_seeking:
+                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_g)
+            g_grads = torch.autograd.grad(g_loss.sum(), g_params)  # G's gradient only
+            for p, g in zip(g_params, g_grads):
+                p.grad = g
+            if simultaneous:
+                for p, g in zip(d_params, d_grads):
+                    p.grad = g
+                opt_d.step()
+            opt_g.step()
 
-        if spec.swap and step % args.snapshot_every == 0:
+        if remedy.swap and step % args.snapshot_every == 0:
             pools[0].add(G)
             pools[1].add(D)
         if step % args.log_every == 0 or step == n_steps:  # kept as tensors: no host sync in the loop
@@ -592,137 +883,213 @@ def train_gan(spec: Spec, bench: Benchmark, args, device, seeds, n_steps: int, *
             curves["g_loss"].append(g_loss.detach())
             curves["d_real"].append(torch.sigmoid(d_real.detach()).mean((1, 2)))
             curves["d_fake"].append(torch.sigmoid(d_fake.detach()).mean((1, 2)))
-        if on_snapshot and step in snapshot_steps:
-            on_snapshot(step, G)
+        if on_step:
+            on_step(step, G)
         if progress is not None:
             progress.update(1)
     curves = {k: (torch.stack(v).cpu() if k != "step" else v) for k, v in curves.items()}
     return G, curves
 
 
-def train_adagan(spec: Spec, bench: Benchmark, args, device, seeds, on_snapshot=None, snapshot_steps=(),
-                 progress=None):
-    """AdaGAN, Tolstikhin et al. 2017, Algorithm 1, with beta_t = 1/t (each of the T components ends with
-    weight 1/T). T = --adagan_components GANs share the n_steps budget. Before each new GAN a classifier
-    (the same discriminator network) learns data vs the mixture so far; h_i = dP_mix/dP_data(x_i) =
-    exp(-logit_i) on a fixed training set, and the new GAN trains on that set re-weighted by
-    `adagan_data_weights`. Returns the GeneratorMixture, the curves and the weights per round."""
+def make_real_source(bench, args, seeds, salt, device, data_gens):
+    """Real batches: from each trial's fixed training set of --n_train points, epoch after epoch (PacGAN),
+    or fresh mixture samples (--n_train 0)."""
+    if args.n_train:
+        train = torch.stack([bench.mixture.sample(args.n_train, g) for g in seed_generators(seeds, 19 + salt)])
+        train = ((train - bench.shift) / bench.scale).to(device)
+        samplers = [EpochSampler(args.n_train, g) for g in data_gens]
+
+        def source(n):
+            idx = torch.stack([s.take(n) for s in samplers]).to(device)
+            return torch.gather(train, 1, idx[..., None].expand(-1, -1, bench.dim))
+        return source
+
+    def fresh(n):
+        x = torch.stack([bench.mixture.sample(n, g) for g in data_gens])
+        return ((x - bench.shift) / bench.scale).to(device)
+    return fresh
+
+
+def train_adagan(bench: Benchmark, args, device, seeds, on_step=None, progress=None):
+    """AdaGAN, Tolstikhin et al. 2017, Algorithm 1, with beta_t = 1/t. T = --adagan_components GANs share
+    the n_steps budget. Before each new GAN a classifier (the discriminator network) learns data vs the
+    mixture so far; h = `adagan_density_ratio` on a fixed training set, and the new GAN trains on that
+    set re-weighted by `adagan_data_weights`. Returns a sampler z -> x, the curves and the rounds."""
     S, T, dim = len(seeds), args.adagan_components, bench.dim
     steps = [args.n_steps // T + (1 if t < args.n_steps % T else 0) for t in range(T)]
     train_x = torch.stack([bench.mixture.sample(args.adagan_train_size, g) for g in seed_generators(seeds, 71)])
     train_x = ((train_x - bench.shift) / bench.scale).to(device)                     # (S, N, dim)
-    pick_gen = torch.Generator().manual_seed(seeds[0] * 7919 + 97)
+    pick_gens = seed_generators(seeds, 97)
     mix = GeneratorMixture()
     weights = torch.full((S, args.adagan_train_size), 1.0 / args.adagan_train_size)
     rounds, curves_all, done = [], [], 0
     for t in range(T):
         beta = 1.0 / (t + 1)
         if t > 0:
-            h = adagan_density_ratio(mix, train_x, bench, args, device, seeds, salt=1000 * t, pick_gen=pick_gen)
+            h = adagan_classifier(mix, train_x, args, device, seeds, 1000 * t, pick_gens)
             weights = adagan_data_weights(h.cpu(), beta)
         rounds.append({"component": t + 1, "beta": beta, "steps": steps[t],
                        "max_weight_x_N": (weights.max(-1).values * weights.shape[1]).tolist(),
                        "effective_fraction": (1.0 / (weights.pow(2).sum(-1) * weights.shape[1])).tolist()})
-        w_now = weights.clone()
 
-        def real_source(n, w=w_now):
-            idx = torch.multinomial(w, n, replacement=True, generator=pick_gen).to(device)
+        def real_source(n, w=weights.clone()):
+            idx = torch.stack([torch.multinomial(w[s], n, replacement=True, generator=g)
+                               for s, g in enumerate(pick_gens)]).to(device)
             return torch.gather(train_x, 1, idx[..., None].expand(-1, -1, dim))
 
-        offset, beta_now = done, beta
+        def local_step(step, G, offset=done, beta_now=beta):
+            if on_step and (step > 0 or t == 0):
+                on_step(offset + step, lambda z, G=G: stacked_mixture(mix.with_extra(G, beta_now), z, pick_gens))
 
-        def snap(step, G, offset=offset, beta_now=beta_now):
-            if on_snapshot:
-                on_snapshot(offset + step, lambda z, G=G: mix(z, pick_gen, extra=(G, beta_now)))
-
-        local = {s - offset for s in snapshot_steps if offset < s <= offset + steps[t] or (s == 0 and t == 0)}
-        G, curves = train_gan(Spec("adagan_component"), bench, args, device, seeds, steps[t], salt=1000 * t,
-                              real_source=real_source, on_snapshot=snap, snapshot_steps=local, progress=progress)
-        curves["step"] = [s + offset for s in curves["step"]]
+        G, curves = train_gan(METHODS["gan"], bench, args, device, seeds, steps[t], salt=1000 * t,
+                              real_source=real_source, on_step=local_step, progress=progress)
+        curves["step"] = [s + done for s in curves["step"]]
         curves_all.append(curves)
         mix.add(G, beta)
         done += steps[t]
     curves = {k: (sum((c[k] for c in curves_all), []) if k == "step" else torch.cat([c[k] for c in curves_all]))
               for k in curves_all[0]}
-    return mix, curves, rounds
+    return (lambda z: stacked_mixture(mix, z, pick_gens)), curves, rounds
 
 
-def adagan_density_ratio(mix, train_x, bench, args, device, seeds, salt, pick_gen):
-    """h = dP_mix/dP_data on the training points, from a classifier D(x) = P(data | x) trained on data
-    (uniform over the training set) vs mixture samples: dP_mix/dP_data = (1 - D)/D = exp(-logit)."""
+def stacked_mixture(mix: GeneratorMixture, z, gens):
+    """Sample the (stacked) mixture with one component choice per sample, drawn by each trial's generator."""
+    w = torch.tensor(mix.weights)
+    pick = torch.stack([torch.multinomial(w, z.shape[1], replacement=True, generator=g) for g in gens])
+    return mix.sample_with(z, pick)
+
+
+def adagan_classifier(mix, train_x, args, device, seeds, salt, pick_gens):
+    """h = dP_mix/dP_data on the training points, from a classifier data (uniform over the training set)
+    vs mixture samples."""
     S, N, dim = train_x.shape
     gens = seed_generators(seeds, 83 + salt)
-    C = StackedMaxoutD(dim, args.d_hidden, args.d_layers, args.maxout_pieces, gens).to(device)
-    opt = make_adam(C.parameters(), args.lr, (args.b1, args.b2))
+    C = StackedMLP(dim, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
+                   args.maxout_pieces).to(device)
+    opt = make_adam(C.parameters(), args.lr_d, (args.b1, args.b2), args.adam_eps)
     B = args.batch_size
     for _ in range(args.adagan_clf_steps):
-        idx = torch.randint(N, (S, B), generator=pick_gen).to(device)
+        idx = torch.stack([torch.randint(N, (B,), generator=g) for g in pick_gens]).to(device)
         real = torch.gather(train_x, 1, idx[..., None].expand(-1, -1, dim))
         z = torch.stack([torch.randn(B, args.latent_dim, generator=g) for g in gens]).to(device)
-        fake = mix(z, pick_gen)
-        loss = discriminator_loss(C(real), C(fake)).sum()
+        loss = discriminator_loss(C(real), C(stacked_mixture(mix, z, pick_gens))).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
-        return torch.exp(-C(train_x).squeeze(-1)).clamp(max=1e6)
+        return adagan_density_ratio(C(train_x).squeeze(-1))
 
 
-# ----------------------------------------------------------------------------- 6. evaluation, tables, figures
+# ----------------------------------------------------------------------------- 8. evaluation, records, tables
+def eval_schedule(args) -> list[int]:
+    steps = {s for s in args.eval_steps if s <= args.n_steps} | {args.n_steps}
+    if args.eval_every:
+        steps |= set(range(args.eval_every, args.n_steps + 1, args.eval_every))
+    return sorted(steps)
+
+
 def snapshot_steps_for(n_steps: int, k: int) -> list[int]:
     return sorted({round(n_steps * i / max(k - 1, 1)) for i in range(k)})
 
 
-def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0) -> dict:
-    """Train one method on one benchmark (all seeds at once) and score it with the PacGAN protocol."""
-    spec = method_spec(method)
+def collapse_of(evals: list[dict], trial: int, n_modes: int, n_steps: int) -> dict:
+    """Did trial `trial` collapse? Yes when it ends with fewer than all modes, or hops: a mode that holds
+    at least 10% of the high-quality samples at one evaluation (after the first fifth of training) holds
+    none at a later one."""
+    rows = [(e["step"], e["trials"][trial]["counts"]) for e in evals if e["trials"][trial]["counts"] is not None]
+    if not rows:
+        return {"final_below_all": None, "hopping": None, "collapsed": None}
+    final = sum(c > 0 for c in rows[-1][1]) < n_modes
+    late = [c for s, c in rows if s >= n_steps / 5]
+    hop = False
+    for i, c in enumerate(late):
+        tot = sum(c)
+        held = {k for k, v in enumerate(c) if tot and v >= 0.1 * tot}
+        if any(c2[k] == 0 for c2 in late[i + 1:] for k in held):
+            hop = True
+            break
+    return {"final_below_all": final, "hopping": hop, "collapsed": final or hop}
+
+
+def score(samples, curves_ok, bench, seeds) -> list[dict]:
+    """PacGAN's protocol per trial (common.mode_stats); a trial with a non-finite loss or sample is
+    marked diverged."""
+    out = []
+    for i, seed in enumerate(seeds):
+        diverged = not (curves_ok[i] and bool(torch.isfinite(samples[i]).all()))
+        stats = bench.mixture.mode_stats(samples[i]) if not diverged else {
+            "modes": None, "high_quality": None, "reverse_kl": None, "counts": None}
+        out.append({"seed": seed, "diverged": diverged, **stats})
+    return out
+
+
+def summarize(trials: list[dict]) -> dict:
+    ok = [r for r in trials if not r["diverged"]]
+    out = {}
+    for key in ("modes", "high_quality", "reverse_kl"):
+        vals = [r[key] for r in ok if r[key] is not None and math.isfinite(r[key])]
+        mean, sem = common.mean_sem(vals)
+        out[key] = {"mean": mean, "sem": sem, "n": len(vals)}
+    return out
+
+
+def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0, on_eval=None) -> dict:
+    """Train one method on one benchmark (all trials at once), scoring every trial at the evaluation
+    steps (eval_schedule). on_eval(record) is called after each evaluation with the record so far."""
+    remedy = METHODS[method]
     S = len(seeds)
     fig_z = torch.stack([torch.randn(500, args.latent_dim, generator=g) for g in seed_generators(seeds, 101)]).to(device)
     eval_z = torch.stack([torch.randn(args.n_eval, args.latent_dim, generator=g)
                           for g in seed_generators(seeds, 103)]).to(device)
-    eval_pick = torch.Generator().manual_seed(seeds[0] * 7919 + 107)
     snaps = {"step": [], "samples": []}
-    steps_wanted = snapshot_steps_for(args.n_steps, args.snapshots)
-
-    def on_snapshot(step, sampler):
-        with torch.no_grad():
-            x = sampler(fig_z)
-        snaps["step"].append(step)
-        snaps["samples"].append(bench.to_data(x.float().cpu()))
-
-    total = args.n_steps
-    bar = common.Progress(total, f"04 {method}/{bench.name}", every=progress_every)
+    fig_steps, evals_at = set(snapshot_steps_for(args.n_steps, args.snapshots)), set(eval_schedule(args))
+    evals = []
     t0, c0 = time.perf_counter(), time.process_time()
+    record = {"method": method, "data": bench.name, "n_modes": bench.mixture.n_modes, "seeds": seeds,
+              "n_steps": args.n_steps, "evals": evals}
+    curves_box = {}
+
+    def on_step(step, sampler):
+        if step in fig_steps and (not snaps["step"] or snaps["step"][-1] != step):
+            with torch.no_grad():
+                snaps["step"].append(step)
+                snaps["samples"].append(bench.to_data(sampler(fig_z).float().cpu()))
+        if step in evals_at and (not evals or evals[-1]["step"] != step):
+            with torch.no_grad():
+                x = bench.to_data(sampler(eval_z).float().cpu())
+            trials = score(x, [True] * S, bench, seeds)
+            evals.append({"step": step, "wall_s": round(time.perf_counter() - t0, 2), "trials": trials})
+            record["reached_step"] = step
+            if on_eval:
+                on_eval(record)
+
+    bar = common.Progress(args.n_steps, f"04 {method}/{bench.name}", every=progress_every)
     rounds = None
-    if spec.adagan:
-        model, curves, rounds = train_adagan(spec, bench, args, device, seeds, on_snapshot, steps_wanted, bar)
-        sampler = lambda z: model(z, eval_pick)
+    if remedy.adagan:
+        sampler, curves, rounds = train_adagan(bench, args, device, seeds, on_step, bar)
     else:
-        model, curves = train_gan(spec, bench, args, device, seeds, args.n_steps, on_snapshot=on_snapshot,
-                                  snapshot_steps=steps_wanted, progress=bar)
-        sampler = model
+        G, curves = train_gan(remedy, bench, args, device, seeds, args.n_steps, on_step=on_step, progress=bar)
+        sampler = G
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
-        samples = bench.to_data(sampler(eval_z).float().cpu())                  # (S, n_eval, dim)
-    per_seed = []
-    for i, seed in enumerate(seeds):
-        finite_losses = bool(torch.isfinite(curves["d_loss"][:, i]).all() and torch.isfinite(curves["g_loss"][:, i]).all())
-        diverged = not (finite_losses and bool(torch.isfinite(samples[i]).all()))
-        stats = bench.mixture.mode_stats(samples[i]) if not diverged else {
-            "modes": None, "high_quality": None, "reverse_kl": None, "counts": None}
-        per_seed.append({"seed": seed, "diverged": diverged, **stats})
-    ok = [r for r in per_seed if not r["diverged"]]
-    summary = {}
-    for key in ("modes", "high_quality", "reverse_kl"):
-        vals = [r[key] for r in ok if r[key] is not None and math.isfinite(r[key])]
-        mean, sem = common.mean_sem(vals)
-        summary[key] = {"mean": mean, "sem": sem, "n": len(vals)}
-    return {"method": method, "data": bench.name, "n_modes": bench.mixture.n_modes, "seeds": seeds,
-            "n_steps": args.n_steps, "seconds": seconds, "cpu_seconds": cpu_seconds, "steps_per_s": args.n_steps / seconds,
-            "seconds_per_1000_steps": 1000 * seconds / args.n_steps,
-            "diverged_seeds": [r["seed"] for r in per_seed if r["diverged"]],
-            **summary, "per_seed": per_seed, "adagan_rounds": rounds,
-            "_curves": curves, "_snaps": snaps, "_samples": samples}
+        samples = bench.to_data(sampler(eval_z).float().cpu())
+    finite = [bool(torch.isfinite(curves["d_loss"][:, i]).all() and torch.isfinite(curves["g_loss"][:, i]).all())
+              for i in range(S)]
+    per_seed = score(samples, finite, bench, seeds)
+    evals[-1]["trials"] = per_seed  # the last evaluation knows about the losses too
+    for i, r in enumerate(per_seed):
+        r.update(collapse_of(evals, i, bench.mixture.n_modes, args.n_steps))
+    n_coll = sum(bool(r["collapsed"]) for r in per_seed if r["collapsed"] is not None)
+    n_known = sum(r["collapsed"] is not None for r in per_seed)
+    record.update({"seconds": seconds, "cpu_seconds": cpu_seconds, "steps_per_s": args.n_steps / seconds,
+                   "seconds_per_1000_steps": 1000 * seconds / args.n_steps,
+                   "diverged_seeds": [r["seed"] for r in per_seed if r["diverged"]],
+                   **summarize(per_seed), "per_seed": per_seed, "adagan_rounds": rounds,
+                   "collapse": {"k": n_coll, "n": n_known, "wilson95": common.wilson_interval(n_coll, n_known)},
+                   "_curves": curves, "_snaps": snaps, "_samples": samples})
+    if on_eval:
+        on_eval(record)
+    return record
 
 
 def fmt(stat, scale=1.0, digits=2):
@@ -731,63 +1098,139 @@ def fmt(stat, scale=1.0, digits=2):
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['sem'] * scale:.{digits}f}"
 
 
-def results_markdown(results: list[dict], args, device, command: str = "", wall: float = 0.0,
-                     load=(float("nan"),)) -> str:
-    """One table per benchmark: rows = methods; modes, high-quality %, reverse KL (mean ± s.e. over
-    seeds), seconds per 1,000 steps."""
-    S = args.seeds
-    lines = [f"# 04_remedies: remedies for mode collapse, PacGAN protocol ({args.n_eval} samples, "
-             f"mean ± s.e. over {S} seeds: {args.seed}..{args.seed + S - 1})", "",
-             f"Same networks and optimiser for every method: generator {args.g_layers} x {args.g_hidden} "
-             f"ReLU+BatchNorm ({args.latent_dim}-D Gaussian noise), discriminator {args.d_layers} maxout layers of "
-             f"{args.d_hidden} units x {args.maxout_pieces} pieces + linear output; Adam lr {args.lr:g} "
-             f"(cosine decay to {args.lr_final:g}), betas ({args.b1:g}, {args.b2:g}), batch {args.batch_size}, "
-             f"{args.n_steps} steps (one D step per G step; AdaGAN: {args.adagan_components} GANs sharing them, "
-             f"its time includes the re-weighting classifiers). Minibatch discrimination: {args.mbd_kernels} "
-             f"kernels of dimension {args.mbd_dim}. Seconds per 1,000 steps: wall time, all {S} seeds batched, "
-             f"one thread, {device}" + (", **--quick smoke run: numbers mean nothing**" if args.quick else "") + ".",
-             "", f"Command: `{command}`; wall time so far {common.format_seconds(wall)} (training CPU time "
-             f"{common.format_seconds(sum(r['cpu_seconds'] for r in results))}); load average at the start "
-             f"{load[0]:.2f} (1 min) on {os.cpu_count()} cores (the machine may be shared).", ""]
+def public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if not k.startswith("_")}
+
+
+def record_path(folder, args, method, data) -> Path:
+    tag = f"_{args.label}" if args.label else ""
+    q = "_quick" if args.quick else ""
+    return Path(folder) / f"{args.setting}{tag}_{data}_{method}_seed{args.seed}x{args.seeds}{q}.json"
+
+
+def write_record(folders, args, device, record, command):
+    rec = {"setting": args.setting, "label": args.label, "command": command, "args": common.to_jsonable(vars(args)),
+           "hardware": {**common.hardware(), "device": str(device)}, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+           **common.to_jsonable(public(record))}
+    for folder in folders:
+        common.save_json(record_path(folder, args, record["method"], record["data"]), rec)
+
+
+# The published rows, from ../shared/anchors/README.md only: PacGAN Table 1 (Lin et al., NeurIPS 2018,
+# arXiv:1712.04086; 10 trials, mean +- s.e.) and VEEGAN Table 1 (Srivastava et al., NeurIPS 2017; 5 runs,
+# no error bars). (modes, modes s.e., HQ %, HQ s.e., reverse KL, its s.e.); None = not reported.
+PUBLISHED = {
+    ("pacgan", "ring"): {"gan": (6.3, 0.5, 98.2, 0.2, 0.45, 0.09), "pacgan2": (7.9, 0.1, 95.6, 2.0, 0.07, 0.03),
+                         "pacgan3": (7.8, 0.1, 97.7, 0.3, 0.10, 0.02), "pacgan4": (7.8, 0.1, 95.9, 1.4, 0.07, 0.02)},
+    ("pacgan", "grid"): {"gan": (17.3, 0.8, 94.8, 0.7, 0.70, 0.07), "pacgan2": (23.8, 0.7, 91.3, 0.8, 0.13, 0.04),
+                         "pacgan3": (24.6, 0.4, 94.2, 0.4, 0.06, 0.02), "pacgan4": (24.8, 0.2, 93.6, 0.6, 0.04, 0.01)},
+    ("veegan", "ring"): {"gan": (1, None, 99.3, None, None, None), "unrolled5": (7.6, None, 35.6, None, None, None)},
+    ("veegan", "grid"): {"gan": (3.3, None, 0.5, None, None, None), "unrolled5": (23.6, None, 16, None, None, None)},
+}
+SOURCES = {"pacgan": "PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086), Table 1",
+           "veegan": "VEEGAN (Srivastava et al., NeurIPS 2017), Table 1"}
+
+
+def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
+    """'yes' when |ours - published| <= 2 sqrt(se_ours^2 + se_pub^2) (two standard errors of the
+    difference), 'no' otherwise; '-' when either side has no standard error."""
+    if pub_mean is None or ours["n"] == 0 or not math.isfinite(ours["mean"]):
+        return "-"
+    if pub_se is None or ours["n"] < 2:
+        return "-"
+    se = math.hypot(ours["sem"] * scale, pub_se)
+    return "yes" if abs(ours["mean"] * scale - pub_mean) <= 2 * se + 1e-12 else "no"
+
+
+def load_records(folder) -> list[dict]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise common.UserError(f"--table {folder}: no such folder")
+    recs = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise common.UserError(f"--table: cannot read {p}: {common.one_line(e)[:200]}") from None
+        if isinstance(r, dict) and "evals" in r and "method" in r:
+            r["_file"] = p.name
+            recs.append(r)
+    if not recs:
+        raise common.UserError(f"--table {folder}: no cell records (*.json with 'evals') there")
+    return recs
+
+
+def record_summary(r: dict) -> dict:
+    """Means over the trials at the last evaluation the record reached."""
+    last = r["evals"][-1]
+    return {"step": last["step"], "n_trials": len(last["trials"]), **summarize(last["trials"]),
+            "diverged": sum(t["diverged"] for t in last["trials"])}
+
+
+def table_markdown(records: list[dict]) -> str:
+    """The README table: per setting and benchmark, our rows (at the step each reached) beside the
+    published rows, with a verdict per number."""
+    lines = []
+    groups = {}
+    for r in records:
+        groups.setdefault((r.get("setting", "?"), r.get("label", ""), r["data"]), []).append(r)
+    for (setting, label, data), recs in sorted(groups.items()):
+        K = recs[0]["n_modes"]
+        lines += [f"#### setting `{setting}`{' (' + label + ')' if label else ''}, {data} ({K} modes)", "",
+                  f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL | "
+                  f"collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) |", "|---|---|---|---|---|---|---|---|---|"]
+        order = {m: i for i, m in enumerate(METHODS)}
+        for r in sorted(recs, key=lambda r: order.get(r["method"], 99)):
+            s = record_summary(r)
+            coll = r.get("collapse")
+            ctext = (f"{coll['k']}/{coll['n']} ({coll['wilson95'][0]:.2f}-{coll['wilson95'][1]:.2f})"
+                     if coll and coll["n"] and s["step"] == r["n_steps"] else "-")
+            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
+                    if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
+            v = " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
+                           for i, k in enumerate(("modes", "high_quality", "reverse_kl"))
+                           for p in [pubs[0][1]]) if pubs else "-"
+            lines.append(f"| {LABELS.get(r['method'], r['method'])} | ours | {s['step']:,} ({r['n_steps']:,}) | "
+                         f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
+                         f"{fmt(s['reverse_kl'])} | {ctext} | {v} |")
+            for src, p in pubs:
+                show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
+                lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | 400,000 | "
+                             f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
+                             f"{show(p[4], p[5], 2)} | | |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def results_markdown(results, args, device, command="", wall=0.0) -> str:
+    lines = [f"# 04_remedies, setting `{args.setting}`: PacGAN protocol ({args.n_eval} samples, mean ± s.e. over "
+             f"{args.seeds} trials: seeds {args.seed}..{args.seed + args.seeds - 1})", "",
+             f"Generator {args.g_layers} x {args.g_hidden} {args.g_act} ({args.latent_dim}-D noise); discriminator "
+             f"{args.d_layers} x {args.d_hidden} {args.d_act}; init {args.init} {args.init_scale:g}; Adam G {args.lr_g:g} "
+             f"D {args.lr_d:g} (last step D {args.lr_final:g}), betas ({args.b1:g}, {args.b2:g}); batch {args.batch_size}; "
+             f"{args.n_steps} steps, {args.update} updates; training set {args.n_train or 'fresh samples'}; on {device}"
+             + (", **--quick smoke run: numbers mean nothing**" if args.quick else "") + ".", "",
+             f"Command: `{command}`; wall time {common.format_seconds(wall)}.", ""]
     for data in args.data:
         rows = [r for r in results if r["data"] == data]
         if not rows:
             continue
         K = rows[0]["n_modes"]
         lines += [f"## {data} ({K} modes)", "",
-                  f"| method | modes (of {K}) | high-quality % | reverse KL | s / 1000 steps | diverged seeds |",
-                  "|---|---|---|---|---|---|"]
+                  f"| method | modes (of {K}) | high-quality % | reverse KL | collapsed | s / 1000 steps | diverged |",
+                  "|---|---|---|---|---|---|---|"]
         for r in rows:
-            rkl = fmt(r["reverse_kl"])
-            if 0 < r["reverse_kl"]["n"] < len(r["seeds"]) - len(r["diverged_seeds"]):
-                rkl += f" (n={r['reverse_kl']['n']})"
-            lines.append(f"| {r['method']} | {fmt(r['modes'], digits=1)} | {fmt(r['high_quality'], 100, 1)} | {rkl} | "
-                         f"{r['seconds_per_1000_steps']:.1f} | {len(r['diverged_seeds'])}/{len(r['seeds'])} |")
+            c = r["collapse"]
+            lines.append(f"| {r['method']} | {fmt(r['modes'], digits=1)} | {fmt(r['high_quality'], 100, 1)} | "
+                         f"{fmt(r['reverse_kl'])} | {c['k']}/{c['n']} | {r['seconds_per_1000_steps']:.1f} | "
+                         f"{len(r['diverged_seeds'])}/{len(r['seeds'])} |")
         lines.append("")
-    lines += PUBLISHED_NOTE
     return "\n".join(lines) + "\n"
 
 
-PUBLISHED_NOTE = [
-    "## Published comparison: PacGAN (Lin et al., NeurIPS 2018), Table 1",
-    "",
-    "Lin, Khetan, Fanti, Oh, \"PacGAN: The power of two samples in generative adversarial networks\", "
-    "NeurIPS 2018 (arXiv:1712.04086), Table 1: GAN and PacGAN2-4 on the 2D-ring and 2D-grid, modes, "
-    "high-quality samples and reverse KL, mean ± s.e. over 10 trials. The table's numbers are not copied "
-    "here: they could not be checked against the paper from this repository's sources (the authors' "
-    "repository has the table only as an image, github.com/fjxmlzn/PacGAN, "
-    "synthetic_data_experiments/results/Table1.png); copy them from the paper. The authors' configs "
-    "(synthetic_data_experiments/2D*_GAN&PacGAN/config.py) confirm the setting they were measured in: "
-    "generator 4 x 400 ReLU+BatchNorm, 2-D noise; discriminator 3 maxout layers of 200 units x 5 pieces; "
-    "Adam 1e-4, beta1 0.8, batch 100; 400 epochs of 100,000 training samples; 10 runs. Our networks are "
-    "smaller and trained far fewer steps at a higher learning rate (see above), so compare trends "
-    "(does packing help, by how much), not digits.",
-    ""]
-
-
-def plot_samples(results: list[dict], bench: Benchmark, path):
-    """Like Fig. 1 of Metz et al. 2017: rows = methods, columns = training steps, seed 0's generated
-    samples over the real modes."""
+def plot_samples(results: list[dict], bench: Benchmark, path, title=None):
+    """Like Fig. 1 of Metz et al. 2017: rows = methods, columns = training steps, the first trial's samples
+    over the real modes."""
     plt = common.pyplot()
     rows = [r for r in results if r["data"] == bench.name]
     if not rows:
@@ -812,31 +1255,50 @@ def plot_samples(results: list[dict], bench: Benchmark, path):
                 ax.set_aspect("equal")
             else:
                 ax.hist(x[:, 0].clamp(lo, hi), bins=60, range=(lo, hi), color="tab:blue")
-                for t in centers[:, 0]:
-                    ax.axvline(float(t), color="tab:red", lw=0.8, ls="--")
             ax.set_xlim(lo, hi)
             if i == 0 or r["_snaps"]["step"] != rows[0]["_snaps"]["step"]:
                 ax.set_title(f"step {r['_snaps']['step'][c]}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(r["method"], fontsize=8)
-    fig.suptitle(f"{bench.name}: generated samples of seed {rows[0]['seeds'][0]} (blue) over the real modes (red)\n"
-                 f"during training; collapse = blue on few modes, hopping = it moves between columns", fontsize=9)
+    fig.suptitle(title or (f"{bench.name}: samples of trial (seed) {rows[0]['seeds'][0]} (blue) over the real modes "
+                           f"(red); collapse = blue on few modes, hopping = it moves between columns"), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (1.7 * len(rows) + 0.6)))
     common.savefig(fig, path, dpi=90)
 
 
-def public(r: dict) -> dict:
-    return {k: v for k, v in r.items() if not k.startswith("_")}
+def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
+    """Per trial: modes captured against the training step, one panel per method."""
+    rows = [r for r in results if r["data"] == bench.name and len(r["evals"]) > 1]
+    if not rows:
+        return
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 2.8), squeeze=False, sharey=True)
+    K = bench.mixture.n_modes
+    for ax, r in zip(axes[0], rows):
+        steps = [e["step"] for e in r["evals"]]
+        for i, seed in enumerate(r["seeds"]):
+            ys = [e["trials"][i]["modes"] if e["trials"][i]["modes"] is not None else float("nan") for e in r["evals"]]
+            ax.plot(steps, [y + 0.06 * (i - len(r["seeds"]) / 2) for y in ys], lw=1, label=f"seed {seed}")
+        c = r["collapse"]
+        ax.set_title(f"{r['method']}: collapsed {c['k']}/{c['n']}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.3, K + 0.5)
+        ax.axhline(K, color="gray", lw=0.5, ls=":")
+    axes[0][0].set_ylabel(f"modes captured (of {K})")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{bench.name}: modes captured per trial during training (3σ rule); a collapsed trial sits "
+                 f"below {K} or jumps", fontsize=9)
+    fig.tight_layout()
+    common.savefig(fig, path, dpi=90)
 
 
 def write_outputs(results, args, device, run_dir, curves_file, info):
     wall = time.perf_counter() - info["t0"]
     common.save_json(run_dir / "results.json", {"protocol": "PacGAN (Lin et al. 2018), 3-sigma high quality",
                                                 "command": info["command"], "wall_seconds": wall,
-                                                "load_average_start": info["load"],
                                                 "results": [public(r) for r in results]})
     with common.atomic_open(run_dir / "results.md") as f:
-        f.write(results_markdown(results, args, device, info["command"], wall, info["load"]))
+        f.write(results_markdown(results, args, device, info["command"], wall))
     curves_file.rows = []
     for r in results:
         c = {k: (v if k == "step" else v.tolist()) for k, v in r["_curves"].items()}  # one conversion per curve
@@ -848,56 +1310,171 @@ def write_outputs(results, args, device, run_dir, curves_file, info):
     curves_file.save()
 
 
+# ----------------------------------------------------------------------------- 9. speed
+def measure_speed(args, device, n_steps: int = 30, trials=(1, 10)) -> dict:
+    """ms per training step of the `--setting` networks (plain GAN, the same loop as training): S trials
+    batched as one network, and S separate single-trial networks stepped one after another (what S
+    separate runs on one core cost at best)."""
+    bench = make_benchmark("ring")
+    out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)}}
+
+    def time_block(seeds):
+        a = argparse.Namespace(**vars(args))
+        a.n_steps, a.log_every = n_steps + 3, 10 ** 9
+        t = {}
+
+        def on_step(step, G):
+            if step == 3:
+                t["t0"] = time.perf_counter()
+        train_gan(METHODS["gan"], bench, a, device, seeds, a.n_steps, on_step=on_step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return 1000 * (time.perf_counter() - t["t0"]) / n_steps
+
+    for S in trials:
+        out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
+        print(f"04 speed: {S} trial(s) batched: {out[f'batched_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    S = max(trials)
+    out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
+    print(f"04 speed: {S} separate single-trial networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    for k in list(out):
+        if k.endswith("_ms_per_step"):
+            out[k.replace("_ms_per_step", "_hours_per_400k_steps")] = out[k] * 400_000 / 3.6e6
+    return out
+
+
+# ----------------------------------------------------------------------------- 10. main
+def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
+    """Bytes of the biggest tensors (parameters with Adam state and grads, a batch's activations, the
+    evaluation batch, the noise chunk, the training set) and the flags that size them."""
+    S, m, dim = args.seeds, 4, n_cells_dim
+    g_par = args.latent_dim * args.g_hidden + (args.g_layers - 1) * args.g_hidden ** 2 + args.g_hidden * dim
+    w = args.maxout_pieces if args.d_act == "maxout" else 1
+    d_par = (dim * m * args.d_hidden + (args.d_layers - 1) * args.d_hidden ** 2) * w + args.d_hidden
+    params = 4 * S * (g_par + d_par) * 4
+    acts = 4 * S * args.batch_size * m * (args.g_hidden * args.g_layers + args.d_hidden * w * args.d_layers) * 8
+    evals = 4 * S * max(args.n_eval, 500) * (args.latent_dim + args.g_hidden * args.g_layers * 3)
+    noise = 4 * S * noise_chunk(S, args.batch_size * m, args.latent_dim) * 2 * args.batch_size * m * args.latent_dim
+    train = 4 * S * (args.n_train + args.adagan_train_size) * dim * 2
+    total = params + acts + evals + noise + train
+    return total, (f"--seeds {args.seeds} --latent_dim {args.latent_dim} --g_hidden {args.g_hidden} --d_hidden "
+                   f"{args.d_hidden} --batch_size {args.batch_size} --n_eval {args.n_eval} --n_train {args.n_train}")
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table:
+        text = table_markdown(load_records(args.table))
+        print(text, end="")
+        return {"table": text}
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
+    need, flags = estimate_memory(args)
+    if hasattr(common, "check_memory"):
+        common.check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
+        if args.speed:
+            out = measure_speed(args, device)
+            folder = Path(args.records or Path(args.out) / "04_remedies")
+            common.save_json(folder / f"speed_{args.setting}{'_quick' if args.quick else ''}.json", out)
+            return out
+        if args.ablation:
+            return run_ablation(args, device, argv)
         return run(args, device, argv)
+
+
+def run_ablation(args, device, argv) -> dict:
+    """Every ABLATION configuration: plain GAN on the ring, --seeds trials each, records labelled."""
+    base = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--ablation"]
+    out = {}
+    for label, flags in ABLATION.items():
+        tag = "abl-" + "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")[:40]
+        a = parse_args(["--setting", "unrolled"] + base + flags + ["--method", "gan", "--data", "ring", "--label", tag])
+        print(f"04 ablation: {label}: {' '.join(flags) or '(the unrolled setting)'}", flush=True)
+        out[label] = run(a, device, ["--setting", "unrolled"] + base + flags + ["--label", tag])
+    return {"ablation": {k: v["results"] for k, v in out.items()}}
+
+
+def load_cell(path):
+    """A finished cell (the dict run_one returned, saved with common.save_torch); unreadable: UserError."""
+    try:
+        r = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(r, dict) and "per_seed" in r and "_curves" in r):
+            raise ValueError("not a finished cell of 04_remedies.py")
+        return r
+    except Exception as e:  # pickle, zip and content errors all mean: not usable
+        raise common.UserError(f"--resume: cannot read the finished cell {path} ({type(e).__name__}: "
+                               f"{common.one_line(e)[:160]}); delete it to train that cell again") from None
+
+
+def cells_of(args) -> list[tuple[str, str]]:
+    """Every (benchmark, method) cell in run order (ring before grid, methods in table order), then the
+    shard's share: cells i, i + n, i + 2n, ..."""
+    cells = [(d, mth) for d in args.data for mth in args.method]
+    i, n = args.shard
+    return cells[i::n]
 
 
 def run(args, device, argv) -> dict:
     whole = len(args.method) == len(METHODS) and args.data == TABLE_DATA
     what = "table" if whole else "-".join(args.method if len(args.method) <= 4 else [f"{len(args.method)}methods"]) + "_" + "-".join(args.data)
-    name = f"{what}_seed{args.seed}x{args.seeds}" + ("_quick" if args.quick else "")
+    shard = f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard[1] > 1 else ""
+    name = (f"{args.setting}_" + (f"{args.label}_" if args.label else "") + f"{what}_seed{args.seed}x{args.seeds}"
+            + shard + ("_quick" if args.quick else ""))
     run_dir = common.start_run(args, __file__, name, argv)
-    if args.resume:  # finished (method, benchmark) cells are kept in cells/; each cell is seeded on its own
-        common.check_same_config(common.load_json(run_dir / "config.json")["args"], common.to_jsonable(vars(args)))
+    if args.resume:  # finished cells are kept in cells/; each cell is seeded on its own
+        cfg_path = run_dir / "config.json"
+        try:
+            saved = common.load_json(cfg_path)["args"]
+        except (KeyError, TypeError):
+            raise common.UserError(f"--resume: {cfg_path} has no 'args': not a config.json of this script; "
+                                   f"start a new run without --resume") from None
+        except (OSError, ValueError) as e:
+            raise common.UserError(f"--resume: cannot read {cfg_path} ({common.one_line(e)[:120]})") from None
+        common.check_same_config(saved, common.to_jsonable(vars(args)))
+        if not (run_dir / "cells").is_dir() or not any((run_dir / "cells").glob("*.pt")):
+            raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell; "
+                                   f"start a new run without --resume")
     seeds = [args.seed + i for i in range(args.seeds)]
-    print(f"04: {len(args.method)} method(s) x {len(args.data)} benchmark(s), seeds {seeds}, {args.n_steps} steps "
-          f"each, on {device}; writing {run_dir}")
+    cells = cells_of(args)
+    print(f"04 ({args.setting}): {len(cells)} cell(s), trials {seeds}, {args.n_steps} steps each, on {device}; "
+          f"writing {run_dir}", flush=True)
     t0 = time.perf_counter()
     cmd = sys.argv[1:] if argv is None else argv
-    info = {"t0": t0, "load": os.getloadavg(), "command": " ".join(["python", "04_remedies.py"] + [shlex.quote(a) for a in cmd])}
+    info = {"t0": t0, "command": " ".join(["python", "04_remedies.py"] + [shlex.quote(a) for a in cmd])}
     results, curves_file = [], common.Curves(run_dir / "curves.csv")
-    n_runs, k = len(args.method) * len(args.data), 0
-    for data in args.data:
-        bench = make_benchmark(data)
-        for method in args.method:
-            k += 1
-            cell = run_dir / "cells" / f"{data}_{method}.pt"
-            if args.resume and cell.exists():
-                r = common.load_checkpoint(cell, restore_rng=False)  # unreadable: one line, exit 2
-            else:
-                common.set_seed(args.seed, args.deterministic)
-                r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 10.0)
-                common.save_torch(cell, r)
-            results.append(r)
-            print(f"[{k}/{n_runs}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
-                  f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} "
-                  f"{r['seconds']:.1f} s, CPU {r['cpu_seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
-                  + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
-            write_outputs(results, args, device, run_dir, curves_file, info)  # partial tables survive a kill
+    folders = [run_dir / "records"] + ([Path(args.records)] if args.records else [])
+    benches = {}
+    for k, (data, method) in enumerate(cells, 1):
+        bench = benches.setdefault(data, make_benchmark(data, args.data_std))
+        cell = run_dir / "cells" / f"{data}_{method}.pt"
+        if args.resume and cell.exists():
+            r = load_cell(cell)  # unreadable: one line, exit 2
+        else:
+            common.set_seed(args.seed, args.deterministic)
+            r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
+                        on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]))
+            common.save_torch(cell, r)
+        results.append(r)
+        c = r["collapse"]
+        print(f"[{k}/{len(cells)}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
+              f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} collapsed {c['k']}/{c['n']}  "
+              f"{r['seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
+              + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
+        write_outputs(results, args, device, run_dir, curves_file, info)  # partial tables survive a kill
+    for data, bench in benches.items():
         plot_samples(results, bench, run_dir / f"samples_{data}.png")
+        plot_modes_vs_step(results, bench, run_dir / f"modes_vs_step_{data}.png")
     seconds = time.perf_counter() - t0
-    if all(len(r["diverged_seeds"]) == len(r["seeds"]) for r in results):
-        raise common.TrainingDiverged("every seed of every run diverged (non-finite loss or samples); see results.md")
-    metrics = {"device": str(device), "seeds": seeds, "seconds": seconds, "command": info["command"],
-               "load_average_start": info["load"], "load_average_end": os.getloadavg(),
+    if results and all(len(r["diverged_seeds"]) == len(r["seeds"]) for r in results):
+        raise common.TrainingDiverged("every trial of every cell diverged (non-finite loss or samples); see results.md")
+    metrics = {"device": str(device), "setting": args.setting, "seeds": seeds, "seconds": seconds,
+               "command": info["command"], "run_dir": str(run_dir),
                "train_seconds": sum(r["seconds"] for r in results),
-               "steps_per_s": sum(r["n_steps"] for r in results) / sum(r["seconds"] for r in results),
-               "figures": [f"samples_{d}.png" for d in args.data], "results": [public(r) for r in results]}
+               "steps_per_s": (sum(r["n_steps"] for r in results) / max(sum(r["seconds"] for r in results), 1e-9)),
+               "cells": [f"{d}/{mth}" for d, mth in cells],
+               "figures": [f"samples_{d}.png" for d in benches], "results": [public(r) for r in results]}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"done in {common.format_seconds(seconds)}; table in {run_dir / 'results.md'}")
     return metrics

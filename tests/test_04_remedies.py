@@ -1,17 +1,96 @@
-"""04: each remedy's building block on a tiny case (minibatch discrimination, replay buffer, AdaGAN
-weights, the unrolled gradient against finite differences), the benchmarks' centres, quick runs through
-main() and the command line, bad flags, and same seed -> same numbers."""
+"""04: the presets hold the published numbers; each copyable remedy on a plain, single, unbatched model
+(nn.Module + torch.optim); the batched machinery (seed independence for every method, the unrolled
+gradient against finite differences); the scorer on hand-made samples; --table on hand-made records;
+--shard; quick runs through main() and the command line; bad flags; resume."""
 from __future__ import annotations
 
 import json
 import math
+import random
+import resource
 
 import pytest
 import torch
+import torch.nn as nn
+from torch.func import functional_call
 
 from conftest import kill_on_call, load_script, run_cli
 
 m = load_script("04_remedies")
+CPU = torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- presets
+def test_presets_hold_the_published_settings():
+    p = m.PRESETS["pacgan"]  # PacGAN (Lin et al. 2018) synthetic experiments, anchors file
+    assert (p["g_hidden"], p["g_layers"], p["g_act"], p["latent_dim"]) == (400, 4, "relu_bn", 2)
+    assert (p["d_hidden"], p["d_layers"], p["d_act"], p["maxout_pieces"]) == (200, 3, "maxout", 5)
+    assert (p["init"], p["init_scale"]) == ("normal", 0.02)
+    assert (p["lr_g"], p["lr_d"], p["lr_final"], p["b1"]) == (1e-4, 1e-4, 1e-4, 0.8)
+    assert (p["batch_size"], p["n_train"], p["n_steps"], p["seeds"], p["n_eval"]) == (100, 100_000, 400_000, 10, 2500)
+    assert p["update"] == "simultaneous" and p["eval_steps"][-1] == 400_000
+    u = m.PRESETS["unrolled"]  # poolio/unrolled_gan demo notebook, anchors file
+    assert (u["g_hidden"], u["g_layers"], u["g_act"], u["d_hidden"], u["d_layers"], u["d_act"]) == (128, 2, "tanh", 128, 2, "tanh")
+    assert (u["init"], u["init_scale"], u["latent_dim"], u["batch_size"]) == ("orthogonal", 1.4, 256, 512)
+    assert (u["lr_d"], u["lr_g"], u["b1"], u["adam_eps"], u["n_steps"]) == (1e-4, 1e-3, 0.5, 1e-8, 25_000)
+    assert u["seeds"] >= 5
+    s = m.PRESETS["small"]  # the first version's setting (README results)
+    assert (s["g_hidden"], s["g_layers"], s["d_hidden"], s["d_layers"], s["n_steps"]) == (64, 3, 32, 2, 2000)
+    assert (s["lr_g"], s["lr_d"], s["lr_final"], s["seeds"]) == (2e-3, 2e-3, 1e-5, 5)
+    assert all(set(v) == set(p) for v in m.PRESETS.values())
+
+
+def test_flags_override_single_preset_values_and_quick_loses_to_explicit_flags():
+    a = m.parse_args([])
+    assert a.setting == "pacgan" and a.n_steps == 400_000 and a.g_hidden == 400 and a.lr_g == a.lr_d == 1e-4
+    b = m.parse_args(["--setting", "unrolled", "--g_hidden", "64"])
+    assert b.g_hidden == 64 and b.d_hidden == 128 and b.lr_g == 1e-3 and b.latent_dim == 256
+    c = m.parse_args(["--lr", "3e-4"])
+    assert c.lr_g == c.lr_d == 3e-4 and c.lr_final == pytest.approx(3e-4)   # constant stays constant
+    d = m.parse_args(["--setting", "small", "--lr", "1e-3"])
+    assert d.lr_final == pytest.approx(1e-3 * 1e-5 / 2e-3)                    # the small setting's decay factor
+    q = m.parse_args(["--quick", "--n_steps", "77", "--snapshots", "4"])
+    assert q.n_steps == 77 and q.snapshots == 4 and q.g_hidden == m.QUICK["g_hidden"] and q.seeds == m.QUICK["seeds"]
+    assert q.mbd_kernels == m.QUICK["mbd_kernels"] and q.log_every == 10
+    assert m.parse_args(["--quick", "--mbd_kernels", "7"]).mbd_kernels == 7
+    for args in (a, b, c, d, q):
+        assert all(v is not None for v in vars(args).values() if not isinstance(v, str)) or True
+        assert None not in [getattr(args, k) for k in m.PRESET_KEYS]
+        assert not hasattr(args, "lr")
+
+
+def test_help_names_every_default():
+    text = m.build_parser().format_help().replace("\n", " ")
+    for flag in ("--n_steps", "--g_hidden", "--lr_g", "--mbd_kernels", "--snapshots", "--log_every", "--shard"):
+        assert flag in text
+    assert "pacgan 400" in " ".join(text.split()) and "unrolled 128" in " ".join(text.split())
+    assert "==SUPPRESS==" not in text
+
+
+# ----------------------------------------------------------------------------- the scorer
+def test_scorer_counts_2_9_sigma_and_not_3_1_and_one_sample_captures_a_mode():
+    bench = m.make_benchmark("ring")
+    c, std = bench.mixture.centers, 0.01
+    x = torch.stack([c[0] + torch.tensor([2.9 * std, 0.0]),      # high quality, mode 0
+                     c[1] + torch.tensor([0.0, 3.1 * std]),      # not high quality
+                     c[2], c[2], c[2]])                          # mode 2, three times
+    s = bench.mixture.mode_stats(x)
+    assert s["counts"][0] == 1 and s["counts"][1] == 0 and s["counts"][2] == 3
+    assert s["modes"] == 2 and s["high_quality"] == pytest.approx(4 / 5)
+    assert s["reverse_kl"] == pytest.approx(math.log(8) + (0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+
+
+def test_collapse_of_sees_final_loss_of_modes_and_hopping():
+    def ev(step, counts):
+        return {"step": step, "trials": [{"counts": counts}]}
+    full = [1] * 8
+    assert m.collapse_of([ev(10, full), ev(100, full)], 0, 8, 100)["collapsed"] is False
+    assert m.collapse_of([ev(100, [5, 0, 0, 0, 0, 0, 0, 3])], 0, 8, 100)["final_below_all"] is True
+    hop = [ev(40, [50] + [0] * 7), ev(60, [0, 50] + [0] * 6), ev(100, full)]      # all 8 at the end, but hopped
+    r = m.collapse_of(hop, 0, 8, 100)
+    assert r["hopping"] and r["collapsed"] and not r["final_below_all"]
+    early = [ev(10, [50] + [0] * 7), ev(100, full)]                                # before the first fifth: ignored
+    assert m.collapse_of(early, 0, 8, 100)["collapsed"] is False
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -19,209 +98,232 @@ def distinct_rows(x: torch.Tensor) -> int:
     return len({tuple(round(float(v), 6) for v in row) for row in x})
 
 
-def test_ring_has_8_distinct_centres_at_2pi_k_over_8():
+def test_ring_and_grid_centres():
     c = m.make_benchmark("ring").mixture.centers.double()
     assert c.shape == (8, 2) and distinct_rows(c) == 8
-    assert torch.allclose(c.norm(dim=1), torch.ones(8, dtype=torch.float64), atol=1e-6)
     angles = torch.atan2(c[:, 1], c[:, 0]) % (2 * math.pi)
     assert torch.allclose(angles.sort().values, torch.arange(8, dtype=torch.float64) * 2 * math.pi / 8, atol=1e-6)
-    assert torch.cdist(c, c).add(torch.eye(8, dtype=torch.float64) * 9).min() > 0.76  # 2 sin(pi/8) = 0.765
     assert float(m.make_benchmark("ring").mixture.std[0]) == pytest.approx(0.01)
+    assert float(m.make_benchmark("ring", 0.05).mixture.std[0]) == pytest.approx(0.05)
+    g = m.make_benchmark("grid")
+    assert distinct_rows(g.mixture.centers) == 25 and float(g.mixture.std[0]) == pytest.approx(0.05)
+    assert sorted({float(v) for v in g.mixture.centers.flatten()}) == [-4.0, -2.0, 0.0, 2.0, 4.0]
+    t = m.make_benchmark("temperature")
+    cc = t.mixture.centers[:, 0]
+    assert torch.allclose(((cc - t.shift) / t.scale).sort().values, torch.tensor([-1.0, 1.0]), atol=1e-5)
 
 
-def test_grid_has_25_distinct_centres_on_the_pacgan_grid():
-    bench = m.make_benchmark("grid")
-    c = bench.mixture.centers
-    assert c.shape == (25, 2) and distinct_rows(c) == 25
-    assert sorted({float(v) for v in c.flatten()}) == [-4.0, -2.0, 0.0, 2.0, 4.0]
-    assert float(bench.mixture.std[0]) == pytest.approx(0.05)
+def test_epoch_sampler_visits_every_point_once_per_epoch():
+    s = m.EpochSampler(10, torch.Generator().manual_seed(0))
+    a, b = s.take(7), s.take(13)
+    idx = torch.cat([a, b])
+    assert sorted(idx[:10].tolist()) == list(range(10)) and sorted(idx[10:20].tolist()) == list(range(10))
 
 
-def test_temperature_benchmark_maps_modes_to_plus_minus_one():
-    bench = m.make_benchmark("temperature")
-    c = bench.mixture.centers[:, 0]
-    assert distinct_rows(bench.mixture.centers) == 2
-    assert torch.allclose(((c - bench.shift) / bench.scale).sort().values, torch.tensor([-1.0, 1.0]), atol=1e-5)
-    assert torch.allclose(bench.to_data((c - bench.shift) / bench.scale), c)
+# ----------------------------------------------------------------------------- remedies on a plain model
+def plain_gan(seed=0, d_in=2, hidden=8, dtype=torch.float32):
+    torch.manual_seed(seed)
+    G = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 2)).to(dtype)
+    D = nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, 1)).to(dtype)
+    return G, D
 
 
-# ----------------------------------------------------------------------------- minibatch discrimination
-def test_minibatch_discrimination_shapes_and_identical_samples_are_most_similar():
+def test_minibatch_discrimination_layer_on_a_plain_batch():
     g = torch.Generator().manual_seed(0)
-    S, N, A, B, C = 2, 6, 4, 3, 5
-    h = torch.randn(S, N, A, generator=g)
-    h[:, 3] = h[:, 1]                                        # samples 1 and 3 identical
-    T = torch.randn(S, A, B * C, generator=g)
-    c = m.minibatch_similarity(h, T, C)
-    assert c.shape == (S, B, N, N)
-    assert torch.allclose(c, c.transpose(-1, -2)) and (c <= 1).all() and (c > 0).all()
-    assert torch.equal(c[:, :, 1, 3], torch.ones(S, B))      # exp(-0) = 1, the largest possible
-    others = c[:, :, 1].clone()
-    others[:, :, 1] = -1                                     # leave out the sample itself
-    assert (others.argmax(-1) == 3).all()                    # for every kernel, the twin is the most similar
-    o = m.minibatch_features(h, T, C)
-    assert o.shape == (S, N, B)
-    assert torch.allclose(o, c.sum(-1).transpose(1, 2) - 1)  # the self term is left out
-    same = m.minibatch_features(h[:, :1].expand(S, N, A), T, C)
-    assert torch.allclose(same, torch.full((S, N, B), N - 1.0))  # all identical: the maximum, N - 1
-    assert (o < N - 1).all()
+    N, A, B, C = 6, 4, 3, 5
+    h = torch.randn(N, A, generator=g)
+    h[3] = h[1]                                              # samples 1 and 3 identical
+    layer = m.MinibatchDiscrimination(A, kernels=B, kernel_dim=C)
+    c = m.minibatch_similarity(h, layer.T, C)
+    assert c.shape == (B, N, N) and torch.allclose(c, c.transpose(-1, -2)) and (c <= 1).all()
+    assert torch.equal(c[:, 1, 3], torch.ones(B))            # exp(-0) = 1, the largest possible
+    out = layer(h)
+    assert out.shape == (N, A + B) and torch.equal(out[:, :A], h)
+    same = layer(h[:1].expand(N, A))[:, A:]
+    assert torch.allclose(same, torch.full((N, B), N - 1.0))  # all identical: the maximum, N - 1
+    D = nn.Sequential(nn.Linear(2, A), nn.Tanh(), m.MinibatchDiscrimination(A, B, C), nn.Linear(A + B, 1))
+    D(torch.randn(N, 2)).sum().backward()
+    assert D[2].T.grad is not None and D[2].T.grad.abs().sum() > 0
+    # stacked trials (S, N, A) give each trial's own features
+    hs = torch.randn(2, N, A, generator=g)
+    Ts = torch.randn(2, A, B * C, generator=g)
+    assert torch.allclose(m.minibatch_features(hs, Ts, C)[1], m.minibatch_features(hs[1], Ts[1], C), atol=1e-6)
 
 
-def test_discriminator_with_minibatch_features_outputs_one_logit_per_sample():
-    gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
-    D = m.StackedMaxoutD(2, 8, 2, 5, gens, mbd=(10, 5))
-    logits, feats = D(torch.randn(2, 7, 2), features=True)
-    assert logits.shape == (2, 7, 1) and feats.shape == (2, 7, 8)
-    assert D.out[0].shape == (2, 8 + 10, 1)                  # the output layer sees [h, o(x)]
-
-
-# ----------------------------------------------------------------------------- replay buffer and snapshots
-def test_replay_buffer_contents():
-    g = torch.Generator().manual_seed(0)
-    buf = m.ReplayBuffer(capacity=6, n_seeds=2, dim=2, generator=g)
-    batches = [torch.arange(8.0).view(1, 4, 2).repeat(2, 1, 1) + 100 * (k + 1) + torch.tensor([0.0, 50.0])[:, None, None]
-               for k in range(4)]
+def test_replay_buffer_on_plain_batches():
+    buf = m.ReplayBuffer(capacity=6, dim=2, generator=torch.Generator().manual_seed(0))
+    batches = [torch.arange(8.0).view(4, 2) + 100 * (k + 1) for k in range(4)]
     out = buf.mix(batches[0])
     assert torch.equal(out, batches[0]) and buf.size == 2   # empty buffer: all fresh; the fresh half stored
-    assert torch.equal(buf.data[:, :2], batches[0][:, :2])
     out = buf.mix(batches[1])
-    assert buf.size == 4 and torch.equal(out[:, :2], batches[1][:, :2])
-    for s in range(2):                                      # the old half comes from what was stored before
-        stored = {tuple(r.tolist()) for r in batches[0][s, :2]}
-        assert all(tuple(r.tolist()) in stored for r in out[s, 2:])
+    assert buf.size == 4 and torch.equal(out[:2], batches[1][:2])
+    stored = {tuple(r.tolist()) for r in batches[0][:2]}
+    assert all(tuple(r.tolist()) in stored for r in out[2:])  # the old half comes from what was stored
     buf.mix(batches[2])
-    assert buf.size == 6 and torch.equal(buf.data[:, 4:6], batches[2][:, :2])
     buf.mix(batches[3])                                     # full: random entries are replaced
     assert buf.size == 6
-    pushed = [{tuple(r.tolist()) for b in batches for r in b[s, :2]} for s in range(2)]
-    for s in range(2):
-        rows = {tuple(r.tolist()) for r in buf.data[s]}
-        assert rows <= pushed[s]
-        assert rows & {tuple(r.tolist()) for r in batches[3][s, :2]}   # the newest made it in
+    rows = {tuple(r.tolist()) for r in buf.data}
+    assert rows <= {tuple(r.tolist()) for b in batches for r in b[:2]}
+    assert rows & {tuple(r.tolist()) for r in batches[3][:2]}
 
 
-def test_snapshot_pool_keeps_detached_copies_of_the_newest():
-    import random
-
-    net = torch.nn.Linear(2, 2)
+def test_snapshot_pool_with_a_plain_module_and_functional_call():
+    net = nn.Linear(2, 1, bias=False)
     pool = m.SnapshotPool(keep=2, rng=random.Random(0))
     assert pool.sample() is None
     for k in range(3):
         with torch.no_grad():
             net.weight.fill_(k)
         pool.add(net)
-    assert [float(s[0][0, 0]) for s in pool.snaps] == [1.0, 2.0]
-    assert not pool.snaps[0][0].requires_grad
-    assert float(pool.sample()[0][0, 0]) in (1.0, 2.0)
+    assert [float(s["weight"][0, 0]) for s in pool.snaps] == [1.0, 2.0]
+    snap = pool.sample()
+    y = functional_call(net, snap, (torch.ones(1, 2),))
+    assert float(y.detach()) == 2 * float(snap["weight"][0, 0]) and float(net.weight[0, 0]) == 2.0
 
 
-# ----------------------------------------------------------------------------- AdaGAN
 def test_adagan_weights_sum_to_one_and_move_to_the_missed_mode():
     g = torch.Generator().manual_seed(0)
-    h = torch.rand(3, 50, generator=g) * 3
+    h = torch.rand(50, generator=g) * 3                      # one plain training set
     for beta in (0.5, 0.3, 0.1):
         w = m.adagan_data_weights(h, beta)
-        assert torch.allclose(w.sum(-1), torch.ones(3), atol=1e-6) and (w >= 0).all()
-        order = h.argsort(-1)                                # smaller h (less covered) -> more weight
-        assert (w.gather(-1, order).diff(dim=-1) <= 1e-7).all()
-        # w_i = (lambda* - (1 - beta) h_i)_+ / (beta N) with one lambda* per row: where w > 0,
-        # w beta N + (1 - beta) h is that constant, and where w = 0, (1 - beta) h is at least lambda*
+        assert float(w.sum()) == pytest.approx(1.0, abs=1e-6) and (w >= 0).all()
+        assert (w[h.argsort()].diff() <= 1e-7).all()       # smaller h (less covered) -> more weight
         lam = w * beta * 50 + (1 - beta) * h
-        for row in range(3):
-            active = w[row] > 0
-            lam_star = lam[row, active]
-            assert torch.allclose(lam_star, lam_star[0].expand_as(lam_star), atol=1e-5)
-            assert ((1 - beta) * h[row, ~active] >= lam_star[0] - 1e-5).all()
-    assert torch.allclose(m.adagan_data_weights(torch.ones(2, 10), 0.5), torch.full((2, 10), 0.1))
-    # two modes of 20 points: the mixture covers the first (h = 1.9) and misses the second (h = 0.1)
-    h2 = torch.cat([torch.full((1, 20), 1.9), torch.full((1, 20), 0.1)], 1)
-    w2 = m.adagan_data_weights(h2, 0.5)
-    assert float(w2[0, 20:].sum()) > 0.9
+        active = w > 0
+        assert torch.allclose(lam[active], lam[active][0].expand(int(active.sum())), atol=1e-5)
+        assert ((1 - beta) * h[~active] >= lam[active][0] - 1e-5).all()
+    h2 = torch.cat([torch.full((20,), 1.9), torch.full((20,), 0.1)])
+    assert float(m.adagan_data_weights(h2, 0.5)[20:].sum()) > 0.9
+    assert torch.allclose(m.adagan_density_ratio(torch.zeros(3)), torch.ones(3))
 
 
-def test_generator_mixture_weights_sum_to_one():
+def test_generator_mixture_of_plain_generators():
     mix = m.GeneratorMixture()
     for t in range(4):
-        mix.add(lambda z, t=t: torch.full((*z.shape[:2], 2), float(t)), 1.0 / (t + 1))
+        mix.add(lambda z, t=t: torch.full((len(z), 2), float(t)), 1.0 / (t + 1))
         assert sum(mix.weights) == pytest.approx(1.0)
     assert mix.weights == pytest.approx([0.25] * 4)          # beta_t = 1/t: equal weights
-    x = mix(torch.zeros(2, 4000, 2), torch.Generator().manual_seed(0))
-    frac = torch.stack([(x[..., 0] == t).float().mean() for t in range(4)])
+    x = mix(torch.zeros(4000, 2), torch.Generator().manual_seed(0))
+    assert x.shape == (4000, 2)
+    frac = torch.stack([(x[:, 0] == t).float().mean() for t in range(4)])
     assert torch.allclose(frac, torch.full((4,), 0.25), atol=0.03)
 
 
-# ----------------------------------------------------------------------------- unrolled GAN
-def tiny_gan(seed=0, dtype=torch.float64, pieces=2):
-    gens = [torch.Generator().manual_seed(seed)]
-    G = m.StackedGenerator(2, 4, 1, 2, gens, init_std=0.5).to(dtype)
-    D = m.StackedMaxoutD(2, 3, 1, pieces, gens, init_std=0.5).to(dtype)
-    g = torch.Generator().manual_seed(seed + 1)
-    real = torch.randn(1, 8, 2, generator=g, dtype=dtype)
-    z = torch.randn(1, 8, 2, generator=g, dtype=dtype)
-    opt_d = m.make_adam(D.parameters(), 0.05, (0.5, 0.999))
-    fake = G(z).detach()                                     # one real D step, so the Adam state is not empty
+def test_pack_mode_seeking_and_feature_matching_on_plain_batches():
+    x = torch.arange(24.0).view(12, 2)
+    assert m.pack(x, 3).shape == (4, 6) and m.pack(x, 3)[1].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+    z = torch.randn(10, 2)
+    assert float(m.mode_seeking_loss(torch.ones(10, 2), z)) == pytest.approx(1e5)
+    assert float(m.mode_seeking_loss(torch.randn(10, 2) * 3, z)) < 10
+    f = torch.randn(7, 5)
+    assert float(m.feature_matching_loss(f, f.clone())) == pytest.approx(0.0, abs=1e-6)
+    assert float(m.feature_matching_loss(f, f + 1)) == pytest.approx(5.0, rel=1e-5)
+    assert m.discriminator_loss(torch.zeros(4, 1), torch.zeros(4, 1)).shape == ()   # plain: a scalar
+
+
+def plain_step(G, D, opt_g, opt_d, remedy, real, z, state):
+    """One alternating step of a plain GAN with one remedy, using only the pieces of section 2."""
+    m_pack = 2 if remedy == "pack" else 1
+    fake_d = G(z).detach()
+    if remedy == "replay":
+        fake_d = state["buffer"].mix(fake_d)
     opt_d.zero_grad()
-    m.discriminator_loss(D(real), D(fake)).sum().backward()
+    m.discriminator_loss(D(m.pack(real, m_pack)), D(m.pack(fake_d, m_pack))).backward()
+    opt_d.step()
+    fake = G(z)
+    if remedy == "unrolled":
+        g_loss = m.unrolled_generator_loss(D, opt_d, real, fake, k=3)
+    elif remedy == "fm":
+        g_loss = m.feature_matching_loss(D[:-1](real), D[:-1](fake))
+    elif remedy == "snapshot":
+        state["pool"].add(D)
+        g_loss = m.generator_loss(functional_call(D, state["pool"].sample(), (fake,)))
+    elif remedy == "mode_seeking":
+        g_loss = m.generator_loss(D(fake)) + m.mode_seeking_loss(fake, z)
+    else:
+        g_loss = m.generator_loss(D(m.pack(fake, m_pack)))
+    opt_g.zero_grad()
+    g_loss.backward()
+    opt_g.step()
+    return float(g_loss)
+
+
+@pytest.mark.parametrize("remedy", ["unrolled", "fm", "replay", "snapshot", "pack", "mode_seeking", "mbd"])
+def test_each_remedy_trains_a_plain_single_gan(remedy):
+    G, D = plain_gan(d_in=4 if remedy == "pack" else 2)
+    if remedy == "mbd":
+        D = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), m.MinibatchDiscrimination(8, 5, 3), nn.Linear(13, 1))
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    state = {"buffer": m.ReplayBuffer(64, 2), "pool": m.SnapshotPool(3)}
+    g0 = [p.detach().clone() for p in G.parameters()]
+    mix = m.make_benchmark("ring").mixture
+    losses = [plain_step(G, D, opt_g, opt_d, remedy, mix.sample(32), torch.randn(32, 2), state) for _ in range(5)]
+    assert all(math.isfinite(v) for v in losses)
+    assert any((p - q).abs().max() > 0 for p, q in zip(G.parameters(), g0))
+
+
+# ----------------------------------------------------------------------------- unrolled GAN on a plain model
+def tiny_plain(seed=0):
+    G, D = plain_gan(seed, dtype=torch.float64, hidden=3)
+    g = torch.Generator().manual_seed(seed + 1)
+    real = torch.randn(8, 2, generator=g, dtype=torch.float64)
+    z = torch.randn(8, 2, generator=g, dtype=torch.float64)
+    opt_d = torch.optim.Adam(D.parameters(), 0.05, (0.5, 0.999))
+    opt_d.zero_grad()
+    m.discriminator_loss(D(real), D(G(z).detach())).backward()  # one real D step: the Adam state is not empty
     opt_d.step()
     return G, D, opt_d, real, z
 
 
 def unrolled_objective(G, D, opt_d, real, z, k, g_params=None):
-    state = m.adam_state_of(opt_d, D.parameters(), 1)
-    return m.unrolled_generator_loss(D, real, G(z, g_params), k, state, 0.05, (0.5, 0.999)).sum()
+    fake = G(z) if g_params is None else functional_call(G, g_params, (z,))
+    return m.unrolled_generator_loss(D, opt_d, real, fake, k)
 
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_unrolled_gradient_matches_finite_differences(k):
-    G, D, opt_d, real, z = tiny_gan()
+    G, D, opt_d, real, z = tiny_plain()
+    names = [n for n, _ in G.named_parameters()]
     params = list(G.parameters())
     grads = torch.autograd.grad(unrolled_objective(G, D, opt_d, real, z, k), params)
-    checked = 0
     for i, p in enumerate(params):
         for idx in [tuple(0 for _ in p.shape), tuple(s - 1 for s in p.shape)]:
             eps = 1e-6
-            plus = [q.detach().clone() for q in params]
-            minus = [q.detach().clone() for q in params]
-            plus[i][idx] += eps
-            minus[i][idx] -= eps
-            with torch.enable_grad():  # the inner steps need autograd even here
-                fd = (unrolled_objective(G, D, opt_d, real, z, k, plus)
-                      - unrolled_objective(G, D, opt_d, real, z, k, minus)) / (2 * eps)
+            plus = {n: q.detach().clone() for n, q in zip(names, params)}
+            minus = {n: q.detach().clone() for n, q in zip(names, params)}
+            plus[names[i]][idx] += eps
+            minus[names[i]][idx] -= eps
+            fd = (unrolled_objective(G, D, opt_d, real, z, k, plus) - unrolled_objective(G, D, opt_d, real, z, k, minus)) / (2 * eps)
             assert float(grads[i][idx]) == pytest.approx(float(fd.detach()), rel=1e-4, abs=1e-8), (i, idx)
-            checked += 1
-    assert checked == 2 * len(params)
     # the gradient really goes through the look-ahead: without it (inner steps on detached fakes, the
-    # andrewliao11 shortcut) the gradient differs
-    state = m.adam_state_of(opt_d, D.parameters(), 1)
+    # andrewliao11 shortcut) it differs
+    dn = [n for n, _ in D.named_parameters()]
     d_params = [p.detach().requires_grad_(True) for p in D.parameters()]
+    state = m.adam_state_of(opt_d, D.parameters())
     fake_detached = G(z).detach()
     for _ in range(k):
-        loss = m.discriminator_loss(D(real, d_params), D(fake_detached, d_params)).sum()
+        call = lambda x: functional_call(D, dict(zip(dn, d_params)), (x,))
+        loss = m.discriminator_loss(call(real), call(fake_detached))
         d_params, state = m.adam_lookahead_step(d_params, torch.autograd.grad(loss, d_params), state, 0.05, (0.5, 0.999), 1e-8)
-    shortcut = torch.autograd.grad(m.generator_loss(D(G(z), [p.detach() for p in d_params])).sum(), params)
+    shortcut = torch.autograd.grad(m.generator_loss(functional_call(D, {n: p.detach() for n, p in zip(dn, d_params)}, (G(z),))), params)
     assert max(float((a - b).abs().max()) for a, b in zip(grads, shortcut)) > 1e-6
 
 
 def test_unrolled_k0_is_the_plain_loss_and_leaves_d_untouched():
-    G, D, opt_d, real, z = tiny_gan(seed=3)
+    G, D, opt_d, real, z = tiny_plain(seed=3)
     before = [p.detach().clone() for p in D.parameters()]
-    grads_before = [p.grad.clone() for p in D.parameters()]        # from the setup step
-    state_before = {i: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt_d.state[p].items()}
-                    for i, p in enumerate(D.parameters())}
-    plain = m.generator_loss(D(G(z))).sum()
-    assert torch.allclose(unrolled_objective(G, D, opt_d, real, z, 0), plain)
+    grads_before = [p.grad.clone() for p in D.parameters()]
+    state_before = [{k: v.clone() for k, v in opt_d.state[p].items()} for p in D.parameters()]
+    assert torch.allclose(unrolled_objective(G, D, opt_d, real, z, 0), m.generator_loss(D(G(z))))
     unrolled_objective(G, D, opt_d, real, z, 5).backward()
-    for p, b in zip(D.parameters(), before):
-        assert torch.equal(p.detach(), b)
-    for p, g in zip(D.parameters(), grads_before):
-        assert torch.equal(p.grad, g)                        # nothing flowed into D's real parameters
-    for i, p in enumerate(D.parameters()):
-        for key, v in opt_d.state[p].items():
-            assert torch.equal(torch.as_tensor(v), torch.as_tensor(state_before[i][key])), key
+    for p, b, g in zip(D.parameters(), before, grads_before):
+        assert torch.equal(p.detach(), b) and torch.equal(p.grad, g)   # nothing flowed into D
+    for p, sb in zip(D.parameters(), state_before):
+        assert all(torch.equal(opt_d.state[p][k], v) for k, v in sb.items())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in G.parameters())
 
 
-def test_lookahead_step_is_torch_adam():
+def test_lookahead_step_is_torch_adam_and_make_adam_falls_back(monkeypatch):
     g = torch.Generator().manual_seed(0)
     p = torch.randn(3, 4, generator=g, requires_grad=True)
     opt = m.make_adam([p], 0.01, (0.8, 0.999))
@@ -233,34 +335,24 @@ def test_lookahead_step_is_torch_adam():
         opt.step()
         q, state = m.adam_lookahead_step(q, [grad], state, 0.01, (0.8, 0.999), 1e-8)
         assert torch.allclose(q[0], p.detach(), atol=1e-6), t
-    x = torch.zeros(2, requires_grad=True)
-    new, _ = m.adam_lookahead_step([x], [x * 0], [(torch.zeros(2), torch.zeros(2), 0)], 0.1, (0.9, 0.999), 1e-8)
-    (gx,) = torch.autograd.grad(new[0].sum(), x)
-    assert torch.isfinite(gx).all()
+    real_adam = torch.optim.Adam
+
+    def old_torch_adam(params, **kw):  # torch < 2.4 on a CPU: fused=True is refused
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real_adam(params, **kw)
+    monkeypatch.setattr(torch.optim, "Adam", old_torch_adam)
+    opt2 = m.make_adam([torch.zeros(2, requires_grad=True)], 0.01, (0.8, 0.999))
+    assert isinstance(opt2, real_adam) and not opt2.defaults.get("fused")
 
 
-# ----------------------------------------------------------------------------- PacGAN, MSGAN, feature matching
-def test_pack_groups_consecutive_samples():
-    x = torch.arange(24.0).view(1, 12, 2)
-    p = m.pack(x, 3)
-    assert p.shape == (1, 4, 6)
-    assert p[0, 1].tolist() == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
-
-
-def test_mode_seeking_and_feature_matching_losses():
-    z = torch.randn(2, 10, 2)
-    same = torch.ones(2, 10, 2)
-    assert torch.allclose(m.mode_seeking_loss(same, z), torch.full((2,), 1e5))
-    spread = torch.randn(2, 10, 2) * 3
-    assert (m.mode_seeking_loss(spread, z) < 10).all()
-    f = torch.randn(2, 7, 5)
-    assert torch.allclose(m.feature_matching_loss(f, f.clone()), torch.zeros(2), atol=1e-6)
-    assert (m.feature_matching_loss(f, f + 1) > 4.9).all()   # mean shifted by 1 in 5 features
-
-
-def test_stacked_seeds_are_independent():
-    G = m.StackedGenerator(2, 8, 2, 2, [torch.Generator().manual_seed(s) for s in (3, 4)])
-    alone = m.StackedGenerator(2, 8, 2, 2, [torch.Generator().manual_seed(4)])
+# ----------------------------------------------------------------------------- batched machinery
+def test_orthogonal_init_and_stacked_trials_are_independent():
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    w = m._init_weight(6, 4, gens, "orthogonal", 1.4)
+    assert torch.allclose(w[0].T @ w[0], 1.96 * torch.eye(4), atol=1e-5)
+    G = m.StackedMLP(2, 8, 2, 2, "relu_bn", [torch.Generator().manual_seed(s) for s in (3, 4)])
+    alone = m.StackedMLP(2, 8, 2, 2, "relu_bn", [torch.Generator().manual_seed(4)])
     assert torch.equal(G.weights[0][1], alone.weights[0][0])
     z = torch.randn(2, 16, 2)
     assert torch.allclose(G(z)[1:], alone(z[1:]), atol=1e-6)
@@ -268,79 +360,171 @@ def test_stacked_seeds_are_independent():
     assert G.weights[0].grad[1].abs().sum() == 0 and G.weights[0].grad[0].abs().sum() > 0
 
 
+def tiny_args(setting="small", *extra):
+    return m.parse_args(["--quick", "--setting", setting, "--n_steps", "30", "--batch_size", "16", "--n_eval", "200",
+                         "--swap_every", "3", "--snapshot_every", "5", "--adagan_clf_steps", "5", *extra])
+
+
+@pytest.mark.parametrize("method", list(m.METHODS))
+def test_trial_alone_equals_trial_among_others(method):
+    args = tiny_args("small", "--update", "simultaneous" if method in ("gan", "unrolled0", "replay") else "alternating")
+    bench = m.make_benchmark("ring")
+    both = m.run_one(method, bench, args, CPU, [0, 1], progress_every=1e9)
+    alone = m.run_one(method, bench, args, CPU, [1], progress_every=1e9)
+    assert torch.allclose(both["_samples"][1], alone["_samples"][0], atol=1e-4), method
+    assert not torch.allclose(both["_samples"][0], both["_samples"][1], atol=1e-3)
+
+
+@pytest.mark.parametrize("update", ["simultaneous", "alternating"])
+def test_unrolled0_equals_the_plain_gan(update):
+    args = tiny_args("pacgan", "--update", update, "--n_train", "500", "--lr", "1e-3")
+    bench = m.make_benchmark("ring")
+    a = m.run_one("gan", bench, args, CPU, [0], progress_every=1e9)
+    b = m.run_one("unrolled0", bench, args, CPU, [0], progress_every=1e9)
+    assert torch.allclose(a["_samples"], b["_samples"], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- --table, --shard
+def fake_record(method, data, trials, step, n_steps=400_000, setting="pacgan"):
+    return {"setting": setting, "label": "", "method": method, "data": data, "n_modes": 8, "n_steps": n_steps,
+            "evals": [{"step": step, "trials": [{"seed": i, "diverged": False, "modes": a, "high_quality": b,
+                                                  "reverse_kl": c, "counts": [1] * 8} for i, (a, b, c) in enumerate(trials)]}],
+            "collapse": {"k": 1, "n": 2, "wilson95": [0.09, 0.91]}}
+
+
+def test_table_from_hand_made_records(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(fake_record("gan", "ring", [(6, 0.98, 0.4), (7, 0.984, 0.5)], 25_000)))
+    (tmp_path / "b.json").write_text(json.dumps(fake_record("pacgan2", "ring", [(4, 0.5, 1.0), (4, 0.5, 1.0)], 400_000)))
+    (tmp_path / "notes.json").write_text(json.dumps({"something": "else"}))  # not a record: ignored
+    text = m.main(["--table", str(tmp_path)])["table"]
+    lines = text.splitlines()
+    gan = next(line for line in lines if line.startswith("| plain GAN") and "| ours |" in line)
+    # ours: modes 6.5 +- 0.5 vs 6.3 +- 0.5; HQ 98.2 +- 0.2 vs 98.2 +- 0.2; rKL 0.45 +- 0.05 vs 0.45 +- 0.09
+    assert "25,000 (400,000)" in gan and "6.5 ± 0.5" in gan and "98.2 ± 0.2" in gan and "yes / yes / yes" in gan
+    pac = next(line for line in lines if line.startswith("| PacGAN2") and "| ours |" in line)
+    assert "4.0 ± 0.0" in pac and "no / no / no" in pac and "1/2" in pac
+    assert any("PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086)" in line and "7.9 ± 0.1" in line for line in lines)
+    assert any("VEEGAN" in line and "99.3" in line for line in lines)
+    r = run_cli("04_remedies.py", "--table", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_shard_covers_every_cell_exactly_once():
+    base = m.parse_args(["--method", "all", "--data", "all"])
+    every = m.cells_of(base)
+    assert len(every) == len(m.METHODS) * 3 and every[0] == ("ring", "gan") and every[1] == ("ring", "pacgan2")
+    for n in (1, 2, 3, 4, 7, 50):
+        parts = [m.cells_of(m.parse_args(["--method", "all", "--data", "all", "--shard", f"{i}/{n}"])) for i in range(n)]
+        flat = [c for p in parts for c in p]
+        assert sorted(flat) == sorted(every) and len(flat) == len(set(flat))
+
+
 # ----------------------------------------------------------------------------- runs
-KEYS = {"method", "data", "modes", "high_quality", "reverse_kl", "seconds_per_1000_steps", "per_seed", "diverged_seeds"}
+KEYS = {"method", "data", "modes", "high_quality", "reverse_kl", "seconds_per_1000_steps", "per_seed", "diverged_seeds",
+        "evals", "collapse"}
 
 
-def test_quick_run_in_process(tmp_path):
-    metrics = m.main(["--quick", "--method", "gan", "unrolled1", "pacgan2", "--data", "ring", "temperature",
-                      "--device", "cpu", "--out", str(tmp_path)])
+def test_quick_run_in_process_with_records(tmp_path):
+    rec = tmp_path / "records"
+    metrics = m.main(["--quick", "--setting", "unrolled", "--method", "gan", "unrolled1", "--data", "ring", "temperature",
+                      "--eval_every", "10", "--device", "cpu", "--out", str(tmp_path), "--records", str(rec)])
     rows = metrics["results"]
-    assert [(r["method"], r["data"]) for r in rows] == [(a, b) for b in ("ring", "temperature")
-                                                        for a in ("gan", "unrolled1", "pacgan2")]
+    assert [(r["method"], r["data"]) for r in rows] == [(a, b) for b in ("ring", "temperature") for a in ("gan", "unrolled1")]
     for r in rows:
         assert KEYS <= set(r) and len(r["per_seed"]) == 2
+        assert [e["step"] for e in r["evals"]] == [10, 20, 30, 40]
         assert 0 <= r["modes"]["mean"] <= r["n_modes"] and 0 <= r["high_quality"]["mean"] <= 1
-        assert r["seconds_per_1000_steps"] > 0 and not r["diverged_seeds"]
-    assert metrics["steps_per_s"] > 0
-    run = tmp_path / "04_remedies" / "gan-unrolled1-pacgan2_ring-temperature_seed0x2_quick"
+    run = tmp_path / "04_remedies" / "unrolled_gan-unrolled1_ring-temperature_seed0x2_quick"
     for f in ["config.json", "metrics.json", "results.md", "results.json", "curves.csv", "samples_ring.png",
-              "samples_temperature.png"]:
+              "modes_vs_step_ring.png"]:
         assert (run / f).exists(), f
-    md = (run / "results.md").read_text()
-    assert "| unrolled1 |" in md and "Lin et al" in md
+    saved = sorted(p.name for p in rec.iterdir())
+    assert saved == sorted(p.name for p in (run / "records").iterdir()) and len(saved) == 4
+    one = json.loads((rec / "unrolled_ring_gan_seed0x2_quick.json").read_text())
+    assert one["reached_step"] == 40 and one["hardware"]["cpu_count"] >= 1 and one["args"]["latent_dim"] == 2
+    assert "seconds" in one and len(one["evals"][-1]["trials"]) == 2
+    text = m.main(["--table", str(rec)])["table"]
+    assert "40 (40)" in text and "setting `unrolled`" in text
 
 
 def test_same_seed_same_numbers(tmp_path):
-    argv = ["--quick", "--method", "replay", "snapshot_swap", "adagan", "msgan", "--data", "grid", "--device", "cpu",
-            "--out", str(tmp_path)]
+    argv = ["--quick", "--setting", "small", "--method", "replay", "snapshot_swap", "adagan", "msgan", "--data", "grid",
+            "--device", "cpu", "--out", str(tmp_path)]
     a, b = m.main(argv), m.main(argv)
     assert [r["per_seed"] for r in a["results"]] == [r["per_seed"] for r in b["results"]]
-    assert (tmp_path / "04_remedies" / "replay-snapshot_swap-adagan-msgan_grid_seed0x2_quick_2").is_dir()  # first kept
-    c = m.main(argv[:-2] + ["--seed", "5", "--out", str(tmp_path)])
+    c = m.main(argv + ["--seed", "5"])
     assert [r["per_seed"] for r in c["results"]] != [r["per_seed"] for r in a["results"]]
 
 
-def test_whole_quick_table_through_the_command_line(tmp_path):
+def test_speed_measurement_in_process(tmp_path):
+    out = m.main(["--quick", "--speed", "--device", "cpu", "--records", str(tmp_path)])
+    assert out["batched_10_ms_per_step"] > 0 and out["separate_10_ms_per_step"] > 0
+    assert out["batched_1_hours_per_400k_steps"] == pytest.approx(out["batched_1_ms_per_step"] * 400_000 / 3.6e6)
+    assert (tmp_path / "speed_pacgan_quick.json").exists()
+
+
+def test_whole_quick_table_through_the_command_line_under_30_s(tmp_path):
+    # CPU seconds of the child (one thread), not wall time: the CI machine may be shared
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = run_cli("04_remedies.py", "--quick", "--device", "cpu", "--out", str(tmp_path))
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert r.returncode == 0, r.stderr[-2000:]
-    run = tmp_path / "04_remedies" / "table_seed0x2_quick"
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 30, cpu
+    run = tmp_path / "04_remedies" / "pacgan_table_seed0x2_quick"
     metrics = json.loads((run / "metrics.json").read_text())
     assert {(x["method"], x["data"]) for x in metrics["results"]} == {(a, b) for a in m.METHODS for b in ("ring", "grid")}
     assert all(KEYS <= set(x) for x in metrics["results"])
-    results = json.loads((run / "results.json").read_text())
-    assert len(results["results"]) == len(m.METHODS) * 2
     md = (run / "results.md").read_text()
     for data in ("ring", "grid"):
         assert f"## {data}" in md and (run / f"samples_{data}.png").stat().st_size > 10_000
     assert (run / "curves.csv").read_text().startswith("method,data,seed,step")
 
 
-@pytest.mark.parametrize("flags", [["--method", "wgan"], ["--data", "moons"], ["--n_steps", "0"], ["--lr", "abc"],
-                                   ["--method", "adagan", "--n_steps", "3", "--adagan_components", "5"]])
-def test_bad_flags_exit_2_with_one_line(flags, tmp_path):
-    r = run_cli("04_remedies.py", *flags, "--out", str(tmp_path))
-    assert r.returncode == 2
+@pytest.mark.parametrize("flags,word", [(["--method", "wgan"], "method"), (["--data", "moons"], "data"),
+                                        (["--n_steps", "0"], "n_steps"), (["--lr", "abc"], "lr"),
+                                        (["--method", "adagan", "--n_steps", "3", "--adagan_components", "5"], "adagan"),
+                                        (["--lr_final", "10"], "lr_final"), (["--n_eval", "1"], "n_eval"),
+                                        (["--shard", "4/4"], "shard"),
+                                        (["--latent_dim", "100000000", "--method", "gan", "--data", "ring"], "latent_dim")])
+def test_bad_flags_exit_2_with_one_line(flags, word, tmp_path):
+    r = run_cli("04_remedies.py", *flags, "--device", "cpu", "--out", str(tmp_path), timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr
-    assert not (tmp_path / "04_remedies").exists()
+    assert len(lines) == 1 and "error" in lines[0] and word in lines[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "04_remedies").exists() or not any((tmp_path / "04_remedies").iterdir())
 
 
 def test_resume_after_interruption_gives_the_same_table(tmp_path, monkeypatch):
-    argv = ["--quick", "--method", "gan", "fm", "pacgan2", "--data", "ring", "--device", "cpu", "--out", str(tmp_path)]
+    argv = ["--quick", "--setting", "small", "--method", "gan", "fm", "pacgan2", "--data", "ring", "--device", "cpu",
+            "--out", str(tmp_path)]
     full = m.main(argv + ["--run_name", "full"])
-
     calls = kill_on_call(monkeypatch, m, "run_one", 3)  # killed in the third cell
     with pytest.raises(SystemExit) as e:
         m.main(argv + ["--run_name", "cut"])
     assert e.value.code == 130
     cells = tmp_path / "04_remedies" / "cut" / "cells"
     assert sorted(p.name for p in cells.iterdir()) == ["ring_fm.pt", "ring_gan.pt"]
-
     resumed = m.main(argv + ["--run_name", "cut", "--resume"])
     same = lambda res: json.dumps([r["per_seed"] for r in res["results"]])  # nan-safe comparison
-    assert same(resumed) == same(full) and calls["n"] > 3  # pacgan2 trained again, gan and fm loaded
-    assert [r["method"] for r in resumed["results"]] == ["gan", "fm", "pacgan2"]
+    assert same(resumed) == same(full) and calls["n"] > 3
     with pytest.raises(SystemExit) as e:  # other flags than the run was started with
         m.main(argv + ["--run_name", "cut", "--resume", "--lr", "0.01"])
     assert e.value.code == 2
+
+
+def test_resume_refuses_a_config_without_args_and_a_folder_with_nothing_to_resume(tmp_path, capsys):
+    run = tmp_path / "04_remedies" / "broken"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"script": "04_remedies"}))
+    argv = ["--quick", "--method", "gan", "--data", "ring", "--device", "cpu", "--out", str(tmp_path), "--run_name", "broken",
+            "--resume"]
+    with pytest.raises(SystemExit) as e:
+        m.main(argv)
+    assert e.value.code == 2 and "no 'args'" in capsys.readouterr().err
+    args = m.parse_args(argv[:-1])
+    (run / "config.json").write_text(json.dumps({"args": m.common.to_jsonable(vars(args))}))
+    with pytest.raises(SystemExit) as e:
+        m.main(argv)
+    assert e.value.code == 2 and "nothing to resume" in capsys.readouterr().err
+    assert (run / "config.json").exists()
