@@ -987,11 +987,12 @@ def run_protocol(args, device, run_dir, data: dict) -> dict:
 
 def protocol_table(record: dict) -> str:
     """The markdown table of a `run_protocol` record (metrics.json or results/06/*.json): per set, the
-    official README figures, then our NDB at each rule and the JSD, per split and their mean."""
+    official README figures, then our NDB at each rule and the JSD, per split and their mean (the pipes
+    of |z| escaped for markdown)."""
     splits = record["splits"]
     rules = [f"ndb_z{t:g}" for t in record["z_thresholds"]] + ["ndb_alpha"]
-    heads = [f"NDB, |z| > {t:g}" for t in record["z_thresholds"]] + [f"NDB, α = {record['alpha']:g}"]
-    lines = [f"| set ({record['n_query']:,} images) | official README: NDB / JS (|z| > 3) | "
+    heads = [f"NDB, \\|z\\| > {t:g}" for t in record["z_thresholds"]] + [f"NDB, α = {record['alpha']:g}"]
+    lines = [f"| set ({record['n_query']:,} images) | official README: NDB / JS (\\|z\\| > 3) | "
              + " | ".join(heads) + " | JS |", "|---" * (len(rules) + 3) + "|"]
 
     def cell(values, fmt, mean_fmt):
