@@ -32,7 +32,7 @@ Part III, the command line for your samples: --fake FILE against MNIST or agains
 
 Run:  python 06_metrics.py                        (Part II: about 3 min on two CPU cores, plus 1-3 min the
                                                    first time to train and cache the classifier)
-      python 06_metrics.py --protocol gans-n-gmms (the authors' protocol, 3 splits: about 1 min)
+      python 06_metrics.py --protocol gans-n-gmms (the authors' protocol, 3 splits: under 2 min on one thread)
       python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
       python 06_metrics.py --fake pngs/ --real other.npz
 Needs: common.py
