@@ -643,6 +643,8 @@ def random_pairs(n: int, n_pairs: int, generator: torch.Generator, group_size: i
     consecutive groups (e.g. the outputs of one input) and both members of a pair come from one group,
     so the pair mean estimates the mean over groups of the mean within-group distance."""
     size = group_size or n
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be at least 1, got {n_pairs}")
     if size < 2 or n % size:
         raise ValueError(f"pairs need groups of at least 2 samples dividing {n}, got group size {size}")
     group = torch.randint(n // size, (n_pairs,), generator=generator)

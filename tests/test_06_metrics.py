@@ -215,6 +215,8 @@ def test_random_pairs_are_of_different_samples_and_within_a_group():
     with pytest.raises(ValueError):
         metrics.random_pairs(12, 10, g, group_size=5)
     with pytest.raises(ValueError):
+        metrics.random_pairs(12, 0, g)
+    with pytest.raises(ValueError):
         metrics.lpips_diversity(torch.zeros(4, 28, 28))  # not N x C x H x W
     with pytest.raises(ValueError):
         metrics.diversity(torch.zeros(10, 4), max_samples=1)
