@@ -972,6 +972,12 @@ def run_protocol(args, device, run_dir, data: dict) -> dict:
             sets[name] = {"n": res["n"], "jsd": res["jsd"], "ndb_alpha": res["ndb"],
                           **{f"ndb_z{t:g}": int((z.abs() > t).sum()) for t in thresholds}}
         records.append({"seed": split["seed"], "n_fit": len(fit), "fit": ndb.fit_info, "sets": sets})
+        if split is splits[0]:  # the authors' figure: the bins the biased set empties, at their demo's |z| > 4
+            biased = [n for n in sets if n.startswith("validation without")][0]
+            res = ndb.evaluate(_to_float(x_train[split[biased]]), z_threshold=4.0)
+            plot_bin_centres(ndb, res, run_dir / "ndb_bin_centres.png",
+                             f"split seed {split['seed']}: bin centres; framed: bins that differ at |z| > 4 for "
+                             f"'{biased}' (NDB {res['ndb']}): the emptied bins look like {args.drop_digit}s")
         print("06:   " + "; ".join(f"{n}: NDB(|z|>3) {s['ndb_z3']}, NDB(|z|>4) {s['ndb_z4']}, JS {s['jsd']:.4f}"
                                    for n, s in sets.items()))
     out = {"experiment": "NDB, the protocol of ndb_mnist_demo.py (eitanrich/gans-n-gmms)",

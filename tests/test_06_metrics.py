@@ -408,6 +408,7 @@ def test_quick_protocol_and_its_table(mnist_root, tmp_path, capsys):
         assert sets["validation without 9s"]["jsd"] > sets["validation"]["jsd"]
     run = tmp_path / "06_metrics" / "gans_n_gmms_seed0x2_quick"
     table = (run / "table.md").read_text().strip()
+    assert (run / "ndb_bin_centres.png").is_file()
     assert "| validation without 9s | 11 / 0.016 |" in table
     capsys.readouterr()
     metrics.main(["--table", str(run / "metrics.json")])   # the table is rebuilt from the record
