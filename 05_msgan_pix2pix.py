@@ -32,8 +32,11 @@ Needs: common.py, and 06_metrics.py for NDB/JSD and the classifier accuracy (rep
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -95,49 +98,147 @@ def discriminator_loss(D, cond, fake1, fake2, target):
             + 2 * lsgan_loss(real, True))
 
 
+def bce_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    """The official DCGAN-Mode-Seeking loss, binary cross-entropy on D's sigmoid output, here on the
+    logits (the same loss, computed without the log(0) clamp)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if target_is_real else 0.0))
+
+
+def class_discriminator_loss(D, real, fake1, fake2, onehot):
+    """The class task's D loss (official `update_D`): `backward_D` once per fake, each with its own
+    real term, so the real batch counts twice (one D pass here: D's output on it is the same)."""
+    return (bce_loss(D(fake1, onehot), False) + bce_loss(D(fake2, onehot), False)
+            + 2 * bce_loss(D(real, onehot), True))
+
+
+def class_generator_loss(D, fake1, fake2, onehot, z1, z2, lambda_ms: float):
+    """The class task's G loss (official `update_G`): both fakes must fool D (non-saturating BCE), plus
+    lambda_ms times the mode-seeking term over the batch. lambda_ms = 0 is the conditional DCGAN."""
+    g_gan = bce_loss(D(fake1, onehot), True) + bce_loss(D(fake2, onehot), True)
+    l_ms, lz = mode_seeking_loss(fake1, fake2, z1, z2)
+    total = g_gan + (lambda_ms * l_ms if lambda_ms > 0 else 0.0)
+    return total, {"g_gan": g_gan.detach(), "lz": lz.detach(), "l_ms": l_ms.detach()}
+
+
 # ----------------------------------------------------------------------------- 1. arguments
+TASKS = ("pix2pix", "class")
+BASELINE = {"pix2pix": "pix2pix", "class": "cdcgan"}  # the lambda_ms = 0 model of each task
+# Flags whose default depends on --task (their argparse default is None), and what --quick changes.
+# Under --quick these are only defaults: a flag given on the command line always wins.
+TASK_DEFAULTS = {
+    "pix2pix": dict(nz=8, batch_size=64, ngf=16, ndf=16, ndb_k=40, log_every=50, checkpoint_every=200),
+    "class": dict(nz=100, batch_size=32, ngf=128, ndf=128, ndb_k=250, log_every=200, checkpoint_every=1000),
+}
+QUICK = {
+    "pix2pix": dict(n_steps=30, batch_size=16, n_eval_inputs=20, ndb_k=10, log_every=10, checkpoint_every=10),
+    "class": dict(n_epochs=1, n_train=1280, ngf=8, ndf=8, n_eval_per_label=200, ndb_k=10, log_every=10,
+                  checkpoint_every=20),
+}
+PIX2PIX_ONLY = ("dataset", "direction", "background", "img_size", "lambda_L1", "where_add", "num_D", "n_steps",
+                "decay_steps", "n_eval_inputs")
+CLASS_ONLY = ("n_epochs", "n_train", "n_eval_per_label", "weight_decay")
+
+
+def _task_help(flag: str, what: str) -> str:
+    """Help text naming a task-dependent default and its --quick value."""
+    parts = [f"{task}: {TASK_DEFAULTS[task][flag]}" for task in TASKS if flag in TASK_DEFAULTS[task]]
+    quick = [f"{task} {QUICK[task][flag]}" for task in TASKS if flag in QUICK[task]]
+    return f"{what} (default {', '.join(parts)}" + (f"; --quick: {', '.join(quick)})" if quick else ")")
+
+
+def _quick_help(task: str, flag: str) -> str:
+    return f"; --quick: {QUICK[task][flag]}" if flag in QUICK[task] else ""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" except for task-dependent flags (default None), whose help names them."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=["colour_mnist", "folder"], default="colour_mnist",
-                   help="colour_mnist: the 8-colour MNIST task; folder: pix2pix folder format under --data_root")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = common.ArgParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    p.add_argument("--task", choices=TASKS, default="pix2pix",
+                   help="pix2pix: image-conditioned (a U-Net, the colour task or a pix2pix folder); class: "
+                        "label-conditioned DCGAN on MNIST, scored per label as MSGAN's Table 2")
+    p.add_argument("--table", metavar="METRICS_JSON", default=None,
+                   help="print the comparison table of a finished run (its metrics.json, e.g. "
+                        "results/05/class_metrics.json) and exit; nothing is trained")
+    p.add_argument("--lambda_ms", type=common.positive_float, nargs="+", default=[1.0],
+                   help="weight(s) of the mode-seeking term, one MSGAN model each (official: 1); the baseline uses 0")
+    p.add_argument("--models", nargs="+", choices=["pix2pix", "cdcgan", "msgan"], default=None,
+                   help="which models to train: the task's baseline (pix2pix or cdcgan) and/or msgan "
+                        "(default: both)")
+    p.add_argument("--nz", type=common.positive_int, default=None, help=_task_help("nz", "noise dimension (official values)"))
+    p.add_argument("--ngf", type=common.positive_int, default=None,
+                   help=_task_help("ngf", "generator width (official: 64 for pix2pix at 256x256, 128 for class)"))
+    p.add_argument("--ndf", type=common.positive_int, default=None,
+                   help=_task_help("ndf", "discriminator width (official: 64 for pix2pix, 128 for class)"))
+    p.add_argument("--batch_size", type=common.positive_int, default=None, help=_task_help("batch_size", "batch size"))
+    p.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (official 2e-4)")
+    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1 (official)")
+    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2 (official)")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (every model on each)")
+    p.add_argument("--n_eval_z", type=common.positive_int, default=10,
+                   help="noise vectors per test input (pix2pix) or per label in the sample figure (class)")
+    p.add_argument("--ndb_k", type=common.positive_int, default=None,
+                   help=_task_help("ndb_k", "NDB bins (06_metrics); class: per label, fitted on that label's "
+                                            "training images (250: the issue's reading of the paper)"))
+    p.add_argument("--log_every", type=common.positive_int, default=None, help=_task_help("log_every", "steps between curve rows"))
+    p.add_argument("--checkpoint_every", type=common.positive_int, default=None,
+                   help=_task_help("checkpoint_every", "steps between checkpoints"))
     p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
                    help="folder holding MNIST/raw, or (--dataset folder) ROOT with train/ and test/")
-    p.add_argument("--direction", choices=["AtoB", "BtoA"], default="BtoA",
+    g = p.add_argument_group("--task pix2pix")
+    g.add_argument("--dataset", choices=["colour_mnist", "folder"], default="colour_mnist",
+                   help="colour_mnist: the 8-colour MNIST task; folder: pix2pix folder format under --data_root")
+    g.add_argument("--direction", choices=["AtoB", "BtoA"], default="BtoA",
                    help="folder data: translate left half A to right half B, or B to A (MSGAN's default BtoA)")
-    p.add_argument("--background", type=common.beta_float, default=0.5,
+    g.add_argument("--background", type=common.beta_float, default=0.5,
                    help="colour_mnist: strength of the colour on the background, b in target = colour * "
                         "(b + (1 - b) * digit); 0 paints the strokes only, on grey")
-    p.add_argument("--img_size", type=common.positive_int, default=None,
-                   help="image side, a power of 2 >= 16 (colour_mnist: 32; folder default 64)")
-    p.add_argument("--lambda_ms", type=common.positive_float, nargs="+", default=[1.0],
-                   help="weight(s) of the mode-seeking term, one MSGAN model each (official: 1); pix2pix uses 0")
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="which models to train")
-    p.add_argument("--lambda_L1", type=common.nonneg_float, default=10.0, help="weight of L1(G(c, z1), target)")
-    p.add_argument("--nz", type=common.positive_int, default=8, help="noise dimension (official: 8)")
-    p.add_argument("--where_add", choices=["all", "input"], default="all",
+    g.add_argument("--img_size", type=common.positive_int, default=None,
+                   help="image side, a power of 2 >= 8 (default: 32 for colour_mnist, which needs it; 64 for folder)")
+    g.add_argument("--lambda_L1", type=common.nonneg_float, default=10.0, help="weight of L1(G(c, z1), target)")
+    g.add_argument("--where_add", choices=["all", "input"], default="all",
                    help="inject z into every encoder block (MSGAN's default) or the input only")
-    p.add_argument("--ngf", type=common.positive_int, default=16, help="generator width (official 64 at 256x256)")
-    p.add_argument("--ndf", type=common.positive_int, default=16, help="discriminator width (official 64)")
-    p.add_argument("--num_D", type=common.positive_int, default=2, help="PatchGAN scales (official 2)")
-    p.add_argument("--n_steps", type=common.positive_int, default=1600, help="training steps per model")
-    p.add_argument("--decay_steps", type=common.nonneg_int, default=None,
-                   help="final steps over which the learning rate decays linearly to 0 (default n_steps/2)")
-    p.add_argument("--batch_size", type=common.positive_int, default=64)
-    p.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (official 2e-4)")
-    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
-    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
-    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (every model on each)")
-    p.add_argument("--n_eval_inputs", type=common.positive_int, default=100, help="test inputs evaluated")
-    p.add_argument("--n_eval_z", type=common.positive_int, default=10, help="noise vectors per test input")
-    p.add_argument("--ndb_k", type=common.positive_int, default=40, help="NDB bins (06_metrics)")
-    p.add_argument("--log_every", type=common.positive_int, default=50, help="steps between curve rows")
-    p.add_argument("--checkpoint_every", type=common.positive_int, default=200, help="steps between checkpoints")
+    g.add_argument("--num_D", type=common.positive_int, default=2, help="PatchGAN scales (official 2)")
+    g.add_argument("--n_steps", type=common.positive_int, default=1600,
+                   help=f"training steps per model{_quick_help('pix2pix', 'n_steps')}")
+    g.add_argument("--decay_steps", type=common.nonneg_int, default=None,
+                   help="final steps over which the learning rate decays linearly to 0 (default: n_steps / 2)")
+    g.add_argument("--n_eval_inputs", type=common.positive_int, default=100,
+                   help=f"test inputs evaluated{_quick_help('pix2pix', 'n_eval_inputs')}")
+    g = p.add_argument_group("--task class")
+    g.add_argument("--n_epochs", type=common.positive_int, default=200,
+                   help=f"epochs over --n_train images (official: 200){_quick_help('class', 'n_epochs')}")
+    g.add_argument("--n_train", type=common.positive_int, default=60000,
+                   help=f"training images (a seeded subset when < 60,000){_quick_help('class', 'n_train')}")
+    g.add_argument("--weight_decay", type=common.nonneg_float, default=1e-4, help="Adam weight decay, both nets (official)")
+    g.add_argument("--n_eval_per_label", type=common.positive_int, default=5000,
+                   help=f"generated images scored per label (official test: 5,000){_quick_help('class', 'n_eval_per_label')}")
     common.add_common_args(p, resume=True)
+    for action in p._actions:  # --quick's own help says what it changes
+        if action.dest == "quick":
+            action.help = ("smaller defaults for a smoke run of seconds (pix2pix: " + ", ".join(
+                f"{k} {v}" for k, v in QUICK["pix2pix"].items()) + "; class: " + ", ".join(
+                f"{k} {v}" for k, v in QUICK["class"].items()) + "); flags given explicitly win")
     args = p.parse_args(argv)
-    if args.quick:
-        args.n_steps, args.batch_size = min(args.n_steps, 30), min(args.batch_size, 16)
-        args.n_eval_inputs, args.ndb_k = min(args.n_eval_inputs, 20), min(args.ndb_k, 10)
-        args.log_every, args.checkpoint_every = min(args.log_every, 10), min(args.checkpoint_every, 10)
+    p.set_defaults(**{**TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})})
+    args = p.parse_args(argv)  # again, so that flags given explicitly win over the task's defaults
+    given = {a.split("=", 1)[0].lstrip("-") for a in argv if a.startswith("--")}
+    wrong = sorted(given & set(CLASS_ONLY if args.task == "pix2pix" else PIX2PIX_ONLY))
+    if wrong:
+        raise common.UserError(f"--{wrong[0]} is a flag of the other task (this run is --task {args.task}); see --help")
+    if args.models is None:
+        args.models = [BASELINE[args.task], "msgan"]
+    other = [m for m in args.models if m in BASELINE.values() and m != BASELINE[args.task]]
+    if other:
+        raise common.UserError(f"--models {other[0]}: the baseline of --task {args.task} is {BASELINE[args.task]}")
+    if args.task == "class":
+        return check_class_args(args)
     if args.img_size is None:
         args.img_size = 32 if args.dataset == "colour_mnist" else 64
     if args.dataset == "colour_mnist" and args.img_size != 32:
@@ -153,6 +254,47 @@ def parse_args(argv=None):
     if args.decay_steps > args.n_steps:
         raise common.UserError(f"--decay_steps {args.decay_steps} is more than --n_steps {args.n_steps}")
     return args
+
+
+def check_class_args(args):
+    """Bounds of the class task that the flags alone decide (data-dependent ones: `load_class_data`)."""
+    if args.n_train > 60000:
+        raise common.UserError(f"--n_train {args.n_train}: MNIST has 60,000 training images")
+    if args.batch_size > args.n_train:
+        raise common.UserError(f"--batch_size {args.batch_size} is more than --n_train {args.n_train}")
+    if args.n_eval_per_label < 2:
+        raise common.UserError("--n_eval_per_label: the Frechet distance needs at least 2 images per label")
+    args.n_steps = args.n_epochs * (args.n_train // args.batch_size)  # full batches only, as the official loader
+    check_class_memory(args)
+    return args
+
+
+def class_memory_bytes(args) -> dict[str, float]:
+    """Rough peak memory of the class task, per part: the two nets' weights with their gradients and
+    Adam moments (4 copies), one training step's activations (both fakes, reals, D's passes, x3 for
+    the backward), and one label's generated images with their copies during scoring."""
+    nz, d, e, b = args.nz + N_CLASSES, args.ngf, args.ndf, args.batch_size
+    g_params = nz * 4 * d * 9 + 4 * d * 2 * d * 9 + 2 * d * d * 16 + d * 16
+    d_params = (1 + N_CLASSES) * e * 16 + e * 2 * e * 16 + 2 * e * 4 * e * 9 + 4 * e * 9
+    g_act = 2 * b * (nz + 4 * d * 9 + 2 * d * 49 + d * 196 + 784)
+    d_act = 4 * b * ((1 + N_CLASSES) * 784 + e * 196 + 2 * e * 49 + 4 * e * 9)
+    return {"weights": 16.0 * (g_params + d_params), "training step": 4.0 * 3 * (g_act + d_act),
+            "scoring": 4.0 * 4 * args.n_eval_per_label * 784}
+
+
+def check_class_memory(args) -> None:
+    """Refuse sizes that cannot fit in this machine's memory before allocating anything."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    need = class_memory_bytes(args)
+    if sum(need.values()) > 0.8 * total:
+        part = max(need, key=need.get)
+        flags = {"weights": "--nz, --ngf, --ndf", "training step": "--batch_size, --nz, --ngf, --ndf",
+                 "scoring": "--n_eval_per_label"}[part]
+        raise common.UserError(f"out of memory: the class task would need about {sum(need.values()) / 2 ** 30:.0f} GiB "
+                               f"(mostly the {part}), this machine has {total / 2 ** 30:.0f} GiB; lower {flags}")
 
 
 # ----------------------------------------------------------------------------- 2. data
@@ -228,8 +370,14 @@ def load_pix2pix_folder(root: str | Path, split: str, img_size: int, direction: 
     a_list, b_list = [], []
     for path in files:
         try:
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-        except Exception as e:  # decoder errors differ by format and version
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        except OSError as e:
+            raise common.UserError(f"cannot read {path}: {common.one_line(e)[:200]}") from None
+        if data.numel() == 0:
+            raise common.UserError(f"cannot read image {path}: the file is empty")
+        try:  # bytes, not a path: decode_image takes a path only from torchvision 0.20
+            img = decode_image(data, mode=ImageReadMode.RGB)
+        except RuntimeError as e:  # what torchvision's decoders raise for bytes they cannot decode
             raise common.UserError(f"cannot read image {path}: {common.one_line(e)[:200]}") from None
         h, w = img.shape[1:]
         if w != 2 * h:
@@ -365,6 +513,41 @@ def build_models(args, in_ch: int, out_ch: int, device) -> tuple[nn.Module, nn.M
     return G, D
 
 
+class ConditionalGenerator(nn.Module):
+    """DCGAN-Mode-Seeking's generator (HelenMao/MSGAN, networks.py), adapted to 28x28x1: the noise and
+    the one-hot label, concatenated, form an (nz + 10) x 1 x 1 map; four transposed convolutions with
+    BatchNorm + ReLU (widths 4d, 2d, d) and a Tanh output. The official 32x32x3 net goes 1 -> 4 -> 8 ->
+    16 -> 32 with 4x4 kernels; here 1 -> 3 -> 7 -> 14 -> 28 (3x3 kernels in the first two layers)."""
+
+    def __init__(self, nz: int = 100, n_classes: int = 10, d: int = 128, out_ch: int = 1):
+        super().__init__()
+        block = lambda i, o, k, s, p: [nn.ConvTranspose2d(i, o, k, s, p), nn.BatchNorm2d(o), nn.ReLU()]  # noqa: E731
+        self.net = nn.Sequential(*block(nz + n_classes, 4 * d, 3, 1, 0), *block(4 * d, 2 * d, 3, 2, 0),
+                                 *block(2 * d, d, 4, 2, 1), nn.ConvTranspose2d(d, out_ch, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([z, onehot], 1)[:, :, None, None])
+
+
+class ConditionalDiscriminator(nn.Module):
+    """DCGAN-Mode-Seeking's discriminator adapted to 28x28x1: the one-hot label, broadcast to 10 image-
+    size planes, is concatenated to the image; four convolutions (widths d, 2d, 4d, then 1), LeakyReLU
+    0.2, BatchNorm from the second on; 28 -> 14 -> 7 -> 3 -> 1 (official 32 -> 16 -> 8 -> 4 -> 1).
+    Returns logits (the official net ends in a Sigmoid; `bce_loss` applies it)."""
+
+    def __init__(self, n_classes: int = 10, d: int = 128, in_ch: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_ch + n_classes, d, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(d, 2 * d, 4, 2, 1), nn.BatchNorm2d(2 * d), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * d, 4 * d, 3, 2, 0), nn.BatchNorm2d(4 * d), nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * d, 1, 3, 1, 0))
+
+    def forward(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        planes = onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        return self.net(torch.cat([x, planes], 1)).flatten(1)
+
+
 # ----------------------------------------------------------------------------- 4b. measuring the modes
 def output_colours(outputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The colour each output is painted in: the least-squares c in  output ~ weight * c  over the
@@ -374,26 +557,15 @@ def output_colours(outputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return num / (weight ** 2).sum((-1, -2)).clamp_min(1e-8)
 
 
-def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Jensen-Shannon divergence in nats (0 .. ln 2) between two discrete distributions."""
-    p, q = p.double() / p.sum(), q.double() / q.sum()
-    m = (p + q) / 2
-
-    def kl(a, b):
-        mask = a > 0
-        return float((a[mask] * (a[mask] / b[mask]).log()).sum())
-
-    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
-
-
 def colour_coverage(outputs: torch.Tensor, weight: torch.Tensor, palette: torch.Tensor = PALETTE,
-                    radius: float = ON_PALETTE_RADIUS) -> dict:
+                    radius: float = ON_PALETTE_RADIUS, jsd=None) -> dict:
     """Colour-mode coverage of outputs (N_inputs, N_z, 3, H, W) for inputs with paint weights
     (N_inputs, 1, H, W): each output's colour (`output_colours`) goes to its nearest palette colour.
 
     - colours_per_input: mean number of distinct palette colours among an input's N_z outputs (1 = z is
       ignored; uniform draws give K (1 - (1 - 1/K)^N_z), 5.9 for K = 8, N_z = 10);
-    - jsd_uniform: JSD (nats) between the pooled histogram of colours and uniform over the K colours;
+    - jsd_uniform: JSD (nats) between the pooled histogram of colours and uniform over the K colours,
+      by `jsd` (06_metrics' jensen_shannon_divergence; None without it);
     - on_palette: fraction of outputs whose colour is within `radius` of its palette colour
       (a muddy average of colours is not);
     - histogram: fraction of outputs per palette colour."""
@@ -405,7 +577,8 @@ def colour_coverage(outputs: torch.Tensor, weight: torch.Tensor, palette: torch.
     distinct = torch.tensor([len(torch.unique(row)) for row in nearest], dtype=torch.float64)
     counts = torch.bincount(nearest.flatten(), minlength=k).double()
     return {"colours_per_input": float(distinct.mean()), "colours_per_input_per_input": distinct.tolist(),
-            "jsd_uniform": js_divergence(counts, torch.ones(k)), "on_palette": float((d_min < radius).double().mean()),
+            "jsd_uniform": None if jsd is None else jsd(counts / counts.sum(), torch.full((k,), 1.0 / k)),
+            "on_palette": float((d_min < radius).double().mean()),
             "histogram": (counts / counts.sum()).tolist()}
 
 
@@ -443,20 +616,14 @@ def load_metrics_module():
 
 
 def lpips_diversity(outputs: torch.Tensor, metrics_mod, device) -> float | None:
-    """Mean LPIPS (Zhang et al. 2018, AlexNet) over all pairs of outputs of the same input, MSGAN's
-    diversity measure; only when 06_metrics says the `lpips` package and its backbone weights are
-    already here (`lpips_status()`), else None: nothing is downloaded and nothing stands in for it."""
+    """Mean LPIPS (Zhang et al. 2018, AlexNet) between outputs of the same input, MSGAN's diversity
+    measure: 06_metrics' `lpips_diversity` (its random pairing) on each input's outputs, averaged over
+    inputs; None when 06 is missing or says LPIPS cannot run here: nothing stands in for it."""
     if metrics_mod is None or metrics_mod.lpips_status() is not None:
         return None
-    import lpips  # noqa: PLC0415 (optional, not in requirements.txt)
-
-    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
     n, z = outputs.shape[:2]
-    iu = torch.triu_indices(z, z, 1)
-    x = outputs if outputs.shape[2] == 3 else outputs.expand(-1, -1, 3, -1, -1)
-    with torch.no_grad():
-        vals = [net(x[i, iu[0]].to(device), x[i, iu[1]].to(device)).mean() for i in range(n)]
-    return float(torch.stack(vals).mean())
+    vals = [metrics_mod.lpips_diversity(outputs[i], n_pairs=4 * z * (z - 1), device=device, seed=i) for i in range(n)]
+    return float(torch.tensor(vals).mean())
 
 
 # ----------------------------------------------------------------------------- 5. training
@@ -473,8 +640,10 @@ def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
 
 
 def model_specs(args) -> list[tuple[str, float]]:
-    """(name, lambda_ms) of the models to train: pix2pix (0) and one MSGAN per --lambda_ms value."""
-    specs = [("pix2pix", 0.0)] if "pix2pix" in args.models else []
+    """(name, lambda_ms) of the models to train: the baseline (pix2pix or cdcgan, lambda_ms = 0) and one
+    MSGAN per --lambda_ms value."""
+    base = BASELINE[args.task]
+    specs = [(base, 0.0)] if base in args.models else []
     if "msgan" in args.models:
         specs += [(f"msgan_ms{lam:g}", lam) for lam in dict.fromkeys(args.lambda_ms)]
     return specs
@@ -617,7 +786,7 @@ def score(outputs: torch.Tensor, ref: dict, args, metrics_mod, device, cache: di
     res = {"diversity_l1": pairwise_l1(outputs) if outputs.shape[1] > 1 else 0.0,
            "lpips": lpips_diversity(outputs, metrics_mod, device)}
     if "labels" in ref:  # the known-colour task
-        cov = colour_coverage(outputs, ref["weight"])
+        cov = colour_coverage(outputs, ref["weight"], jsd=None if metrics_mod is None else metrics_mod.jensen_shannon_divergence)
         res.update({k: cov[k] for k in ("colours_per_input", "jsd_uniform", "on_palette", "histogram")})
         res["l1_to_clean_painting"] = l1_to_clean_painting(outputs, ref["weight"])
     else:
@@ -685,10 +854,10 @@ def summarise(results: list[dict], models: list[str]) -> dict:
     return out
 
 
-def comparison_table(summary: dict, reference: dict, models: list[str], n_seeds: int) -> str:
-    head = ["measure"] + [f"{m} (n={n_seeds})" for m in models] + ["real targets"]
+def comparison_table(summary: dict, reference: dict, models: list[str], n_seeds: int, rows=TABLE_ROWS) -> str:
+    head = ["measure"] + [f"{m} (n={n_seeds})" for m in models] + ["real" if rows is not TABLE_ROWS else "real targets"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, label, fmt in TABLE_ROWS:
+    for key, label, fmt in rows:
         if all(summary[m].get(key, {}).get("mean") is None or not math.isfinite(summary[m][key]["mean"]) for m in models):
             continue
         if key == "ndb":
@@ -759,20 +928,43 @@ def plot_curves(results: list[dict], run_dir: Path, seed: int) -> None:
             continue
         rows = list(csv.DictReader(open(path)))
         steps = [int(r["step"]) for r in rows]
-        keys = ["lz", "probe_colours_per_input" if "probe_colours_per_input" in rows[0] else "g_l1", "d_loss"]
-        for ax, key in zip(axes, keys):
+        middle = next(k for k in ("probe_colours_per_input", "g_l1", "g_gan") if k in rows[0])
+        for ax, key in zip(axes, ["lz", middle, "d_loss"]):
             ax.plot(steps, [float(r[key]) for r in rows], label=model)
             ax.set_ylabel({"lz": "lz = mean|dG| / mean|dz|", "g_l1": "L1(G(c, z1), target)", "d_loss": "D loss",
+                           "g_gan": "G's adversarial loss (both fakes)",
                            "probe_colours_per_input": "colours per input (16 test inputs x 8 z)"}[key])
     for ax in axes:
         ax.set_xlabel("training step")
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
-    fig.suptitle(f"seed {seed}: how much the output moves with z (lz), colours per input, and D loss over training")
+    fig.suptitle(f"seed {seed}: how much the output moves with z (lz), {middle.replace('probe_', '').replace('_', ' ')} "
+                 f"and D loss over training")
     common.savefig(fig, run_dir / "training_curves.png")
 
 
 # ----------------------------------------------------------------------------- main
+def resume_state(args, run_dir: Path, ckpt_path: Path) -> tuple[dict | None, dict | None]:
+    """(checkpoint, None) to continue a killed run; (None, metrics) for a run that already finished;
+    a UserError when there is nothing to resume (no checkpoint and no metrics.json: a folder whose
+    checkpoint was deleted is never retrained over)."""
+    config = common.load_json(run_dir / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
+        raise common.UserError(f"{run_dir / 'config.json'} is not a config of this script (no \"args\")")
+    common.check_same_config(config["args"], common.to_jsonable(vars(args)))
+    if not ckpt_path.exists():
+        if (run_dir / "metrics.json").exists():
+            print(f"05: {run_dir} is complete; nothing to resume")
+            return None, common.load_json(run_dir / "metrics.json")
+        raise common.UserError(f"nothing to resume in {run_dir}: it has no checkpoint.pt and no metrics.json "
+                               f"(start a new run without --resume)")
+    state = common.load_checkpoint(ckpt_path, restore_rng=True)
+    if not isinstance(state.get("config"), dict) or "finished" not in state:
+        raise common.UserError(f"{ckpt_path} is not a checkpoint of 05_msgan_pix2pix.py")
+    common.check_same_config(state["config"], common.to_jsonable(vars(args)))
+    return state, None
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -781,8 +973,10 @@ def main(argv=None) -> dict:
     # On the 2-core machine with one other busy process, two threads trained 6x slower than one
     # (40 vs 247 inputs/s); and the numbers depend on the thread count, so one thread everywhere
     # reproduces the published ones.
+    if args.table:
+        return print_table(args.table)
     with common.cpu_threads(device, 1):
-        return run(args, device, argv)
+        return TASK_RUNS[args.task](args, device, argv)
 
 
 def run(args, device, argv) -> dict:
@@ -806,14 +1000,10 @@ def run(args, device, argv) -> dict:
     samples: dict = {}
     state = None
     if args.resume:
-        common.check_same_config(common.load_json(run_dir / "config.json")["args"], common.to_jsonable(vars(args)))
-        if (run_dir / "metrics.json").exists() and not ckpt_path.exists():
-            print(f"05: {run_dir} is complete; nothing to resume")
-            return common.load_json(run_dir / "metrics.json")
-        if ckpt_path.exists():
-            state = common.load_checkpoint(ckpt_path, restore_rng=True)
-            common.check_same_config(state["config"], common.to_jsonable(vars(args)))
-            finished, samples = state["finished"], state["samples"]
+        state, complete = resume_state(args, run_dir, ckpt_path)
+        if complete is not None:
+            return complete
+        finished, samples = state["finished"], state["samples"]
     metrics_mod = load_metrics_module()
     if metrics_mod is None:
         print("05: note: 06_metrics.py not found beside this script; NDB and classifier accuracy are reported as null")
@@ -879,6 +1069,311 @@ def run(args, device, argv) -> dict:
     print(f"05: {metrics['train_inputs_per_s']:.0f} training inputs/s ({metrics['train_generated_images_per_s']:.0f} "
           f"generated images/s); outputs in {run_dir}")
     return metrics
+
+
+# ----------------------------------------------------------------------------- 8. --task class (MSGAN Sec. 4.2 on MNIST)
+N_CLASSES = 10
+
+
+class LabelledImages:
+    """MNIST images (uint8, N x 1 x 28 x 28) and labels on the device; batches as [-1, 1] floats and
+    one-hot labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def to(self, device):
+        return LabelledImages(self.images.to(device), self.labels.to(device))
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[idx].float() / 127.5 - 1, F.one_hot(self.labels[idx], N_CLASSES).float()
+
+    def of_label(self, c: int) -> torch.Tensor:
+        return self.images[self.labels == c].float() / 127.5 - 1
+
+
+def load_class_data(args) -> tuple[LabelledImages, LabelledImages]:
+    """(training images, the 10,000 test images). With --n_train < 60,000 the training images are a
+    seeded draw (seed 0, the same in every run). The per-label references (Frechet statistics, NDB
+    bins) are fitted on the training images of the label, as the paper's protocol: all 60,000 at the
+    default."""
+    x, y = common.load_mnist(args.data_root, train=True)
+    xt, yt = common.load_mnist(args.data_root, train=False)
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:args.n_train].sort().values
+    counts = torch.bincount(y[keep], minlength=N_CLASSES)
+    if args.ndb_k > int(counts.min()):
+        raise common.UserError(f"--ndb_k {args.ndb_k}: the rarest label has {int(counts.min())} of the --n_train "
+                               f"{args.n_train} training images; NDB needs at least k of them")
+    return LabelledImages(x[keep, None], y[keep]), LabelledImages(xt[:, None], yt)
+
+
+class PerLabelReference:
+    """What each label's scores compare against, computed once per run: the 06 classifier's feature
+    statistics of the label's training images (Frechet distance) and NDB bins fitted on them (K-means
+    in pixel space, 06's NDB, seed 0)."""
+
+    def __init__(self, train: LabelledImages, clf, metrics_mod, k: int, device):
+        self.m, self.clf, self.stats, self.ndb, self.n_real = metrics_mod, clf, [], [], []
+        for c in range(N_CLASSES):
+            real = train.of_label(c).to(device)
+            self.stats.append(metrics_mod.FeatureStats(clf.features(real)))
+            self.ndb.append(metrics_mod.NDB(real.flatten(1), k=k, seed=0, device=device))
+            self.n_real.append(len(real))
+
+
+def score_per_label(images: list[torch.Tensor], ref: PerLabelReference, device, diversity_samples: int = 1000) -> dict:
+    """MSGAN's class-task scores (Sec. 4.2, Table 2), per label c on images[c] (N_c x 1 x 28 x 28 in
+    [-1, 1], all meant to show digit c), then averaged over the labels:
+
+    - fd: Frechet distance between the 06 classifier's features of the images and of the training
+      images of label c (the paper: Inception FID, 5,000 generated images per class; not comparable);
+    - ndb, ndb_frac, ndb_jsd: 06's NDB and JSD against label c's bins (alpha = 0.05);
+    - diversity_l1: mean pairwise L1 within the label (06's `diversity`, a seeded subset of 1,000);
+    - lpips: mean LPIPS within the label (06's `lpips_diversity`), None where it cannot run;
+    - accuracy: fraction the classifier reads as c (is the label obeyed?).
+    Returns the means and, under "per_label", the ten values of each."""
+    m = ref.m
+    per: dict[str, list] = {k: [] for k in ("fd", "ndb", "ndb_frac", "ndb_jsd", "diversity_l1", "lpips", "accuracy")}
+    for c, imgs in enumerate(images):
+        imgs = imgs.to(device)
+        ev = ref.ndb[c].evaluate(imgs.flatten(1))
+        per["fd"].append(m.frechet_distance(ref.clf.features(imgs), ref.stats[c]))
+        per["ndb"].append(ev["ndb"])
+        per["ndb_frac"].append(ev["ndb_frac"])
+        per["ndb_jsd"].append(ev["jsd"])
+        per["diversity_l1"].append(m.diversity(imgs, "l1", max_samples=diversity_samples, seed=c))
+        per["lpips"].append(m.lpips_diversity(imgs, n_pairs=1000, device=device, seed=c))
+        per["accuracy"].append(float((ref.clf.predict(imgs) == c).double().mean()))
+    out = {k: (None if any(v is None for v in vals) else float(sum(vals) / len(vals))) for k, vals in per.items()}
+    return {**out, "ndb_k": ref.ndb[0].k, "per_label": per}
+
+
+@torch.no_grad()
+def generate_per_label(G: nn.Module, z: torch.Tensor, device, batch: int = 1000) -> torch.Tensor:
+    """G's images (10, N, 1, 28, 28) for noise z (10, N, nz): row c conditioned on label c. G in eval
+    mode (BatchNorm running statistics), as the official test.py."""
+    was_training = G.training
+    G.eval()
+    out = []
+    for c in range(N_CLASSES):
+        zc = z[c].to(device)
+        onehot = F.one_hot(torch.full((len(zc),), c, device=device), N_CLASSES).float()
+        out.append(torch.cat([G(zc[i:i + batch], onehot[i:i + batch]).cpu() for i in range(0, len(zc), batch)]))
+    G.train(was_training)
+    return torch.stack(out)
+
+
+def train_class_model(args, model: str, lambda_ms: float, seed: int, data: LabelledImages, device, ckpt_path: Path,
+                      state: dict | None, save_extra) -> tuple[nn.Module, dict]:
+    """Train one conditional DCGAN (lambda_ms = 0) or MSGAN for args.n_steps steps as the official
+    `update_D` then `update_G`: one G pass for two noise vectors per image, a D step on both (detached)
+    fakes, then a G step through the updated D on the same fakes."""
+    torch.manual_seed(seed)  # same initial weights for both models of a seed
+    G = ConditionalGenerator(args.nz, N_CLASSES, args.ngf).to(device)
+    D = ConditionalDiscriminator(N_CLASSES, args.ndf).to(device)
+    adam = lambda net: torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.b1, args.b2),  # noqa: E731
+                                        weight_decay=args.weight_decay)
+    opt_g, opt_d = adam(G), adam(D)
+    z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
+    curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
+    start, train_seconds = 0, 0.0
+    if state is not None:
+        common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
+        z_gen.set_state(state["z_gen"])
+        curves.load_state_dict(state["curves"])
+        start, train_seconds = state["step"], state["train_seconds"]
+        print(f"  resuming {model} seed {seed} at step {start}/{args.n_steps}")
+    B, n, nz = args.batch_size, len(data), args.nz
+    per_epoch = n // B
+    bar = common.Progress(args.n_steps, f"05 {model} seed {seed}", start=start)
+    stats: dict = {}
+    order, order_epoch = None, -1
+    cpu_seconds = 0.0 if state is None else state.get("cpu_seconds", 0.0)
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def checkpoint(step):
+        curves.save()
+        common.save_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, step=step,
+                               config=vars(args), current={"model": model, "seed": seed}, z_gen=z_gen.get_state(),
+                               curves=curves.state_dict(), train_seconds=train_seconds + time.perf_counter() - t0,
+                               cpu_seconds=cpu_seconds + time.process_time() - c0, **save_extra())
+
+    for step in range(start, args.n_steps):
+        epoch, j = divmod(step, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(n, seed, epoch, device), epoch
+        real, onehot = data.batch(order[j * B:(j + 1) * B])
+        z = torch.randn(2 * B, nz, generator=z_gen).to(device)
+        fake = G(z, torch.cat([onehot, onehot]))
+        fake1, fake2 = fake[:B], fake[B:]
+        d_loss = class_discriminator_loss(D, real, fake1.detach(), fake2.detach(), onehot)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        D.requires_grad_(False)  # D's gradients from the G step would be discarded anyway
+        g_loss, stats = class_generator_loss(D, fake1, fake2, onehot, z[:B], z[B:], lambda_ms)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        D.requires_grad_(True)
+
+        done = step + 1
+        if done % args.log_every == 0 or done == args.n_steps or done % args.checkpoint_every == 0:
+            if not (torch.isfinite(g_loss.detach()) and torch.isfinite(d_loss.detach()) and torch.isfinite(fake).all()):
+                raise common.TrainingDiverged(f"{model} seed {seed}: loss became {float(g_loss.detach())}/"
+                                              f"{float(d_loss.detach())} at step {done}; the last checkpoint "
+                                              f"({ckpt_path}) is kept")
+        if done % args.log_every == 0 or done == args.n_steps:
+            curves.log(step=done, epoch=round(done / per_epoch, 3), d_loss=round(float(d_loss.detach()), 5),
+                       **{k: round(float(v), 5) for k, v in stats.items()})
+        if done % args.checkpoint_every == 0 and done < args.n_steps:
+            checkpoint(done)
+        bar.update(1, info=lambda: {"D": float(d_loss.detach()), "G": float(stats["g_gan"]), "lz": float(stats["lz"])})
+    train_seconds += time.perf_counter() - t0
+    cpu_seconds += time.process_time() - c0
+    curves.save()
+    return G, {"train_seconds": train_seconds, "train_cpu_seconds": cpu_seconds, "steps": args.n_steps,
+               "epochs": args.n_steps / per_epoch,
+               "train_images_per_s": (args.n_steps - start) * B / max(time.perf_counter() - t0, 1e-9),
+               "final_losses": {k: float(v) for k, v in stats.items()} if stats else {}}
+
+
+CLASS_TABLE_ROWS = [("fd", "Frechet distance, classifier features (vs the label's training images)", "{:.2f}"),
+                    ("ndb", "NDB (bins)", "{:.1f}"),
+                    ("ndb_jsd", "JSD of the NDB bins", "{:.4f}"),
+                    ("diversity_l1", "within-label diversity: mean pairwise L1", "{:.4f}"),
+                    ("lpips", "within-label diversity: LPIPS", "{:.4f}"),
+                    ("accuracy", "classifier accuracy (label obeyed)", "{:.4f}")]
+
+
+def plot_label_samples(samples: dict, path: Path, summary: dict) -> None:
+    """Rows = labels 0-9, columns = the same noise vectors in every row and block, one block per model."""
+    plt = common.pyplot()
+    models = list(samples)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 5.2), squeeze=False, layout="constrained")
+    for ax, model in zip(axes[0], models):
+        out = samples[model]  # (10, Z, 1, 28, 28)
+        rows = [torch.cat([torch.cat([img[0], torch.ones(28, 2)], 1) for img in out[c]], 1) for c in range(len(out))]
+        grid = torch.cat([torch.cat([row, torch.ones(2, row.shape[1])], 0) for row in rows], 0)
+        ax.imshow(((grid.clamp(-1, 1) + 1) / 2).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        s = summary.get(model, {})
+        extra = [f"{label} {s[k]['mean']:{fmt}}" for k, label, fmt in
+                 (("diversity_l1", "diversity", ".3f"), ("accuracy", "accuracy", ".3f"), ("fd", "FD", ".1f"))
+                 if s.get(k, {}).get("mean") is not None and math.isfinite(s[k]["mean"])]
+        ax.set_title(f"{model}" + (f": {', '.join(extra)}" if extra else ""), fontsize=9)
+        ax.set_xlabel(f"{out.shape[1]} noise vectors z (the same in every row and block)")
+        ax.set_ylabel("label 0 (top) to 9")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("one label per row: does the noise change the digit's style? (scores: mean over seeds)")
+    common.savefig(fig, path)
+
+
+def run_class(args, device, argv) -> dict:
+    """--task class: the baseline (cdcgan) and MSGAN on each seed, scored per label against MNIST."""
+    seeds = [args.seed + i for i in range(args.seeds)]
+    specs = model_specs(args)
+    models = [name for name, _ in specs]
+    lambdas = "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
+    name = (f"class_ms{lambdas}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
+            + ("_quick" if args.quick else ""))
+    metrics_mod = load_metrics_module()
+    if metrics_mod is None:
+        raise common.UserError("--task class needs 06_metrics.py beside this script (classifier, NDB, Frechet distance)")
+    train, test = load_class_data(args)  # before the run folder: a data error leaves nothing behind
+    run_dir = common.start_run(args, __file__, name, argv)
+    ckpt_path = run_dir / "checkpoint.pt"
+    finished: list[dict] = []
+    samples: dict = {}
+    state = None
+    if args.resume:
+        state, complete = resume_state(args, run_dir, ckpt_path)
+        if complete is not None:
+            return complete
+        finished, samples = state["finished"], state["samples"]
+    train = train.to(device)
+    t_ref = time.perf_counter()
+    clf = metrics_mod.load_classifier(args.data_root, device=device, quick=args.quick)
+    ref = PerLabelReference(train, clf, metrics_mod, args.ndb_k, device)
+    reference = score_per_label([test.of_label(c) for c in range(N_CLASSES)], ref, device)
+    reference["n_per_label"] = [int((test.labels == c).sum()) for c in range(N_CLASSES)]
+    ref_seconds = time.perf_counter() - t_ref
+    fig_z = torch.randn(N_CLASSES, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(99))
+    fig_z[:] = fig_z[0]  # the same noise vector in each column, whatever the label
+    print(f"05: {', '.join(models)} x seeds {seeds}, conditional on the MNIST label ({len(train)} training images, "
+          f"{args.n_steps} steps of {args.batch_size} = {args.n_steps / (len(train) // args.batch_size):g} epochs, "
+          f"width {args.ngf}/{args.ndf}), on {device}; references in {ref_seconds:.0f} s; writing {run_dir}")
+
+    t_start = time.perf_counter()
+    for seed in seeds:
+        for model, lambda_ms in specs:
+            if any(r["seed"] == seed and r["model"] == model for r in finished):
+                continue
+            cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
+            G, train_info = train_class_model(args, model, lambda_ms, seed, train, device, ckpt_path, cur,
+                                              save_extra=lambda: {"finished": finished, "samples": samples})
+            state = None
+            t0 = time.perf_counter()
+            z = torch.randn(N_CLASSES, args.n_eval_per_label, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
+            images = generate_per_label(G, z, device)
+            gen_seconds = time.perf_counter() - t0
+            ev = score_per_label(list(images), ref, device)
+            ev["eval_images_per_s"] = images.shape[0] * images.shape[1] / max(gen_seconds, 1e-9)
+            ev["eval_seconds"] = time.perf_counter() - t0
+            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
+            if seed == seeds[0]:
+                samples[model] = generate_per_label(G, fig_z, device)
+            common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
+            common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
+                                   current=None, finished=finished, samples=samples)
+            print(f"  {model} seed {seed}: FD {ev['fd']:.2f}, NDB {ev['ndb']:.1f}/{args.ndb_k}, JSD {ev['ndb_jsd']:.4f}, "
+                  f"diversity L1 {ev['diversity_l1']:.4f}, accuracy {ev['accuracy']:.4f}; "
+                  f"{train_info['train_images_per_s']:.0f} training images/s, {train_info['train_seconds']:.0f} s")
+
+    summary = summarise(finished, models)
+    table = comparison_table(summary, reference, models, len(seeds), CLASS_TABLE_ROWS)
+    with common.atomic_open(run_dir / "comparison.md") as f:
+        f.write(f"--task class, seeds {seeds}, {args.n_steps} steps x {args.batch_size} ({args.n_epochs} epochs of "
+                f"{len(train)} images), width {args.ngf}/{args.ndf}, lambda_ms {lambdas}; per label then averaged over "
+                f"the 10 labels; mean +- standard error over seeds; {args.n_eval_per_label} generated images per "
+                f"label; real = the MNIST test images of the label (about 1,000 each)\n\n")
+        f.write(table)
+    plot_label_samples(samples, run_dir / "samples.png", summary)
+    plot_curves(finished, run_dir, seeds[0])
+    train_secs = sum(r["train"]["train_seconds"] for r in finished)
+    train_images = sum(r["train"]["steps"] for r in finished) * args.batch_size
+    metrics = {"task": "class", "device": str(device), "seeds": seeds, "models": models, "lambda_ms": args.lambda_ms,
+               "summary": summary, "reference_real": reference, "per_run": finished,
+               "train_seconds": train_secs, "reference_seconds": ref_seconds,
+               "wall_seconds_this_session": time.perf_counter() - t_start,
+               "train_images_per_s": train_images / max(train_secs, 1e-9),
+               "train_generated_images_per_s": 2 * train_images / max(train_secs, 1e-9),
+               "classifier": {k: clf.info.get(k) for k in ("test_accuracy", "quick", "cached")},
+               "lpips": metrics_mod.lpips_status() or "used", "hardware": common.hardware()}
+    common.save_json(run_dir / "metrics.json", metrics)
+    ckpt_path.unlink(missing_ok=True)
+    print(table)
+    print(f"05: {metrics['train_images_per_s']:.0f} training images/s ({metrics['train_generated_images_per_s']:.0f} "
+          f"generated images/s); outputs in {run_dir}")
+    return metrics
+
+
+def print_table(path) -> dict:
+    """--table: the comparison table of a finished run, rebuilt from its metrics.json."""
+    metrics = common.load_json(path)
+    if not isinstance(metrics, dict) or "summary" not in metrics or "models" not in metrics:
+        raise common.UserError(f"{path} is not a metrics.json of 05_msgan_pix2pix.py")
+    rows = CLASS_TABLE_ROWS if metrics.get("task") == "class" else TABLE_ROWS
+    table = comparison_table(metrics["summary"], metrics.get("reference_real", {}), metrics["models"],
+                             len(metrics["seeds"]), rows)
+    print(table, end="")
+    return metrics
+
+
+TASK_RUNS = {"pix2pix": run, "class": run_class}
 
 
 if __name__ == "__main__":

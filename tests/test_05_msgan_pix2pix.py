@@ -1,5 +1,6 @@
 """05_msgan_pix2pix.py: the mode-seeking term, the U-Net, the colour-mode measure, the pix2pix folder
-loader, resume, and quick runs through main() and the command line."""
+loader, resume, quick runs through main() and the command line, and the class task (--task class):
+its conditional networks, the per-label scorer and a quick run."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ from torchvision.io import encode_png, write_file
 from conftest import kill_on_call, load_script, run_cli
 
 m = load_script("05_msgan_pix2pix")
+metrics06 = load_script("06_metrics")
 
 
 # ----------------------------------------------------------------------------- the mode-seeking term
@@ -126,10 +128,13 @@ def test_colour_coverage_on_hand_made_images():
     assert cov["on_palette"] == 1.0
     counts = torch.tensor(cov["histogram"]) * 20
     assert torch.allclose(counts, torch.tensor([2, 2, 1, 1, 11, 1, 1, 1.0]))
-    assert cov["jsd_uniform"] > 0.1
+    assert cov["jsd_uniform"] is None  # without a JS function (06_metrics missing): null, not a guess
+    jsd = metrics06.jensen_shannon_divergence
+    expected = jsd(counts / 20, torch.full((8,), 1 / 8))
+    assert m.colour_coverage(outputs, intensity, jsd=jsd)["jsd_uniform"] == pytest.approx(expected) and expected > 0.1
 
     uniform = torch.stack([m.paint(digit[None].expand(8, -1, -1, -1), torch.arange(8))])
-    assert m.colour_coverage(uniform, digit[None])["jsd_uniform"] == pytest.approx(0, abs=1e-12)
+    assert m.colour_coverage(uniform, digit[None], jsd=jsd)["jsd_uniform"] == pytest.approx(0, abs=1e-12)
     # the average of all colours is the grey background: the digit vanishes and no colour is on the palette
     muddy = 0.1 * uniform  # strokes at 10% of a colour: off-palette
     assert m.colour_coverage(muddy, digit[None])["on_palette"] == 0.0
@@ -143,9 +148,8 @@ def test_pairwise_l1_diversity():
     assert m.pairwise_l1(two) == pytest.approx(1.0)
 
 
-def test_js_divergence_bounds():
-    assert m.js_divergence(torch.tensor([1.0, 0]), torch.tensor([0, 1.0])) == pytest.approx(0.693147, abs=1e-6)
-    assert m.js_divergence(torch.tensor([1.0, 1, 2]), torch.tensor([2.0, 2, 4])) == pytest.approx(0, abs=1e-12)
+def test_there_is_one_js_divergence_in_the_repository():
+    assert not hasattr(m, "js_divergence")  # 05 uses 06_metrics.jensen_shannon_divergence
 
 
 # ----------------------------------------------------------------------------- the pix2pix folder format
@@ -186,8 +190,27 @@ def test_pix2pix_folder_errors_are_user_errors(tmp_path):
     with pytest.raises(m.common.UserError, match="side by side"):
         m.load_pix2pix_folder(tmp_path, "train", 8)
     (tmp_path / "train" / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(m.common.UserError, match="cannot read image"):
+    with pytest.raises(m.common.UserError, match="cannot read image .*broken.jpg"):
         m.load_pix2pix_folder(tmp_path, "train", 8)
+
+
+def test_folder_loader_reads_bytes_and_does_not_hide_other_errors(tmp_path, monkeypatch):
+    root = make_pix2pix_folder(tmp_path / "tiny", n_train=1, n_test=1)
+    import torchvision.io
+
+    seen = []
+    original = torchvision.io.decode_image
+
+    def bytes_only(data, *a, **k):  # torchvision < 0.20 accepts only a tensor of the file's bytes
+        assert isinstance(data, torch.Tensor) and data.dtype == torch.uint8
+        seen.append(len(data))
+        return original(data, *a, **k)
+
+    monkeypatch.setattr(torchvision.io, "decode_image", bytes_only)
+    assert len(m.load_pix2pix_folder(root, "train", 8)) == 1 and seen
+    monkeypatch.setattr(torchvision.io, "decode_image", lambda *a, **k: 1 / 0)  # a bug, not a bad image
+    with pytest.raises(ZeroDivisionError):
+        m.load_pix2pix_folder(root, "train", 8)
 
 
 def test_wrong_folder_exits_2_with_one_line(tmp_path):
@@ -246,6 +269,52 @@ def test_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
     assert e.value.code == 2
 
 
+def test_resume_with_nothing_to_resume_refuses_and_keeps_the_folder(tmp_path, monkeypatch, capsys):
+    root = make_pix2pix_folder(tmp_path / "tiny")
+    flags = FOLDER_RUN + ["--data_root", str(root), "--models", "msgan", "--out", str(tmp_path)]
+    kill_on_call(monkeypatch, m, "discriminator_loss", 7)
+    with pytest.raises(SystemExit):
+        m.main(flags)
+    run = tmp_path / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
+    (run / "checkpoint.pt").unlink()  # issue 15, item 6: this used to retrain over the folder
+    curves = (run / "curves_msgan_ms1_seed0.csv").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        m.main(flags + ["--resume"])
+    assert e.value.code == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert (run / "curves_msgan_ms1_seed0.csv").read_bytes() == curves and not (run / "metrics.json").exists()
+    with pytest.raises(SystemExit) as e:  # and no run folder of that name at all
+        m.main(flags + ["--resume", "--run_name", "never_started"])
+    assert e.value.code == 2
+
+
+def test_quick_gives_defaults_and_explicit_flags_win():
+    quick = m.parse_args(["--quick"])
+    assert (quick.n_steps, quick.batch_size, quick.ndb_k) == (30, 16, 10)
+    mine = m.parse_args(["--quick", "--n_steps", "50", "--batch_size", "8", "--ndb_k", "12"])
+    assert (mine.n_steps, mine.batch_size, mine.ndb_k) == (50, 8, 12)  # no silent min()
+    full = m.parse_args([])
+    assert (full.n_steps, full.batch_size, full.nz, full.ndb_k) == (1600, 64, 8, 40)
+    cls = m.parse_args(["--task", "class"])  # the official DCGAN-Mode-Seeking settings
+    assert (cls.nz, cls.batch_size, cls.ngf, cls.ndf, cls.lr, cls.b1, cls.b2, cls.weight_decay, cls.n_epochs) == \
+        (100, 32, 128, 128, 2e-4, 0.5, 0.999, 1e-4, 200)
+    assert cls.n_steps == 200 * (60000 // 32) and cls.n_eval_per_label == 5000 and cls.models == ["cdcgan", "msgan"]
+    cls_quick = m.parse_args(["--task", "class", "--quick", "--ngf", "16"])
+    assert (cls_quick.ngf, cls_quick.ndf, cls_quick.n_train, cls_quick.n_steps) == (16, 8, 1280, 40)
+
+
+def test_help_states_every_default():
+    r = run_cli("05_msgan_pix2pix.py", "--help", timeout=60)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for flag in ("--task", "--nz", "--batch_size", "--ngf", "--ndb_k", "--n_epochs", "--n_eval_per_label",
+                 "--weight_decay", "--n_steps", "--lr", "--quick"):
+        assert flag in text
+    assert "default pix2pix: 8, class: 100" in text and "(default: None)" not in text
+    assert "--quick: class 8" in text and "flags given explicitly win" in text
+
+
 def test_quick_run_through_the_command_line(tmp_path, mnist_root):
     r = run_cli("05_msgan_pix2pix.py", "--quick", "--device", "cpu", "--out", str(tmp_path), "--data_root", mnist_root,
                 timeout=120)
@@ -263,3 +332,141 @@ def test_quick_run_through_the_command_line(tmp_path, mnist_root):
     for name in ("samples.png", "colour_histogram.png", "training_curves.png", "comparison.md", "config.json",
                  "curves_msgan_ms1_seed0.csv", "G_msgan_ms1_seed0.pt"):
         assert (run / name).stat().st_size > 0, name
+
+
+# ----------------------------------------------------------------------------- --task class
+def test_conditional_networks_shapes_and_the_label_changes_the_output():
+    torch.manual_seed(0)
+    G, D = m.ConditionalGenerator(nz=16, d=4).eval(), m.ConditionalDiscriminator(d=4).eval()
+    z = torch.randn(5, 16)
+    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 4]), 10).float()
+    x = G(z, y)
+    assert x.shape == (5, 1, 28, 28) and x.abs().max() <= 1
+    assert D(x, y).shape == (5, 1)
+    other = torch.nn.functional.one_hot(torch.tensor([9, 8, 7, 6, 5]), 10).float()
+    assert (G(z, other) - x).abs().amax((1, 2, 3)).min() > 1e-4  # every image changes with its label
+    assert (D(x, other) - D(x, y)).abs().min() > 1e-6              # the label reaches D too
+    assert not torch.allclose(G(z + 1, y), x)                      # and so does the noise
+
+
+def test_mode_seeking_term_pushes_two_outputs_of_the_same_label_apart():
+    torch.manual_seed(1)
+    G = m.ConditionalGenerator(nz=16, d=4)
+    y = torch.nn.functional.one_hot(torch.full((8,), 3), 10).float()
+    z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    opt = torch.optim.SGD(G.parameters(), lr=1e-3)
+
+    def gap():
+        out = G(torch.cat([z1, z2]), torch.cat([y, y]))
+        return m.mode_seeking_loss(out[:8], out[8:], z1, z2)
+
+    before = []
+    for _ in range(3):
+        loss, lz = gap()
+        before.append(float(lz.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(gap()[1]) > before[-1] > before[0]  # same label, two z: the outputs move apart
+
+
+def test_class_losses_are_the_official_ones():
+    torch.manual_seed(2)
+    D = m.ConditionalDiscriminator(d=4)
+    real, f1, f2 = torch.tanh(torch.randn(3, 4, 1, 28, 28))
+    y = torch.nn.functional.one_hot(torch.tensor([1, 2, 3, 4]), 10).float()
+    z1, z2 = torch.randn(2, 4, 8)
+    bce = torch.nn.functional.binary_cross_entropy
+    p = lambda x: torch.sigmoid(D(x, y))  # noqa: E731 (the official D ends in a Sigmoid)
+    official_d = (bce(p(f1), torch.zeros(4, 1)) + bce(p(real), torch.ones(4, 1))
+                  + bce(p(f2), torch.zeros(4, 1)) + bce(p(real), torch.ones(4, 1)))
+    assert torch.allclose(m.class_discriminator_loss(D, real, f1, f2, y), official_d, atol=1e-5)
+    base, parts = m.class_generator_loss(D, f1, f2, y, z1, z2, lambda_ms=0)
+    assert torch.allclose(base, bce(p(f1), torch.ones(4, 1)) + bce(p(f2), torch.ones(4, 1)), atol=1e-5)
+    msgan, parts = m.class_generator_loss(D, f1, f2, y, z1, z2, lambda_ms=1)
+    lz = (f2 - f1).abs().mean() / (z2 - z1).abs().mean()
+    assert torch.allclose(msgan, base + 1 / (lz + 1e-5), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def per_label_reference(mnist_root_module):
+    """Bins and Frechet statistics on 6,000 training images (about 600 per label, k = 20), with 06's
+    quick classifier: a few seconds."""
+    import common
+
+    x, y = common.load_mnist(mnist_root_module, train=True)
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:6000]
+    train = m.LabelledImages(x[keep, None], y[keep])
+    clf = metrics06.load_classifier(mnist_root_module, quick=True, progress=False)
+    xt, yt = common.load_mnist(mnist_root_module, train=False)
+    return m.PerLabelReference(train, clf, metrics06, k=20, device="cpu"), train, m.LabelledImages(xt[:, None], yt)
+
+
+@pytest.fixture(scope="module")
+def mnist_root_module():
+    from conftest import mnist_root_or_none
+
+    root = mnist_root_or_none()
+    if root is None:
+        pytest.skip("MNIST not found: set MNIST_ROOT to the folder holding MNIST/raw")
+    return root
+
+
+def test_per_label_scorer_on_one_image_per_label_repeated(per_label_reference):
+    ref, train, _ = per_label_reference
+    one_each = [train.of_label(c)[:1].expand(5000, -1, -1, -1) for c in range(10)]  # the paper's 5,000 per label
+    res = m.score_per_label(one_each, ref, "cpu", diversity_samples=200)
+    assert res["per_label"]["diversity_l1"] == [0.0] * 10        # no diversity within a label
+    assert min(res["per_label"]["ndb"]) >= 19 and res["ndb"] >= 19  # NDB near k = 20: every bin is off
+    assert res["ndb_jsd"] > 0.3 and res["fd"] > 10
+    assert res["accuracy"] >= 0.8  # each copy is a real digit of its label (quick classifier: ~95%)
+
+
+def test_per_label_scorer_on_real_test_images(per_label_reference):
+    ref, train, test = per_label_reference
+    real = [test.of_label(c) for c in range(10)]  # about 1,000 per label
+    res = m.score_per_label(real, ref, "cpu", diversity_samples=200)
+    assert res["ndb"] <= 0.05 * 20 + 2    # near alpha * k = 1 (plus the test writers' shift)
+    assert res["ndb_jsd"] < 0.02 and res["fd"] < 10 and res["accuracy"] > 0.9
+    own = m.score_per_label([train.of_label(c) for c in range(10)], ref, "cpu", diversity_samples=200)
+    assert abs(res["diversity_l1"] - own["diversity_l1"]) < 0.02  # the same within-label spread as training
+    shuffled = m.score_per_label([test.of_label((c + 1) % 10) for c in range(10)], ref, "cpu",
+                                 diversity_samples=200)
+    assert shuffled["accuracy"] < 0.1 and shuffled["ndb"] > 10 and shuffled["fd"] > 5 * res["fd"]  # wrong labels
+
+
+CLASS_QUICK = ["--task", "class", "--quick", "--device", "cpu"]
+
+
+def test_class_task_quick_run_through_the_command_line(tmp_path, mnist_root):
+    r = run_cli("05_msgan_pix2pix.py", *CLASS_QUICK, "--out", str(tmp_path), "--data_root", mnist_root, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "05_msgan_pix2pix" / "class_ms1_seed0_quick"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "class" and metrics["models"] == ["cdcgan", "msgan_ms1"]
+    for row in metrics["per_run"]:
+        ev = row["eval"]
+        assert len(ev["per_label"]["fd"]) == 10 and ev["ndb_k"] == 10
+        assert 0 <= ev["accuracy"] <= 1 and 0 <= ev["ndb"] <= 10 and ev["diversity_l1"] > 0 and ev["fd"] > 0
+        assert row["train"]["steps"] == 40 and row["train"]["train_images_per_s"] > 0
+    real = metrics["reference_real"]
+    assert real["accuracy"] > 0.8 and sum(real["n_per_label"]) == 10000
+    for name in ("samples.png", "training_curves.png", "comparison.md", "config.json", "curves_msgan_ms1_seed0.csv",
+                 "G_cdcgan_seed0.pt"):
+        assert (run / name).stat().st_size > 0, name
+    assert not (run / "checkpoint.pt").exists()
+    table = run_cli("05_msgan_pix2pix.py", "--table", str(run / "metrics.json"), timeout=60)
+    assert table.returncode == 0 and table.stdout == (run / "comparison.md").read_text().split("\n\n", 1)[1]
+
+
+def test_class_task_killed_run_resumes_to_the_same_numbers(tmp_path, monkeypatch, mnist_root):
+    flags = CLASS_QUICK + ["--data_root", mnist_root, "--models", "msgan", "--n_eval_per_label", "20"]
+    whole = m.main(flags + ["--out", str(tmp_path / "a")])
+    kill_on_call(monkeypatch, m, "class_discriminator_loss", 27)  # dies at step 27 (checkpoint at 20)
+    with pytest.raises(SystemExit) as e:
+        m.main(flags + ["--out", str(tmp_path / "b")])
+    assert e.value.code == 130
+    resumed = m.main(flags + ["--out", str(tmp_path / "b"), "--resume"])
+    a, b = whole["per_run"][0], resumed["per_run"][0]
+    assert a["train"]["final_losses"] == b["train"]["final_losses"]
+    assert a["eval"]["per_label"] == b["eval"]["per_label"]
