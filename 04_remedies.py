@@ -1316,7 +1316,8 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10)) -> dict:
     batched as one network, and S separate single-trial networks stepped one after another (what S
     separate runs on one core cost at best)."""
     bench = make_benchmark("ring")
-    out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)}}
+    out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)},
+           "load_average_start": os.getloadavg()}
 
     def time_block(seeds):
         a = argparse.Namespace(**vars(args))
@@ -1337,6 +1338,7 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10)) -> dict:
     S = max(trials)
     out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
     print(f"04 speed: {S} separate single-trial networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    out["load_average_end"] = os.getloadavg()
     for k in list(out):
         if k.endswith("_ms_per_step"):
             out[k.replace("_ms_per_step", "_hours_per_400k_steps")] = out[k] * 400_000 / 3.6e6
@@ -1361,6 +1363,20 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
                    f"{args.d_hidden} --batch_size {args.batch_size} --n_eval {args.n_eval} --n_train {args.n_train}")
 
 
+def check_memory(need: float, flags: str, device) -> None:
+    """Refuse a run whose big tensors would not fit (common.check_memory where this common.py has it)."""
+    if hasattr(common, "check_memory"):
+        return common.check_memory(need, flags, device)
+    try:
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else \
+            torch.cuda.mem_get_info(device)[0]
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return
+    if need > 0.8 * free:
+        raise common.UserError(f"{flags}: needs about {need / 2**30:.3g} GB of memory, more than this machine has "
+                               f"({free / 2**30:.3g} GB); use smaller values")
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -1371,8 +1387,7 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     need, flags = estimate_memory(args)
-    if hasattr(common, "check_memory"):
-        common.check_memory(need, flags, device)
+    check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
         if args.speed:
             out = measure_speed(args, device)
