@@ -13,6 +13,7 @@ Needs: common.py
 """
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -26,6 +27,14 @@ SCALE = 0.5 * abs(float(torch.tensor(list(common.TEMPERATURE_MODES.values())).di
 
 
 # ----------------------------------------------------------------------------- 1. arguments
+def majority_fraction(text: str) -> float:
+    """argparse type: a fraction in [0.5, 1) (below one half both modes would hold "the majority")."""
+    value = common.unit_float(text)
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0.5, 1)")
+    return value
+
+
 def parse_args(argv=None):
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--loss", choices=["minimax", "nonsaturating"], default="nonsaturating",
@@ -42,8 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--d_steps", type=common.positive_int, default=1, help="discriminator steps per generator step")
     p.add_argument("--seeds", type=common.positive_int, default=1, help="train this many seeds (seed, seed+1, ...) at once")
     p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
-    p.add_argument("--collapse_threshold", type=common.unit_float, default=0.9,
-                   help="a run has collapsed when one mode holds more than this fraction of samples")
+    p.add_argument("--collapse_threshold", type=majority_fraction, default=0.9,
+                   help="a run has collapsed when one mode holds more than this fraction of samples, in [0.5, 1)")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 

@@ -83,7 +83,7 @@ def parse_args(argv=None):
     j = p.add_argument_group("vanishing JS gradient")
     j.add_argument("--mu_max", type=common.positive_float, default=30.0,
                    help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
-    j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max]")
+    j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max], at least 2")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 
@@ -104,11 +104,21 @@ def check_args(args) -> None:
         raise common.UserError(f"--mu_max {args.mu_max:g}: the log-space JS integral is accurate (relative "
                                f"error < 1e-10) only up to mu = {MU_MAX_ACCURATE:g}; use --mu_max "
                                f"{MU_MAX_ACCURATE:g} or less")
-    for flags, start in ((f"--x0 {args.x0:g} --y0 {args.y0:g}", (args.x0, args.y0)),
-                         (f"--theta0 {args.theta0:g} --psi0 {args.psi0:g}", (args.theta0, args.psi0))):
-        if math.hypot(*start) > Z_LIMIT:
-            raise common.UserError(f"{flags}: the start is {math.hypot(*start):.3g} from (0, 0); the games are "
-                                   f"run in float64 and need it below {Z_LIMIT:g}")
+    if args.n_mu < 2:
+        raise common.UserError(f"--n_mu {args.n_mu}: the JS table needs at least 2 shifts (0 and --mu_max)")
+    for flags, start, tol_flag, tol in (
+            (f"--x0 {args.x0:g} --y0 {args.y0:g}", (args.x0, args.y0), "--tol", args.tol),
+            (f"--theta0 {args.theta0:g} --psi0 {args.psi0:g}", (args.theta0, args.psi0), "--dirac_tol", args.dirac_tol)):
+        r = math.hypot(*start)
+        if r > Z_LIMIT:
+            raise common.UserError(f"{flags}: the start is {r:.3g} from (0, 0); the games are run in float64 "
+                                   f"and need it below {Z_LIMIT:g}")
+        if r < 1e-150:
+            raise common.UserError(f"{flags}: the start is the equilibrium (0, 0) itself (or within 1e-150 of "
+                                   f"it), where no rule moves; start elsewhere")
+        if tol >= r:
+            raise common.UserError(f"{tol_flag} {tol:g}: every rule would count as converged from the start, "
+                                   f"which is {r:.3g} from (0, 0); use a threshold below that")
     log_start, log_limit = math.log(max(math.hypot(args.x0, args.y0), 1e-300)), math.log(Z_LIMIT)
     start = f"from (--x0, --y0) = ({args.x0:g}, {args.y0:g})"
     log_rho = {name: max(log_rule_factor(name, args), 0.0) for name in RULES}

@@ -23,6 +23,7 @@ CASES_01: list[tuple[str, list[str], int, str]] = [
     ("01_bimodal_gan.py", ["--quick", "--out", "{file}/runs"], 2, "is a file, not a folder"),
     ("01_bimodal_gan.py", ["--quick", "--resume"], 2, "unrecognized arguments: --resume"),  # no --resume
     ("01_bimodal_gan.py", ["--quick", "--lr", "inf"], 2, "not a positive number"),
+    ("01_bimodal_gan.py", ["--quick", "--collapse_threshold", "0.3"], 2, "not a fraction in [0.5, 1)"),
 ]
 
 # --- 02_xy_game.py -----------------------------------------------------------------------------------
@@ -41,6 +42,11 @@ CASES_02: list[tuple[str, list[str], int, str]] = [
     ("02_xy_game.py", ["--quick", "--out", "{file}/runs"], 2, "is a file, not a folder"),
     ("02_xy_game.py", ["--quick", "--resume"], 2, "unrecognized arguments: --resume"),  # no --resume
     ("02_xy_game.py", ["--quick", "--lr", "1e999"], 2, "not a positive number"),
+    ("02_xy_game.py", ["--quick", "--x0", "0", "--y0", "0"], 2, "the equilibrium (0, 0) itself"),
+    ("02_xy_game.py", ["--quick", "--tol", "1e300"], 2, "--tol 1e+300: every rule would count as converged"),
+    ("02_xy_game.py", ["--quick", "--dirac_tol", "5"], 2, "--dirac_tol 5"),
+    ("02_xy_game.py", ["--quick", "--n_mu", "1"], 2, "at least 2 shifts"),
+    ("02_xy_game.py", ["--quick", "--momentum", "1e300"], 2, "negative_momentum iterates would grow"),
 ]
 
 # --- 03_dcgan_mnist.py (rows here need MNIST unless they fail at parsing) ------------------------------
@@ -65,15 +71,52 @@ CASES_03: list[tuple[str, list[str], int, str]] = [
 
 # --- 04_remedies.py ----------------------------------------------------------------------------------
 CASES_04: list[tuple[str, list[str], int, str]] = [
+    ("04_remedies.py", ["--latent_dim", "100000000", "--method", "gan", "--data", "ring"], 2, "latent_dim"),
+    ("04_remedies.py", ["--quick", "--seeds", "100000000"], 2, "seeds"),
+    ("04_remedies.py", ["--n_eval", "1"], 2, "n_eval"),
+    ("04_remedies.py", ["--lr_final", "10"], 2, "lr_final"),
+    ("04_remedies.py", ["--batch_size", "1"], 2, "batch_size"),
+    ("04_remedies.py", ["--n_train", "10"], 2, "n_train"),
+    ("04_remedies.py", ["--quick", "--method", "adagan", "--n_steps", "3", "--adagan_components", "5"], 2, "adagan"),
+    ("04_remedies.py", ["--resume", "--run_name", "nothing_here"], 2, "nothing to resume"),
+    ("04_remedies.py", ["--shard", "3/2"], 2, "shard"),
+    ("04_remedies.py", ["--table", "{tmp}/no_records_here"], 2, "table"),
+    ("04_remedies.py", ["--out", "{file}"], 2, "out"),
+    ("04_remedies.py", ["--setting", "huge"], 2, "setting"),
 ]
 
 # --- 05_msgan_pix2pix.py ----------------------------------------------------------------------------
 CASES_05: list[tuple[str, list[str], int, str]] = [
+    ("05_msgan_pix2pix.py", ["--quick", "--out", "{file}"], 2, "not a folder"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--quick", "--out", "{file}"], 2, "not a folder"),
+    ("05_msgan_pix2pix.py", ["--quick", "--resume", "--run_name", "never_started"], 2, "nothing to resume"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--quick", "--resume"], 2, "nothing to resume"),
+    ("05_msgan_pix2pix.py", ["--table", "{file}"], 2, "cannot read"),
+    ("05_msgan_pix2pix.py", ["--quick", "--lambda_ms", "0"], 2, "positive"),
+    ("05_msgan_pix2pix.py", ["--quick", "--n_epochs", "3"], 2, "other task"),
+    ("05_msgan_pix2pix.py", ["--dataset", "folder", "--data_root", "{file}"], 2, "not a folder"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--dataset", "folder"], 2, "other task"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--models", "pix2pix"], 2, "baseline"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--n_train", "70000"], 2, "60,000"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--batch_size", "100", "--n_train", "50"], 2, "batch_size"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--n_eval_per_label", "1"], 2, "at least 2"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--nz", "1000000000"], 2, "memory"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--ngf", "100000"], 2, "memory"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--n_eval_per_label", "100000000"], 2, "memory"),
+    ("05_msgan_pix2pix.py", ["--task", "class", "--quick", "--ndb_k", "100000"], 2, "ndb_k"),
 ]
 
 # --- 06_metrics.py -----------------------------------------------------------------------------------
 CASES_06: list[tuple[str, list[str], int, str]] = [
-]
+    ("06_metrics.py", ["--k", "100000"], 2, "--k"),                    # issue 15 item 3: more bins than images
+    ("06_metrics.py", ["--quick", "--k", "501"], 2, "--k"),            # an explicit flag wins over --quick
+    ("06_metrics.py", ["--nn_k", "100000"], 2, "--nn_k"),
+    ("06_metrics.py", ["--diversity_samples", "1"], 2, "--diversity_samples"),  # was a ZeroDivisionError
+    ("06_metrics.py", ["--alpha", "0"], 2, "--alpha"),                 # item 10: NDB 0 whatever the samples
+    ("06_metrics.py", ["--z_threshold", "0"], 2, "--z_threshold"),
+    ("06_metrics.py", ["--resume"], 2, "--resume"),                    # item 6: 06 has nothing to resume
+    ("06_metrics.py", ["--out", "{file}"], 2, "--out"),                # item 1
+]  # more of 06's sizes and flag clashes, in-process (faster): tests/test_06_metrics.py
 
 CASES = CASES_01 + CASES_02 + CASES_03 + CASES_04 + CASES_05 + CASES_06
 MNIST_SCRIPTS = {"03_dcgan_mnist.py", "05_msgan_pix2pix.py", "06_metrics.py"}
