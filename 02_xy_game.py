@@ -99,7 +99,8 @@ Z_LIMIT = 1e150
 def check_args(args) -> None:
     """Refuse, before anything runs, settings whose numbers would be meaningless: a JS table beyond the
     integral's accuracy, or iterates that leave float64 range (the runs are linear on x*y, so their
-    growth is known in advance: |z_t| <= |z_0| * rho^t, rho the rule's per-step factor)."""
+    growth is known in advance: |z_t| is |z_0| * rho^t up to a constant factor, rho the rule's
+    per-step factor, and the limit 1e150 leaves 158 orders of magnitude for that constant)."""
     if args.mu_max > MU_MAX_ACCURATE:
         raise common.UserError(f"--mu_max {args.mu_max:g}: the log-space JS integral is accurate (relative "
                                f"error < 1e-10) only up to mu = {MU_MAX_ACCURATE:g}; use --mu_max "
