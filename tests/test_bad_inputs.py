@@ -20,9 +20,7 @@ CASES_01: list[tuple[str, list[str], int, str]] = [
     ("01_bimodal_gan.py", ["--quick", "--g_hidden", "100000", "100000"], 2, "--g_hidden"),
     ("01_bimodal_gan.py", ["--quick", "--n_steps", "100000000000", "--log_every", "1"], 2, "--n_steps"),
     ("01_bimodal_gan.py", ["--quick", "--out", "{file}"], 2, "is a file, not a folder"),
-    ("01_bimodal_gan.py", ["--quick", "--out", "{file}/runs"], 2, "is a file, not a folder"),
     ("01_bimodal_gan.py", ["--quick", "--resume"], 2, "unrecognized arguments: --resume"),  # no --resume
-    ("01_bimodal_gan.py", ["--quick", "--lr", "inf"], 2, "not a positive number"),
     ("01_bimodal_gan.py", ["--quick", "--collapse_threshold", "0.3"], 2, "not a fraction in [0.5, 1)"),
 ]
 
@@ -41,10 +39,8 @@ CASES_02: list[tuple[str, list[str], int, str]] = [
     ("02_xy_game.py", ["--quick", "--out", "{file}"], 2, "is a file, not a folder"),
     ("02_xy_game.py", ["--quick", "--out", "{file}/runs"], 2, "is a file, not a folder"),
     ("02_xy_game.py", ["--quick", "--resume"], 2, "unrecognized arguments: --resume"),  # no --resume
-    ("02_xy_game.py", ["--quick", "--lr", "1e999"], 2, "not a positive number"),
     ("02_xy_game.py", ["--quick", "--x0", "0", "--y0", "0"], 2, "the equilibrium (0, 0) itself"),
     ("02_xy_game.py", ["--quick", "--tol", "1e300"], 2, "--tol 1e+300: every rule would count as converged"),
-    ("02_xy_game.py", ["--quick", "--dirac_tol", "5"], 2, "--dirac_tol 5"),
     ("02_xy_game.py", ["--quick", "--n_mu", "1"], 2, "at least 2 shifts"),
     ("02_xy_game.py", ["--quick", "--momentum", "1e300"], 2, "negative_momentum iterates would grow"),
 ]
