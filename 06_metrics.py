@@ -270,8 +270,8 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: flo
            progress: bool = False):
     """Lloyd's K-means with greedy k-means++ start, in torch (CPU or GPU), seeded: the same seed gives
     the same centres on the same device with the same number of threads (the BLAS summation order can
-    differ between thread counts, and with it a few late assignments). An iteration assigns every point to its nearest centre and
-    moves each centre to the mean of its points (sums updated with the points that changed cluster
+    differ between thread counts, and with it a few late assignments). An iteration assigns every point
+    to its nearest centre and moves each centre to the mean of its points (sums updated with the points that changed cluster
     only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
     variance of x), squared and summed (scikit-learn's rule), or after `max_iter` iterations; an empty
     cluster is moved to the point farthest from its centre. Returns (centers, labels, info), labels
@@ -1390,7 +1390,8 @@ def check_experiment(args, data: dict) -> None:
     if args.n_test > n_test:
         raise common.UserError(f"--n_test {args.n_test}: MNIST has {n_test} test images")
     if args.n_dup_sources > args.n_test:
-        raise common.UserError(f"--n_dup_sources {args.n_dup_sources}: more than the {args.n_test} test images (--n_test)")
+        raise common.UserError(f"--n_dup_sources {args.n_dup_sources}: more than the {args.n_test} test images "
+                               f"(--n_test)")
     check_sizes(args, n_fit, n_fit, f"the training set (--n_fit {n_fit})")
 
 
