@@ -124,17 +124,19 @@ QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_
              replay_size=500)
 PRESET_KEYS = tuple(PRESETS["pacgan"])
 
-# when does the plain GAN collapse on the ring?  name -> flag overrides of the `unrolled` setting (run by
-# --ablation, plain GAN, ring; each over --seeds trials)
+# when does the plain GAN collapse on the ring?  name -> flag overrides of the `small` setting (cheap
+# enough for 5 trials per row on one CPU core); run by --ablation: plain GAN, ring, --seeds trials each
 ABLATION = {
-    "demo (unrolled setting)": [],
-    "10,000 steps": ["--n_steps", "10000"],
-    "lr G = lr D = 1e-4": ["--lr_g", "1e-4"],
-    "lr G 1e-4, D 1e-3 (D faster)": ["--lr_g", "1e-4", "--lr_d", "1e-3", "--lr_final", "1e-3"],
-    "small D (2 x 32)": ["--d_hidden", "32"],
-    "small G (2 x 32)": ["--g_hidden", "32"],
-    "noise 2-d": ["--latent_dim", "2"],
+    "small setting (2,000 steps)": [],
+    "8,000 steps": ["--n_steps", "8000"],
+    "lr G 2e-3, D 2e-4 (G 10x faster, as the unrolled demo)": ["--lr_d", "2e-4", "--lr_final", "1e-6"],
+    "lr G 2e-4, D 2e-3 (D 10x faster)": ["--lr_g", "2e-4"],
+    "weak D (2 maxout layers of 8)": ["--d_hidden", "8"],
+    "strong D (3 maxout layers of 128)": ["--d_hidden", "128", "--d_layers", "3"],
+    "weak G (3 x 16)": ["--g_hidden", "16"],
+    "noise 256-d": ["--latent_dim", "256"],
     "data std 0.05": ["--data_std", "0.05"],
+    "data std 0.002": ["--data_std", "0.002"],
 }
 
 
@@ -516,8 +518,13 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: rebuild the results table from the records in DIR")
     p.add_argument("--speed", action="store_true", help="no training: measure ms/step of the networks (1 vs 10 trials)")
+    p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
+                   help="no training: redraw the sample and modes-against-step figures from the finished cells of "
+                        "these run folders (e.g. runs of different lengths side by side) into --figure_prefix")
+    p.add_argument("--figure_prefix", default="figures/04_", help="--replot writes <prefix>samples_<data>.png and "
+                   "<prefix>modes_<data>.png")
     p.add_argument("--ablation", action="store_true",
-                   help="run the plain GAN on the ring in every configuration of ABLATION (the unrolled setting changed one value each)")
+                   help="run the plain GAN on the ring in every configuration of ABLATION (the small setting changed one value each)")
     common.add_common_args(p, resume=True)
     return p
 
@@ -772,12 +779,10 @@ class StackedSnapshots:
         return {n: torch.stack([p[n] for p in picks]) for n in picks[0]}
 
 
-def lr_factor(step: int, n_steps: int, final_factor: float) -> float:
-    """Cosine decay from 1 (step 1) to final_factor (last step); 1 throughout when final_factor = 1."""
-    if final_factor >= 1.0:
-        return 1.0
+def cosine_lr(step: int, n_steps: int, lr: float, lr_final: float) -> float:
+    """Cosine decay from lr (step 1) to lr_final (last step); lr throughout when lr_final = lr."""
     frac = (step - 1) / max(n_steps - 1, 1)
-    return final_factor + 0.5 * (1 - final_factor) * (1 + math.cos(math.pi * frac))
+    return lr_final + 0.5 * (lr - lr_final) * (1 + math.cos(math.pi * frac))
 
 
 def noise_chunk(S, B, latent, n_max=100):
@@ -809,7 +814,6 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
              StackedSnapshots(args.snapshot_keep, seeds, 37 + salt)) if remedy.swap else None
     g_loss_fn = G_LOSSES[remedy.g_loss]
     shared_pass = args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
-    final_factor = args.lr_final / args.lr_d
     curves = {"step": [], "d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
     if on_step:
         on_step(0, G)
@@ -822,8 +826,9 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             reals = real_source(n * B * m).view(S, n, B * m, dim)
             zs = torch.stack([torch.randn(n, 2, B * m, args.latent_dim, generator=g) for g in noise_gens]).to(device)
         real, z_d, z_g = reals[:, j], zs[:, j, 0], zs[:, j, 1]
-        f = lr_factor(step, n_steps, final_factor)
-        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = args.lr_g * f, args.lr_d * f
+        lr_d = cosine_lr(step, n_steps, args.lr_d, args.lr_final)
+        lr_g = lr_d if args.lr_g == args.lr_d else args.lr_g * lr_d / args.lr_d  # G decays by D's factor
+        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = lr_g, lr_d
         swap_now = remedy.swap and step % args.swap_every == 0
         real_in = pack(real, m)
 
@@ -993,22 +998,31 @@ def snapshot_steps_for(n_steps: int, k: int) -> list[int]:
 
 
 def collapse_of(evals: list[dict], trial: int, n_modes: int, n_steps: int) -> dict:
-    """Did trial `trial` collapse? Yes when it ends with fewer than all modes, or hops: a mode that holds
-    at least 10% of the high-quality samples at one evaluation (after the first fifth of training) holds
-    none at a later one."""
-    rows = [(e["step"], e["trials"][trial]["counts"]) for e in evals if e["trials"][trial]["counts"] is not None]
+    """Did trial `trial` collapse? Yes when it ends with fewer than all modes captured (PacGAN's count), or
+    hops: a mode that is nearest to at least 10% of all samples at one evaluation (after the first fifth
+    of training) is nearest to less than 1% at a later one. Hopping is judged on every sample's nearest
+    mode, not only the high-quality ones, so that a generator whose samples are imprecise (few within
+    3 std) does not look like one that hops."""
+    rows = [(e["step"], e["trials"][trial]) for e in evals if e["trials"][trial]["counts"] is not None]
     if not rows:
         return {"final_below_all": None, "hopping": None, "collapsed": None}
-    final = sum(c > 0 for c in rows[-1][1]) < n_modes
-    late = [c for s, c in rows if s >= n_steps / 5]
+    final = sum(c > 0 for c in rows[-1][1]["counts"]) < n_modes
+    late = [t.get("nearest_counts") or t["counts"] for s, t in rows if s >= n_steps / 5]
     hop = False
     for i, c in enumerate(late):
         tot = sum(c)
         held = {k for k, v in enumerate(c) if tot and v >= 0.1 * tot}
-        if any(c2[k] == 0 for c2 in late[i + 1:] for k in held):
+        if any(c2[k] < 0.01 * sum(c2) for c2 in late[i + 1:] for k in held):
             hop = True
             break
     return {"final_below_all": final, "hopping": hop, "collapsed": final or hop}
+
+
+def occupied_modes(nearest_counts, n_modes: int) -> int:
+    """Modes that are nearest to at least 1/(4K) of all samples (however far): the modes the generator
+    puts mass near, precise or not."""
+    tot = sum(nearest_counts)
+    return sum(v >= tot / (4 * n_modes) for v in nearest_counts) if tot else 0
 
 
 def score(samples, curves_ok, bench, seeds) -> list[dict]:
@@ -1019,6 +1033,11 @@ def score(samples, curves_ok, bench, seeds) -> list[dict]:
         diverged = not (curves_ok[i] and bool(torch.isfinite(samples[i]).all()))
         stats = bench.mixture.mode_stats(samples[i]) if not diverged else {
             "modes": None, "high_quality": None, "reverse_kl": None, "counts": None}
+        if not diverged:
+            c = bench.mixture.centers
+            near = torch.cdist(samples[i].float().reshape(len(samples[i]), -1), c).argmin(1)
+            stats["nearest_counts"] = torch.bincount(near, minlength=len(c)).tolist()
+            stats["occupied"] = occupied_modes(stats["nearest_counts"], len(c))
         out.append({"seed": seed, "diverged": diverged, **stats})
     return out
 
@@ -1026,8 +1045,8 @@ def score(samples, curves_ok, bench, seeds) -> list[dict]:
 def summarize(trials: list[dict]) -> dict:
     ok = [r for r in trials if not r["diverged"]]
     out = {}
-    for key in ("modes", "high_quality", "reverse_kl"):
-        vals = [r[key] for r in ok if r[key] is not None and math.isfinite(r[key])]
+    for key in ("modes", "high_quality", "reverse_kl", "occupied"):
+        vals = [r[key] for r in ok if r.get(key) is not None and math.isfinite(r[key])]
         mean, sem = common.mean_sem(vals)
         out[key] = {"mean": mean, "sem": sem, "n": len(vals)}
     return out
@@ -1384,6 +1403,8 @@ def main(argv=None) -> dict:
         text = table_markdown(load_records(args.table))
         print(text, end="")
         return {"table": text}
+    if args.replot:
+        return replot(args.replot, args.figure_prefix)
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     need, flags = estimate_memory(args)
@@ -1399,15 +1420,33 @@ def main(argv=None) -> dict:
         return run(args, device, argv)
 
 
+def replot(run_dirs, prefix) -> dict:
+    """The figures of several runs' finished cells together (rows in the order given)."""
+    results = []
+    for d in run_dirs:
+        cells = sorted(Path(d).glob("cells/*.pt"), key=lambda p: p.stat().st_mtime)
+        if not cells:
+            raise common.UserError(f"--replot: {d} holds no finished cell (cells/*.pt)")
+        results += [load_cell(p) for p in cells]
+    out = []
+    for data in dict.fromkeys(r["data"] for r in results):
+        bench = make_benchmark(data)
+        out += [f"{prefix}samples_{data}.png", f"{prefix}modes_{data}.png"]
+        plot_samples(results, bench, out[-2])
+        plot_modes_vs_step(results, bench, out[-1])
+    print("wrote " + ", ".join(out))
+    return {"figures": out}
+
+
 def run_ablation(args, device, argv) -> dict:
     """Every ABLATION configuration: plain GAN on the ring, --seeds trials each, records labelled."""
     base = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--ablation"]
     out = {}
     for label, flags in ABLATION.items():
         tag = "abl-" + "".join(ch if ch.isalnum() else "-" for ch in label).strip("-")[:40]
-        a = parse_args(["--setting", "unrolled"] + base + flags + ["--method", "gan", "--data", "ring", "--label", tag])
-        print(f"04 ablation: {label}: {' '.join(flags) or '(the unrolled setting)'}", flush=True)
-        out[label] = run(a, device, ["--setting", "unrolled"] + base + flags + ["--label", tag])
+        a = parse_args(["--setting", "small"] + base + flags + ["--method", "gan", "--data", "ring", "--label", tag])
+        print(f"04 ablation: {label}: {' '.join(flags) or '(the small setting)'}", flush=True)
+        out[label] = run(a, device, ["--setting", "small"] + base + flags + ["--label", tag])
     return {"ablation": {k: v["results"] for k, v in out.items()}}
 
 

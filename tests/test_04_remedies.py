@@ -91,6 +91,12 @@ def test_collapse_of_sees_final_loss_of_modes_and_hopping():
     assert r["hopping"] and r["collapsed"] and not r["final_below_all"]
     early = [ev(10, [50] + [0] * 7), ev(100, full)]                                # before the first fifth: ignored
     assert m.collapse_of(early, 0, 8, 100)["collapsed"] is False
+    # hopping is judged on every sample's nearest mode when the record has it: imprecise samples (few
+    # high-quality, so a noisy HQ histogram) spread over all modes do not count as hopping
+    noisy = [{"step": s, "trials": [{"counts": c, "nearest_counts": [100] * 8}]}
+             for s, c in ((40, [3, 0, 0, 1, 0, 0, 0, 0]), (60, [0, 2, 1, 0, 0, 0, 0, 0]), (100, full))]
+    assert m.collapse_of(noisy, 0, 8, 100)["hopping"] is False
+    assert m.occupied_modes([100] * 6 + [0, 2], 8) == 6 and m.occupied_modes([0] * 8, 8) == 0
 
 
 # ----------------------------------------------------------------------------- benchmarks
