@@ -1122,9 +1122,24 @@ def public(r: dict) -> dict:
 
 
 def record_path(folder, args, method, data) -> Path:
+    """<setting>[_label]_<data>_<method>_seed<first>x<trials>[_<steps>steps][_b<batch>][_quick].json: runs that
+    shrink the setting's length or batch get their own file."""
     tag = f"_{args.label}" if args.label else ""
+    preset = PRESETS[args.setting]
+    size = (f"_{args.n_steps}steps" if args.n_steps != preset["n_steps"] else "") + \
+        (f"_b{args.batch_size}" if args.batch_size != preset["batch_size"] else "")
     q = "_quick" if args.quick else ""
-    return Path(folder) / f"{args.setting}{tag}_{data}_{method}_seed{args.seed}x{args.seeds}{q}.json"
+    return Path(folder) / f"{args.setting}{tag}_{data}_{method}_seed{args.seed}x{args.seeds}{size}{q}.json"
+
+
+def differences(rec: dict) -> str:
+    """How a record's run differed from its named setting (the flags that changed a preset value)."""
+    preset, a = PRESETS.get(rec.get("setting"), {}), rec.get("args", {})
+    out = [f"{k} {_show(a[k])}" for k in preset if k in a and common.to_jsonable(a[k]) != common.to_jsonable(preset[k])
+           and k not in ("eval_steps", "eval_every", "seeds")]
+    if a.get("data_std"):
+        out.append(f"data_std {a['data_std']}")
+    return ", ".join(out) or "none"
 
 
 def write_record(folders, args, device, record, command):
@@ -1197,7 +1212,8 @@ def table_markdown(records: list[dict]) -> str:
         K = recs[0]["n_modes"]
         lines += [f"#### setting `{setting}`{' (' + label + ')' if label else ''}, {data} ({K} modes)", "",
                   f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL | "
-                  f"collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"occupied modes | collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) | differs from the setting |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
         for r in sorted(recs, key=lambda r: order.get(r["method"], 99)):
             s = record_summary(r)
@@ -1211,12 +1227,12 @@ def table_markdown(records: list[dict]) -> str:
                            for p in [pubs[0][1]]) if pubs else "-"
             lines.append(f"| {LABELS.get(r['method'], r['method'])} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
-                         f"{fmt(s['reverse_kl'])} | {ctext} | {v} |")
+                         f"{fmt(s['reverse_kl'])} | {fmt(s['occupied'], digits=1)} | {ctext} | {v} | {differences(r)} |")
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | 400,000 | "
                              f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
-                             f"{show(p[4], p[5], 2)} | | |")
+                             f"{show(p[4], p[5], 2)} | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -446,11 +446,11 @@ def test_quick_run_in_process_with_records(tmp_path):
         assert (run / f).exists(), f
     saved = sorted(p.name for p in rec.iterdir())
     assert saved == sorted(p.name for p in (run / "records").iterdir()) and len(saved) == 4
-    one = json.loads((rec / "unrolled_ring_gan_seed0x2_quick.json").read_text())
+    one = json.loads((rec / "unrolled_ring_gan_seed0x2_40steps_b64_quick.json").read_text())
     assert one["reached_step"] == 40 and one["hardware"]["cpu_count"] >= 1 and one["args"]["latent_dim"] == 2
     assert "seconds" in one and len(one["evals"][-1]["trials"]) == 2
     text = m.main(["--table", str(rec)])["table"]
-    assert "40 (40)" in text and "setting `unrolled`" in text
+    assert "40 (40)" in text and "setting `unrolled`" in text and "batch_size 64" in text
 
 
 def test_same_seed_same_numbers(tmp_path):
