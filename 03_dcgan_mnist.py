@@ -35,8 +35,10 @@ Known difference: PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
 
 Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CPU times)
       python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
-      python 03_dcgan_mnist.py --causes --seeds 3 --n_train 8192 --n_epochs 4   (the material's causes)
-      python 03_dcgan_mnist.py --causes_table results/03/causes   (rebuild the causes table from records)
+      python 03_dcgan_mnist.py --causes --seeds 3 --batch_size 64 --n_train 3200 --n_epochs 6 --n_eval 1000
+                                               (the material's causes, shrunk as in the README)
+      python 03_dcgan_mnist.py --causes_table results/03/causes --grace_epochs 6   (its table, from the records)
+      python 03_dcgan_mnist.py --bench 10      (time 10 training steps; --amp force, --optimizer torch, ...)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
       python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)
       python 03_dcgan_mnist.py --act relu --n_epochs 60 --resume   (continue, or extend a finished run)
@@ -447,7 +449,9 @@ def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, 
       of them or their mean pairwise distance is below collapse_diversity [0.5] times MNIST's;
     - *healthy*: digits, neither of the above;
     - *not yet diverse*: before the first healthy epoch, within the first grace_epochs [5] epochs, any
-      of the failures above, or weak digits: the blobs of the first epochs are not a failure yet.
+      of the failures above but a won discriminator, or weak digits: the blobs of the first epochs are
+      not a failure yet. A discriminator that has won is non-convergence from the first epoch: in the
+      tutorial's own first epochs D(x) stays near 0.8 and D(G(z)) near 0.5 (measured, see the README).
     """
     top = max(range(10), key=lambda d: s["digit_fractions"][d])
     digits = s["confidence"] >= t["min_confidence"]
@@ -467,7 +471,7 @@ def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, 
         return "healthy", ""
     else:
         state, why = "non-convergence", f"weak digits: confidence {s['confidence']:.2f}"
-    if not seen_healthy and epoch <= t["grace_epochs"]:
+    if not won and not seen_healthy and epoch <= t["grace_epochs"]:
         return "not yet diverse", why
     return state, why
 
@@ -792,7 +796,7 @@ def make_figures(curves, run_dir, args):
     states = [r.get("state", "healthy") for r in rows]
     changes = [i for i in range(len(rows)) if i == 0 or states[i] != states[i - 1]][:8]
     fig = plt.figure(figsize=(11, 7.2))
-    gs = fig.add_gridspec(4, max(len(changes), 1), height_ratios=[3, 3, 0.6, 2.2], hspace=0.55)
+    gs = fig.add_gridspec(4, max(len(changes), 1), height_ratios=[3, 3, 0.6, 2.2], hspace=0.7)
     a, b, c = fig.add_subplot(gs[0, :]), fig.add_subplot(gs[1, :]), fig.add_subplot(gs[2, :])
     a.plot(ep, [r["g_loss"] for r in rows], "o-", label="generator")
     a.plot(ep, [r["d_loss"] for r in rows], "o-", label="discriminator")
@@ -808,15 +812,19 @@ def make_figures(curves, run_dir, args):
     for e, s in zip(ep, states):
         c.axvspan(e - 0.5, e + 0.5, color=STATE_COLOURS.get(s, "white"))
     c.set(xlim=(ep[0] - 0.5, ep[-1] + 0.5), yticks=[], xlabel="epoch")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=col) for col in STATE_COLOURS.values()]
-    c.legend(handles, list(STATE_COLOURS), ncol=4, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.9))
+    c.set_title("state: grey not yet diverse, green healthy, orange mode collapse, red non-convergence; "
+                "below: the fixed-noise grid where the state changes", fontsize=8)
     for j, i in enumerate(changes):
         img = read_sample_grid(run_dir / "samples" / f"epoch_{ep[i]:03d}.png")
         ax = fig.add_subplot(gs[3, j])
         if img is not None:
             ax.imshow(img, cmap="gray")
-        ax.set_title(f"epoch {ep[i]}: {states[i]}", fontsize=7, color=STATE_COLOURS.get(states[i], "black"))
-        ax.axis("off")
+        ax.set_title(f"epoch {ep[i]}: {states[i]}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_color(STATE_COLOURS.get(states[i], "black"))
+            side.set_linewidth(3)
     common.savefig(fig, run_dir / "losses.png")
 
     heat = torch.tensor([[r[f"digit_{d}"] for d in range(10)] for r in rows]).T

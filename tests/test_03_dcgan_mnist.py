@@ -339,6 +339,7 @@ ONE_DIGIT[7] = 0.82
     (epoch(confidence=0.3, frechet_clf=2500.0), True, 9, "non-convergence", "not digits"),   # trash after
     (epoch(confidence=0.5, frechet_clf=600.0), False, 6, "non-convergence", "weak digits"),  # never digits
     (epoch(d_real=0.99, d_fake=0.01, g_loss=5.0), True, 4, "non-convergence", "D wins"),
+    (epoch(d_real=0.99, d_fake=0.01, g_loss=5.0), False, 1, "non-convergence", "D wins"),      # even early
     (epoch(digit_fractions=ONE_DIGIT), True, 4, "mode collapse", "digit 7"),
     (epoch(diversity=0.1), True, 4, "mode collapse", "diversity"),
     (epoch(diversity=0.1), False, 2, "not yet diverse", "diversity"),                         # within grace
