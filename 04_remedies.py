@@ -40,7 +40,8 @@ Run:  python 04_remedies.py --method gan pacgan2 --data ring --records results/0
       python 04_remedies.py --ablation                         (when does the plain GAN collapse?)
       python 04_remedies.py --quick                            (smoke run of the whole table, seconds)
       python 04_remedies.py ... --shard 0/4                    (every 4th cell, from the first)
-      python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept)
+      python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept, the
+                                                              cell in training continues from its last evaluation)
 Needs: common.py
 """
 from __future__ import annotations
@@ -476,7 +477,7 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--batch_size", type=common.positive_int, default=S, help="batch (PacGAN: packs of m samples); " + h("batch_size"))
     p.add_argument("--n_train", type=common.nonneg_int, default=S,
                    help="size of the fixed training set, drawn once per trial (0: fresh samples every step); " + h("n_train"))
-    p.add_argument("--lr", type=common.positive_float, default=S, help="Adam learning rate of both players (sets --lr_g and --lr_d)")
+    p.add_argument("--lr", type=common.positive_float, default=S, help="Adam learning rate of both players (sets --lr_g and --lr_d; default: the setting's own per player)")
     p.add_argument("--lr_g", type=common.positive_float, default=S, help="generator learning rate; " + h("lr_g"))
     p.add_argument("--lr_d", type=common.positive_float, default=S, help="discriminator learning rate; " + h("lr_d"))
     p.add_argument("--lr_final", type=common.positive_float, default=S,
@@ -792,12 +793,14 @@ def noise_chunk(S, B, latent, n_max=100):
 
 # ----------------------------------------------------------------------------- 7. training
 def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, salt: int = 0,
-              real_source=None, on_step=None, progress=None):
+              real_source=None, on_step=None, progress=None, checkpoint=None, resume=None):
     """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
 
     real_source(n) -> (S, n, dim) real samples in network units (default: the fixed training set of
     --n_train points, or fresh mixture samples when it is 0). on_step(step, G) is called after each step
-    (it decides itself whether to evaluate; keep it cheap)."""
+    (it decides itself whether to evaluate; keep it cheap). checkpoint = (steps, save(step, state)): after
+    those steps the whole training state is handed to save; resume = such a state: training continues
+    after its step and gives the numbers an uninterrupted run gives."""
     S, B, m, dim = len(seeds), args.batch_size, remedy.pack, bench.dim
     init_gens = seed_generators(seeds, 11 + salt)
     G, D = make_networks(args, remedy, dim, init_gens)
@@ -815,11 +818,42 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     g_loss_fn = G_LOSSES[remedy.g_loss]
     shared_pass = args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
     curves = {"step": [], "d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
-    if on_step:
+    samplers = getattr(real_source, "samplers", [])
+    reals = zs = None
+
+    def training_state(step):
+        return {"step": step, "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(), "gens": [g.get_state() for g in data_gens + noise_gens],
+                "samplers": [(sm.perm, sm.pos) for sm in samplers], "chunk": (reals, zs), "curves": curves,
+                "replay": [(b.data[:b.size].clone(), b.size, b.gen.get_state()) for b in replay.buffers] if replay else None,
+                "pools": [(list(p.snaps), p.rng.getstate()) for pl in pools for p in pl.pools] if pools else None}
+
+    start = 1
+    if resume is not None:
+        G.load_state_dict(resume["G"])
+        D.load_state_dict(resume["D"])
+        opt_g.load_state_dict(resume["opt_g"])
+        opt_d.load_state_dict(resume["opt_d"])
+        for g, st in zip(data_gens + noise_gens, resume["gens"]):
+            g.set_state(st)
+        for sm, (perm, pos) in zip(samplers, resume["samplers"]):
+            sm.perm, sm.pos = perm, pos
+        reals, zs = resume["chunk"]
+        curves = resume["curves"]
+        for b, (data, size, st) in zip(replay.buffers if replay else [], resume["replay"] or []):
+            b.data[:size], b.size = data, size
+            b.gen.set_state(st)
+        for p, (snaps, st) in zip([p for pl in pools for p in pl.pools] if pools else [], resume["pools"] or []):
+            p.snaps = list(snaps)
+            p.rng.setstate(st)
+        start = resume["step"] + 1
+        if progress is not None:
+            progress.update(resume["step"])
+    elif on_step:
         on_step(0, G)
 
     chunk = noise_chunk(S, B * m, args.latent_dim)
-    for step in range(1, n_steps + 1):
+    for step in range(start, n_steps + 1):
         j = (step - 1) % chunk
         if j == 0:  # data and noise for `chunk` steps at a time: per-trial generators, few calls
             n = min(chunk, n_steps - step + 1)
@@ -866,8 +900,8 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             # generator's gradient: the method's loss
             fake = G(z_g)
             old_d = pools[1].sample() if swap_now else None
-            state = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll)
-            g_loss = g_loss_fn(state)
+            seen = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll)
+            g_loss = g_loss_fn(seen)
             if remedy.mode_seeking:
                 g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_g)
             g_grads = torch.autograd.grad(g_loss.sum(), g_params)  # G's gradient only
@@ -890,6 +924,8 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             curves["d_fake"].append(torch.sigmoid(d_fake.detach()).mean((1, 2)))
         if on_step:
             on_step(step, G)
+        if checkpoint is not None and step in checkpoint[0] and step < n_steps:
+            checkpoint[1](step, training_state(step))
         if progress is not None:
             progress.update(1)
     curves = {k: (torch.stack(v).cpu() if k != "step" else v) for k, v in curves.items()}
@@ -907,6 +943,7 @@ def make_real_source(bench, args, seeds, salt, device, data_gens):
         def source(n):
             idx = torch.stack([s.take(n) for s in samplers]).to(device)
             return torch.gather(train, 1, idx[..., None].expand(-1, -1, bench.dim))
+        source.samplers = samplers  # their positions go into checkpoints
         return source
 
     def fresh(n):
@@ -1052,9 +1089,12 @@ def summarize(trials: list[dict]) -> dict:
     return out
 
 
-def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0, on_eval=None) -> dict:
+def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0, on_eval=None,
+            checkpoint_path=None) -> dict:
     """Train one method on one benchmark (all trials at once), scoring every trial at the evaluation
-    steps (eval_schedule). on_eval(record) is called after each evaluation with the record so far."""
+    steps (eval_schedule). on_eval(record) is called after each evaluation with the record so far.
+    checkpoint_path: the training state is saved there at every evaluation step, and a state found there
+    is continued (not for AdaGAN, whose cell restarts); the file is removed when the cell is done."""
     remedy = METHODS[method]
     S = len(seeds)
     fig_z = torch.stack([torch.randn(500, args.latent_dim, generator=g) for g in seed_generators(seeds, 101)]).to(device)
@@ -1063,9 +1103,25 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     snaps = {"step": [], "samples": []}
     fig_steps, evals_at = set(snapshot_steps_for(args.n_steps, args.snapshots)), set(eval_schedule(args))
     evals = []
-    t0, c0 = time.perf_counter(), time.process_time()
+    resume = None
+    if checkpoint_path is not None and Path(checkpoint_path).exists() and not remedy.adagan:
+        try:
+            resume = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        except Exception as e:
+            raise common.UserError(f"--resume: cannot read the cell checkpoint {checkpoint_path} ({type(e).__name__}: "
+                                   f"{common.one_line(e)[:120]}); delete it to train that cell from the start") from None
+        evals, snaps = resume["evals"], resume["snaps"]
+        print(f"04 {method}/{bench.name}: continuing from step {resume['step']}", flush=True)
+    t0, c0 = time.perf_counter() - (resume["seconds"] if resume else 0.0), time.process_time()
     record = {"method": method, "data": bench.name, "n_modes": bench.mixture.n_modes, "seeds": seeds,
               "n_steps": args.n_steps, "evals": evals}
+    if resume:
+        record["reached_step"] = evals[-1]["step"] if evals else 0
+
+    def save_state(step, st):
+        common.save_torch(checkpoint_path, {**st, "evals": evals, "snaps": snaps,
+                                            "seconds": time.perf_counter() - t0})
+    checkpoint = (evals_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
     curves_box = {}
 
     def on_step(step, sampler):
@@ -1087,7 +1143,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     if remedy.adagan:
         sampler, curves, rounds = train_adagan(bench, args, device, seeds, on_step, bar)
     else:
-        G, curves = train_gan(remedy, bench, args, device, seeds, args.n_steps, on_step=on_step, progress=bar)
+        G, curves = train_gan(remedy, bench, args, device, seeds, args.n_steps, on_step=on_step, progress=bar,
+                              checkpoint=checkpoint, resume=resume)
         sampler = G
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
@@ -1108,6 +1165,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
                    "_curves": curves, "_snaps": snaps, "_samples": samples})
     if on_eval:
         on_eval(record)
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        Path(checkpoint_path).unlink()
     return record
 
 
@@ -1504,8 +1563,8 @@ def run(args, device, argv) -> dict:
             raise common.UserError(f"--resume: cannot read {cfg_path} ({common.one_line(e)[:120]})") from None
         common.check_same_config(saved, common.to_jsonable(vars(args)))
         if not (run_dir / "cells").is_dir() or not any((run_dir / "cells").glob("*.pt")):
-            raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell; "
-                                   f"start a new run without --resume")
+            raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell and no "
+                                   f"cell checkpoint; start a new run without --resume")
     seeds = [args.seed + i for i in range(args.seeds)]
     cells = cells_of(args)
     print(f"04 ({args.setting}): {len(cells)} cell(s), trials {seeds}, {args.n_steps} steps each, on {device}; "
@@ -1518,13 +1577,14 @@ def run(args, device, argv) -> dict:
     benches = {}
     for k, (data, method) in enumerate(cells, 1):
         bench = benches.setdefault(data, make_benchmark(data, args.data_std))
-        cell = run_dir / "cells" / f"{data}_{method}.pt"
+        cell = run_dir / "cells" / f"{data}_{method}.pt"  # finished cell (.state.pt: one in training)
         if args.resume and cell.exists():
             r = load_cell(cell)  # unreadable: one line, exit 2
         else:
             common.set_seed(args.seed, args.deterministic)
             r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
-                        on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]))
+                        on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
+                        checkpoint_path=run_dir / "cells" / f"{data}_{method}.state.pt")
             common.save_torch(cell, r)
         results.append(r)
         c = r["collapse"]

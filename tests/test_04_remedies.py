@@ -534,3 +534,23 @@ def test_resume_refuses_a_config_without_args_and_a_folder_with_nothing_to_resum
         m.main(argv)
     assert e.value.code == 2 and "nothing to resume" in capsys.readouterr().err
     assert (run / "config.json").exists()
+
+
+@pytest.mark.parametrize("method,setting", [("gan", "pacgan"), ("replay", "small"), ("snapshot_swap", "small")])
+def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(method, setting, tmp_path, monkeypatch):
+    argv = ["--quick", "--setting", setting, "--method", method, "--data", "ring", "--n_steps", "40", "--eval_steps",
+            "10", "20", "30", "--device", "cpu", "--out", str(tmp_path), "--lr", "1e-3"]
+    argv += ["--n_train", "1000"] if setting == "pacgan" else []
+    full = m.main(argv + ["--run_name", "full"])
+    calls = kill_on_call(monkeypatch, m, "score", 3)  # killed while scoring step 30: the state of step 20 is kept
+    with pytest.raises(SystemExit):
+        m.main(argv + ["--run_name", "cut"])
+    cells = tmp_path / "04_remedies" / "cut" / "cells"
+    assert [p.name for p in cells.iterdir()] == [f"ring_{method}.state.pt"]
+    resumed = m.main(argv + ["--run_name", "cut", "--resume"])
+    assert calls["n"] > 3
+    r, f = resumed["results"][0], full["results"][0]
+    assert json.dumps(r["per_seed"]) == json.dumps(f["per_seed"])
+    assert [e["step"] for e in r["evals"]] == [10, 20, 30, 40] and json.dumps(r["evals"]) != "" 
+    assert [json.dumps(e["trials"]) for e in r["evals"]] == [json.dumps(e["trials"]) for e in f["evals"]]
+    assert not (cells / f"ring_{method}.state.pt").exists() and (cells / f"ring_{method}.pt").exists()
