@@ -518,6 +518,9 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
     p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: rebuild the results table from the records in DIR")
+    p.add_argument("--table_figure", metavar="PNG", default=None,
+                   help="with --table: also draw modes captured and high-quality %% against the step, per method "
+                        "(mean and s.e. over trials), for the records of --setting")
     p.add_argument("--speed", action="store_true", help="no training: measure ms/step of the networks (1 vs 10 trials)")
     p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
                    help="no training: redraw the sample and modes-against-step figures from the finished cells of "
@@ -1360,6 +1363,33 @@ def plot_samples(results: list[dict], bench: Benchmark, path, title=None):
     common.savefig(fig, path, dpi=90)
 
 
+def plot_record_curves(records: list[dict], path):
+    """From cell records: modes captured and high-quality % against the training step, mean +- s.e. over
+    the trials, one line per (benchmark, method): where (and whether) the published regime is reached."""
+    if not records:
+        raise common.UserError("--table_figure: no records of this --setting in the folder")
+    plt = common.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    for r in records:
+        steps = [e["step"] for e in r["evals"] if e["step"] > 0]
+        ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
+        lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
+        for ax, key, scale in ((axes[0], "modes", 1), (axes[1], "high_quality", 100)):
+            mu = [x[key]["mean"] * scale for x in ss]
+            se = [x[key]["sem"] * scale for x in ss]
+            ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab)
+    axes[0].set_ylabel("modes captured")
+    axes[1].set_ylabel("high-quality samples (%)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.set_xscale("log")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"setting {records[0].get('setting')}: the PacGAN scores over training (cells reach different steps)",
+                 fontsize=9)
+    fig.tight_layout()
+    common.savefig(fig, path, dpi=90)
+
+
 def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
     """Per trial: modes captured against the training step, one panel per method."""
     rows = [r for r in results if r["data"] == bench.name and len(r["evals"]) > 1]
@@ -1475,8 +1505,11 @@ def check_memory(need: float, flags: str, device) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.table:
-        text = table_markdown(load_records(args.table))
+        records = load_records(args.table)
+        text = table_markdown(records)
         print(text, end="")
+        if args.table_figure:
+            plot_record_curves([r for r in records if r.get("setting") == args.setting], args.table_figure)
         return {"table": text}
     if args.replot:
         return replot(args.replot, args.figure_prefix)

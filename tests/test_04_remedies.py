@@ -411,6 +411,8 @@ def test_table_from_hand_made_records(tmp_path):
     assert "4.0 ± 0.0" in pac and "no / no / no" in pac and "1/2" in pac
     assert any("PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086)" in line and "7.9 ± 0.1" in line for line in lines)
     assert any("VEEGAN" in line and "99.3" in line for line in lines)
+    m.main(["--table", str(tmp_path), "--table_figure", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").stat().st_size > 5000
     r = run_cli("04_remedies.py", "--table", str(tmp_path / "nothing"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
