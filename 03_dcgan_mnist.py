@@ -518,6 +518,17 @@ class RunState:
         d["epoch"] = epoch
         return state, why, first
 
+    def diverged(self, message: str) -> None:
+        """The epoch being trained diverged (NaN/inf or a saturated generator): non-convergence."""
+        d = self.d
+        epoch = d["epoch"] + 1
+        d["diverged"] = {"epoch": epoch, "message": message}
+        if d["first_failure"] is None:
+            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, "non-convergence", "diverged"
+        if d["first_nonconvergence"] is None:
+            d["first_nonconvergence"] = epoch
+        d["states"].append("non-convergence")
+
     def summary(self) -> dict:
         d = self.d
         return {"epochs_trained": d["epoch"], "first_healthy_epoch": d["first_healthy"],
@@ -525,6 +536,7 @@ class RunState:
                 "failure_reason": d["failure_reason"], "first_collapse_epoch": d["first_collapse"],
                 "first_nonconvergence_epoch": d["first_nonconvergence"], "failed": d["first_failure"] is not None,
                 "collapsed": d["first_collapse"] is not None, "states": list(d["states"]),
+                "diverged": d.get("diverged"),
                 "train_seconds": d["train_seconds"],
                 "images_per_s": d["images"] / d["train_seconds"] if d["train_seconds"] else None}
 
@@ -658,7 +670,8 @@ class Trainer:
     """One (configuration, seed) run: models, data, noise, curves and RunState, with resume."""
 
     IGNORED_ON_RESUME = ("probe_gradients", "probe_steps", "probe_batches", "probe_epochs", "stop_on_collapse",
-                         "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last")
+                         "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last",
+                         "record_divergence")
 
     def __init__(self, args, device, run_dir: Path):
         self.args, self.device, self.run_dir = args, device, run_dir
@@ -718,11 +731,18 @@ class Trainer:
         while st.d["epoch"] < args.n_epochs:
             epoch = st.d["epoch"] + 1
             t0 = time.perf_counter()
-            means = self.train_epoch(epoch, bar)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            state, why, first = self.evaluate(epoch, means, seconds)
+            try:
+                means = self.train_epoch(epoch, bar)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - t0
+                state, why, first = self.evaluate(epoch, means, seconds)
+            except common.TrainingDiverged as e:
+                if not getattr(args, "record_divergence", False):
+                    raise
+                st.diverged(str(e))  # a grid records the divergence as this run's outcome and goes on
+                print(f"03: diverged in epoch {epoch}: {e}")
+                break
             if first:
                 if self.ckpt.exists():
                     shutil.copyfile(self.ckpt, self.run_dir / "checkpoint_before_collapse.pt")
@@ -854,6 +874,7 @@ def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) 
     runs, result = [], {}
     for name, overrides in jobs:
         sub = copy.copy(args)
+        sub.record_divergence = True
         for k, v in overrides.items():
             setattr(sub, k, v)
         run_dir = base_dir / name
@@ -944,13 +965,15 @@ def causes(args, device, base_dir: Path) -> dict:
     return result
 
 
-def restate(rows: list[dict], args) -> dict:
+def restate(rows: list[dict], args, diverged: dict | None = None) -> dict:
     """A finished run's per-epoch states recomputed from its curves with the thresholds in `args`."""
     st = RunState(args)
     for row in rows:
         signals = {k: float(row[k]) for k in ("confidence", "frechet_clf", "diversity", "data_diversity", "d_real",
                                              "d_fake", "g_loss")}
         st.update({**signals, "digit_fractions": [float(row[f"digit_{d}"]) for d in range(10)]})
+    if diverged:
+        st.diverged(diverged["message"])
     keep = ("train_seconds", "images_per_s")
     return {k: v for k, v in st.summary().items() if k not in keep}
 
@@ -963,7 +986,7 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
         for path in sorted(base_dir.glob("*/metrics.json")):
             r = common.load_json(path)
             with open(path.parent / "curves.csv") as f:
-                r.update(restate(list(csv.DictReader(f)), args))
+                r.update(restate(list(csv.DictReader(f)), args, r.get("diverged")))
             runs.append(r)
         if not runs:
             raise common.UserError(f"--causes_table: no */metrics.json under {base_dir}")

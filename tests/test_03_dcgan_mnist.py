@@ -478,3 +478,11 @@ def test_bench_times_steps_and_threads_keep_the_numbers():
     a = torch.nn.functional.dropout(x, 0.3, True)
     torch.manual_seed(0)
     assert not torch.equal(a, torch.nn.functional.dropout(x.contiguous(memory_format=torch.channels_last), 0.3, True))
+
+
+def test_a_grid_records_a_diverged_run_and_goes_on(tmp_path, mnist_root):
+    out = m.main(QUICK + ["--causes", "baseline", "--seeds", "1", "--lr", "1000", "--n_train", "256", "--n_eval", "200",
+                          "--data_root", mnist_root, "--out", str(tmp_path)])
+    run = out["runs"][0]
+    assert run["diverged"]["epoch"] == 1 and run["first_failure_state"] == "non-convergence"
+    assert run["states"] == ["non-convergence"] and out["table"]["baseline"]["non_convergence_first"] == 1
