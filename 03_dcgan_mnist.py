@@ -994,8 +994,8 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
     for r in runs:
         by_cause.setdefault(r["run"].rsplit("_seed", 1)[0], []).append(r)
     table, lines = {}, ["| configuration | seed: first failing epoch (state), last state | failed | rate (95% CI) | "
-                        "mode collapse | non-convergence | last-epoch confidence | last-epoch FD |",
-                        "|---|---|---|---|---|---|---|---|"]
+                        "mode collapse | non-convergence | last epoch: D(x) | D(G(z)) | confidence | FD |",
+                        "|---|---|---|---|---|---|---|---|---|---|"]
     for cause, rs in by_cause.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         n, k = len(rs), sum(r["failed"] for r in rs)
@@ -1009,11 +1009,12 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
                                      for r in rs}}
         cells = "; ".join(f"{r['seed']}: " + (f"{r['first_failure_epoch']} ({r['first_failure_state']})"
                                               if r["failed"] else "none") + f", {r['states'][-1]}" for r in rs)
-        conf = common.mean_sem(r["final"]["confidence"] for r in rs)
-        fd = common.mean_sem(r["final"]["frechet_clf"] for r in rs)
+        last = lambda key: common.mean_sem(r["final"][key] for r in rs)
+        conf, fd, dx, dgz = last("confidence"), last("frechet_clf"), last("d_real"), last("d_fake")
         lo, hi = ci(k)
         lines.append(f"| {cause} | {cells} | {k}/{n} | {k / n:.0%} ({lo:.0%}-{hi:.0%}) | {kc}/{n} | {kn}/{n} | "
-                     f"{conf[0]:.2f} ± {conf[1]:.2f} | {fd[0]:.0f} ± {fd[1]:.0f} |")
+                     f"{dx[0]:.2f} ± {dx[1]:.2f} | {dgz[0]:.3f} ± {dgz[1]:.3f} | {conf[0]:.2f} ± {conf[1]:.2f} | "
+                     f"{fd[0]:.0f} ± {fd[1]:.0f} |")
     with common.atomic_open(base_dir / "causes.md") as fh:
         fh.write("\n".join(lines) + "\n")
     common.save_json(base_dir / "causes.json", {"table": table})
@@ -1045,7 +1046,7 @@ def plot_causes(base_dir: Path, by_cause: dict):
             if j == 0:
                 ax.set_ylabel(cause, fontsize=8)
     fig.suptitle("the material's causes on the tutorial's DCGAN: last fixed-noise grid per seed")
-    common.savefig(fig, base_dir / "causes.png", dpi=80)
+    common.savefig(fig, base_dir / "causes.png", dpi=70)
 
     runs = [r for rs in by_cause.values() for r in sorted(rs, key=lambda r: r["seed"])]
     longest = max(len(r["states"]) for r in runs)
