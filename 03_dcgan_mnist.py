@@ -671,7 +671,7 @@ class Trainer:
 
     IGNORED_ON_RESUME = ("probe_gradients", "probe_steps", "probe_batches", "probe_epochs", "stop_on_collapse",
                          "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last",
-                         "record_divergence")
+                         "record_divergence", "bench", "causes_table")  # flags that do not change training
 
     def __init__(self, args, device, run_dir: Path):
         self.args, self.device, self.run_dir = args, device, run_dir
