@@ -367,7 +367,7 @@ def test_mode_seeking_term_pushes_two_outputs_of_the_same_label_apart():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(gap()[1]) > before[-1] > before[0]  # same label, two z: the outputs move apart
+    assert float(gap()[1].detach()) > before[-1] > before[0]  # same label, two z: the outputs move apart
 
 
 def test_class_losses_are_the_official_ones():
