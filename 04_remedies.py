@@ -1269,25 +1269,30 @@ def table_markdown(records: list[dict]) -> str:
     lines = []
     groups = {}
     for r in records:
-        groups.setdefault((r.get("setting", "?"), r.get("label", ""), r["data"]), []).append(r)
-    for (setting, label, data), recs in sorted(groups.items()):
+        groups.setdefault((r.get("setting", "?"), r["data"]), []).append(r)
+    for (setting, data), recs in sorted(groups.items()):
         K = recs[0]["n_modes"]
-        lines += [f"#### setting `{setting}`{' (' + label + ')' if label else ''}, {data} ({K} modes)", "",
+        lines += [f"#### setting `{setting}`, {data} ({K} modes)", "",
                   f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL | "
                   f"occupied modes | collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) | differs from the setting |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
-        for r in sorted(recs, key=lambda r: order.get(r["method"], 99)):
+        for r in sorted(recs, key=lambda r: (order.get(r["method"], 99), r.get("label", ""), r["n_steps"])):
             s = record_summary(r)
             coll = r.get("collapse")
             ctext = (f"{coll['k']}/{coll['n']} ({coll['wilson95'][0]:.2f}-{coll['wilson95'][1]:.2f})"
                      if coll and coll["n"] and s["step"] == r["n_steps"] else "-")
+            ps = [t for t in r.get("per_seed") or [] if t.get("collapsed") is not None]
+            if ps and ctext != "-":
+                ctext += (f": {sum(bool(t['final_below_all']) for t in ps)} end below {K}, "
+                          f"{sum(bool(t['hopping']) for t in ps)} hop")
             pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
                     if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
             v = " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                            for i, k in enumerate(("modes", "high_quality", "reverse_kl"))
                            for p in [pubs[0][1]]) if pubs else "-"
-            lines.append(f"| {LABELS.get(r['method'], r['method'])} | ours | {s['step']:,} ({r['n_steps']:,}) | "
+            name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
+            lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
                          f"{fmt(s['reverse_kl'])} | {fmt(s['occupied'], digits=1)} | {ctext} | {v} | {differences(r)} |")
             for src, p in pubs:
