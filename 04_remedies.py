@@ -1297,7 +1297,8 @@ def table_markdown(records: list[dict]) -> str:
                          f"{fmt(s['reverse_kl'])} | {fmt(s['occupied'], digits=1)} | {ctext} | {v} | {differences(r)} |")
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
-                lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | 400,000 | "
+                lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
+                             f"{'400,000' if src == 'pacgan' else 'not in the anchors file'} | "
                              f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
                              f"{show(p[4], p[5], 2)} | | | | |")
         lines.append("")
