@@ -184,7 +184,7 @@ def test_snapshot_pool_with_a_plain_module_and_functional_call():
     assert [float(s["weight"][0, 0]) for s in pool.snaps] == [1.0, 2.0]
     snap = pool.sample()
     y = functional_call(net, snap, (torch.ones(1, 2),))
-    assert float(y.detach()) == 2 * float(snap["weight"][0, 0]) and float(net.weight[0, 0]) == 2.0
+    assert float(y.detach()) == 2 * float(snap["weight"][0, 0].detach()) and float(net.weight[0, 0].detach()) == 2.0
 
 
 def test_adagan_weights_sum_to_one_and_move_to_the_missed_mode():
