@@ -699,6 +699,18 @@ def model_specs(args) -> list[tuple[str, float]]:
     return specs
 
 
+def restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves, what: str, n_steps: int):
+    """Continue a model's training from its checkpoint (weights, optimisers, noise stream, curves);
+    returns (first step, training seconds so far): (0, 0.0) for a fresh start (state None)."""
+    if state is None:
+        return 0, 0.0
+    common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
+    z_gen.set_state(state["z_gen"])
+    curves.load_state_dict(state["curves"])
+    print(f"  resuming {what} at step {state['step']}/{n_steps}")
+    return state["step"], state["train_seconds"]
+
+
 def train_model(args, model: str, lambda_ms: float, seed: int, train: PairedData, device, ckpt_path: Path,
                 state: dict | None, save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
     """Train one model (pix2pix: lambda_ms = 0, else MSGAN) for args.n_steps steps, as the
@@ -711,13 +723,8 @@ def train_model(args, model: str, lambda_ms: float, seed: int, train: PairedData
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
     z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
     curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
-    start, train_seconds = 0, 0.0
-    if state is not None:
-        common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
-        z_gen.set_state(state["z_gen"])
-        curves.load_state_dict(state["curves"])
-        start, train_seconds = state["step"], state["train_seconds"]
-        print(f"  resuming {model} seed {seed} at step {start}/{args.n_steps}")
+    start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves,
+                                            f"{model} seed {seed}", args.n_steps)
 
     B, n, nz = args.batch_size, len(train), args.nz
     per_epoch = n // B
@@ -1229,13 +1236,8 @@ def train_class_model(args, model: str, lambda_ms: float, seed: int, data: Label
     opt_g, opt_d = adam(G), adam(D)
     z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
     curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
-    start, train_seconds = 0, 0.0
-    if state is not None:
-        common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
-        z_gen.set_state(state["z_gen"])
-        curves.load_state_dict(state["curves"])
-        start, train_seconds = state["step"], state["train_seconds"]
-        print(f"  resuming {model} seed {seed} at step {start}/{args.n_steps}")
+    start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves,
+                                            f"{model} seed {seed}", args.n_steps)
     B, n, nz = args.batch_size, len(data), args.nz
     per_epoch = n // B
     bar = common.Progress(args.n_steps, f"05 {model} seed {seed}", start=start)
