@@ -251,7 +251,7 @@ def plain_step(G, D, opt_g, opt_d, remedy, real, z, state):
     opt_g.zero_grad()
     g_loss.backward()
     opt_g.step()
-    return float(g_loss)
+    return float(g_loss.detach())
 
 
 @pytest.mark.parametrize("remedy", ["unrolled", "fm", "replay", "snapshot", "pack", "mode_seeking", "mbd"])
