@@ -59,6 +59,7 @@ CASES_03: list[tuple[str, list[str], int, str]] = [
     ("03_dcgan_mnist.py", ["--quick", "--amp", "sometimes"], 2, "--amp"),
     ("03_dcgan_mnist.py", ["--quick", "--causes", "baseline"], 2, "--seeds"),
     ("03_dcgan_mnist.py", ["--quick", "--resume"], 2, "nothing to resume"),
+    ("03_dcgan_mnist.py", ["--quick", "--out", "{file}"], 2, "not a folder"),
     ("03_dcgan_mnist.py", ["--quick", "--lr", "1e30", "--n_train", "512", "--batch_size", "128", "--n_eval", "300"],
      3, "last good checkpoint"),
     ("03_dcgan_mnist.py", ["--quick", "--lr", "1000", "--n_train", "512", "--batch_size", "128", "--n_eval", "300"],
