@@ -521,7 +521,10 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--table_figure", metavar="PNG", default=None,
                    help="with --table: also draw modes captured and high-quality %% against the step, per method "
                         "(mean and s.e. over trials), for the records of --setting")
-    p.add_argument("--speed", action="store_true", help="no training: measure ms/step of the networks (1 vs 10 trials)")
+    p.add_argument("--speed", action="store_true",
+                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the two networks of the plain-GAN/PacGAN pass (measured slower on the CPU: README)")
     p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
                    help="no training: redraw the sample and modes-against-step figures from the finished cells of "
                         "these run folders (e.g. runs of different lengths side by side) into --figure_prefix")
@@ -812,6 +815,11 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     opt_g = make_adam(G.parameters(), args.lr_g, betas, args.adam_eps)
     opt_d = make_adam(D.parameters(), args.lr_d, betas, args.adam_eps)
     g_params, d_params = list(G.parameters()), list(D.parameters())
+    G_fwd, D_fwd = G, D
+    if getattr(args, "compile", False):
+        from torch._functorch import config as functorch_config  # the shared pass keeps D's graph for G's gradient
+        functorch_config.donated_buffer = False
+        G_fwd, D_fwd = torch.compile(G), torch.compile(D)
     data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
     if real_source is None:
         real_source = make_real_source(bench, args, seeds, salt, device, data_gens)
@@ -871,8 +879,8 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
 
         if shared_pass:  # ALI / PacGAN: one forward pass gives both players' gradients
             z_g = z_d
-            fake = G(z_d)
-            d_real, d_fake = D(real_in), D(pack(fake, m))
+            fake = G_fwd(z_d)
+            d_real, d_fake = D_fwd(real_in), D_fwd(pack(fake, m))
             d_loss_s = discriminator_loss(d_real, d_fake)
             g_loss = generator_loss(d_fake)
             if remedy.mode_seeking:
@@ -1441,17 +1449,18 @@ def write_outputs(results, args, device, run_dir, curves_file, info):
 
 
 # ----------------------------------------------------------------------------- 9. speed
-def measure_speed(args, device, n_steps: int = 30, trials=(1, 10)) -> dict:
+def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: bool = True) -> dict:
     """ms per training step of the `--setting` networks (plain GAN, the same loop as training): S trials
     batched as one network, and S separate single-trial networks stepped one after another (what S
-    separate runs on one core cost at best)."""
+    separate runs on one core cost at best), and S trials batched with torch.compile (compiled before the
+    timed steps)."""
     bench = make_benchmark("ring")
     out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)},
            "load_average_start": os.getloadavg()}
 
-    def time_block(seeds):
+    def time_block(seeds, compiled=False):
         a = argparse.Namespace(**vars(args))
-        a.n_steps, a.log_every = n_steps + 3, 10 ** 9
+        a.n_steps, a.log_every, a.compile = n_steps + 3, 10 ** 9, compiled
         t = {}
 
         def on_step(step, G):
@@ -1468,6 +1477,10 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10)) -> dict:
     S = max(trials)
     out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
     print(f"04 speed: {S} separate single-trial networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    if compile_too:
+        out[f"compiled_{S}_ms_per_step"] = time_block(list(range(S)), compiled=True)
+        print(f"04 speed: {S} trials batched, torch.compile: {out[f'compiled_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    out["threads"] = torch.get_num_threads()
     out["load_average_end"] = os.getloadavg()
     for k in list(out):
         if k.endswith("_ms_per_step"):
@@ -1525,7 +1538,7 @@ def main(argv=None) -> dict:
     check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
         if args.speed:
-            out = measure_speed(args, device)
+            out = measure_speed(args, device, compile_too=not args.quick)
             folder = Path(args.records or Path(args.out) / "04_remedies")
             common.save_json(folder / f"speed_{args.setting}{'_quick' if args.quick else ''}.json", out)
             return out

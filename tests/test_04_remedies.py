@@ -390,6 +390,17 @@ def test_unrolled0_equals_the_plain_gan(update):
     assert torch.allclose(a["_samples"], b["_samples"], atol=1e-5)
 
 
+def test_compiled_networks_give_the_eager_numbers():
+    # --compile (measured slower on the CPU, kept so --speed can show it) changes only float rounding
+    args = tiny_args("pacgan", "--update", "simultaneous", "--n_train", "500", "--n_steps", "10")
+    bench = m.make_benchmark("ring")
+    eager = m.run_one("gan", bench, args, CPU, [0], progress_every=1e9)
+    args.compile = True
+    compiled = m.run_one("gan", bench, args, CPU, [0], progress_every=1e9)
+    assert torch.allclose(eager["_samples"], compiled["_samples"], atol=1e-4)
+    assert not torch.allclose(eager["_samples"], torch.zeros_like(eager["_samples"]))
+
+
 # ----------------------------------------------------------------------------- --table, --shard
 def fake_record(method, data, trials, step, n_steps=400_000, setting="pacgan"):
     return {"setting": setting, "label": "", "method": method, "data": data, "n_modes": 8, "n_steps": n_steps,
