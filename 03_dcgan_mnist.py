@@ -994,8 +994,9 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
     for r in runs:
         by_cause.setdefault(r["run"].rsplit("_seed", 1)[0], []).append(r)
     table, lines = {}, ["| configuration | seed: first failing epoch (state), last state | failed | rate (95% CI) | "
-                        "mode collapse | non-convergence | last epoch: D(x) | D(G(z)) | confidence | FD |",
-                        "|---|---|---|---|---|---|---|---|---|---|"]
+                        "mode collapse | non-convergence | last epoch: D(x) | D(G(z)) | confidence | FD | digits covered | "
+                        "diversity (MNIST 0.33) |",
+                        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for cause, rs in by_cause.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         n, k = len(rs), sum(r["failed"] for r in rs)
@@ -1011,10 +1012,11 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
                                               if r["failed"] else "none") + f", {r['states'][-1]}" for r in rs)
         last = lambda key: common.mean_sem(r["final"][key] for r in rs)
         conf, fd, dx, dgz = last("confidence"), last("frechet_clf"), last("d_real"), last("d_fake")
+        cov, div = last("digits_covered"), last("diversity")
         lo, hi = ci(k)
         lines.append(f"| {cause} | {cells} | {k}/{n} | {k / n:.0%} ({lo:.0%}-{hi:.0%}) | {kc}/{n} | {kn}/{n} | "
                      f"{dx[0]:.2f} ± {dx[1]:.2f} | {dgz[0]:.3f} ± {dgz[1]:.3f} | {conf[0]:.2f} ± {conf[1]:.2f} | "
-                     f"{fd[0]:.0f} ± {fd[1]:.0f} |")
+                     f"{fd[0]:.0f} ± {fd[1]:.0f} | {cov[0]:.1f} ± {cov[1]:.1f} | {div[0]:.2f} ± {div[1]:.2f} |")
     with common.atomic_open(base_dir / "causes.md") as fh:
         fh.write("\n".join(lines) + "\n")
     common.save_json(base_dir / "causes.json", {"table": table})
