@@ -1388,17 +1388,23 @@ def plot_record_curves(records: list[dict], path):
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
-        for ax, key, scale in ((axes[0], "modes", 1), (axes[1], "high_quality", 100)):
+        pub = PUBLISHED.get(("pacgan", r["data"]), {}).get(r["method"]) if r.get("setting") == "pacgan" else None
+        for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], "high_quality", 100, 2)):
             mu = [x[key]["mean"] * scale for x in ss]
             se = [x[key]["sem"] * scale for x in ss]
-            ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab)
+            line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab)[0]
+            if pub is not None:  # PacGAN Table 1 at its 400,000 steps: a star, and a dashed level
+                ax.errorbar([r["n_steps"]], [pub[col]], yerr=[pub[col + 1]], marker="*", ms=9, capsize=2,
+                            color=line.get_color(), label=f"{r['data']} {r['method']}, PacGAN Table 1" if col == 0 else None)
+                ax.axhline(pub[col], color=line.get_color(), ls="--", lw=0.7)
     axes[0].set_ylabel("modes captured")
     axes[1].set_ylabel("high-quality samples (%)")
     for ax in axes:
         ax.set_xlabel("training step")
         ax.set_xscale("log")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"setting {records[0].get('setting')}: the PacGAN scores over training (cells reach different steps)",
+    fig.suptitle(f"setting {records[0].get('setting')}: the PacGAN scores over training (cells reach different steps; "
+                 f"stars: published)",
                  fontsize=9)
     fig.tight_layout()
     common.savefig(fig, path, dpi=90)
