@@ -1619,7 +1619,7 @@ def run(args, device, argv) -> dict:
                                    f"start a new run without --resume") from None
         except (OSError, ValueError) as e:
             raise common.UserError(f"--resume: cannot read {cfg_path} ({common.one_line(e)[:120]})") from None
-        common.check_same_config(saved, common.to_jsonable(vars(args)))
+        common.check_same_config(saved, common.to_jsonable(vars(args)), added={"compile": False})
         if not (run_dir / "cells").is_dir() or not any((run_dir / "cells").glob("*.pt")):
             raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell and no "
                                    f"cell checkpoint; start a new run without --resume")

@@ -557,9 +557,11 @@ def checkpoint_to_resume(run_dir: str | os.PathLike, name: str = "checkpoint.pt"
     return path
 
 
-def check_same_config(saved: dict, current: dict, ignore: Iterable[str] = ()) -> None:
-    """A resumed run must use the flags it was started with (bar those in `ignore`)."""
+def check_same_config(saved: dict, current: dict, ignore: Iterable[str] = (), added: dict | None = None) -> None:
+    """A resumed run must use the flags it was started with (bar those in `ignore`). `added`: flags that
+    came after some runs were started, with their defaults; a saved config without one had its default."""
     skip = {"resume", "overwrite", "device", "out", "run_name", *ignore}
+    saved = {**(added or {}), **saved}
     diff = [f"--{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
             if k not in skip and to_jsonable(saved.get(k)) != to_jsonable(current.get(k))]
     if diff:

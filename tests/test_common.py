@@ -107,6 +107,10 @@ def test_resume_refuses_other_flags():
     common.check_same_config({"lr": 1.0, "device": "cpu"}, {"lr": 1.0, "device": "cuda"})
     with pytest.raises(common.UserError, match="--lr"):
         common.check_same_config({"lr": 1.0}, {"lr": 2.0})
+    # a flag added after the run started: the saved config had its default
+    common.check_same_config({"lr": 1.0}, {"lr": 1.0, "compile": False}, added={"compile": False})
+    with pytest.raises(common.UserError, match="--compile"):
+        common.check_same_config({"lr": 1.0}, {"lr": 1.0, "compile": True}, added={"compile": False})
 
 
 def test_curves_csv_and_state(tmp_path):
