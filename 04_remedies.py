@@ -818,7 +818,8 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     G_fwd, D_fwd = G, D
     if getattr(args, "compile", False):
         from torch._functorch import config as functorch_config  # the shared pass keeps D's graph for G's gradient
-        functorch_config.donated_buffer = False
+        if hasattr(functorch_config, "donated_buffer"):  # torch >= 2.5
+            functorch_config.donated_buffer = False
         G_fwd, D_fwd = torch.compile(G), torch.compile(D)
     data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
     if real_source is None:
