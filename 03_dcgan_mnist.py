@@ -965,13 +965,18 @@ def causes(args, device, base_dir: Path) -> dict:
     return result
 
 
+def row_signals(row: dict) -> dict:
+    """The measured signals of one epoch (what RunState.update reads) from a row of curves.csv."""
+    signals = {k: float(row[k]) for k in ("confidence", "frechet_clf", "diversity", "data_diversity", "d_real",
+                                         "d_fake", "g_loss")}
+    return {**signals, "digit_fractions": [float(row[f"digit_{d}"]) for d in range(10)]}
+
+
 def restate(rows: list[dict], args, diverged: dict | None = None) -> dict:
     """A finished run's per-epoch states recomputed from its curves with the thresholds in `args`."""
     st = RunState(args)
     for row in rows:
-        signals = {k: float(row[k]) for k in ("confidence", "frechet_clf", "diversity", "data_diversity", "d_real",
-                                             "d_fake", "g_loss")}
-        st.update({**signals, "digit_fractions": [float(row[f"digit_{d}"]) for d in range(10)]})
+        st.update(row_signals(row))
     if diverged:
         st.diverged(diverged["message"])
     keep = ("train_seconds", "images_per_s")

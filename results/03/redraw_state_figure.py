@@ -10,8 +10,7 @@ args = m.parse_args(["--grace_epochs", "6"])
 rows = list(csv.DictReader(open(run / "curves.csv")))
 st = m.RunState(args)
 for row in rows:
-    sig = {k: float(row[k]) for k in ("confidence", "frechet_clf", "diversity", "data_diversity", "d_real", "d_fake", "g_loss")}
-    state, why, _ = st.update({**sig, "digit_fractions": [float(row[f"digit_{d}"]) for d in range(10)]})
+    state, why, _ = st.update(m.row_signals(row))
     row.update(state=state, reason=why, collapsed=int(state in m.FAILURES))
     for k, v in row.items():
         if k not in ("state", "reason"):
