@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acts", nargs="+", choices=list(ACTS), default=list(ACTS), help="activations compared by --seeds")
     p.add_argument("--causes", nargs="*", choices=list(CAUSES), default=None,
                    help=f"with --seeds: train each of these configurations (none named: {' '.join(DEFAULT_CAUSES)})")
+    p.add_argument("--records", metavar="DIR", default=None,
+                   help="also copy each finished run's small record (config, metrics, curves, the strip of "
+                        "every epoch's grid) into DIR/<run_name>, e.g. results/03 (default %(default)s: none)")
+    p.add_argument("--record_run", metavar="RUN_DIR", default=None,
+                   help="no training: copy the record of this finished run or grid folder into --records")
     p.add_argument("--causes_table", metavar="DIR",
                    help="only rebuild the causes table and figure from the run records in DIR (e.g. results/03/causes)")
     p.add_argument("--probe_gradients", action="store_true",
@@ -185,6 +190,8 @@ def parse_args(argv=None):
 
 def check_args(args, device) -> None:
     """Every size the data, the metrics and the memory allow, checked before a run folder exists."""
+    if args.records:
+        common.check_writable_folder(args.records, "--records")
     if args.n_train > MNIST_TRAIN_IMAGES:
         raise common.UserError(f"--n_train {args.n_train}: MNIST has {MNIST_TRAIN_IMAGES:,} training images")
     if args.batch_size < 2:
@@ -671,7 +678,7 @@ class Trainer:
 
     IGNORED_ON_RESUME = ("probe_gradients", "probe_steps", "probe_batches", "probe_epochs", "stop_on_collapse",
                          "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last",
-                         "record_divergence", "bench", "causes_table")  # flags that do not change training
+                         "record_divergence", "bench", "causes_table", "records", "record_run")  # flags that do not change training
 
     def __init__(self, args, device, run_dir: Path):
         self.args, self.device, self.run_dir = args, device, run_dir
@@ -866,6 +873,77 @@ def make_figures(curves, run_dir, args):
         images = [Image.open(f).convert("P") for f in frames]
         with common.atomic_open(run_dir / "samples.gif", "wb") as f:
             images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=300, loop=0)
+    write_sample_strip(run_dir)
+
+
+STRIP_MAX_BYTES = 300_000  # the record's strip of every epoch's grid stays below this
+
+
+def write_sample_strip(run_dir: Path, per_row: int = 10) -> Path | None:
+    """samples_strip.png: the fixed-noise grid of every epoch, `per_row` epochs a row, each labelled,
+    in grey; 16 grey levels (then half size) when 256 would exceed STRIP_MAX_BYTES. 50 epochs of the
+    tutorial's 4 x 4 grids: about 210 KB at 16 levels."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    frames = sorted((run_dir / "samples").glob("epoch_*.png"))
+    if not frames:
+        return None
+    tiles = [(int(f.stem.split("_")[1]), Image.open(f).convert("L")) for f in frames]
+    w, h = tiles[0][1].size
+    label, rows = 12, math.ceil(len(tiles) / per_row)
+    strip = Image.new("L", (min(len(tiles), per_row) * w, rows * (h + label)), 255)
+    draw = ImageDraw.Draw(strip)
+    for i, (epoch, tile) in enumerate(tiles):
+        x, y = (i % per_row) * w, (i // per_row) * (h + label)
+        strip.paste(tile.resize((w, h)), (x, y + label))
+        draw.text((x + 2, y), f"epoch {epoch}", fill=0)
+    for image in (strip, strip.quantize(16), strip.resize((strip.width // 2, strip.height // 2)).quantize(16)):
+        buf = io.BytesIO()
+        image.save(buf, format="png", optimize=True)
+        if buf.tell() < STRIP_MAX_BYTES:
+            break
+    path = run_dir / "samples_strip.png"
+    with common.atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return path
+
+
+RECORD_FILES = ("config.json", "metrics.json", "curves.csv", "samples_strip.png",     # one run
+                "comparison.md", "comparison.json", "causes.md", "causes.json")    # a --seeds grid
+
+
+def save_record(run_dir: Path, dest: Path) -> Path:
+    """Copy the small record of a run folder (RECORD_FILES; no checkpoints, no per-epoch images) to dest,
+    and of each finished run inside it (a --seeds or --causes grid) to dest/<run>. Returns dest."""
+    if (run_dir / "curves.csv").exists() and not (run_dir / "samples_strip.png").exists():
+        write_sample_strip(run_dir)  # a run finished before the strip existed
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, dest / name)
+    grids = sorted((run_dir / "samples").glob("epoch_*.png"))
+    if grids:  # the last grid, which the causes figure shows
+        (dest / "samples").mkdir(exist_ok=True)
+        shutil.copyfile(grids[-1], dest / "samples" / grids[-1].name)
+    for sub in sorted(run_dir.glob("*/metrics.json")):
+        if (sub.parent / "curves.csv").exists():
+            save_record(sub.parent, dest / sub.parent.name)
+    return dest
+
+
+def record_run(args) -> dict:
+    """--record_run RUN_DIR --records DIR: the record of a finished run (or grid) folder, no training."""
+    run_dir = Path(args.record_run)
+    if not args.records:
+        raise common.UserError("--record_run needs --records DIR (where the record goes, e.g. results/03)")
+    common.check_writable_folder(args.records, "--records")
+    if not (run_dir / "metrics.json").is_file() and not list(run_dir.glob("*/metrics.json")):
+        raise common.UserError(f"--record_run {run_dir}: no finished run there (no metrics.json)")
+    dest = save_record(run_dir, Path(args.records) / run_dir.name)
+    print(f"03: the record of {run_dir} is in {dest}")
+    return {"record": str(dest)}
 
 
 def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) -> dict:
@@ -891,6 +969,8 @@ def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) 
             common.save_json(done, result)
             runs.append(result)
         result = write(base_dir, runs)
+        if args.records:
+            save_record(base_dir, Path(args.records) / base_dir.name)
     return result
 
 
@@ -1209,6 +1289,8 @@ def main(argv=None) -> dict:
     device = common.pick_device(args.device)
     if args.causes_table:
         return write_causes_table(Path(args.causes_table), args=args)
+    if args.record_run:
+        return record_run(args)
     args.use_channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
     if args.bench:
         return bench(args, device)
@@ -1244,6 +1326,8 @@ def main(argv=None) -> dict:
     if args.probe_gradients:
         metrics["gradient_probe"] = probe_gradients(args, device, run_dir)
     common.save_json(run_dir / "metrics.json", metrics)
+    if args.records:
+        save_record(run_dir, Path(args.records) / run_dir.name)
     print(f"done: {metrics['epochs_trained']} epochs, first failing epoch {metrics['first_failure_epoch']} "
           f"({metrics['first_failure_state'] or 'none'}), {metrics['images_per_s']:.0f} images/s; outputs in {run_dir}")
     return metrics

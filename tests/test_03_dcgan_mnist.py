@@ -133,7 +133,7 @@ def test_quick_run_through_the_command_line_writes_everything(tmp_path, mnist_ro
     assert r.returncode == 0, r.stderr[-2000:]
     run = tmp_path / "03_dcgan_mnist" / "relu_seed0_quick"
     for f in ["config.json", "metrics.json", "curves.csv", "losses.png", "digit_histogram.png", "samples.gif",
-              "samples/epoch_001.png", "checkpoint.pt"]:
+              "samples/epoch_001.png", "samples_strip.png", "checkpoint.pt"]:
         assert (run / f).exists(), f
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 1 and metrics["images_per_s"] > 0
@@ -147,8 +147,34 @@ def test_quick_run_through_the_command_line_writes_everything(tmp_path, mnist_ro
     last = probe["gradient_probe"]["1"]
     assert last["d_step"] == 5 and last["minimax_mean"] > 0 and last["nonsaturating_mean"] > 0
     assert (run / "gradient_probe.png").exists() and (run / "gradient_probe.json").exists()
+    # --record_run: the record of a finished run, made afterwards (the strip is drawn if missing)
+    (run / "samples_strip.png").unlink()
+    rec = m.main(["--record_run", str(run), "--records", str(tmp_path / "rec")])
+    record = tmp_path / "rec" / "relu_seed0_quick"
+    assert rec["record"] == str(record) and (record / "samples_strip.png").exists()
+    assert json.loads((record / "metrics.json").read_text()) == metrics and not list(record.rglob("*.pt"))
     bad = run_cli("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--probe_run", str(tmp_path))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "probe_run" in bad.stderr
+
+
+def test_sample_strip_holds_every_epoch_under_300_kb(tmp_path):
+    # 50 epochs of 4 x 4 grids of uniform noise, the worst case for PNG: the strip falls back on 16 grey
+    # levels and half size; the tiles stay in epoch order, 10 to a row
+    from PIL import Image
+
+    (tmp_path / "samples").mkdir()
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(1, 51):
+        m.common.save_grid(torch.rand(16, 1, 28, 28, generator=g), tmp_path / "samples" / f"epoch_{epoch:03d}.png", nrow=4)
+    path = m.write_sample_strip(tmp_path)
+    tile = Image.open(tmp_path / "samples" / "epoch_001.png").size
+    strip = Image.open(path)
+    assert path.stat().st_size < m.STRIP_MAX_BYTES
+    assert strip.size == (10 * tile[0] // 2, 5 * (tile[1] + 12) // 2)
+    (tmp_path / "samples" / "epoch_050.png").unlink()
+    small = Image.open(m.write_sample_strip(tmp_path, per_row=7))  # 49 epochs: 7 rows of 7
+    assert small.size[0] * 10 // 7 in (strip.size[0], strip.size[0] * 2)
+    assert m.write_sample_strip(tmp_path / "nothing") is None
 
 
 def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, monkeypatch):
@@ -444,12 +470,21 @@ def test_a_failing_configuration_reports_its_state_and_stops(tmp_path, mnist_roo
 
 def test_causes_grid_and_its_table_rebuilt_from_the_records(tmp_path, mnist_root):
     out = m.main(QUICK + ["--causes", "baseline", "lr_d=1e-2", "--seeds", "1", "--n_train", "256", "--n_eval", "200",
-                          "--data_root", mnist_root, "--out", str(tmp_path)])
+                          "--data_root", mnist_root, "--out", str(tmp_path), "--records", str(tmp_path / "rec")])
     assert set(out["table"]) == {"baseline", "lr_d=1e-2"}
     base = tmp_path / "03_dcgan_mnist" / "causes_seed0x1_quick"
     lr_run = json.loads((base / "lr_d=1e-2_seed0" / "metrics.json").read_text())
     assert lr_run["run"] == "lr_d=1e-2_seed0" and lr_run["lr_d"] == 1e-2
     table = (base / "causes.md").read_text()
+    # --records: the small record of every finished run, enough to rebuild the table; no checkpoints
+    record = tmp_path / "rec" / "causes_seed0x1_quick"
+    assert sorted(p.name for p in (record / "baseline_seed0").iterdir()) == [
+        "config.json", "curves.csv", "metrics.json", "samples", "samples_strip.png"]
+    assert [p.name for p in (record / "baseline_seed0" / "samples").iterdir()] == ["epoch_001.png"]
+    assert not list(record.rglob("*.pt")) and (record / "causes.md").read_text() == table
+    (record / "causes.md").unlink()
+    m.main(["--causes_table", str(record)])
+    assert (record / "causes.md").read_text() == table
     for f in ["causes.png", "causes_states.png", "causes.json"]:
         (base / f).unlink()
     rebuilt = m.main(["--causes_table", str(base)])
