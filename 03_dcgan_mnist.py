@@ -38,6 +38,9 @@ Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CP
       python 03_dcgan_mnist.py --causes --seeds 3 --batch_size 64 --n_train 3200 --n_epochs 6 --n_eval 1000
                                                (the material's causes, shrunk as in the README)
       python 03_dcgan_mnist.py --causes_table results/03/causes --grace_epochs 6   (its table, from the records)
+      python 03_dcgan_mnist.py --seeds 1 --n_epochs 20 --records results/03   (also copy each finished run's
+                                               small record - config, metrics, curves, strip of grids - there)
+      python 03_dcgan_mnist.py --record_run runs/03_dcgan_mnist/<run> --records results/03   (the same, afterwards)
       python 03_dcgan_mnist.py --bench 10      (time 10 training steps; --amp force, --optimizer torch, ...)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
       python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)

@@ -516,6 +516,11 @@ def build_parser() -> common.ArgParser:
                    help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
                         "wall time) into this folder, e.g. results/04 (default: only the run folder's records/)")
     p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
+    p.add_argument("--until_step", type=common.nonneg_int, default=0,
+                   help="train each cell only to this evaluation step, keep its checkpoint and go on to the next "
+                        "cell (0: off); a later --resume, with a larger --until_step or none, continues it. A "
+                        "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
+                        "checkpoint) always run to the end")
     p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: rebuild the results table from the records in DIR")
     p.add_argument("--table_figure", metavar="PNG", default=None,
@@ -589,6 +594,9 @@ def check_args(args):
         raise common.UserError("--batch_size must be at least 2 (BatchNorm, minibatch features, MSGAN pairs)")
     if args.n_eval < 2:
         raise common.UserError("--n_eval must be at least 2 (the generator's BatchNorm normalises the evaluation batch)")
+    if args.until_step and args.until_step not in eval_schedule(args)[:-1]:
+        raise common.UserError(f"--until_step {args.until_step}: a cell can only pause at one of its evaluation "
+                               f"steps before the last: {', '.join(map(str, eval_schedule(args)[:-1])) or 'none'}")
     if 0 < args.n_train < args.batch_size * 4:
         raise common.UserError(f"--n_train {args.n_train} is smaller than one batch of packs (--batch_size "
                                f"{args.batch_size} x up to 4 samples); use 0 (fresh samples) or more")
@@ -1101,6 +1109,10 @@ def summarize(trials: list[dict]) -> dict:
     return out
 
 
+class CellPaused(Exception):
+    """--until_step: a cell stopped at an evaluation step, its checkpoint kept (args[0]: the step)."""
+
+
 def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0, on_eval=None,
             checkpoint_path=None) -> dict:
     """Train one method on one benchmark (all trials at once), scoring every trial at the evaluation
@@ -1133,6 +1145,10 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     def save_state(step, st):
         common.save_torch(checkpoint_path, {**st, "evals": evals, "snaps": snaps,
                                             "seconds": time.perf_counter() - t0})
+        if step == getattr(args, "until_step", 0):
+            raise CellPaused(step)
+    if resume and getattr(args, "until_step", 0) and resume["step"] >= args.until_step:
+        raise CellPaused(resume["step"])
     checkpoint = (evals_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
     curves_box = {}
 
@@ -1217,8 +1233,23 @@ def write_record(folders, args, device, record, command):
     rec = {"setting": args.setting, "label": args.label, "command": command, "args": common.to_jsonable(vars(args)),
            "hardware": {**common.hardware(), "device": str(device)}, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
            **common.to_jsonable(public(record))}
-    for folder in folders:
-        common.save_json(record_path(folder, args, record["method"], record["data"]), rec)
+    for j, folder in enumerate(folders):
+        path = record_path(folder, args, record["method"], record["data"])
+        if j and path.exists():  # --records: a record another run took further is kept
+            try:
+                theirs = common.load_json(path).get("reached_step") or 0
+            except (OSError, ValueError, AttributeError):
+                theirs = 0
+            if theirs > (rec.get("reached_step") or 0):
+                if path not in _KEPT_RECORDS:
+                    print(f"04: note: {path} holds this cell at step {theirs:,}, further than this run; it is kept "
+                          f"(this run's record is in its run folder's records/)", flush=True)
+                    _KEPT_RECORDS.add(path)
+                continue
+        common.save_json(path, rec)
+
+
+_KEPT_RECORDS: set = set()
 
 
 # The published rows, from ../shared/anchors/README.md only: PacGAN Table 1 (Lin et al., NeurIPS 2018,
@@ -1620,7 +1651,7 @@ def run(args, device, argv) -> dict:
                                    f"start a new run without --resume") from None
         except (OSError, ValueError) as e:
             raise common.UserError(f"--resume: cannot read {cfg_path} ({common.one_line(e)[:120]})") from None
-        common.check_same_config(saved, common.to_jsonable(vars(args)), added={"compile": False})
+        common.check_same_config(saved, common.to_jsonable(vars(args)), ignore=("until_step",), added={"compile": False})
         if not (run_dir / "cells").is_dir() or not any((run_dir / "cells").glob("*.pt")):
             raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell and no "
                                    f"cell checkpoint; start a new run without --resume")
@@ -1633,7 +1664,7 @@ def run(args, device, argv) -> dict:
     info = {"t0": t0, "command": " ".join(["python", "04_remedies.py"] + [shlex.quote(a) for a in cmd])}
     results, curves_file = [], common.Curves(run_dir / "curves.csv")
     folders = [run_dir / "records"] + ([Path(args.records)] if args.records else [])
-    benches = {}
+    benches, paused = {}, []
     for k, (data, method) in enumerate(cells, 1):
         bench = benches.setdefault(data, make_benchmark(data, args.data_std))
         cell = run_dir / "cells" / f"{data}_{method}.pt"  # finished cell (.state.pt: one in training)
@@ -1641,9 +1672,15 @@ def run(args, device, argv) -> dict:
             r = load_cell(cell)  # unreadable: one line, exit 2
         else:
             common.set_seed(args.seed, args.deterministic)
-            r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
-                        on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
-                        checkpoint_path=run_dir / "cells" / f"{data}_{method}.state.pt")
+            try:
+                r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
+                            on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
+                            checkpoint_path=run_dir / "cells" / f"{data}_{method}.state.pt")
+            except CellPaused as e:
+                paused.append({"cell": f"{data}/{method}", "step": e.args[0]})
+                print(f"[{k}/{len(cells)}] {data:<11} {method:<13} paused at step {e.args[0]:,} (--until_step); "
+                      f"--resume continues it", flush=True)
+                continue
             common.save_torch(cell, r)
         results.append(r)
         c = r["collapse"]
@@ -1662,7 +1699,7 @@ def run(args, device, argv) -> dict:
                "command": info["command"], "run_dir": str(run_dir),
                "train_seconds": sum(r["seconds"] for r in results),
                "steps_per_s": (sum(r["n_steps"] for r in results) / max(sum(r["seconds"] for r in results), 1e-9)),
-               "cells": [f"{d}/{mth}" for d, mth in cells],
+               "cells": [f"{d}/{mth}" for d, mth in cells], "paused": paused,
                "figures": [f"samples_{d}.png" for d in benches], "results": [public(r) for r in results]}
     common.save_json(run_dir / "metrics.json", metrics)
     print(f"done in {common.format_seconds(seconds)}; table in {run_dir / 'results.md'}")

@@ -567,3 +567,26 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(method, setting,
     assert [e["step"] for e in r["evals"]] == [10, 20, 30, 40] and json.dumps(r["evals"]) != "" 
     assert [json.dumps(e["trials"]) for e in r["evals"]] == [json.dumps(e["trials"]) for e in f["evals"]]
     assert not (cells / f"ring_{method}.state.pt").exists() and (cells / f"ring_{method}.pt").exists()
+
+
+def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_numbers(tmp_path):
+    # breadth first: both cells stop at step 20 with their checkpoints; the same --until_step again trains
+    # nothing; --resume without it ends each cell exactly as one uninterrupted run
+    argv = ["--quick", "--setting", "small", "--method", "gan", "pacgan2", "--data", "ring", "--n_steps", "40",
+            "--eval_steps", "10", "20", "30", "--device", "cpu", "--out", str(tmp_path), "--records", str(tmp_path / "rec")]
+    full = m.main(argv + ["--run_name", "full"])
+    first = m.main(argv + ["--run_name", "cut", "--until_step", "20"])
+    cells = tmp_path / "04_remedies" / "cut" / "cells"
+    assert first["results"] == [] and first["paused"] == [{"cell": "ring/gan", "step": 20}, {"cell": "ring/pacgan2", "step": 20}]
+    assert sorted(p.name for p in cells.iterdir()) == ["ring_gan.state.pt", "ring_pacgan2.state.pt"]
+    again = m.main(argv + ["--run_name", "cut", "--until_step", "20", "--resume"])
+    assert again["paused"] == first["paused"]
+    records = {r["method"]: r for r in m.load_records(tmp_path / "rec")}
+    assert {k: r["reached_step"] for k, r in records.items()} == {"gan": 40, "pacgan2": 40}  # the full run's
+    resumed = m.main(argv + ["--run_name", "cut", "--resume"])
+    assert resumed["paused"] == [] and len(resumed["results"]) == 2
+    for r, f in zip(resumed["results"], full["results"]):
+        assert [json.dumps(e["trials"]) for e in r["evals"]] == [json.dumps(e["trials"]) for e in f["evals"]]
+    with pytest.raises(SystemExit) as e:  # only an evaluation step before the last can be a pause
+        m.main(argv + ["--run_name", "cut2", "--until_step", "25"])
+    assert e.value.code == 2

@@ -81,6 +81,8 @@ CASES_04: list[tuple[str, list[str], int, str]] = [
     ("04_remedies.py", ["--quick", "--method", "adagan", "--n_steps", "3", "--adagan_components", "5"], 2, "adagan"),
     ("04_remedies.py", ["--resume", "--run_name", "nothing_here"], 2, "nothing to resume"),
     ("04_remedies.py", ["--shard", "3/2"], 2, "shard"),
+    ("04_remedies.py", ["--until_step", "12345"], 2, "until_step"),
+    ("04_remedies.py", ["--until_step", "400000"], 2, "until_step"),
     ("04_remedies.py", ["--table", "{tmp}/no_records_here"], 2, "table"),
     ("04_remedies.py", ["--out", "{file}"], 2, "out"),
     ("04_remedies.py", ["--setting", "huge"], 2, "setting"),
