@@ -1,0 +1,44 @@
+"""Usage: python results/03/pair_table.py results/03/keras_fp32_20ep
+
+The README's table of the fp32 Keras-Adam pair, from its committed records (<dir>/<act>_seed<s>/curves.csv
+and metrics.json): per run, the state of every epoch under the default rule and with a grace period as
+long as the run (then only a won discriminator, or a failure after a healthy epoch, counts), and the
+scores of the last epoch; and the epochs that the earlier single "collapsed" rule of the 20-epoch bfloat16
+table flags (`detect_collapse` after the first epoch it passes). Prints markdown; writes nothing."""
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+m = importlib.import_module("03_dcgan_mnist")
+SHORT = {"not yet diverse": "n", "healthy": "H", "mode collapse": "C", "non-convergence": "X"}
+
+base = Path(sys.argv[1])
+print("| generator | seed | epochs | state per epoch (n not yet diverse, H healthy, C mode collapse, X non-convergence) "
+      "| first failure: default rule | with --grace_epochs 20 | earlier collapse rule: flagged epochs | last epoch: confidence | FD | digits covered | "
+      "largest digit | diversity (MNIST 0.33) | D(x) | D(G(z)) | digit KL | NDB / 100 |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for run in sorted(base.glob("*_seed*/curves.csv")):
+    rows = list(csv.DictReader(open(run)))
+    metrics = m.common.load_json(run.parent / "metrics.json")
+    cells = []
+    for grace in (5, len(rows)):
+        s = m.restate(rows, m.parse_args(["--grace_epochs", str(grace)]), metrics.get("diverged"))
+        cells.append(s)
+    states = "".join(SHORT[x] for x in cells[0]["states"])
+    first = lambda s: f"{s['first_failure_epoch']} ({s['first_failure_state']})" if s["failed"] else "none"
+    flagged, diverse = [], False
+    for r in rows:
+        sig = m.row_signals(r)
+        why = m.detect_collapse(sig["digit_fractions"], sig["diversity"], sig["data_diversity"])
+        if why and diverse:
+            flagged.append(f"{r['epoch']} ({why.split(' of the')[0].split(' is below')[0]})")
+        diverse = diverse or why is None
+    last = rows[-1]
+    top = max(float(last[f"digit_{d}"]) for d in range(10))
+    print(f"| {metrics['act']} | {metrics['seed']} | {len(rows)} | `{states}` | {first(cells[0])} | {first(cells[1])} | "
+          f"{', '.join(flagged) or 'none'} | "
+          f"{float(last['confidence']):.2f} | {float(last['frechet_clf']):.0f} | {int(float(last['digits_covered']))} | "
+          f"{top:.0%} | {float(last['diversity']):.2f} | {float(last['d_real']):.2f} | {float(last['d_fake']):.2f} | "
+          f"{float(last['digit_kl']):.2f} | {int(float(last['ndb']))} |")
