@@ -884,8 +884,8 @@ STRIP_MAX_BYTES = 300_000  # the record's strip of every epoch's grid stays belo
 
 def write_sample_strip(run_dir: Path, per_row: int = 10) -> Path | None:
     """samples_strip.png: the fixed-noise grid of every epoch, `per_row` epochs a row, each labelled,
-    in grey; 16 grey levels (then half size) when 256 would exceed STRIP_MAX_BYTES. 50 epochs of the
-    tutorial's 4 x 4 grids: about 210 KB at 16 levels."""
+    in grey; 16 grey levels (then half the size, again until it fits) when 256 would exceed
+    STRIP_MAX_BYTES. 50 epochs of the tutorial's 4 x 4 grids: about 210 KB at 16 levels, full size."""
     import io
 
     from PIL import Image, ImageDraw
@@ -902,11 +902,17 @@ def write_sample_strip(run_dir: Path, per_row: int = 10) -> Path | None:
         x, y = (i % per_row) * w, (i // per_row) * (h + label)
         strip.paste(tile.resize((w, h)), (x, y + label))
         draw.text((x + 2, y), f"epoch {epoch}", fill=0)
-    for image in (strip, strip.quantize(16), strip.resize((strip.width // 2, strip.height // 2)).quantize(16)):
+    image, scale = strip, 1
+    while True:  # 256 grey levels, then 16, then half the size (again) until it fits
         buf = io.BytesIO()
         image.save(buf, format="png", optimize=True)
-        if buf.tell() < STRIP_MAX_BYTES:
+        if buf.tell() < STRIP_MAX_BYTES or min(image.size) < 16:
             break
+        if image.mode == "L":
+            image = strip.quantize(16)
+        else:
+            scale *= 2
+            image = strip.resize((max(strip.width // scale, 1), max(strip.height // scale, 1))).quantize(16)
     path = run_dir / "samples_strip.png"
     with common.atomic_open(path, "wb") as f:
         f.write(buf.getvalue())
@@ -918,22 +924,42 @@ RECORD_FILES = ("config.json", "metrics.json", "curves.csv", "samples_strip.png"
 
 
 def save_record(run_dir: Path, dest: Path) -> Path:
-    """Copy the small record of a run folder (RECORD_FILES; no checkpoints, no per-epoch images) to dest,
-    and of each finished run inside it (a --seeds or --causes grid) to dest/<run>. Returns dest."""
+    """Copy the small record of a run folder (RECORD_FILES and the last grid; no checkpoints) to dest, and
+    of each finished run inside it (a --seeds or --causes grid) to dest/<run>. An older record in dest is
+    replaced as a whole (built beside it, then swapped in). Returns dest."""
+    src, dest = run_dir.resolve(), Path(dest).resolve()
+    if src == dest or src in dest.parents or dest in src.parents:
+        raise common.UserError(f"--records: {dest} and the run folder {run_dir} must not contain each other; "
+                               f"choose another --records")
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _copy_record(run_dir, tmp)
+    old = dest.with_name(dest.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _copy_record(run_dir: Path, dest: Path) -> None:
+    grids = sorted((run_dir / "samples").glob("epoch_*.png"))
     if (run_dir / "curves.csv").exists() and not (run_dir / "samples_strip.png").exists():
-        write_sample_strip(run_dir)  # a run finished before the strip existed
-    dest.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / "curves.csv") as f:
+            epochs = sum(1 for _ in f) - 1
+        if grids and len(grids) == epochs:  # a run finished before the strip existed, with every grid kept
+            write_sample_strip(run_dir)
+    dest.mkdir(parents=True)
     for name in RECORD_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, dest / name)
-    grids = sorted((run_dir / "samples").glob("epoch_*.png"))
     if grids:  # the last grid, which the causes figure shows
-        (dest / "samples").mkdir(exist_ok=True)
+        (dest / "samples").mkdir()
         shutil.copyfile(grids[-1], dest / "samples" / grids[-1].name)
     for sub in sorted(run_dir.glob("*/metrics.json")):
         if (sub.parent / "curves.csv").exists():
-            save_record(sub.parent, dest / sub.parent.name)
-    return dest
+            _copy_record(sub.parent, dest / sub.parent.name)
 
 
 def record_run(args) -> dict:
@@ -1314,6 +1340,8 @@ def main(argv=None) -> dict:
         print(f"03: {name} x {args.seeds} seeds on {device}; writing {base}")
         result = grid(args, device, base)
         common.save_json(base / "metrics.json", {"device": str(device), **result})
+        if args.records:
+            save_record(base, Path(args.records) / base.name)
         return result
     run_dir = common.start_run(args, __file__, f"{args.act}_seed{args.seed}{quick}", argv)
     if args.resume and not (run_dir / "checkpoint.pt").is_file():

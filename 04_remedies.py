@@ -866,9 +866,7 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         for p, (snaps, st) in zip([p for pl in pools for p in pl.pools] if pools else [], resume["pools"] or []):
             p.snaps = list(snaps)
             p.rng.setstate(st)
-        start = resume["step"] + 1
-        if progress is not None:
-            progress.update(resume["step"])
+        start = resume["step"] + 1  # the progress bar was started at resume["step"] (run_one)
     elif on_step:
         on_step(0, G)
 
@@ -1166,7 +1164,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
             if on_eval:
                 on_eval(record)
 
-    bar = common.Progress(args.n_steps, f"04 {method}/{bench.name}", every=progress_every)
+    bar = common.Progress(args.n_steps, f"04 {method}/{bench.name}", every=progress_every,
+                          start=resume["step"] if resume else 0)  # the ETA counts only the steps trained now
     rounds = None
     if remedy.adagan:
         sampler, curves, rounds = train_adagan(bench, args, device, seeds, on_step, bar)
@@ -1230,17 +1229,20 @@ def differences(rec: dict) -> str:
 
 
 def write_record(folders, args, device, record, command):
-    rec = {"setting": args.setting, "label": args.label, "command": command, "args": common.to_jsonable(vars(args)),
+    rec = {"setting": args.setting, "label": args.label, "command": command, "run_dir": str(Path(folders[0]).parent),
+           "args": common.to_jsonable(vars(args)),
            "hardware": {**common.hardware(), "device": str(device)}, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
            **common.to_jsonable(public(record))}
     for j, folder in enumerate(folders):
         path = record_path(folder, args, record["method"], record["data"])
         if j and path.exists():  # --records: a record another run took further is kept
             try:
-                theirs = common.load_json(path).get("reached_step") or 0
-            except (OSError, ValueError, AttributeError):
-                theirs = 0
-            if theirs > (rec.get("reached_step") or 0):
+                old = common.load_json(path)
+                theirs = old.get("reached_step") or max([e["step"] for e in old.get("evals", [])], default=0)
+                same_run = old.get("run_dir") == rec["run_dir"]
+            except (OSError, ValueError, AttributeError, KeyError, TypeError):
+                theirs, same_run = 0, False
+            if theirs > (rec.get("reached_step") or 0) and not same_run:
                 if path not in _KEPT_RECORDS:
                     print(f"04: note: {path} holds this cell at step {theirs:,}, further than this run; it is kept "
                           f"(this run's record is in its run folder's records/)", flush=True)
@@ -1468,13 +1470,16 @@ def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
     common.savefig(fig, path, dpi=90)
 
 
-def write_outputs(results, args, device, run_dir, curves_file, info):
+def write_outputs(results, args, device, run_dir, curves_file, info, paused=()):
     wall = time.perf_counter() - info["t0"]
     common.save_json(run_dir / "results.json", {"protocol": "PacGAN (Lin et al. 2018), 3-sigma high quality",
                                                 "command": info["command"], "wall_seconds": wall,
-                                                "results": [public(r) for r in results]})
+                                                "results": [public(r) for r in results], "paused": list(paused)})
     with common.atomic_open(run_dir / "results.md") as f:
         f.write(results_markdown(results, args, device, info["command"], wall))
+        if paused:
+            f.write("\nPaused by --until_step (checkpoint kept; `--resume` continues them; their scores so far are in "
+                    "records/): " + ", ".join(f"{p['cell']} at step {p['step']:,}" for p in paused) + "\n")
     curves_file.rows = []
     for r in results:
         c = {k: (v if k == "step" else v.tolist()) for k, v in r["_curves"].items()}  # one conversion per curve
@@ -1688,7 +1693,8 @@ def run(args, device, argv) -> dict:
               f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} collapsed {c['k']}/{c['n']}  "
               f"{r['seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
               + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
-        write_outputs(results, args, device, run_dir, curves_file, info)  # partial tables survive a kill
+        write_outputs(results, args, device, run_dir, curves_file, info, paused)  # partial tables survive a kill
+    write_outputs(results, args, device, run_dir, curves_file, info, paused)
     for data, bench in benches.items():
         plot_samples(results, bench, run_dir / f"samples_{data}.png")
         plot_modes_vs_step(results, bench, run_dir / f"modes_vs_step_{data}.png")
@@ -1700,9 +1706,11 @@ def run(args, device, argv) -> dict:
                "train_seconds": sum(r["seconds"] for r in results),
                "steps_per_s": (sum(r["n_steps"] for r in results) / max(sum(r["seconds"] for r in results), 1e-9)),
                "cells": [f"{d}/{mth}" for d, mth in cells], "paused": paused,
-               "figures": [f"samples_{d}.png" for d in benches], "results": [public(r) for r in results]}
+               "figures": [f"samples_{d}.png" for d in benches if any(r["data"] == d for r in results)],
+               "results": [public(r) for r in results]}
     common.save_json(run_dir / "metrics.json", metrics)
-    print(f"done in {common.format_seconds(seconds)}; table in {run_dir / 'results.md'}")
+    print(f"done in {common.format_seconds(seconds)}; table in {run_dir / 'results.md'}"
+          + (f"; {len(paused)} cell(s) paused by --until_step, --resume continues them" if paused else ""))
     return metrics
 
 

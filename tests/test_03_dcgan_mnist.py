@@ -153,6 +153,9 @@ def test_quick_run_through_the_command_line_writes_everything(tmp_path, mnist_ro
     record = tmp_path / "rec" / "relu_seed0_quick"
     assert rec["record"] == str(record) and (record / "samples_strip.png").exists()
     assert json.loads((record / "metrics.json").read_text()) == metrics and not list(record.rglob("*.pt"))
+    with pytest.raises(SystemExit) as e:  # a record inside the run folder it copies
+        m.main(["--record_run", str(run), "--records", str(run / "rec")])
+    assert e.value.code == 2 and not (run / "rec").exists()
     bad = run_cli("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--probe_run", str(tmp_path))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "probe_run" in bad.stderr
 

@@ -8,6 +8,7 @@ import json
 import math
 import random
 import resource
+from pathlib import Path
 
 import pytest
 import torch
@@ -579,12 +580,16 @@ def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_num
     cells = tmp_path / "04_remedies" / "cut" / "cells"
     assert first["results"] == [] and first["paused"] == [{"cell": "ring/gan", "step": 20}, {"cell": "ring/pacgan2", "step": 20}]
     assert sorted(p.name for p in cells.iterdir()) == ["ring_gan.state.pt", "ring_pacgan2.state.pt"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in cells.iterdir()}
     again = m.main(argv + ["--run_name", "cut", "--until_step", "20", "--resume"])
     assert again["paused"] == first["paused"]
+    assert {p.name: p.stat().st_mtime_ns for p in cells.iterdir()} == stamps  # nothing was trained again
+    assert "Paused by --until_step" in (tmp_path / "04_remedies" / "cut" / "results.md").read_text()
     records = {r["method"]: r for r in m.load_records(tmp_path / "rec")}
     assert {k: r["reached_step"] for k, r in records.items()} == {"gan": 40, "pacgan2": 40}  # the full run's
     resumed = m.main(argv + ["--run_name", "cut", "--resume"])
     assert resumed["paused"] == [] and len(resumed["results"]) == 2
+    assert {Path(r["run_dir"]).name for r in m.load_records(tmp_path / "rec")} == {"cut"}  # equal step: replaced
     for r, f in zip(resumed["results"], full["results"]):
         assert [json.dumps(e["trials"]) for e in r["evals"]] == [json.dumps(e["trials"]) for e in f["evals"]]
     with pytest.raises(SystemExit) as e:  # only an evaluation step before the last can be a pause

@@ -16,11 +16,12 @@ SHORT = {"not yet diverse": "n", "healthy": "H", "mode collapse": "C", "non-conv
 
 base = Path(sys.argv[1])
 print("| generator | seed | epochs | state per epoch (n not yet diverse, H healthy, C mode collapse, X non-convergence) "
-      "| first failure: default rule | with --grace_epochs 20 | earlier collapse rule: flagged epochs | last epoch: confidence | FD | digits covered | "
+      "| first failure: default rule | with a grace period as long as the run | earlier collapse rule: flagged epochs | last epoch: confidence | FD | digits covered | "
       "largest digit | diversity (MNIST 0.33) | D(x) | D(G(z)) | digit KL | NDB / 100 |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for run in sorted(base.glob("*_seed*/curves.csv")):
-    rows = list(csv.DictReader(open(run)))
+    with open(run) as f:
+        rows = list(csv.DictReader(f))
     metrics = m.common.load_json(run.parent / "metrics.json")
     cells = []
     for grace in (5, len(rows)):
