@@ -1682,19 +1682,20 @@ def run(args, device, argv) -> dict:
                             on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
                             checkpoint_path=run_dir / "cells" / f"{data}_{method}.state.pt")
             except CellPaused as e:
+                r = None
                 paused.append({"cell": f"{data}/{method}", "step": e.args[0]})
                 print(f"[{k}/{len(cells)}] {data:<11} {method:<13} paused at step {e.args[0]:,} (--until_step); "
                       f"--resume continues it", flush=True)
-                continue
-            common.save_torch(cell, r)
-        results.append(r)
-        c = r["collapse"]
-        print(f"[{k}/{len(cells)}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
-              f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} collapsed {c['k']}/{c['n']}  "
-              f"{r['seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
-              + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
+            else:
+                common.save_torch(cell, r)
+        if r is not None:
+            results.append(r)
+            c = r["collapse"]
+            print(f"[{k}/{len(cells)}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
+                  f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} collapsed {c['k']}/{c['n']}  "
+                  f"{r['seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
+                  + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
         write_outputs(results, args, device, run_dir, curves_file, info, paused)  # partial tables survive a kill
-    write_outputs(results, args, device, run_dir, curves_file, info, paused)
     for data, bench in benches.items():
         plot_samples(results, bench, run_dir / f"samples_{data}.png")
         plot_modes_vs_step(results, bench, run_dir / f"modes_vs_step_{data}.png")
