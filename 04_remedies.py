@@ -942,10 +942,10 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             curves["d_fake"].append(torch.sigmoid(d_fake.detach()).mean((1, 2)))
         if on_step:
             on_step(step, G)
-        if checkpoint is not None and step in checkpoint[0] and step < n_steps:
-            checkpoint[1](step, training_state(step))
         if progress is not None:
             progress.update(1)
+        if checkpoint is not None and step in checkpoint[0] and step < n_steps:
+            checkpoint[1](step, training_state(step))
     curves = {k: (torch.stack(v).cpu() if k != "step" else v) for k, v in curves.items()}
     return G, curves
 
@@ -1164,7 +1164,10 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
             if on_eval:
                 on_eval(record)
 
-    bar = common.Progress(args.n_steps, f"04 {method}/{bench.name}", every=progress_every,
+    until = getattr(args, "until_step", 0) if not remedy.adagan else 0
+    bar = common.Progress(until or args.n_steps, f"04 {method}/{bench.name}" + (f" (to pause at {until:,})"
+                                                                                 if until else ""),
+                          every=progress_every,
                           start=resume["step"] if resume else 0)  # the ETA counts only the steps trained now
     rounds = None
     if remedy.adagan:

@@ -570,13 +570,16 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(method, setting,
     assert not (cells / f"ring_{method}.state.pt").exists() and (cells / f"ring_{method}.pt").exists()
 
 
-def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_numbers(tmp_path):
+def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_numbers(tmp_path, capsys):
     # breadth first: both cells stop at step 20 with their checkpoints; the same --until_step again trains
     # nothing; --resume without it ends each cell exactly as one uninterrupted run
     argv = ["--quick", "--setting", "small", "--method", "gan", "pacgan2", "--data", "ring", "--n_steps", "40",
             "--eval_steps", "10", "20", "30", "--device", "cpu", "--out", str(tmp_path), "--records", str(tmp_path / "rec")]
     full = m.main(argv + ["--run_name", "full"])
+    capsys.readouterr()
     first = m.main(argv + ["--run_name", "cut", "--until_step", "20"])
+    err = capsys.readouterr().err  # the progress counts to the pause, so its ETA is the time to the pause
+    assert "04 gan/ring (to pause at 20) 20/20 (100%)" in err and "/40 (" not in err
     cells = tmp_path / "04_remedies" / "cut" / "cells"
     assert first["results"] == [] and first["paused"] == [{"cell": "ring/gan", "step": 20}, {"cell": "ring/pacgan2", "step": 20}]
     assert sorted(p.name for p in cells.iterdir()) == ["ring_gan.state.pt", "ring_pacgan2.state.pt"]
