@@ -1274,12 +1274,12 @@ SOURCES = {"pacgan": "PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086), Table
 
 def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
     """'yes' when |ours - published| <= 2 sqrt(se_ours^2 + se_pub^2) (two standard errors of the
-    difference), 'no' otherwise; '-' when either side has no standard error."""
-    if pub_mean is None or ours["n"] == 0 or not math.isfinite(ours["mean"]):
+    difference), 'no' otherwise. A published value without an error bar (VEEGAN's table) is taken as a
+    point: ours must lie within two of our own standard errors of it. '-' when the number is not
+    published or ours has fewer than 2 trials."""
+    if pub_mean is None or ours["n"] < 2 or not math.isfinite(ours["mean"]):
         return "-"
-    if pub_se is None or ours["n"] < 2:
-        return "-"
-    se = math.hypot(ours["sem"] * scale, pub_se)
+    se = math.hypot(ours["sem"] * scale, pub_se or 0.0)
     return "yes" if abs(ours["mean"] * scale - pub_mean) <= 2 * se + 1e-12 else "no"
 
 
@@ -1322,6 +1322,7 @@ def table_markdown(records: list[dict]) -> str:
                   f"occupied modes | collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) | differs from the setting |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
+        src_short = {"pacgan": "PacGAN", "veegan": "VEEGAN"}
         for r in sorted(recs, key=lambda r: (order.get(r["method"], 99), r.get("label", ""), r["n_steps"])):
             s = record_summary(r)
             coll = r.get("collapse")
@@ -1333,9 +1334,10 @@ def table_markdown(records: list[dict]) -> str:
                           f"{sum(bool(t['hopping']) for t in ps)} hop")
             pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
                     if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
-            v = " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
-                           for i, k in enumerate(("modes", "high_quality", "reverse_kl"))
-                           for p in [pubs[0][1]]) if pubs else "-"
+            v = "; ".join((f"{src_short[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
+                          + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
+                                       for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
+                          for src, p in pubs) if pubs else "-"
             name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
             lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "

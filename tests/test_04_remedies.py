@@ -418,15 +418,28 @@ def test_table_from_hand_made_records(tmp_path):
     lines = text.splitlines()
     gan = next(line for line in lines if line.startswith("| plain GAN") and "| ours |" in line)
     # ours: modes 6.5 +- 0.5 vs 6.3 +- 0.5; HQ 98.2 +- 0.2 vs 98.2 +- 0.2; rKL 0.45 +- 0.05 vs 0.45 +- 0.09
-    assert "25,000 (400,000)" in gan and "6.5 ± 0.5" in gan and "98.2 ± 0.2" in gan and "yes / yes / yes" in gan
+    assert "25,000 (400,000)" in gan and "6.5 ± 0.5" in gan and "98.2 ± 0.2" in gan
+    # beside two published rows, one verdict per source; VEEGAN's (no error bars: 1 mode, 99.3 %) as points
+    assert "PacGAN: yes / yes / yes; VEEGAN: no / no / -" in gan
     pac = next(line for line in lines if line.startswith("| PacGAN2") and "| ours |" in line)
     assert "4.0 ± 0.0" in pac and "no / no / no" in pac and "1/2" in pac
     assert any("PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086)" in line and "7.9 ± 0.1" in line for line in lines)
     assert any("VEEGAN" in line and "99.3" in line for line in lines)
+    assert "| no / no / no |" in pac  # PacGAN's row only: no prefix
     m.main(["--table", str(tmp_path), "--table_figure", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 5000
     r = run_cli("04_remedies.py", "--table", str(tmp_path / "nothing"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_verdict_two_standard_errors_and_points_without_error_bars():
+    ours = {"n": 3, "mean": 7.0, "sem": 0.5}
+    assert m.verdict(ours, 6.3, 0.5) == "yes"                         # 0.7 <= 2 * hypot(0.5, 0.5) = 1.41
+    assert m.verdict(ours, 5.5, 0.2) == "no"                          # 1.5 > 2 * hypot(0.5, 0.2) = 1.08
+    assert m.verdict(ours, 7.9, None) == "yes" and m.verdict(ours, 8.1, None) == "no"  # a point: 2 * 0.5
+    assert m.verdict({"n": 3, "mean": 8.0, "sem": 0.0}, 8.0, None) == "yes"
+    assert m.verdict({"n": 1, "mean": 7.0, "sem": 0.0}, 7.0, 0.1) == "-" and m.verdict(ours, None, None) == "-"
+    assert m.verdict({"n": 3, "mean": 0.95, "sem": 0.01}, 98.2, 0.2, scale=100) == "no"  # 95 vs 98.2 +- 2.2
 
 
 def test_shard_covers_every_cell_exactly_once():
