@@ -1422,8 +1422,10 @@ def plot_record_curves(records: list[dict], path):
     if not records:
         raise common.UserError("--table_figure: no records of this --setting in the folder")
     plt = common.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    benches = [d for d in TABLE_DATA + ["temperature"] if any(r["data"] == d for r in records)]
+    fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches)), squeeze=False)
     for r in records:
+        axes = all_axes[benches.index(r["data"])]
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
@@ -1436,12 +1438,13 @@ def plot_record_curves(records: list[dict], path):
                 ax.errorbar([r["n_steps"]], [pub[col]], yerr=[pub[col + 1]], marker="*", ms=9, capsize=2,
                             color=line.get_color(), label=f"{r['data']} {r['method']}, PacGAN Table 1" if col == 0 else None)
                 ax.axhline(pub[col], color=line.get_color(), ls="--", lw=0.7)
-    axes[0].set_ylabel("modes captured")
-    axes[1].set_ylabel("high-quality samples (%)")
-    for ax in axes:
-        ax.set_xlabel("training step")
-        ax.set_xscale("log")
-    axes[0].legend(fontsize=7)
+    for d, axes in zip(benches, all_axes):
+        axes[0].set_ylabel(f"{d}: modes captured")
+        axes[1].set_ylabel(f"{d}: high-quality samples (%)")
+        for ax in axes:
+            ax.set_xlabel("training step")
+            ax.set_xscale("log")
+        axes[1].legend(fontsize=6.5, loc="center right")
     fig.suptitle(f"setting {records[0].get('setting')}: the PacGAN scores over training (cells reach different steps; "
                  f"stars: published)",
                  fontsize=9)
