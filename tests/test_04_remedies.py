@@ -611,3 +611,31 @@ def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_num
     with pytest.raises(SystemExit) as e:  # only an evaluation step before the last can be a pause
         m.main(argv + ["--run_name", "cut2", "--until_step", "25"])
     assert e.value.code == 2
+
+
+def _cells(line):
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_readme_tables_are_the_committed_records():
+    # every "ours" row of the README's 04 tables is what --table builds from the committed records, and
+    # every cell record appears in the README: a record committed without its README row (or a README
+    # number edited by hand) fails here
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text().split("### 04 - ")[1].split("\n### 05 - ")[0]
+    lines = set(readme.splitlines())
+    for folder in ("results/04", "results/04/collapse"):
+        built = [ln for ln in m.table_markdown(m.load_records(root / folder)).splitlines() if "| ours |" in ln]
+        assert built and [ln for ln in built if ln not in lines] == [], folder
+    ours = [ln for ln in lines if "| ours |" in ln]
+    every = {ln for f in ("results/04", "results/04/collapse")
+             for ln in m.table_markdown(m.load_records(root / f)).splitlines()}
+    assert [ln for ln in ours if ln not in every] == []
+    # the ablation table is laid out by configuration: the same numbers, row for row
+    built = {tuple(c[2:9] + [c[10]]) for c in map(_cells, m.table_markdown(
+        m.load_records(root / "results/04/ablation")).splitlines()) if len(c) == 11 and c[1] == "ours"}
+    after = readme.split("**When does the plain GAN collapse on the ring?**")[1].splitlines()
+    start = next(i for i, ln in enumerate(after) if ln.startswith("| configuration |"))
+    rows = [ln for ln in after[start + 2:start + 2 + len(m.ABLATION) + 1] if ln.startswith("|")]
+    shown = {tuple(c[1:]) for c in map(_cells, rows)}
+    assert len(built) == len(m.ABLATION) and shown == built
