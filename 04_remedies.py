@@ -1424,8 +1424,10 @@ def plot_record_curves(records: list[dict], path):
     plt = common.pyplot()
     benches = [d for d in TABLE_DATA + ["temperature"] if any(r["data"] == d for r in records)]
     fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches)), squeeze=False)
-    for r in records:
+    present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]
+    for r in sorted(records, key=lambda r: (present.index(r["method"]) if r["method"] in present else 99)):
         axes = all_axes[benches.index(r["data"])]
+        color = f"C{present.index(r['method']) % 10}" if r["method"] in present else None  # one colour per method
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
@@ -1433,7 +1435,7 @@ def plot_record_curves(records: list[dict], path):
         for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], "high_quality", 100, 2)):
             mu = [x[key]["mean"] * scale for x in ss]
             se = [x[key]["sem"] * scale for x in ss]
-            line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab)[0]
+            line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab, color=color)[0]
             if pub is not None:  # PacGAN Table 1 at its 400,000 steps: a star, and a dashed level
                 ax.errorbar([r["n_steps"]], [pub[col]], yerr=[pub[col + 1]], marker="*", ms=9, capsize=2,
                             color=line.get_color(), label=f"{r['data']} {r['method']}, PacGAN Table 1" if col == 0 else None)
