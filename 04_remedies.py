@@ -1270,6 +1270,7 @@ PUBLISHED = {
 }
 SOURCES = {"pacgan": "PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086), Table 1",
            "veegan": "VEEGAN (Srivastava et al., NeurIPS 2017), Table 1"}
+SOURCE_NAMES = {"pacgan": "PacGAN", "veegan": "VEEGAN"}  # the verdict column's prefix
 
 
 def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
@@ -1322,7 +1323,6 @@ def table_markdown(records: list[dict]) -> str:
                   f"occupied modes | collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) | differs from the setting |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
-        src_short = {"pacgan": "PacGAN", "veegan": "VEEGAN"}
         for r in sorted(recs, key=lambda r: (order.get(r["method"], 99), r.get("label", ""), r["n_steps"])):
             s = record_summary(r)
             coll = r.get("collapse")
@@ -1334,7 +1334,7 @@ def table_markdown(records: list[dict]) -> str:
                           f"{sum(bool(t['hopping']) for t in ps)} hop")
             pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
                     if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
-            v = "; ".join((f"{src_short[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
+            v = "; ".join((f"{SOURCE_NAMES[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
                           + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                                        for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
                           for src, p in pubs) if pubs else "-"
@@ -1422,12 +1422,12 @@ def plot_record_curves(records: list[dict], path):
     if not records:
         raise common.UserError("--table_figure: no records of this --setting in the folder")
     plt = common.pyplot()
-    benches = [d for d in TABLE_DATA + ["temperature"] if any(r["data"] == d for r in records)]
+    benches = [d for d in DATASETS if any(r["data"] == d for r in records)]
     fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches)), squeeze=False)
-    present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]
-    for r in sorted(records, key=lambda r: (present.index(r["method"]) if r["method"] in present else 99)):
+    present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]  # records hold METHODS only
+    for r in sorted(records, key=lambda r: present.index(r["method"])):
         axes = all_axes[benches.index(r["data"])]
-        color = f"C{present.index(r['method']) % 10}" if r["method"] in present else None  # one colour per method
+        color = f"C{present.index(r['method']) % 10}"  # one colour per method, on every benchmark
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"

@@ -624,13 +624,12 @@ def test_readme_tables_are_the_committed_records():
     root = Path(__file__).resolve().parents[1]
     readme = (root / "README.md").read_text().split("### 04 - ")[1].split("\n### 05 - ")[0]
     lines = set(readme.splitlines())
-    for folder in ("results/04", "results/04/collapse"):
-        built = [ln for ln in m.table_markdown(m.load_records(root / folder)).splitlines() if "| ours |" in ln]
+    tables = {f: m.table_markdown(m.load_records(root / f)).splitlines() for f in ("results/04", "results/04/collapse")}
+    for folder, table in tables.items():
+        built = [ln for ln in table if "| ours |" in ln]
         assert built and [ln for ln in built if ln not in lines] == [], folder
-    ours = [ln for ln in lines if "| ours |" in ln]
-    every = {ln for f in ("results/04", "results/04/collapse")
-             for ln in m.table_markdown(m.load_records(root / f)).splitlines()}
-    assert [ln for ln in ours if ln not in every] == []
+    every = {ln for table in tables.values() for ln in table}
+    assert [ln for ln in lines if "| ours |" in ln and ln not in every] == []
     # the ablation table is laid out by configuration: the same numbers, row for row
     built = {tuple(c[2:9] + [c[10]]) for c in map(_cells, m.table_markdown(
         m.load_records(root / "results/04/ablation")).splitlines()) if len(c) == 11 and c[1] == "ours"}
