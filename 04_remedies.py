@@ -1352,6 +1352,25 @@ def table_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(records: list[dict]) -> str:
+    """What each cell cost: its training seconds at the last evaluation (summed over every start of the
+    cell), its steps/s and the time its n_steps would take at that rate. Records without times: left out."""
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = [r for r in records if r["evals"] and r["evals"][-1].get("wall_s")]
+    if not rows:
+        return ""
+    n = {r["n_steps"] for r in rows}
+    n = f"{n.pop():,}" if len(n) == 1 else "its n_steps"
+    lines = [f"| cell | step reached (of {n}) | training time | steps/s (trials batched) | {n} steps at that rate |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (DATASETS.index(r["data"]), order.get(r["method"], 99), r.get("label", ""))):
+        e = r["evals"][-1]
+        sps = e["step"] / e["wall_s"]
+        lines.append(f"| {LABELS.get(r['method'], r['method'])}, {r['data']} | {e['step']:,} | {e['wall_s']:,.0f} s | "
+                     f"{sps:.1f} ({len(e['trials'])} trials) | {r['n_steps'] / sps / 3600:.1f} h |")
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(results, args, device, command="", wall=0.0) -> str:
     lines = [f"# 04_remedies, setting `{args.setting}`: PacGAN protocol ({args.n_eval} samples, mean ± s.e. over "
              f"{args.seeds} trials: seeds {args.seed}..{args.seed + args.seeds - 1})", "",
@@ -1579,10 +1598,11 @@ def main(argv=None) -> dict:
     if args.table:
         records = load_records(args.table)
         text = table_markdown(records)
-        print(text, end="")
+        cost = cost_markdown([r for r in records if r.get("setting") == args.setting])
+        print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else ""), end="")
         if args.table_figure:
             plot_record_curves([r for r in records if r.get("setting") == args.setting], args.table_figure)
-        return {"table": text}
+        return {"table": text, "cost": cost}
     if args.replot:
         return replot(args.replot, args.figure_prefix)
     common.set_seed(args.seed, args.deterministic)

@@ -426,6 +426,10 @@ def test_table_from_hand_made_records(tmp_path):
     assert any("PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086)" in line and "7.9 ± 0.1" in line for line in lines)
     assert any("VEEGAN" in line and "99.3" in line for line in lines)
     assert "| no / no / no |" in pac  # PacGAN's row only: no prefix
+    assert m.main(["--table", str(tmp_path)])["cost"] == ""  # hand-made records carry no times
+    timed = fake_record("gan", "grid", [(6, 0.9, 0.4), (7, 0.9, 0.5)], 1_000)
+    timed["evals"][0]["wall_s"] = 100.0  # 10 steps/s: 400,000 steps in 11.1 h
+    assert "| plain GAN (non-saturating), grid | 1,000 | 100 s | 10.0 (2 trials) | 11.1 h |" in m.cost_markdown([timed])
     m.main(["--table", str(tmp_path), "--table_figure", str(tmp_path / "curves.png")])
     assert (tmp_path / "curves.png").stat().st_size > 5000
     r = run_cli("04_remedies.py", "--table", str(tmp_path / "nothing"))
@@ -628,6 +632,8 @@ def test_readme_tables_are_the_committed_records():
     for folder, table in tables.items():
         built = [ln for ln in table if "| ours |" in ln]
         assert built and [ln for ln in built if ln not in lines] == [], folder
+    cost = m.cost_markdown([r for r in m.load_records(root / "results/04") if r["setting"] == "pacgan"]).splitlines()
+    assert len(cost) > 2 and [ln for ln in cost if ln not in lines] == []  # the cost of each cell, too
     every = {ln for table in tables.values() for ln in table}
     assert [ln for ln in lines if "| ours |" in ln and ln not in every] == []
     # the ablation table is laid out by configuration: the same numbers, row for row
