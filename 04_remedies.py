@@ -16,12 +16,19 @@ nn.Module + torch.optim, paper and defaults in each docstring), trained in one o
   al. 2019).
 
 Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides one value):
-- pacgan (default): PacGAN's synthetic experiments (Lin et al. 2018): 4 x 400 ReLU+BatchNorm generator on
-  2-D noise, 3 maxout layers of 200 x 5 pieces, Adam 1e-4 / beta1 0.8 for both, batch 100, a fixed set of
-  100,000 training samples, 400,000 steps, both players' updates from one pass, 10 trials. Evaluated at
-  10k, 25k, 50k, 100k, 200k and 400k steps, so a cell cut short still gives dated points.
-- unrolled: the unrolled-GAN demonstration (poolio/unrolled_gan notebook): 2 x 128 tanh, orthogonal
-  init (gain 1.4), z 256-d, batch 512, Adam D 1e-4 / G 1e-3, beta1 0.5, 25,000 steps.
+- pacgan (default): PacGAN's synthetic experiments (Lin et al. 2018; fjxmlzn/PacGAN 190853e): 4 x 400
+  ReLU+BatchNorm generator on 2-D noise, 3 maxout layers of 200 x 5 pieces, Adam 1e-4 / beta1 0.8 for
+  both, batch 100, a fixed set of 100,000 training samples packed once (every slot resampled with
+  replacement), one G call per pack slot, 400,000 steps, both players' updates from one pass, 10 trials;
+  G's BatchNorm keeps population statistics (rate 0.05, eps 1e-4, refreshed by 50 batches before each
+  evaluation as their training monitor does) and is scored with them. Evaluated at 10k, 25k, 50k, 100k,
+  200k and 400k steps, so a cell cut short still gives dated points. Remaining differences from their
+  code: Adam is torch's (Blocks' adds eps to the uncorrected sqrt(v): a 1e-8 difference); the monitor
+  pass runs before each evaluation, not after every epoch (its effect is forgotten within ~100 steps).
+- unrolled: the unrolled-GAN demonstration (poolio/unrolled_gan 67e2c7a notebook): 2 x 128 tanh,
+  orthogonal init (gain 1.4), z 256-d, batch 512, Adam D 1e-4 / G 1e-3, beta1 0.5, 25,000 steps, G's and
+  D's updates simultaneous and G minimising the minimax loss through the unrolled D (-unrolled_loss),
+  as the notebook does; its Keras Adam adds eps to the uncorrected sqrt(v) (1e-8: negligible).
 - small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
   32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
 
@@ -68,7 +75,7 @@ import common
 PRESETS = {
     # PacGAN's synthetic experiments, Lin et al. (NeurIPS 2018, arXiv:1712.04086), Sec. 5.1 / Table 1, as
     # read from fjxmlzn/PacGAN synthetic_data_experiments/2DRing_GAN&PacGAN/config.py, 2DGrid_.../config.py,
-    # pacgan_task.py and PacGAN/pacgan/extensions.py (quoted in ../shared/anchors/README.md).
+    # pacgan_task.py, datasets.py, streams.py, bricks.py and extensions.py (commit 190853e).
     "pacgan": dict(
         latent_dim=2,                                 # 2-d N(0, 1) noise
         g_hidden=400, g_layers=4, g_act="relu_bn",    # 4 hidden layers of 400, BatchNorm + ReLU -> 2
@@ -79,11 +86,17 @@ PRESETS = {
         batch_size=100, n_train=100_000,              # batch 100 from a fixed set of 100,000 samples
         n_steps=400_000,                              # 400 epochs of 100,000 / 100 = 400,000 steps
         update="simultaneous",                        # both updates from one pass, applied together (ALI)
+        bn_momentum=0.05, bn_eps=1e-4,                # G's BatchNorm keeps population statistics at rate 0.05
+                                                      # (pacgan_task.py), eps 1e-4 (Blocks' default); scored with them
+        bn_refresh=50,                                # their training monitor's 50 batches of 100 that update
+                                                      # those statistics after every epoch (streams.py)
+        unrolled_loss="nonsaturating",                # ours: G's loss through an unrolled D (no unrolled row there)
+        grid_scale=1.0,                               # the grid fed in raw coordinates
         n_eval=2500, seeds=10,                        # 2,500 evaluation samples, 10 trials
         eval_steps=(10_000, 25_000, 50_000, 100_000, 200_000, 400_000), eval_every=0,  # ours: dated points
     ),
     # The unrolled-GAN demonstration setting, poolio/unrolled_gan "Unrolled GAN demo.ipynb" (Metz et al.,
-    # ICLR 2017; the notebook says its setup is not identical to the paper's), as quoted in the anchors file.
+    # ICLR 2017; the notebook says its setup is not identical to the paper's), commit 67e2c7a.
     "unrolled": dict(
         latent_dim=256,                               # z 256-d
         g_hidden=128, g_layers=2, g_act="tanh",       # 2 hidden layers of 128 tanh units
@@ -93,8 +106,11 @@ PRESETS = {
         b1=0.5, b2=0.999, adam_eps=1e-8,              # beta1 0.5, eps 1e-8 (beta2: not stated, Adam's default)
         batch_size=512, n_train=0,                    # batch 512, fresh samples every step
         n_steps=25_000,                               # 25,000 iterations
-        update="alternating",                         # ours: D step, then G step (not stated in the anchors)
-        n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; >= 5 trials (issue 12)
+        update="simultaneous",                        # G's and D's updates in one sess.run (notebook cell 16)
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # (no BatchNorm in this setting)
+        unrolled_loss="minimax",                      # G minimises -unrolled_loss (cell 13): the minimax loss
+        grid_scale=4.0,                               # ours: the grid divided by 4 (the demo has no grid)
+        n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; 5 trials
         eval_steps=(), eval_every=500,                # ours: modes against the step, every 500 steps
     ),
     # The small setting of this script's first version (sized to fit 20 min of one CPU core for 15
@@ -106,24 +122,28 @@ PRESETS = {
         lr_g=2e-3, lr_d=2e-3, lr_final=1e-5,          # cosine decay 2e-3 -> 1e-5
         b1=0.8, b2=0.999, adam_eps=1e-8,
         batch_size=100, n_train=0, n_steps=2000, update="alternating",
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # no population statistics: scored with batch statistics
+        unrolled_loss="nonsaturating", grid_scale=4.0,
         n_eval=2500, seeds=5, eval_steps=(), eval_every=0,
     ),
 }
-# The remedies' own hyper-parameters, the same in every setting. Where the anchors file gives no value
-# from the remedy's paper, the value is our choice and says so.
+# The remedies' own hyper-parameters, the same in every setting; where the remedy's authors give no
+# value, the value is our choice and says so.
 REMEDY_DEFAULTS = dict(
-    mbd_kernels=25, mbd_dim=5,      # ours (Salimans et al.'s values are not in the anchors file; cost grows with B)
+    mbd_kernels=100, mbd_dim=5,     # openai/improved-gan train_cifar_minibatch_discrimination.py: B = 100, C = 5
     replay_size=20_000,             # ours; half of D's fake batch from the buffer (Shrivastava et al. 2017)
     swap_every=10, snapshot_every=250, snapshot_keep=10,  # ours
     adagan_components=4, adagan_clf_steps=500, adagan_train_size=10_000,  # ours; beta_t = 1/t (Tolstikhin et al.)
-    lambda_ms=1.0,                  # MSGAN: weight 1 in every variant of the official code (anchors file)
+    lambda_ms=1.0,                  # MSGAN: weight 1 in every variant of the official code (HelenMao/MSGAN)
 )
 # --quick: smaller defaults for a smoke run (seconds); a flag given explicitly still wins.
 QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_layers=1, latent_dim=2, seeds=2,
-             n_eval=500, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
+             n_eval=300, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
              adagan_clf_steps=10, adagan_train_size=1000, mbd_kernels=10, snapshot_every=10, swap_every=5,
-             replay_size=500)
+             replay_size=500, bn_refresh=2)
 PRESET_KEYS = tuple(PRESETS["pacgan"])
+# the value a record ran with when its args lack the key (records written before the key existed)
+RECORD_DEFAULTS = dict(bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0, unrolled_loss="nonsaturating", grid_scale=4.0)
 
 # when does the plain GAN collapse on the ring?  name -> flag overrides of the `small` setting (cheap
 # enough for 5 trials per row on one CPU core); run by --ablation: plain GAN, ring, --seeds trials each
@@ -145,51 +165,78 @@ ABLATION = {
 # Every function here works on a plain, single model's tensors (N, d) and on stacked trials (S, N, d)
 # alike: losses reduce the last two dimensions, so a plain model gets a scalar and S stacked trials get
 # one value per trial (S,), whose sum gives each trial exactly its own gradient.
+def _batch_mean(logits):
+    """Mean over the batch of logits shaped (N,), (N, 1) or stacked (..., N, 1)."""
+    if logits.dim() >= 2 and logits.shape[-1] == 1:
+        logits = logits.squeeze(-1)
+    return logits.mean(-1)
+
+
 def discriminator_loss(d_real, d_fake):
-    """Goodfellow et al. 2014, eq. 1: cross-entropy with real -> 1, fake -> 0, on logits (..., N, 1)."""
-    return F.softplus(-d_real).mean((-2, -1)) + F.softplus(d_fake).mean((-2, -1))
+    """Goodfellow et al. 2014, eq. 1: cross-entropy with real -> 1, fake -> 0, on logits (N,), (N, 1) or
+    stacked (..., N, 1)."""
+    return _batch_mean(F.softplus(-d_real)) + _batch_mean(F.softplus(d_fake))
 
 
 def generator_loss(d_fake):
     """The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, Sec. 3), on logits."""
-    return F.softplus(-d_fake).mean((-2, -1))
+    return _batch_mean(F.softplus(-d_fake))
 
 
 def feature_matching_loss(f_real, f_fake):
-    """Feature matching, Salimans et al. 2016, Sec. 3.1: || E_x f(x) - E_z f(G(z)) ||_2^2 with f the
-    discriminator's last hidden layer; the generator matches the batch means (real features held fixed).
+    """Feature matching, Salimans et al. 2016, Sec. 3.1: the squared difference of the batch means of f,
+    the discriminator's last hidden layer, averaged over the H features (openai/improved-gan
+    `train_mnist_feature_matching.py`: T.mean(T.square(mom_gen - mom_real))); real features held fixed.
     f_*: (..., N, H)."""
-    return (f_real.detach().mean(-2) - f_fake.mean(-2)).pow(2).sum(-1)
-
-
-def minibatch_similarity(h, T, kernel_dim: int):
-    """Minibatch discrimination, Salimans et al. 2016, Sec. 3.2: M_i = h_i T, a B x C matrix per sample,
-    and c_b(x_i, x_j) = exp(-|| M_i,b - M_j,b ||_L1) for each of the B kernels.
-    h: (..., N, A) features of one batch; T: (..., A, B * C). Returns c: (..., B, N, N); c = 1 exactly for
-    identical samples, the largest value possible."""
-    M = torch.matmul(h, T)
-    *lead, N, BC = M.shape
-    M = M.view(*lead, N, BC // kernel_dim, kernel_dim).transpose(-3, -2)          # (..., B, N, C)
-    return torch.exp(-torch.cdist(M, M, p=1))
-
-
-def minibatch_features(h, T, kernel_dim: int):
-    """o(x_i)_b = sum over j != i of c_b(x_i, x_j) (Salimans et al. 2016, Sec. 3.2; the constant self
-    term is left out). Computed separately for the real and the fake batch. Returns (..., N, B)."""
-    return (minibatch_similarity(h, T, kernel_dim).sum(-1) - 1.0).transpose(-2, -1)
+    return (f_real.detach().mean(-2) - f_fake.mean(-2)).pow(2).mean(-1)
 
 
 class MinibatchDiscrimination(nn.Module):
-    """A layer to put before the discriminator's output: h (N, A) -> [h, o(h)] (N, A + B) (Salimans et al.
-    2016, Sec. 3.2). Defaults: B = 25 kernels of dimension C = 5 (ours), T ~ N(0, 0.05^2)."""
+    """Minibatch discrimination (Salimans et al. 2016, Sec. 3.2), as openai/improved-gan's `MinibatchLayer`
+    (nn.py): a layer to put before the discriminator's output, h (..., N, A) -> [h, o(h)] (..., N, A + B).
 
-    def __init__(self, in_features: int, kernels: int = 25, kernel_dim: int = 5, init_std: float = 0.05):
+    M_i = h_i W, a B x C matrix per sample, with W weight-normalised: W = theta * exp(g) / ||theta|| (the
+    norm over the A inputs, per kernel coordinate); c_b(x_i, x_j) = exp(-||M_i,b - M_j,b||_L1) and
+    o(x_i)_b = sum over j != i of c_b(x_i, x_j) + bias_b, computed within the batch it is given (real and
+    fake batches apart). Defaults as theirs: B = 100 kernels of C = 5, theta ~ N(0, 0.05^2), g = 0,
+    bias = -1. `init_from_data(h)` is their data-dependent initialisation: call it once, before training,
+    on the features of a real batch. batch_shape: leading dimensions of the parameters, for trials
+    stacked as one network (() for an ordinary model)."""
+
+    def __init__(self, in_features: int, kernels: int = 100, kernel_dim: int = 5, init_std: float = 0.05,
+                 batch_shape: tuple = ()):
         super().__init__()
-        self.kernel_dim = kernel_dim
-        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim) * init_std)
+        self.kernels, self.kernel_dim = kernels, kernel_dim
+        self.theta = nn.Parameter(torch.randn(*batch_shape, in_features, kernels, kernel_dim) * init_std)
+        self.log_scale = nn.Parameter(torch.zeros(*batch_shape, kernels, kernel_dim))
+        self.bias = nn.Parameter(torch.full((*batch_shape, kernels), -1.0))
+
+    def weight(self):
+        """W (..., A, B * C): theta scaled to norm exp(g) over the inputs."""
+        w = self.theta * (self.log_scale.exp() / self.theta.norm(dim=-3)).unsqueeze(-3)
+        return w.flatten(-2)
+
+    def distances(self, h):
+        """||M_i,b - M_j,b||_L1 for every pair: (..., B, N, N), 0 on the diagonal."""
+        M = torch.matmul(h, self.weight())
+        M = M.view(*M.shape[:-1], self.kernels, self.kernel_dim).movedim(-2, -3)       # (..., B, N, C)
+        return torch.cdist(M, M, p=1)
 
     def forward(self, h):
-        return torch.cat([h, minibatch_features(h, self.T, self.kernel_dim)], -1)
+        o = torch.exp(-self.distances(h)).sum(-1) - 1.0           # the self term exp(0) = 1 left out
+        return torch.cat([h, o.transpose(-2, -1) + self.bias.unsqueeze(-2)], -1)
+
+    @torch.no_grad()
+    def init_from_data(self, h):
+        """improved-gan's init pass: g -= log(m_b), m_b = half the mean over i of min over j != i of the
+        distance, so that m_b becomes 1; then bias = -(the batch mean of o), so o starts centred."""
+        d = self.distances(h)
+        N = d.shape[-1]
+        d = d + torch.eye(N, dtype=d.dtype, device=d.device) * 1e6                     # exclude j = i
+        m = 0.5 * d.amin(-1).mean(-1)                                                   # (..., B)
+        self.log_scale -= m.log().unsqueeze(-1)
+        f = torch.exp(-d / m.unsqueeze(-1).unsqueeze(-1)).sum(-1)                      # (..., B, N)
+        self.bias.copy_(-f.mean(-1))
 
 
 def adam_lookahead_step(params, grads, state, lr: float, betas, eps: float):
@@ -224,30 +271,52 @@ def adam_state_of(optimizer: torch.optim.Adam, params, n_steps_done: int | None 
     return state
 
 
-def unrolled_generator_loss(D: nn.Module, d_optimizer: torch.optim.Adam, real, fake, k: int = 5, *,
-                            n_steps_done: int | None = None, d_loss=discriminator_loss, g_loss=generator_loss):
+def lookahead_rule(d_optimizer, params, n_steps_done: int | None = None):
+    """The differentiable copy of D's optimiser step used by the look-ahead: (step(params, grads, state)
+    -> (params, state), state). torch.optim.Adam (no weight decay, no amsgrad; its lr, betas, eps and
+    moment estimates) or plain torch.optim.SGD (no momentum, no weight decay); anything else: TypeError."""
+    group = d_optimizer.param_groups[0]
+    if isinstance(d_optimizer, torch.optim.Adam) and not group.get("amsgrad") and not group.get("weight_decay"):
+        lr, betas, eps = float(group["lr"]), group["betas"], group["eps"]
+        return (lambda ps, gs, st: adam_lookahead_step(ps, gs, st, lr, betas, eps),
+                adam_state_of(d_optimizer, params, n_steps_done))
+    if (isinstance(d_optimizer, torch.optim.SGD) and not group.get("momentum") and not group.get("weight_decay")):
+        lr = float(group["lr"])
+        return (lambda ps, gs, st: ([p - lr * g for p, g in zip(ps, gs)], st)), None
+    raise TypeError(f"unrolled_generator_loss: D's optimiser must be torch.optim.Adam (no weight decay, no amsgrad) "
+                    f"or plain torch.optim.SGD, not {type(d_optimizer).__name__} with these settings")
+
+
+def unrolled_generator_loss(D: nn.Module, d_optimizer: torch.optim.Optimizer, real, fake, k: int = 5, *,
+                            n_steps_done: int | None = None, minimax: bool = False,
+                            d_loss=discriminator_loss, g_loss=generator_loss):
     """Unrolled GAN, Metz et al. 2017 (ICLR), Sec. 2.2: the generator's loss against the discriminator
     after k look-ahead updates,  f_K(theta_G, theta_D) = f(theta_G, theta_D^K(theta_G, theta_D)), the
     inner updates taken on the same real and fake batch. Default k = 5 (the paper's demo; 10 in Table 3).
 
     The gradient flows through all k steps (create_graph=True): d f_K / d theta_G includes how D's update
-    would react to the generator. The inner update is Adam with D's optimiser's lr, betas, eps and state
-    (as the authors' code does), on detached copies of D's parameters: D and its optimiser are untouched.
-    `fake` must depend on the generator; update D as usual with the ordinary loss. k = 0 = the plain loss.
-    Works on any nn.Module D (the parameters are swapped in with torch.func.functional_call)."""
+    would react to the generator. The inner update is D's optimiser's own step with its hyper-parameters
+    and state (Adam, as the authors' code, or plain SGD: `lookahead_rule`), on detached copies of D's
+    parameters and of its buffers (BatchNorm's running statistics), so D, its buffers and its optimiser
+    are untouched. G's loss through the unrolled D: g_loss(D_K(fake)) (default: the non-saturating
+    loss), or with minimax=True the demo's -d_loss(D_K(real), D_K(fake)) (poolio/unrolled_gan: G
+    minimises -unrolled_loss; the real term depends on G through D_K). `fake` must depend on the
+    generator; update D as usual with the ordinary loss. k = 0 = the plain loss. Works on any nn.Module D
+    whose logits are (N,) or (N, 1) (the parameters are swapped in with torch.func.functional_call)."""
     names = [n for n, _ in D.named_parameters()]
     params = [p.detach().requires_grad_(True) for p in D.parameters()]
-    group = d_optimizer.param_groups[0]
-    lr, betas, eps = float(group["lr"]), group["betas"], group["eps"]
-    state = adam_state_of(d_optimizer, D.parameters(), n_steps_done)
+    buffers = {n: b.detach().clone() for n, b in D.named_buffers()}
+    step, state = lookahead_rule(d_optimizer, list(D.parameters()), n_steps_done)
 
     def call(ps, x):
-        return functional_call(D, dict(zip(names, ps)), (x,))
+        return functional_call(D, (dict(zip(names, ps)), buffers), (x,))
 
     for _ in range(k):
         loss = d_loss(call(params, real), call(params, fake)).sum()
         grads = torch.autograd.grad(loss, params, create_graph=True)
-        params, state = adam_lookahead_step(params, grads, state, lr, betas, eps)
+        params, state = step(params, grads, state)
+    if minimax:
+        return -d_loss(call(params, real), call(params, fake))
     return g_loss(call(params, fake))
 
 
@@ -306,9 +375,26 @@ class SnapshotPool:
 def pack(x, m: int):
     """PacGAN (Lin et al. 2018, Sec. 3): the discriminator judges m samples at once, concatenated.
     (..., N * m, d) -> (..., N, m * d); samples i*m .. i*m+m-1 form pack i (all real or all fake, each
-    from its own noise vector). Build D with m times the input size."""
+    from its own noise vector). Build D with m times the input size. As the authors' code does
+    (fjxmlzn/PacGAN bricks.py, datasets.py): call G once per pack slot (`packed_fakes`), so that a
+    BatchNorm generator normalises over N samples at a time, not N * m; and form the real packs once
+    (each slot of each pack resampled with replacement from the training set, `real_packs`)."""
     *lead, Nm, d = x.shape
     return x.reshape(*lead, Nm // m, m * d)
+
+
+def packed_fakes(G, z_slots):
+    """PacGAN's fake packs: z_slots (m, N, latent), one G call per slot -> (N, m * d), pack i = the i-th
+    sample of every slot."""
+    return torch.cat([G(z) for z in z_slots], -1)
+
+
+def real_packs(x, m: int, generator: torch.Generator | None = None):
+    """PacGAN's real packs (fjxmlzn/PacGAN datasets.py): formed once from the training set x (N, d): slot
+    j of the N packs is x[idx_j] with idx_j drawn with replacement, so even m = 1 resamples. -> (N, m * d);
+    shuffle and batch these packs as any training set."""
+    idx = torch.randint(len(x), (m, len(x)), generator=generator).to(x.device)
+    return torch.cat([x[i] for i in idx], -1)
 
 
 def mode_seeking_loss(fake, z, eps: float = 1e-5):
@@ -341,6 +427,20 @@ def adagan_density_ratio(classifier_logits):
     return torch.exp(-classifier_logits).clamp(max=1e6)
 
 
+@torch.no_grad()
+def generate(G: nn.Module, z):
+    """Samples for scoring and figures: G in eval mode (BatchNorm with its population statistics, as
+    PacGAN's code samples), its mode restored afterwards; a plain function is just called."""
+    if not isinstance(G, nn.Module):
+        return G(z)
+    was = G.training
+    G.eval()
+    try:
+        return G(z)
+    finally:
+        G.train(was)
+
+
 class GeneratorMixture:
     """AdaGAN's model: a mixture of generators; after `add(G, beta)` P <- (1 - beta) P + beta G (AdaGAN
     uses beta_t = 1/t, so T components end with weight 1/T each). `__call__(z, generator)`: each sample
@@ -362,8 +462,8 @@ class GeneratorMixture:
 
     @torch.no_grad()
     def sample_with(self, z, pick):
-        """pick: a component index per sample (z.shape[:-1])."""
-        outs = torch.stack([G(z) for G in self.components])                     # (C, ..., N, d)
+        """pick: a component index per sample (z.shape[:-1]). Each component samples in eval mode."""
+        outs = torch.stack([generate(G, z) for G in self.components])           # (C, ..., N, d)
         idx = pick.to(outs.device)[None, ..., None].expand(1, *outs.shape[1:])
         return outs.gather(0, idx)[0]
 
@@ -388,7 +488,7 @@ class Remedy:
     adagan: bool = False
 
 
-# table order = the order cells run in (issue 12: GAN, PacGAN2, unrolled, feature matching, the rest)
+# table order = the order cells run in (GAN, PacGAN2, unrolled, feature matching, the rest)
 METHODS = {
     "gan": Remedy(),
     "pacgan2": Remedy(pack=2),
@@ -416,7 +516,8 @@ LABELS = {"gan": "plain GAN (non-saturating)", "fm": "feature matching", "fm_hyb
 @dataclasses.dataclass
 class GStep:
     """What a generator loss may look at: D (with the parameters G meets this step), the packed real
-    and fake batches, and for unrolling D's optimiser and its step count."""
+    and fake batches, and for unrolling D's optimiser, its step count and G's loss through the unrolled
+    D (minimax: the demo's)."""
     D: nn.Module
     d_params: dict | None
     real: torch.Tensor
@@ -424,6 +525,7 @@ class GStep:
     opt_d: torch.optim.Optimizer
     d_steps_done: int
     unroll: int
+    minimax: bool = False
 
     def d(self, x, features=False):
         return self.D(x, features=features) if self.d_params is None else \
@@ -435,7 +537,8 @@ G_LOSSES = {
     "feature_matching": lambda s: feature_matching_loss(s.d(s.real, True)[1], s.d(s.fake, True)[1]),
     "feature_matching_hybrid": lambda s: (feature_matching_loss(s.d(s.real, True)[1], (o := s.d(s.fake, True))[1])
                                           + generator_loss(o[0])),
-    "unrolled": lambda s: unrolled_generator_loss(s.D, s.opt_d, s.real, s.fake, s.unroll, n_steps_done=s.d_steps_done),
+    "unrolled": lambda s: unrolled_generator_loss(s.D, s.opt_d, s.real, s.fake, s.unroll, n_steps_done=s.d_steps_done,
+                                                  minimax=s.minimax),
 }
 DATASETS = ("ring", "grid", "temperature")
 TABLE_DATA = ["ring", "grid"]
@@ -499,6 +602,19 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--init_scale", type=common.positive_float, default=S, help=h("init_scale"))
     p.add_argument("--update", choices=("simultaneous", "alternating"), default=S,
                    help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step; " + h("update"))
+    p.add_argument("--bn_momentum", type=common.beta_float, default=S,
+                   help="rate of G's BatchNorm population statistics (pop <- (1 - r) pop + r batch); scoring and "
+                        "figures use them. 0: none kept, scored with the evaluation batch's own statistics; "
+                        + h("bn_momentum"))
+    p.add_argument("--bn_eps", type=common.positive_float, default=S, help="G's BatchNorm epsilon; " + h("bn_eps"))
+    p.add_argument("--bn_refresh", type=common.nonneg_int, default=S,
+                   help="before each evaluation, this many batches of fresh noise update the population statistics "
+                        "(PacGAN's training monitor); " + h("bn_refresh"))
+    p.add_argument("--unrolled_loss", choices=("nonsaturating", "minimax"), default=S,
+                   help="unrolled methods: G's loss through the unrolled D (minimax: the demo's -D loss); "
+                        + h("unrolled_loss"))
+    p.add_argument("--grid_scale", type=common.positive_float, default=S,
+                   help="the grid's coordinates are divided by this for the networks; " + h("grid_scale"))
     p.add_argument("--seeds", type=common.positive_int, default=S,
                    help="trials seed, seed+1, ... trained together as one batched network; " + h("seeds"))
     p.add_argument("--n_eval", type=common.positive_int, default=S, help="samples scored per trial (at least 2); " + h("n_eval"))
@@ -620,13 +736,14 @@ class Benchmark:
         return x * self.scale + self.shift
 
 
-def make_benchmark(name: str, std: float = 0.0) -> Benchmark:
-    """PacGAN's ring (raw coordinates) and grid (divided by 4 for the networks; PacGAN fed raw coordinates;
-    the ratio of std to mode spacing, what makes it hard, is unchanged), 01's temperatures with the modes
-    at +-1. std > 0 replaces the modes' standard deviation. Scores are computed in the data's own units."""
+def make_benchmark(name: str, std: float = 0.0, grid_scale: float = 1.0) -> Benchmark:
+    """PacGAN's ring and grid (the grid's coordinates divided by grid_scale for the networks: PacGAN feeds
+    them raw, grid_scale 1; the ratio of std to mode spacing, what makes it hard, is the same either way),
+    01's temperatures with the modes at +-1. std > 0 replaces the modes' standard deviation. Scores are
+    computed in the data's own units."""
     table = {
         "ring": lambda: Benchmark("ring", common.ring_mixture(8, 1.0, std or 0.01), lim=(-1.6, 1.6)),
-        "grid": lambda: Benchmark("grid", common.grid_mixture(5, 2.0, std or 0.05), scale=4.0, lim=(-6.0, 6.0)),
+        "grid": lambda: Benchmark("grid", common.grid_mixture(5, 2.0, std or 0.05), scale=grid_scale, lim=(-6.0, 6.0)),
         "temperature": lambda: _temperature_benchmark(std),
     }
     if name not in table:
@@ -678,13 +795,24 @@ def _init_weight(a, b, gens, init, scale):
     return torch.stack(out)
 
 
-def stacked_batch_norm(x, gamma, beta, eps: float = 1e-5):
-    """BatchNorm of each trial's batch: x (S, N, H), statistics over N. Laid out as one (N, S * H) batch
-    for F.batch_norm (several times faster than the formula on a CPU); trials stay independent."""
+def stacked_batch_norm(x, gamma, beta, eps: float = 1e-5, slots: int = 1):
+    """BatchNorm of each trial's batch: x (S, N, H), statistics over N, or with slots = m over each of the
+    m interleaved slots of N / m samples (sample i belongs to slot i % m: PacGAN's one G call per pack
+    slot). Laid out as one (N / m, S * m * H) batch for F.batch_norm (several times faster than the
+    formula on a CPU); trials and slots stay independent. Returns y and the slots' batch means and
+    standard deviations sqrt(var + eps) (biased var, as Blocks), each (S, m, H)."""
     S, N, H = x.shape
-    y = F.batch_norm(x.transpose(0, 1).reshape(N, S * H), None, None, gamma.reshape(-1), beta.reshape(-1),
-                     training=True, momentum=0.0, eps=eps)
-    return y.view(N, S, H).transpose(0, 1)
+    flat = x.view(S, N // slots, slots, H).permute(1, 0, 2, 3).reshape(N // slots, S * slots * H)
+    g = gamma.expand(S, slots, H).reshape(-1)
+    b = beta.expand(S, slots, H).reshape(-1)
+    y = F.batch_norm(flat, None, None, g, b, training=True, momentum=0.0, eps=eps)
+    y = y.view(N // slots, S, slots, H).permute(1, 0, 2, 3).reshape(S, N, H)
+    return y, flat
+
+
+def population_batch_norm(x, gamma, beta, mean, std):
+    """Eval-mode BatchNorm with population statistics (S, 1, H): (x - mean) / std * gamma + beta."""
+    return (x - mean) / std * gamma + beta
 
 
 class _Maxout(torch.autograd.Function):
@@ -712,45 +840,77 @@ def maxout(x, pieces: int):
 class StackedMLP(nn.Module):
     """S independent MLPs (one per trial). act: relu_bn (Linear without bias -> BatchNorm -> ReLU,
     PacGAN's generator), tanh (the unrolled demo), maxout (PacGAN's discriminator). Optional minibatch
-    discrimination before the linear output. forward(x (S, N, in), features) -> (S, N, out)
-    [, last hidden layer]."""
+    discrimination (the MinibatchDiscrimination layer of section 2, B kernels of dimension C, with one
+    set of parameters per trial) before the linear output. forward(x (S, N, in), features, slots,
+    update_stats) -> (S, N, out) [, last hidden layer].
 
-    def __init__(self, in_dim, hidden, layers, out_dim, act, gens, init="normal", init_scale=0.02, pieces=5, mbd=None):
+    BatchNorm (relu_bn): in training mode over each of `slots` interleaved slots of the batch; with
+    bn_momentum > 0 it keeps population statistics as Blocks does (mean and sqrt(var + eps), starting at 0
+    and 1, pop <- (1 - r) pop + r * the slots' mean statistic; update_stats=False leaves them), which eval
+    mode uses. With bn_momentum = 0 eval mode normalises with the batch's own statistics."""
+
+    def __init__(self, in_dim, hidden, layers, out_dim, act, gens, init="normal", init_scale=0.02, pieces=5, mbd=None,
+                 bn_momentum: float = 0.0, bn_eps: float = 1e-5):
         super().__init__()
         S, sizes = len(gens), [in_dim] + [hidden] * layers
-        self.act, self.pieces, self.mbd = act, pieces, mbd
+        self.act, self.pieces, self.bn_momentum, self.bn_eps = act, pieces, bn_momentum, bn_eps
         width = pieces if act == "maxout" else 1
         self.weights = nn.ParameterList(nn.Parameter(_init_weight(a, b * width, gens, init, init_scale))
                                         for a, b in zip(sizes[:-1], sizes[1:]))
         if act == "relu_bn":
             self.gammas = nn.ParameterList(nn.Parameter(torch.ones(S, 1, hidden)) for _ in range(layers))
             self.betas = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, hidden)) for _ in range(layers))
+            if bn_momentum > 0:
+                for i in range(layers):
+                    self.register_buffer(f"pop_mean{i}", torch.zeros(S, 1, hidden))
+                    self.register_buffer(f"pop_std{i}", torch.ones(S, 1, hidden))
         else:
             self.biases = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, b * width)) for b in sizes[1:])
-        extra = 0
-        if mbd is not None:  # (kernels B, kernel dimension C); T ~ N(0, 0.05)
-            self.mbd_T = nn.Parameter(torch.stack([torch.randn(hidden, mbd[0] * mbd[1], generator=g) * 0.05 for g in gens]))
-            extra = mbd[0]
+        self.mbd = None
+        if mbd is not None:  # (kernels B, kernel dimension C); theta ~ N(0, 0.05^2) per trial
+            self.mbd = MinibatchDiscrimination(hidden, mbd[0], mbd[1], batch_shape=(S,))
+            with torch.no_grad():
+                self.mbd.theta.copy_(torch.stack([torch.randn(hidden, mbd[0], mbd[1], generator=g) * 0.05 for g in gens]))
+        extra = mbd[0] if mbd is not None else 0
         self.out_w = nn.Parameter(_init_weight(hidden + extra, out_dim, gens, init, init_scale))
         self.out_b = nn.Parameter(torch.zeros(S, 1, out_dim))
 
-    def forward(self, x, features=False):
+    def _batch_norm(self, i, x, slots, update_stats):
+        if not self.training and self.bn_momentum > 0:
+            return population_batch_norm(x, self.gammas[i], self.betas[i], getattr(self, f"pop_mean{i}"),
+                                         getattr(self, f"pop_std{i}"))
+        if not self.training:
+            slots = 1
+        y, flat = stacked_batch_norm(x, self.gammas[i], self.betas[i], self.bn_eps, slots)
+        if self.training and update_stats and self.bn_momentum > 0:
+            with torch.no_grad():
+                S, H = x.shape[0], x.shape[-1]
+                var, mean = torch.var_mean(flat, 0, correction=0)
+                mean, std = mean.view(S, slots, H), (var.view(S, slots, H) + self.bn_eps).sqrt()
+                r = self.bn_momentum
+                for name, v in ((f"pop_mean{i}", mean), (f"pop_std{i}", std)):
+                    buf = getattr(self, name)
+                    buf.mul_(1 - r).add_(v.mean(1, keepdim=True), alpha=r)
+        return y
+
+    def forward(self, x, features=False, slots: int = 1, update_stats: bool = True):
         for i, w in enumerate(self.weights):
             if self.act == "relu_bn":
-                x = stacked_batch_norm(torch.bmm(x, w), self.gammas[i], self.betas[i]).relu()
+                x = self._batch_norm(i, torch.bmm(x, w), slots, update_stats).relu()
             elif self.act == "tanh":
                 x = torch.baddbmm(self.biases[i], x, w).tanh()
             else:
                 x = maxout(torch.baddbmm(self.biases[i], x, w), self.pieces)
         h = x
         if self.mbd is not None:
-            x = torch.cat([x, minibatch_features(x, self.mbd_T, self.mbd[1])], -1)
+            x = self.mbd(x)
         out = torch.baddbmm(self.out_b, x, self.out_w)
         return (out, h) if features else out
 
 
 def make_networks(args, remedy: Remedy, dim: int, gens):
-    G = StackedMLP(args.latent_dim, args.g_hidden, args.g_layers, dim, args.g_act, gens, args.init, args.init_scale)
+    G = StackedMLP(args.latent_dim, args.g_hidden, args.g_layers, dim, args.g_act, gens, args.init, args.init_scale,
+                   bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
     mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
     D = StackedMLP(dim * remedy.pack, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
                    args.maxout_pieces, mbd)
@@ -810,8 +970,9 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
               real_source=None, on_step=None, progress=None, checkpoint=None, resume=None):
     """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
 
-    real_source(n) -> (S, n, dim) real samples in network units (default: the fixed training set of
-    --n_train points, or fresh mixture samples when it is 0). on_step(step, G) is called after each step
+    real_source(n) -> (S, n * m, dim): n real packs of m samples in network units, pack i = samples
+    i*m .. i*m+m-1 (default: `make_real_source`). G is called with slots = m, so its BatchNorm sees each
+    pack slot apart (PacGAN's one G call per slot). on_step(step, G) is called after each step
     (it decides itself whether to evaluate; keep it cheap). checkpoint = (steps, save(step, state)): after
     those steps the whole training state is handed to save; resume = such a state: training continues
     after its step and gives the numbers an uninterrupted run gives."""
@@ -831,7 +992,7 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         G_fwd, D_fwd = torch.compile(G), torch.compile(D)
     data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
     if real_source is None:
-        real_source = make_real_source(bench, args, seeds, salt, device, data_gens)
+        real_source = make_real_source(bench, args, seeds, salt, device, data_gens, m)
     replay = StackedReplay(args.replay_size, dim, seed_generators(seeds, 53 + salt), device) if remedy.replay else None
     pools = (StackedSnapshots(args.snapshot_keep, seeds, 31 + salt),
              StackedSnapshots(args.snapshot_keep, seeds, 37 + salt)) if remedy.swap else None
@@ -875,7 +1036,7 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         j = (step - 1) % chunk
         if j == 0:  # data and noise for `chunk` steps at a time: per-trial generators, few calls
             n = min(chunk, n_steps - step + 1)
-            reals = real_source(n * B * m).view(S, n, B * m, dim)
+            reals = real_source(n * B).view(S, n, B * m, dim)
             zs = torch.stack([torch.randn(n, 2, B * m, args.latent_dim, generator=g) for g in noise_gens]).to(device)
         real, z_d, z_g = reals[:, j], zs[:, j, 0], zs[:, j, 1]
         lr_d = cosine_lr(step, n_steps, args.lr_d, args.lr_final)
@@ -883,10 +1044,13 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = lr_g, lr_d
         swap_now = remedy.swap and step % args.swap_every == 0
         real_in = pack(real, m)
+        if remedy.mbd and step == 1 and resume is None:  # improved-gan's data-dependent init, on the first real batch
+            with torch.no_grad():
+                D.mbd.init_from_data(D(real_in, features=True)[1])
 
         if shared_pass:  # ALI / PacGAN: one forward pass gives both players' gradients
             z_g = z_d
-            fake = G_fwd(z_d)
+            fake = G_fwd(z_d, slots=m)
             d_real, d_fake = D_fwd(real_in), D_fwd(pack(fake, m))
             d_loss_s = discriminator_loss(d_real, d_fake)
             g_loss = generator_loss(d_fake)
@@ -902,10 +1066,15 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             simultaneous = args.update == "simultaneous"
             if simultaneous:
                 z_g = z_d
+            # G's samples for its own loss (G is not changed by D's step; one population-statistics update per step)
+            fake = G(z_g, slots=m)
             # discriminator's gradient (every method: the ordinary loss)
             with torch.no_grad():
                 old_g = pools[0].sample() if swap_now else None
-                fake_d = G(z_d) if old_g is None else functional_call(G, old_g, (z_d,))
+                if old_g is not None:
+                    fake_d = functional_call(G, old_g, (z_d,), {"slots": m, "update_stats": False})
+                else:
+                    fake_d = fake.detach() if simultaneous else G(z_d, slots=m, update_stats=False)
                 if replay is not None:
                     fake_d = replay.mix(fake_d)
             d_real, d_fake = D(real_in), D(pack(fake_d, m))
@@ -916,9 +1085,9 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
                     p.grad = g
                 opt_d.step()
             # generator's gradient: the method's loss
-            fake = G(z_g)
             old_d = pools[1].sample() if swap_now else None
-            seen = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll)
+            seen = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll,
+                         args.unrolled_loss == "minimax")
             g_loss = g_loss_fn(seen)
             if remedy.mode_seeking:
                 g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_g)
@@ -950,22 +1119,25 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     return G, curves
 
 
-def make_real_source(bench, args, seeds, salt, device, data_gens):
-    """Real batches: from each trial's fixed training set of --n_train points, epoch after epoch (PacGAN),
-    or fresh mixture samples (--n_train 0)."""
+def make_real_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
+    """Real packs of m samples: from each trial's fixed training set of --n_train points, packed once as
+    PacGAN's code does (`real_packs`: every slot resampled with replacement) and then drawn epoch after
+    epoch; or fresh mixture samples (--n_train 0). source(n) -> (S, n * m, dim)."""
+    dim = bench.dim
     if args.n_train:
         train = torch.stack([bench.mixture.sample(args.n_train, g) for g in seed_generators(seeds, 19 + salt)])
-        train = ((train - bench.shift) / bench.scale).to(device)
+        train = (train - bench.shift) / bench.scale
+        packs = torch.stack([real_packs(x, m, g) for x, g in zip(train, seed_generators(seeds, 29 + salt))]).to(device)
         samplers = [EpochSampler(args.n_train, g) for g in data_gens]
 
         def source(n):
             idx = torch.stack([s.take(n) for s in samplers]).to(device)
-            return torch.gather(train, 1, idx[..., None].expand(-1, -1, bench.dim))
+            return torch.gather(packs, 1, idx[..., None].expand(-1, -1, m * dim)).view(len(samplers), n * m, dim)
         source.samplers = samplers  # their positions go into checkpoints
         return source
 
     def fresh(n):
-        x = torch.stack([bench.mixture.sample(n, g) for g in data_gens])
+        x = torch.stack([bench.mixture.sample(n * m, g) for g in data_gens])
         return ((x - bench.shift) / bench.scale).to(device)
     return fresh
 
@@ -1107,6 +1279,18 @@ def summarize(trials: list[dict]) -> dict:
     return out
 
 
+@torch.no_grad()
+def refresh_population_stats(G, args, seeds, step: int, m: int, device):
+    """PacGAN's training monitor (streams.py, pacgan_task.py): after every epoch 50 batches of 100 pass
+    through G in training mode, each updating the population statistics (the mean over the m pack slots);
+    the evaluation that follows uses them. Here: --bn_refresh batches of --batch_size, before each
+    evaluation, with noise seeded by (trial, step), so a resumed run draws the same."""
+    gens = [torch.Generator().manual_seed(s * 1_000_003 + 211 + 7919 * step) for s in seeds]
+    for _ in range(args.bn_refresh):
+        z = torch.stack([torch.randn(args.batch_size * m, args.latent_dim, generator=g) for g in gens]).to(device)
+        G(z, slots=m)
+
+
 class CellPaused(Exception):
     """--until_step: a cell stopped at an evaluation step, its checkpoint kept (args[0]: the step)."""
 
@@ -1150,16 +1334,26 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     checkpoint = (evals_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
     curves_box = {}
 
+    population = args.bn_momentum > 0 and args.g_act == "relu_bn" and not remedy.adagan
+
     def on_step(step, sampler):
+        eval_now = step in evals_at and (not evals or evals[-1]["step"] != step)
+        if eval_now and population and args.bn_refresh:
+            refresh_population_stats(sampler, args, seeds, step, remedy.pack, device)
         if step in fig_steps and (not snaps["step"] or snaps["step"][-1] != step):
             with torch.no_grad():
                 snaps["step"].append(step)
-                snaps["samples"].append(bench.to_data(sampler(fig_z).float().cpu()))
-        if step in evals_at and (not evals or evals[-1]["step"] != step):
+                snaps["samples"].append(bench.to_data(generate(sampler, fig_z).float().cpu()))
+        if eval_now:
             with torch.no_grad():
-                x = bench.to_data(sampler(eval_z).float().cpu())
+                x = bench.to_data(generate(sampler, eval_z).float().cpu())
             trials = score(x, [True] * S, bench, seeds)
             evals.append({"step": step, "wall_s": round(time.perf_counter() - t0, 2), "trials": trials})
+            if population:  # the same generator scored with the evaluation batch's own statistics, for comparison
+                with torch.no_grad():
+                    xb = bench.to_data(sampler(eval_z, update_stats=False).float().cpu())
+                evals[-1]["trials_batch_stats"] = [{k: t[k] for k in ("modes", "high_quality", "reverse_kl")}
+                                                   for t in score(xb, [True] * S, bench, seeds)]
             record["reached_step"] = step
             if on_eval:
                 on_eval(record)
@@ -1178,7 +1372,7 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
         sampler = G
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     with torch.no_grad():
-        samples = bench.to_data(sampler(eval_z).float().cpu())
+        samples = bench.to_data(generate(sampler, eval_z).float().cpu())
     finite = [bool(torch.isfinite(curves["d_loss"][:, i]).all() and torch.isfinite(curves["g_loss"][:, i]).all())
               for i in range(S)]
     per_seed = score(samples, finite, bench, seeds)
@@ -1223,7 +1417,7 @@ def record_path(folder, args, method, data) -> Path:
 
 def differences(rec: dict) -> str:
     """How a record's run differed from its named setting (the flags that changed a preset value)."""
-    preset, a = PRESETS.get(rec.get("setting"), {}), rec.get("args", {})
+    preset, a = PRESETS.get(rec.get("setting"), {}), {**RECORD_DEFAULTS, **rec.get("args", {})}
     out = [f"{k} {_show(a[k])}" for k in preset if k in a and common.to_jsonable(a[k]) != common.to_jsonable(preset[k])
            and k not in ("eval_steps", "eval_every", "seeds")]
     if a.get("data_std"):
@@ -1257,7 +1451,7 @@ def write_record(folders, args, device, record, command):
 _KEPT_RECORDS: set = set()
 
 
-# The published rows, from ../shared/anchors/README.md only: PacGAN Table 1 (Lin et al., NeurIPS 2018,
+# The published rows: PacGAN Table 1 (Lin et al., NeurIPS 2018,
 # arXiv:1712.04086; 10 trials, mean +- s.e.) and VEEGAN Table 1 (Srivastava et al., NeurIPS 2017; 5 runs,
 # no error bars). (modes, modes s.e., HQ %, HQ s.e., reverse KL, its s.e.); None = not reported.
 PUBLISHED = {
@@ -1345,7 +1539,7 @@ def table_markdown(records: list[dict]) -> str:
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
-                             f"{'400,000' if src == 'pacgan' else 'not in the anchors file'} | "
+                             f"{'400,000' if src == 'pacgan' else 'not stated'} | "
                              f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
                              f"{show(p[4], p[5], 2)} | | | | |")
         lines.append("")
@@ -1701,7 +1895,7 @@ def run(args, device, argv) -> dict:
     folders = [run_dir / "records"] + ([Path(args.records)] if args.records else [])
     benches, paused = {}, []
     for k, (data, method) in enumerate(cells, 1):
-        bench = benches.setdefault(data, make_benchmark(data, args.data_std))
+        bench = benches.setdefault(data, make_benchmark(data, args.data_std, args.grid_scale))
         cell = run_dir / "cells" / f"{data}_{method}.pt"  # finished cell (.state.pt: one in training)
         if args.resume and cell.exists():
             r = load_cell(cell)  # unreadable: one line, exit 2

@@ -35,6 +35,8 @@ def test_presets_hold_the_published_settings():
     assert (u["init"], u["init_scale"], u["latent_dim"], u["batch_size"]) == ("orthogonal", 1.4, 256, 512)
     assert (u["lr_d"], u["lr_g"], u["b1"], u["adam_eps"], u["n_steps"]) == (1e-4, 1e-3, 0.5, 1e-8, 25_000)
     assert u["seeds"] >= 5
+    assert (u["update"], u["unrolled_loss"]) == ("simultaneous", "minimax")   # notebook cells 13 and 16
+    assert (p["bn_momentum"], p["bn_eps"], p["bn_refresh"], p["grid_scale"]) == (0.05, 1e-4, 50, 1.0)  # pacgan_task.py
     s = m.PRESETS["small"]  # the first version's setting (README results)
     assert (s["g_hidden"], s["g_layers"], s["d_hidden"], s["d_layers"], s["n_steps"]) == (64, 3, 32, 2, 2000)
     assert (s["lr_g"], s["lr_d"], s["lr_final"], s["seeds"]) == (2e-3, 2e-3, 1e-5, 5)
@@ -141,20 +143,53 @@ def test_minibatch_discrimination_layer_on_a_plain_batch():
     h = torch.randn(N, A, generator=g)
     h[3] = h[1]                                              # samples 1 and 3 identical
     layer = m.MinibatchDiscrimination(A, kernels=B, kernel_dim=C)
-    c = m.minibatch_similarity(h, layer.T, C)
-    assert c.shape == (B, N, N) and torch.allclose(c, c.transpose(-1, -2)) and (c <= 1).all()
-    assert torch.equal(c[:, 1, 3], torch.ones(B))            # exp(-0) = 1, the largest possible
-    out = layer(h)
+    assert torch.equal(layer.bias.detach(), torch.full((B,), -1.0))          # improved-gan: b = -1
+    W = layer.weight().detach().view(A, B, C)
+    assert torch.allclose(W.norm(dim=0), torch.ones(B, C), atol=1e-6)         # weight norm: ||W_bc|| = exp(0)
+    with torch.no_grad():
+        layer.log_scale.fill_(math.log(2.0))
+    assert torch.allclose(layer.weight().detach().view(A, B, C).norm(dim=0), torch.full((B, C), 2.0), atol=1e-6)
+    d = layer.distances(h).detach()
+    assert d.shape == (B, N, N) and torch.allclose(d, d.transpose(-1, -2)) and torch.equal(d[:, 1, 3], torch.zeros(B))
+    out = layer(h).detach()
     assert out.shape == (N, A + B) and torch.equal(out[:, :A], h)
-    same = layer(h[:1].expand(N, A))[:, A:]
-    assert torch.allclose(same, torch.full((N, B), N - 1.0))  # all identical: the maximum, N - 1
+    hand = torch.exp(-d).sum(-1).T - 1.0 - 1.0                                # sum over j != i, plus bias -1
+    assert torch.allclose(out[:, A:], hand, atol=1e-6)
+    same = layer(h[:1].expand(N, A))[:, A:].detach()
+    assert torch.allclose(same, torch.full((N, B), N - 1.0 - 1.0))           # all identical: N - 1, plus the bias
     D = nn.Sequential(nn.Linear(2, A), nn.Tanh(), m.MinibatchDiscrimination(A, B, C), nn.Linear(A + B, 1))
     D(torch.randn(N, 2)).sum().backward()
-    assert D[2].T.grad is not None and D[2].T.grad.abs().sum() > 0
-    # stacked trials (S, N, A) give each trial's own features
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (D[2].theta, D[2].log_scale, D[2].bias))
+
+
+def test_minibatch_discrimination_data_dependent_init():
+    """improved-gan's init pass: half the mean nearest-neighbour distance becomes 1 per kernel, and the
+    features o(x) + bias average 0 over the batch it saw."""
+    g = torch.Generator().manual_seed(1)
+    N, A, B, C = 20, 6, 4, 5
+    h = torch.randn(N, A, generator=g) * 3
+    layer = m.MinibatchDiscrimination(A, B, C)
+    layer.init_from_data(h)
+    d = layer.distances(h).detach() + torch.eye(N) * 1e6
+    assert torch.allclose(0.5 * d.amin(-1).mean(-1), torch.ones(B), atol=1e-5)
+    assert torch.allclose(layer(h)[:, A:].detach().mean(0), torch.zeros(B), atol=1e-5)
+    assert not torch.allclose(layer.bias.detach(), torch.full((B,), -1.0))
+    # stacked trials (S, N, A) with batch_shape (S,): each trial is its own layer
     hs = torch.randn(2, N, A, generator=g)
-    Ts = torch.randn(2, A, B * C, generator=g)
-    assert torch.allclose(m.minibatch_features(hs, Ts, C)[1], m.minibatch_features(hs[1], Ts[1], C), atol=1e-6)
+    st = m.MinibatchDiscrimination(A, B, C, batch_shape=(2,))
+    one = m.MinibatchDiscrimination(A, B, C)
+    with torch.no_grad():
+        one.theta.copy_(st.theta[1])
+    st.init_from_data(hs)
+    one.init_from_data(hs[1])
+    assert torch.allclose(st(hs)[1], one(hs[1]), atol=1e-5)
+
+
+def test_the_stacked_discriminator_trains_the_exported_minibatch_layer():
+    m_args = m.parse_args(["--quick", "--method", "mbd"])
+    G, D = m.make_networks(m_args, m.METHODS["mbd"], 2, m.seed_generators([0, 1], 11))
+    assert isinstance(D.mbd, m.MinibatchDiscrimination) and D.mbd.theta.shape == (2, m_args.d_hidden, m_args.mbd_kernels, 5)
+    assert m.REMEDY_DEFAULTS["mbd_kernels"] == 100                            # improved-gan's B
 
 
 def test_replay_buffer_on_plain_batches():
@@ -224,7 +259,8 @@ def test_pack_mode_seeking_and_feature_matching_on_plain_batches():
     assert float(m.mode_seeking_loss(torch.randn(10, 2) * 3, z)) < 10
     f = torch.randn(7, 5)
     assert float(m.feature_matching_loss(f, f.clone())) == pytest.approx(0.0, abs=1e-6)
-    assert float(m.feature_matching_loss(f, f + 1)) == pytest.approx(5.0, rel=1e-5)
+    assert float(m.feature_matching_loss(f, f + 1)) == pytest.approx(1.0, rel=1e-5)    # mean over the 5 features
+    assert float(m.feature_matching_loss(f, f + torch.tensor([2.0, 0, 0, 0, 0]))) == pytest.approx(0.8, rel=1e-5)
     assert m.discriminator_loss(torch.zeros(4, 1), torch.zeros(4, 1)).shape == ()   # plain: a scalar
 
 
@@ -353,6 +389,131 @@ def test_lookahead_step_is_torch_adam_and_make_adam_falls_back(monkeypatch):
     assert isinstance(opt2, real_adam) and not opt2.defaults.get("fused")
 
 
+def bn_discriminator():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(2, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 1))
+
+
+@pytest.mark.parametrize("logits_shape", ["(N, 1)", "(N,)"])
+def test_lookahead_leaves_a_batchnorm_discriminator_bit_identical(logits_shape):
+    D = bn_discriminator()
+    if logits_shape == "(N,)":
+        D.append(nn.Flatten(0))
+    G = nn.Linear(2, 2)
+    opt_d = torch.optim.Adam(D.parameters(), 1e-2)
+    real, z = torch.randn(16, 2), torch.randn(16, 2)
+    m.discriminator_loss(D(real), D(G(z).detach())).backward()
+    opt_d.step()
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    loss = m.unrolled_generator_loss(D, opt_d, real, G(z), k=3)
+    assert loss.shape == () and math.isfinite(float(loss.detach()))
+    loss.backward()
+    after = D.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())   # running mean/var and count untouched
+    assert G.weight.grad.abs().sum() > 0
+
+
+def test_lookahead_with_sgd_and_the_minimax_loss():
+    G, D = plain_gan(hidden=4)
+    real, z = torch.randn(8, 2), torch.randn(8, 2)
+    sgd = torch.optim.SGD(D.parameters(), lr=0.1)
+    fake = G(z)
+    # k = 1 with plain SGD, by hand: one gradient step on D's loss, then G's loss there
+    names = [n for n, _ in D.named_parameters()]
+    ps = [p.detach().requires_grad_(True) for p in D.parameters()]
+    call = lambda q, x: functional_call(D, dict(zip(names, q)), (x,))
+    grads = torch.autograd.grad(m.discriminator_loss(call(ps, real), call(ps, fake)), ps, create_graph=True)
+    hand = m.generator_loss(call([p - 0.1 * g for p, g in zip(ps, grads)], fake))
+    assert torch.allclose(m.unrolled_generator_loss(D, sgd, real, fake, k=1), hand, atol=1e-6)
+    # minimax, k = 0: minus D's loss (the saturating generator loss plus the real term)
+    assert torch.allclose(m.unrolled_generator_loss(D, sgd, real, fake, k=0, minimax=True),
+                          -m.discriminator_loss(D(real), D(fake)))
+    with pytest.raises(TypeError, match="Adam"):
+        m.unrolled_generator_loss(D, torch.optim.RMSprop(D.parameters()), real, fake, k=1)
+    with pytest.raises(TypeError, match="SGD"):
+        m.unrolled_generator_loss(D, torch.optim.SGD(D.parameters(), lr=0.1, momentum=0.9), real, fake, k=1)
+
+
+def test_generator_batchnorm_population_statistics_at_rate_0_05():
+    """Blocks' rule, worked by hand: mean and sqrt(biased var + 1e-4), starting at 0 and 1, moved 5% of the
+    way to each step's batch statistic; eval mode normalises with them."""
+    gens = [torch.Generator().manual_seed(0)]
+    G = m.StackedMLP(2, 3, 1, 2, "relu_bn", gens, bn_momentum=0.05, bn_eps=1e-4)
+    W = G.weights[0].detach()[0]
+    mean, std = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        z = torch.randn(1, 10, 2, generator=g)
+        G(z)
+        a = (z[0] @ W).double()
+        mean = 0.95 * mean + 0.05 * a.mean(0)
+        std = 0.95 * std + 0.05 * (a.var(0, unbiased=False) + 1e-4).sqrt()
+    assert torch.allclose(G.pop_mean0[0, 0].double(), mean, atol=1e-6)
+    assert torch.allclose(G.pop_std0[0, 0].double(), std, atol=1e-6)
+    z = torch.randn(1, 5, 2, generator=g)
+    G(z, update_stats=False)
+    assert torch.allclose(G.pop_mean0[0, 0].double(), mean, atol=1e-6)        # update_stats=False: kept
+    y = m.generate(G, z)
+    h = ((z[0] @ W).double() - mean) / std                                     # gamma 1, beta 0
+    assert torch.allclose(y[0].double(), h.relu() @ G.out_w.detach()[0].double(), atol=1e-5)
+    assert G.training                                                         # generate restores the mode
+    off = m.StackedMLP(2, 3, 1, 2, "relu_bn", gens, bn_momentum=0.0)          # rate 0: eval = the batch's own
+    assert not list(off.buffers()) and torch.allclose(m.generate(off, z), off(z))
+
+
+def test_generator_batchnorm_sees_each_pack_slot_apart():
+    """slots = m (interleaved samples i % m) gives what m separate G calls on the slots give, and the
+    population statistics move by the slots' mean statistic."""
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (2, 3)]
+    G = m.StackedMLP(2, 5, 2, 2, "relu_bn", gens(), bn_momentum=0.05, bn_eps=1e-4)
+    G1 = m.StackedMLP(2, 5, 2, 2, "relu_bn", gens(), bn_momentum=0.05, bn_eps=1e-4)
+    z = torch.randn(2, 100 * 3, 2, generator=torch.Generator().manual_seed(4))
+    out = G(z, slots=3)
+    for j in range(3):
+        assert torch.allclose(out[:, j::3], G1(z[:, j::3], update_stats=False), atol=1e-5)
+    assert not torch.allclose(out, G1(z, update_stats=False), atol=1e-3)   # one BatchNorm over all 300 differs
+    a = torch.bmm(z, G.weights[0].detach())
+    slot_mean = torch.stack([a[:, j::3].mean(1) for j in range(3)]).mean(0)
+    assert torch.allclose(G.pop_mean0[:, 0], 0.05 * slot_mean, atol=1e-6)
+    # packed_fakes on a plain BatchNorm G: one call per slot, pack i = sample i of every slot
+    P = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    zs = torch.randn(3, 10, 2)
+    packs = m.packed_fakes(P, zs)
+    assert packs.shape == (10, 6) and torch.allclose(packs[:, 2:4], P(zs[1]))
+
+
+def test_real_packs_are_formed_once_with_replacement():
+    x = torch.arange(50.0).view(25, 2)
+    packs = m.real_packs(x, 3, torch.Generator().manual_seed(0))
+    assert packs.shape == (25, 6)
+    rows = {tuple(r.tolist()) for r in x}
+    slots = packs.view(25, 3, 2)
+    assert all(tuple(s.tolist()) in rows for s in slots.reshape(-1, 2))      # every slot is a training point
+    idx = (slots[..., 0] / 2).long()                                          # which point fills each slot
+    assert any(len(set(idx[:, j].tolist())) < 25 for j in range(3))          # drawn with replacement
+    assert not torch.equal(idx[:, 0], idx[:, 1])                              # slots drawn apart
+    one = m.real_packs(x, 1, torch.Generator().manual_seed(0))
+    assert len({tuple(r.tolist()) for r in one}) < 25                         # even m = 1 resamples
+    # the training loop draws its real batches from these fixed packs (PacGAN2: every real pack is one of them)
+    args = m.parse_args(["--quick", "--n_train", "300", "--batch_size", "20"])
+    bench = m.make_benchmark("ring")
+    src = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], 23), 2)
+    fixed = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], 23), 2)
+    batch = src(40).view(40, 4)
+    everything = fixed(300).view(300, 4)                                      # one epoch: every pack once
+    pack_set = {tuple(r.tolist()) for r in everything}
+    assert len(pack_set) > 290 and all(tuple(r.tolist()) in pack_set for r in batch)
+
+
+def test_pacgan_evaluation_scores_with_population_statistics_and_records_both_ways():
+    args = tiny_args("pacgan", "--n_train", "500", "--n_steps", "20", "--eval_steps", "10", "--bn_refresh", "3")
+    r = m.run_one("pacgan2", m.make_benchmark("ring"), args, CPU, [0], progress_every=1e9)
+    e = r["evals"][0]
+    assert e["step"] == 10 and "trials_batch_stats" in e and set(e["trials_batch_stats"][0]) == {"modes", "high_quality", "reverse_kl"}
+    small = m.run_one("gan", m.make_benchmark("ring"), tiny_args("small"), CPU, [0], progress_every=1e9)
+    assert "trials_batch_stats" not in small["evals"][-1]
+
+
 # ----------------------------------------------------------------------------- batched machinery
 def test_orthogonal_init_and_stacked_trials_are_independent():
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
@@ -374,7 +535,8 @@ def tiny_args(setting="small", *extra):
 
 @pytest.mark.parametrize("method", list(m.METHODS))
 def test_trial_alone_equals_trial_among_others(method):
-    args = tiny_args("small", "--update", "simultaneous" if method in ("gan", "unrolled0", "replay") else "alternating")
+    args = tiny_args("small", "--update", "simultaneous" if method in ("gan", "unrolled0", "replay") else "alternating",
+                     *(["--n_steps", "8"] if method == "mbd" else []))  # mbd: rounding grows ~10x per 2 steps here
     bench = m.make_benchmark("ring")
     both = m.run_one(method, bench, args, CPU, [0, 1], progress_every=1e9)
     alone = m.run_one(method, bench, args, CPU, [1], progress_every=1e9)
