@@ -38,43 +38,47 @@ settings are the defaults here: Adam 2e-4, betas (0.5, 0.999), weight decay 1e-4
 ten image planes concatenated to the image in D, one G pass for two noise vectors, `update_D` (both
 fakes, the real batch counted twice) then `update_G` through the updated D, the term over the whole
 batch as mean|G(z2) - G(z1)| / mean|z2 - z1| and 1 / (lz + 1e-5), incomplete last batches skipped,
-generation with G in eval mode. Differences from it:
+generation with G in eval mode, and their initialisation (`dcgan_mode_seeking_init`, applied to G then
+D before training as their `initialize`): N(0, 0.02) on the weight of every convolution and transposed
+convolution, biases and BatchNorm left to PyTorch. Differences from it:
   - data: MNIST, 28x28x1, ten digits, instead of CIFAR-10 32x32x3; pixels in [-1, 1] as theirs;
   - shapes: G goes 1 -> 3 -> 7 -> 14 -> 28 (3x3 kernels in its first two layers, theirs 4x4: 1 -> 4 ->
     8 -> 16 -> 32); D goes 28 -> 14 -> 7 -> 3 -> 1 (a 3x3 stride-2 third and a 3x3 last convolution,
     theirs 4x4); D reads 1 + 10 channels (theirs 3 + 10);
   - D returns logits and the loss is BCE-with-logits: the same loss as their Sigmoid + BCELoss, without
     its clamp of log(0) at -100;
-  - initialisation: PyTorch's default, which is what the official code runs in effect: its
-    `weight_init` passes the nn.Sequential blocks, not the convolutions, to `gaussian_weights_init`,
-    whose class-name test ("Conv") never matches them, so the N(0, 0.02) init is never applied;
+  - what `gaussian_weights_init` leaves to the library comes from the installed PyTorch, not from the
+    0.4.0 their README names. There BatchNorm's weight started U(0, 1) and a transposed convolution's
+    bias U(-b, b) with b = 1/sqrt(in_channels * k * k); from PyTorch 1.2 on BatchNorm's weight starts at
+    1 (its bias at 0 in both), and since 1.0 the transposed bias uses b = 1/sqrt(out_channels * k * k)
+    (G's output layer: +-0.25 here against +-0.022 for theirs at d = 128). Convolution biases use
+    1/sqrt(in_channels * k * k) in both, with our kernel sizes and channels;
   - D's real term is one pass counted twice (theirs: two passes over the same batch, the same output;
     only BatchNorm's running statistics differ, which D never uses); D's parameters are frozen during
     the G step (theirs receive gradients that are zeroed before D's next step: the same updates);
   - scoring: the Frechet distance uses 06's MNIST classifier's 128 features, not Inception's 2,048, so
-    its numbers are not comparable with the paper's FID; k = 250 is the issue's reading of the paper,
-    not checked here: the official DCGAN folder has no NDB code (the authors point to gans-n-gmms'
-    ndb.py, HelenMao/MSGAN issue 14) and the paper's text was not available in this session; with about
-    6,000 training images per label that is ~24 real images per bin (the NDB authors advise ~500), so
-    only large differences are significant;
+    its numbers are not comparable with the paper's FID; k = 250 bins per label is not checked against
+    the paper: the official DCGAN folder has no NDB code (the authors point to gans-n-gmms' ndb.py);
+    with about 6,000 training images per label that is ~24 real images per bin (the NDB authors advise
+    ~500), so only large differences are significant;
   - the measured comparison is shrunk to fit the CPU: see "Measured (class)" below.
 
 Measured (class; seeds 0-2, mean +- s.e.; `--task class --seeds 3 --ngf 24 --ndf 24 --n_epochs 1`: widths
 24 instead of 128 and 1 epoch of MNIST (1,875 steps of 32) instead of the paper's 200 epochs of CIFAR-10,
-5,000 images per label, k = 250; AMD EPYC, one thread, 22 min wall, 14 min of CPU for the training):
-the term raises the within-label diversity, on every seed and every label (30 of 30), from 0.260 +-
-0.003 to 0.278 +- 0.004 (real test digits 0.275), and matches the bins better (NDB 151 +- 5 -> 128 +- 7
-of 250, JSD 0.124 -> 0.094), but costs fidelity: Frechet distance 150 +- 10 -> 180 +- 23 (real test
-digits 4.8) and the classifier reads the asked label less often, 0.819 +- 0.006 -> 0.759 +- 0.023.
+5,000 images per label, k = 250; AMD EPYC, one thread, 36 min wall, 29 min of CPU for the training):
+the term raises the within-label diversity, on every seed and every label (30 of 30), from 0.263 +-
+0.004 to 0.290 +- 0.001 (real test digits 0.275), and matches the bins better (NDB 156 +- 4 -> 125 +- 1
+of 250, JSD 0.138 -> 0.094), but costs fidelity: Frechet distance 148 +- 7 -> 184 +- 11 (real test
+digits 4.8) and the classifier reads the asked label less often, 0.805 +- 0.009 -> 0.740 +- 0.017.
 
 Run:  python 05_msgan_pix2pix.py                 (pix2pix and MSGAN, 1 seed, ~12 min on one CPU core)
       python 05_msgan_pix2pix.py --seeds 3 --lambda_ms 1 0.1   (the table: 3 models x seeds 0, 1, 2)
       python 05_msgan_pix2pix.py --quick         (smoke run, seconds)
       python 05_msgan_pix2pix.py --task class    (the official class-task settings: 200 epochs at width
                                                   128; at the 27 training images/s measured for width 128
-                                                  on one thread here, about 5 days per model)
+                                                  on one thread of an AMD EPYC, about 5 days per model)
       python 05_msgan_pix2pix.py --task class --seeds 3 --ngf 24 --ndf 24 --n_epochs 1   (the measured
-                                                  table, 22 min on one thread)
+                                                  table, 36 min on one thread)
       python 05_msgan_pix2pix.py --task class --quick                  (smoke run, ~20 s of CPU)
       python 05_msgan_pix2pix.py --table results/05/class_metrics.json (the README table from the records)
 Needs: common.py, and 06_metrics.py for NDB/JSD and the classifier accuracy (reported as null without it;
@@ -235,7 +239,7 @@ def parse_args(argv=None):
                    help="noise vectors per test input (pix2pix) or per label in the sample figure (class)")
     p.add_argument("--ndb_k", type=common.positive_int, default=None,
                    help=_task_help("ndb_k", "NDB bins (06_metrics); class: per label, fitted on that label's "
-                                            "training images (250: the issue's reading of the paper)"))
+                                            "training images (250 is not checked against the paper)"))
     p.add_argument("--log_every", type=common.positive_int, default=None, help=_task_help("log_every", "steps between curve rows"))
     p.add_argument("--checkpoint_every", type=common.positive_int, default=None,
                    help=_task_help("checkpoint_every", "steps between checkpoints"))
@@ -596,6 +600,29 @@ class ConditionalDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         planes = onehot[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         return self.net(torch.cat([x, planes], 1)).flatten(1)
+
+
+def dcgan_mode_seeking_init(net: nn.Module, std: float = 0.02) -> nn.Module:
+    """The class task's initialisation, as the official DCGAN-Mode-Seeking code (HelenMao/MSGAN,
+    DCGAN-Mode-Seeking/networks.py, `gaussian_weights_init`, called by each net's `weight_init` from
+    `CDCGAN.initialize` in model.py): the weight of every module whose class name starts with "Conv"
+    (Conv2d, ConvTranspose2d) is redrawn from N(0, std^2), std = 0.02 as in DCGAN (Radford et al.
+    2016). Nothing else changes: biases keep PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and
+    BatchNorm its weight 1 and bias 0. The official code walks each net's direct children, which there
+    are the layers themselves; here they sit in an nn.Sequential, so every submodule is visited."""
+    for module in net.modules():
+        if type(module).__name__.startswith("Conv"):
+            nn.init.normal_(module.weight, 0.0, std)
+    return net
+
+
+def build_class_models(args, device) -> tuple[nn.Module, nn.Module]:
+    """G and D of the class task, initialised as the official `train.py` does on a fresh start: both
+    nets built, then `dcgan_mode_seeking_init` on G, then on D (a resumed run's checkpoint replaces
+    these weights, as the official resume branch skips `initialize`)."""
+    G = ConditionalGenerator(args.nz, N_CLASSES, args.ngf)
+    D = ConditionalDiscriminator(N_CLASSES, args.ndf)
+    return dcgan_mode_seeking_init(G).to(device), dcgan_mode_seeking_init(D).to(device)
 
 
 # ----------------------------------------------------------------------------- 4b. measuring the modes
@@ -1115,7 +1142,7 @@ def run(args, device, argv) -> dict:
                "lambda_ms": args.lambda_ms, "palette": dict(zip(PALETTE_NAMES, ((PALETTE + 1) / 2).tolist()))
                if args.dataset == "colour_mnist" else None,
                "summary": summary, "reference_real": reference, "per_run": finished,
-               "train_seconds": train_secs, "wall_seconds_this_session": time.perf_counter() - t_start,
+               "train_seconds": train_secs, "wall_seconds": time.perf_counter() - t_start,
                "train_inputs_per_s": train_inputs / max(train_secs, 1e-9),
                "train_generated_images_per_s": 2 * train_inputs / max(train_secs, 1e-9),
                "metrics_module": None if metrics_mod is None else "06_metrics",
@@ -1229,8 +1256,7 @@ def train_class_model(args, model: str, lambda_ms: float, seed: int, data: Label
     `update_D` then `update_G`: one G pass for two noise vectors per image, a D step on both (detached)
     fakes, then a G step through the updated D on the same fakes."""
     torch.manual_seed(seed)  # same initial weights for both models of a seed
-    G = ConditionalGenerator(args.nz, N_CLASSES, args.ngf).to(device)
-    D = ConditionalDiscriminator(N_CLASSES, args.ndf).to(device)
+    G, D = build_class_models(args, device)
     adam = lambda net: torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.b1, args.b2),  # noqa: E731
                                         weight_decay=args.weight_decay)
     opt_g, opt_d = adam(G), adam(D)
@@ -1400,7 +1426,7 @@ def run_class(args, device, argv) -> dict:
     metrics = {"task": "class", "device": str(device), "seeds": seeds, "models": models, "lambda_ms": args.lambda_ms,
                "summary": summary, "reference_real": reference, "per_run": finished,
                "train_seconds": train_secs, "reference_seconds": ref_seconds,
-               "wall_seconds_this_session": time.perf_counter() - t_start,
+               "wall_seconds": time.perf_counter() - t_start,
                "train_images_per_s": train_images / max(train_secs, 1e-9),
                "train_generated_images_per_s": 2 * train_images / max(train_secs, 1e-9),
                "classifier": {k: clf.info.get(k) for k in ("test_accuracy", "quick", "cached")},

@@ -1,6 +1,6 @@
 """05_msgan_pix2pix.py: the mode-seeking term, the U-Net, the colour-mode measure, the pix2pix folder
 loader, resume, quick runs through main() and the command line, and the class task (--task class):
-its conditional networks, the per-label scorer and a quick run."""
+its conditional networks and their official initialisation, the per-label scorer and a quick run."""
 from __future__ import annotations
 
 import json
@@ -347,6 +347,68 @@ def test_conditional_networks_shapes_and_the_label_changes_the_output():
     assert (G(z, other) - x).abs().amax((1, 2, 3)).min() > 1e-4  # every image changes with its label
     assert (D(x, other) - D(x, y)).abs().min() > 1e-6              # the label reaches D too
     assert not torch.allclose(G(z + 1, y), x)                      # and so does the noise
+
+
+def conv_layers(net):
+    return [mod for mod in net.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+
+
+def assert_official_gaussian(net, expected_layers: int):
+    """Every convolution's weight looks like N(0, 0.02^2): std within 10% of 0.02 (PyTorch's default
+    gives 0.0085-0.144 on these layers at width 128), mean within 0.002 of 0 (>= 4 standard errors on
+    the smallest layer, 2,048 weights) and a normal's kurtosis (uniform draws give 1.8)."""
+    layers = conv_layers(net)
+    assert len(layers) == expected_layers
+    for layer in layers:
+        w = layer.weight.detach().double().flatten()
+        kurtosis = float(((w - w.mean()) ** 4).mean() / w.var(unbiased=False) ** 2)
+        assert abs(float(w.std()) - 0.02) < 0.002, (layer, float(w.std()))
+        assert abs(float(w.mean())) < 0.002, (layer, float(w.mean()))
+        assert abs(kurtosis - 3) < 0.6, (layer, kurtosis)
+
+
+def test_class_networks_start_from_the_official_gaussian_init():
+    args = m.parse_args(["--task", "class", "--device", "cpu"])  # the official widths, 128
+    torch.manual_seed(0)
+    G, D = m.build_class_models(args, "cpu")
+    assert_official_gaussian(G, 4)
+    assert_official_gaussian(D, 4)
+
+
+def test_official_init_redraws_conv_weights_only():
+    torch.manual_seed(3)
+    nets = [m.ConditionalGenerator(d=16), m.ConditionalDiscriminator(d=16),
+            torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv1d(2, 8, 3), torch.nn.InstanceNorm2d(4, affine=True))]
+    for net in nets:
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        assert m.dcgan_mode_seeking_init(net) is net
+        redrawn = {f"{name}.weight" for name, mod in net.named_modules() if type(mod).__name__.startswith("Conv")}
+        after = net.state_dict()
+        for key, value in after.items():
+            assert torch.equal(value, before[key]) != (key in redrawn), key  # only conv weights change
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):  # left to PyTorch: weight 1, bias 0, fresh statistics
+                assert torch.equal(mod.weight, torch.ones_like(mod.weight)) and not mod.bias.any()
+                assert not mod.running_mean.any() and torch.equal(mod.running_var, torch.ones_like(mod.running_var))
+            if type(mod).__name__.startswith("Conv") and mod.bias is not None:  # PyTorch's default bias
+                fan_in = mod.weight.shape[1] * mod.weight[0, 0].numel()
+                assert mod.bias.abs().max() <= fan_in ** -0.5 and mod.bias.abs().min() > 0
+    assert len(redrawn) == 1  # the Conv1d of the last net ("Conv..." as the official test), not the Linear
+
+
+def test_class_training_starts_from_the_official_init(tmp_path, monkeypatch):
+    args = m.parse_args(["--task", "class", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    g = torch.Generator().manual_seed(0)
+    data = m.LabelledImages(torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g),
+                            torch.arange(64) % 10)
+    built, build = [], m.build_class_models
+    monkeypatch.setattr(m, "build_class_models", lambda *a: built.append(build(*a)) or built[-1])
+    kill_on_call(monkeypatch, m, "class_discriminator_loss", 1)  # stop before the first update
+    with pytest.raises(KeyboardInterrupt):
+        m.train_class_model(args, "cdcgan", 0.0, 0, data, "cpu", tmp_path / "checkpoint.pt", None, dict)
+    G, D = built[0]
+    for layer in conv_layers(G) + conv_layers(D):  # width 8 (--quick): fewer weights, a looser bound
+        assert abs(float(layer.weight.detach().std()) - 0.02) < 0.006, layer
 
 
 def test_mode_seeking_term_pushes_two_outputs_of_the_same_label_apart():
