@@ -701,6 +701,8 @@ def parse_args(argv=None):
 
 def check_args(args):
     """Everything that can be refused before training starts."""
+    if args.records:
+        common.check_writable_folder(args.records, "--records")
     if args.lr_final > args.lr_d * (1 + 1e-12):
         raise common.UserError(f"--lr_final {args.lr_final:g} is above the starting learning rate --lr_d "
                                f"{args.lr_d:g}: the schedule only decays")

@@ -72,9 +72,11 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
     @functools.wraps(main_fn)
     def wrapper(argv: list[str] | None = None) -> dict:
         prog = Path(getattr(sys.modules.get(main_fn.__module__), "__file__", None) or "script").name
-        first_new = len(_NEW_RUN_DIRS)
+        first_new, finished = len(_NEW_RUN_DIRS), False
         try:
-            return main_fn(argv)
+            out = main_fn(argv)
+            finished = True
+            return out
         except UserError as e:
             _remove_unused_run_dirs(first_new)
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
@@ -88,6 +90,7 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
                   file=sys.stderr)
             raise SystemExit(130) from None
         finally:
+            _settle_replaced_runs(first_new, finished)
             del _NEW_RUN_DIRS[first_new:]
 
     return wrapper
@@ -382,8 +385,10 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
     """
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other: choose one")
-    if not re.match(r"^[\w.=+-]+$", run_name):
-        raise UserError(f"--run_name {run_name!r}: use letters, digits and . _ - = + only")
+    if not RUN_NAME.fullmatch(run_name):
+        shown = run_name if len(run_name) <= 40 else run_name[:37] + "..."
+        raise UserError(f"--run_name {shown!r}: an ordinary folder name of at most 100 letters, digits and "
+                        f". _ - = +, not starting with '.'")
     check_writable_folder(out, "--out")
     base = Path(out) / script
     if base.exists() and not base.is_dir():
@@ -394,9 +399,14 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
             raise UserError(f"nothing to resume: no run folder {base / run_name}")
         return taken[-1]
     path = base / run_name
+    replaced = None
     if path.exists():
-        if overwrite:
-            shutil.rmtree(path)
+        if overwrite:  # set aside, not deleted: it is deleted once this run ends well, restored if it ends unused
+            replaced = _free_name(base, f"{run_name}.replaced")
+            try:
+                path.rename(replaced)
+            except OSError as e:
+                raise UserError(f"--overwrite: cannot move {path} aside ({one_line(e)})") from None
         else:
             n = 2
             while (base / f"{run_name}_{n}").exists():
@@ -408,15 +418,51 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
     try:
         path.mkdir(parents=True, exist_ok=False)
     except OSError as e:
+        if replaced is not None:
+            replaced.rename(path)
         raise UserError(f"--out {out}: cannot create the run folder {path} ({one_line(e)})") from None
     _NEW_RUN_DIRS.append((path, created))
+    if replaced is not None:
+        _REPLACED_RUN_DIRS.append((len(_NEW_RUN_DIRS) - 1, path, replaced))
     return path
+
+
+RUN_NAME = re.compile(r"[\w=+-][\w.=+-]{0,99}")   # an ordinary folder name: never '.', '..' or hidden
+
+
+def _free_name(base: Path, name: str) -> Path:
+    n, path = 1, base / name
+    while path.exists():
+        n += 1
+        path = base / f"{name}_{n}"
+    return path
+
+
+def _settle_replaced_runs(first: int, finished: bool) -> None:
+    """--overwrite's old run folders, set aside by make_run_dir: deleted when the run finished; put back
+    when the new folder holds nothing but its config.json (a refused or failed start); otherwise kept
+    beside it under <name>.replaced, and said so."""
+    keep = []
+    for index, path, replaced in _REPLACED_RUN_DIRS:
+        if index < first:
+            keep.append((index, path, replaced))
+            continue
+        with contextlib.suppress(OSError):
+            if finished:
+                shutil.rmtree(replaced)
+            elif not path.exists() or set(os.listdir(path)) <= _RUN_DIR_OWN_FILES:
+                shutil.rmtree(path, ignore_errors=True)
+                replaced.rename(path)
+            else:
+                print(f"note: the run folder that --overwrite was to replace is kept in {replaced}", file=sys.stderr)
+    _REPLACED_RUN_DIRS[:] = keep
 
 
 # Run folders made by `make_run_dir` in this process, with the folders that did not exist before it, so
 # that `cli` can take back a folder that a run refused (or that diverged) before it wrote anything but its
 # config.json: later runs then do not get ever higher _N suffixes.
 _NEW_RUN_DIRS: list[tuple[Path, list[Path]]] = []
+_REPLACED_RUN_DIRS: list[tuple[int, Path, Path]] = []   # (entry in _NEW_RUN_DIRS, new folder, old one set aside)
 _RUN_DIR_OWN_FILES = {"config.json"}
 
 

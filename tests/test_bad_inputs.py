@@ -8,6 +8,8 @@ temporary folder, and "{file}" by a regular file inside it (for an --out that is
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import mnist_root_or_none, run_cli
@@ -145,3 +147,42 @@ def test_bad_input_one_line_and_exit_code(script, flags, code, word, tmp_path):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(lines) == 1, r.stderr[-2000:]
     assert word.lower() in lines[0].lower(), lines[0]
+
+
+# --- runs that must not delete earlier runs ------------------------------------------------------------
+# (script, flags, a word of the message); OUT holds earlier runs of 01, 02, 03 and 04, one of them named
+# "old" in the script's own folder; each case must exit 2 and leave every earlier file byte for byte.
+DATA_LOSS_CASES = [
+    ("01_bimodal_gan.py", ["--quick", "--run_name", ".", "--overwrite"], "ordinary folder name"),
+    ("01_bimodal_gan.py", ["--quick", "--run_name", "..", "--overwrite"], "ordinary folder name"),
+    ("01_bimodal_gan.py", ["--quick", "--run_name", "."], "ordinary folder name"),
+    ("02_xy_game.py", ["--quick", "--run_name", ".hidden"], "ordinary folder name"),
+    ("01_bimodal_gan.py", ["--quick", "--run_name", "x" * 300], "at most 100"),
+    ("03_dcgan_mnist.py", ["--quick", "--run_name", "old", "--overwrite", "--data_root", "{tmp}/no_mnist"], "MNIST"),
+    ("04_remedies.py", ["--quick", "--run_name", "old", "--overwrite", "--records", "{file}"], "--records"),
+]
+
+
+def _tree_hashes(root):
+    import hashlib
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("script,flags,word", DATA_LOSS_CASES, ids=[f"{c[0][:2]}-{' '.join(c[1])[:40]}" for c in DATA_LOSS_CASES])
+def test_a_refused_run_deletes_no_earlier_run(script, flags, word, tmp_path):
+    out = tmp_path / "out"
+    for name in ("01_bimodal_gan", "02_xy_game", "03_dcgan_mnist", "04_remedies"):
+        for run in ("old", "other"):
+            (out / name / run).mkdir(parents=True)
+            (out / name / run / "metrics.json").write_text(f'{{"run": "{name}/{run}"}}')
+            (out / name / run / "curves.csv").write_text("step,loss\n1,0.5\n")
+    (tmp_path / "afile").write_text("not a folder")
+    before = _tree_hashes(out)
+    flags = [f.replace("{tmp}", str(tmp_path)).replace("{file}", str(tmp_path / "afile")) for f in flags]
+    r = run_cli(script, *flags, "--device", "cpu", "--out", str(out), timeout=120)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2, r.stderr[-1500:]
+    assert "Traceback" not in r.stderr and len(lines) == 1 and word in lines[0] and len(lines[0]) < 600, r.stderr
+    assert _tree_hashes(out) == before                        # every earlier file still there, unchanged
+    assert sorted(p.name for p in (out / Path(script).stem).iterdir()) == ["old", "other"]

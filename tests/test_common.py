@@ -42,6 +42,7 @@ def test_second_run_never_overwrites_the_first(tmp_path):
     assert common.make_run_dir(tmp_path, "script", "run", resume=True) == third
     replaced = common.make_run_dir(tmp_path, "script", "run", overwrite=True)
     assert replaced == first and not (first / "metrics.json").exists()
+    assert (tmp_path / "script" / "run.replaced" / "metrics.json").read_text() == "first"   # set aside, not deleted
     with pytest.raises(common.UserError, match="nothing to resume"):
         common.make_run_dir(tmp_path, "script", "other", resume=True)
     with pytest.raises(common.UserError):
