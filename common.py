@@ -692,9 +692,11 @@ def pyplot():
     return plt
 
 
-def savefig(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+def savefig(fig, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> None:
+    """Write a figure atomically and close it. tight=False for a figure already laid out by tight_layout
+    (cropping it again measures every text box a second time: seconds on a figure of many panels)."""
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight" if tight else None)
     pyplot().close(fig)
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_script, run_cli
+from conftest import load_script, run_cli, run_cli_forked
 
 m = load_script("01_bimodal_gan")
 
@@ -80,7 +80,7 @@ def test_command_line(tmp_path):
 @pytest.mark.parametrize("flags", [["--n_steps", "-5"], ["--device", "tpu"], ["--loss", "wasserstein"],
                                    ["--lr", "abc"]])
 def test_bad_flags_exit_2_with_one_line(flags, tmp_path):
-    r = run_cli("01_bimodal_gan.py", *flags, "--out", str(tmp_path))
+    r = run_cli_forked("01_bimodal_gan.py", *flags, "--out", str(tmp_path))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in r.stderr

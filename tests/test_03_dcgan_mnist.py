@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import OFFLINE_ENV, REPO, kill_on_call, load_script, run_cli
+from conftest import OFFLINE_ENV, REPO, kill_on_call, load_script, run_cli, run_cli_forked
 
 m = load_script("03_dcgan_mnist")
 
@@ -118,7 +118,7 @@ def test_bad_flags_exit_2_with_one_line(flag, capsys):
 
 
 def test_missing_mnist_without_network_exits_2(tmp_path):
-    r = run_cli("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--data_root", str(tmp_path / "none"),
+    r = run_cli_forked("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--data_root", str(tmp_path / "none"),
                 "--out", str(tmp_path / "runs"), env=OFFLINE_ENV)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -156,7 +156,7 @@ def test_quick_run_through_the_command_line_writes_everything(tmp_path, mnist_ro
     with pytest.raises(SystemExit) as e:  # a record inside the run folder it copies
         m.main(["--record_run", str(run), "--records", str(run / "rec")])
     assert e.value.code == 2 and not (run / "rec").exists()
-    bad = run_cli("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--probe_run", str(tmp_path))
+    bad = run_cli_forked("03_dcgan_mnist.py", "--quick", "--device", "cpu", "--probe_run", str(tmp_path))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "probe_run" in bad.stderr
 
 
@@ -181,7 +181,8 @@ def test_sample_strip_holds_every_epoch_under_300_kb(tmp_path):
 
 
 def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, monkeypatch):
-    flags = QUICK + ["--n_epochs", "2", "--data_root", mnist_root, "--out", str(tmp_path)]
+    flags = QUICK + ["--n_epochs", "2", "--n_train", "256", "--n_eval", "200", "--data_root", mnist_root,
+                     "--out", str(tmp_path)]
     full = m.main(flags + ["--run_name", "full"])
 
     kill_on_call(monkeypatch, m.Evaluator, "__call__", 2)  # killed after epoch 1's checkpoint, during epoch 2
@@ -196,18 +197,17 @@ def test_resume_after_interruption_gives_the_same_numbers(tmp_path, mnist_root, 
     assert rows("cut") == rows("full")
 
     # a finished 1-epoch run extended with --resume --n_epochs 2 (constant learning rate) ends the same
-    m.main(QUICK + ["--n_epochs", "1", "--data_root", mnist_root, "--out", str(tmp_path), "--run_name", "short"])
+    m.main(flags + ["--n_epochs", "1", "--run_name", "short"])
     extended = m.main(flags + ["--run_name", "short", "--resume"])
     assert extended["epochs_trained"] == 2 and extended["final"] == full["final"]
     assert rows("short") == rows("full")
     with pytest.raises(SystemExit) as e:  # cannot shorten a run below what it has trained
-        m.main(QUICK + ["--n_epochs", "1", "--data_root", mnist_root, "--out", str(tmp_path),
-                        "--run_name", "short", "--resume"])
+        m.main(flags + ["--n_epochs", "1", "--run_name", "short", "--resume"])
     assert e.value.code == 2
 
 
 def test_resume_refuses_other_flags_and_missing_runs(tmp_path, mnist_root):
-    flags = QUICK + ["--data_root", mnist_root, "--out", str(tmp_path)]
+    flags = QUICK + ["--n_train", "256", "--n_eval", "200", "--data_root", mnist_root, "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as e:
         m.main(flags + ["--resume"])
     assert e.value.code == 2
@@ -218,7 +218,7 @@ def test_resume_refuses_other_flags_and_missing_runs(tmp_path, mnist_root):
 
 
 def test_unreadable_checkpoint_exits_2(tmp_path, mnist_root, capsys):
-    flags = QUICK + ["--data_root", mnist_root, "--out", str(tmp_path)]
+    flags = QUICK + ["--n_train", "256", "--n_eval", "200", "--data_root", mnist_root, "--out", str(tmp_path)]
     m.main(flags)
     (tmp_path / "03_dcgan_mnist" / "leakyrelu_seed0_quick" / "checkpoint.pt").write_bytes(b"garbage")
     capsys.readouterr()
@@ -458,7 +458,7 @@ def test_resume_without_a_checkpoint_refuses_and_changes_nothing(tmp_path, mnist
 
 def test_a_failing_configuration_reports_its_state_and_stops(tmp_path, mnist_root):
     # min_confidence 1 makes every epoch 'not digits': epoch 1 is within the grace period, epoch 2 fails
-    r = run_cli("03_dcgan_mnist.py", *QUICK, "--n_train", "256", "--n_eval", "200", "--n_epochs", "3",
+    r = run_cli_forked("03_dcgan_mnist.py", *QUICK, "--n_train", "256", "--n_eval", "200", "--n_epochs", "3",
                 "--lr_d", "1e-2", "--min_confidence", "1", "--grace_epochs", "1", "--stop_on_collapse",
                 "--data_root", mnist_root, "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-2000:]

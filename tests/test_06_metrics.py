@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import common
-from conftest import load_script, run_cli
+from conftest import load_script, run_cli, run_cli_forked
 
 metrics = load_script("06_metrics")
 
@@ -203,6 +203,17 @@ def test_diversity():
     assert math.isnan(metrics.diversity(torch.ones(1, 3)))
 
 
+def test_l1_diversity_by_sorting_equals_the_pairwise_distances():
+    x = torch.randn(300, 37, generator=torch.Generator().manual_seed(1)).double()
+    brute = float(torch.cdist(x, x, p=1.0).sum()) / (300 * 299 * 37)
+    assert metrics.diversity(x, "l1") == pytest.approx(brute, rel=1e-12)
+    x[100:] = x[0]  # ties and repeated rows
+    brute = float(torch.cdist(x, x, p=1.0).sum()) / (300 * 299 * 37)
+    assert metrics.diversity(x, "l1") == pytest.approx(brute, rel=1e-12)
+    sub = metrics.diversity(x, "l1", max_samples=50, seed=3)  # the seeded subset: the same 50 rows each time
+    assert sub == metrics.diversity(x, "l1", max_samples=50, seed=3) != metrics.diversity(x, "l1", max_samples=50, seed=4)
+
+
 def test_random_pairs_are_of_different_samples_and_within_a_group():
     g = torch.Generator().manual_seed(0)
     i, j = metrics.random_pairs(7, 500, g)
@@ -391,7 +402,7 @@ def test_command_line_on_a_tiny_npz_and_on_bad_input(mnist_root, tmp_path):
     row = m["sets"]["samples.npz"]
     assert row["n"] == 300 and row["digits_covered"] == 10 and row["precision"] > 0.8
     np.savez(tmp_path / "bad.npz", images=np.zeros((5, 3)))
-    r = run_cli("06_metrics.py", "--fake", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "runs"))
+    r = run_cli_forked("06_metrics.py", "--fake", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "runs"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "expected images" in r.stderr
 

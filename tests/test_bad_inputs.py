@@ -1,6 +1,7 @@
-"""Bad input and faults, table-driven over the six scripts (issue 15).
+"""Bad input and faults, table-driven over the six scripts.
 
-Each row: (script, flags, expected exit code, a word the one-line message must contain). Every case must
+Each row: (script, flags, expected exit code, a word the one-line message must contain), run as the command
+line `python script flags` (forked from a process that has imported torch: conftest.run_cli_forked). Every case must
 end with exactly one line on stderr, no traceback, the expected exit code, and must fail before any
 training (each case is bounded by a short timeout). Rows that need MNIST are in MNIST_CASES and are skipped
 without it. Each script's rows live in its own block below. "{tmp}" in a flag is replaced by the test's
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mnist_root_or_none, run_cli
+from conftest import mnist_root_or_none, run_cli_forked
 
 # --- 01_bimodal_gan.py -------------------------------------------------------------------------------
 CASES_01: list[tuple[str, list[str], int, str]] = [
@@ -113,14 +114,14 @@ CASES_05: list[tuple[str, list[str], int, str]] = [
 
 # --- 06_metrics.py -----------------------------------------------------------------------------------
 CASES_06: list[tuple[str, list[str], int, str]] = [
-    ("06_metrics.py", ["--k", "100000"], 2, "--k"),                    # issue 15 item 3: more bins than images
+    ("06_metrics.py", ["--k", "100000"], 2, "--k"),                    # more bins than images
     ("06_metrics.py", ["--quick", "--k", "501"], 2, "--k"),            # an explicit flag wins over --quick
     ("06_metrics.py", ["--nn_k", "100000"], 2, "--nn_k"),
     ("06_metrics.py", ["--diversity_samples", "1"], 2, "--diversity_samples"),  # was a ZeroDivisionError
-    ("06_metrics.py", ["--alpha", "0"], 2, "--alpha"),                 # item 10: NDB 0 whatever the samples
+    ("06_metrics.py", ["--alpha", "0"], 2, "--alpha"),                 # NDB would be 0 whatever the samples
     ("06_metrics.py", ["--z_threshold", "0"], 2, "--z_threshold"),
-    ("06_metrics.py", ["--resume"], 2, "--resume"),                    # item 6: 06 has nothing to resume
-    ("06_metrics.py", ["--out", "{file}"], 2, "--out"),                # item 1
+    ("06_metrics.py", ["--resume"], 2, "--resume"),                    # 06 has nothing to resume
+    ("06_metrics.py", ["--out", "{file}"], 2, "--out"),
 ]  # more of 06's sizes and flag clashes, in-process (faster): tests/test_06_metrics.py
 
 CASES = CASES_01 + CASES_02 + CASES_03 + CASES_04 + CASES_05 + CASES_06
@@ -141,7 +142,7 @@ def test_bad_input_one_line_and_exit_code(script, flags, code, word, tmp_path):
         args += ["--data_root", root]
     if "--device" not in args:
         args += ["--device", "cpu"]
-    r = run_cli(script, *args, timeout=120)
+    r = run_cli_forked(script, *args, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == code, r.stderr[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -180,7 +181,7 @@ def test_a_refused_run_deletes_no_earlier_run(script, flags, word, tmp_path):
     (tmp_path / "afile").write_text("not a folder")
     before = _tree_hashes(out)
     flags = [f.replace("{tmp}", str(tmp_path)).replace("{file}", str(tmp_path / "afile")) for f in flags]
-    r = run_cli(script, *flags, "--device", "cpu", "--out", str(out), timeout=120)
+    r = run_cli_forked(script, *flags, "--device", "cpu", "--out", str(out), timeout=120)
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr[-1500:]
     assert "Traceback" not in r.stderr and len(lines) == 1 and word in lines[0] and len(lines[0]) < 600, r.stderr
