@@ -37,7 +37,7 @@ Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CP
       python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
       python 03_dcgan_mnist.py --causes --seeds 3 --batch_size 64 --n_train 3200 --n_epochs 6 --n_eval 1000
                                                (the material's causes, shrunk as in the README)
-      python 03_dcgan_mnist.py --causes_table results/03/causes --grace_epochs 6   (its table, from the records)
+      python 03_dcgan_mnist.py --causes_table results/03/causes --grace_epochs 6   (its tables, printed from the records)
       python 03_dcgan_mnist.py --seeds 1 --n_epochs 20 --records results/03   (also copy each finished run's
                                                small record - config, metrics, curves, strip of grids - there)
       python 03_dcgan_mnist.py --record_run runs/03_dcgan_mnist/<run> --records results/03   (the same, afterwards)
@@ -147,12 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causes", nargs="*", choices=list(CAUSES), default=None,
                    help=f"with --seeds: train each of these configurations (none named: {' '.join(DEFAULT_CAUSES)})")
     p.add_argument("--records", metavar="DIR", default=None,
-                   help="also copy each finished run's small record (config, metrics, curves, the strip of "
-                        "every epoch's grid) into DIR/<run_name>, e.g. results/03 (default %(default)s: none)")
+                   help="also keep each run's small record (config, curves, the strip of every epoch's grid; "
+                        "metrics.json once the run ends) in DIR/<run_name>, refreshed after every epoch, e.g. "
+                        "results/03 (default %(default)s: none)")
     p.add_argument("--record_run", metavar="RUN_DIR", default=None,
                    help="no training: copy the record of this finished run or grid folder into --records")
     p.add_argument("--causes_table", metavar="DIR",
-                   help="only rebuild the causes table and figure from the run records in DIR (e.g. results/03/causes)")
+                   help="no training: print the causes tables of the runs (or records) in DIR, e.g. results/03/causes, "
+                        "their states recomputed with the state flags given; writes nothing (default: none)")
     p.add_argument("--probe_gradients", action="store_true",
                    help="after training: freeze G at --probe_epochs, train a fresh D, record G's gradient norms")
     p.add_argument("--probe_epochs", type=common.positive_int, nargs="+", default=[1, 10, 25],
@@ -683,8 +685,8 @@ class Trainer:
                          "amp", "compile", "channels_last", "n_epochs", "use_amp", "use_channels_last",
                          "record_divergence", "bench", "causes_table", "records", "record_run")  # flags that do not change training
 
-    def __init__(self, args, device, run_dir: Path):
-        self.args, self.device, self.run_dir = args, device, run_dir
+    def __init__(self, args, device, run_dir: Path, record_to: Path | None = None):
+        self.args, self.device, self.run_dir, self.record_to = args, device, run_dir, record_to
         with memory_guard("the training images (--n_train)"):
             self.data = load_train_images(args, device)
         self.evaluator = Evaluator(args, device, self.data)  # before seeding: it may train (and cache) the classifier
@@ -768,6 +770,9 @@ class Trainer:
                                    train_rng=self.gen.get_state(), curves=self.curves.state_dict(), state=st.d,
                                    fixed_noise=self.fixed_noise)
             self.curves.save()
+            if self.record_to is not None:  # the record so far (no metrics.json until the run ends)
+                write_sample_strip(self.run_dir)
+                save_record(self.run_dir, self.record_to)
         make_figures(self.curves, self.run_dir, args)
         last = self.curves.rows[-1] if self.curves.rows else {}
         return {"act": args.act, "seed": args.seed, **st.summary(),
@@ -800,9 +805,10 @@ class Trainer:
         return state, why, first
 
 
-def train_run(args, device, run_dir: Path) -> dict:
-    """Train one run with per-epoch evaluation and checkpoints (resuming when asked); returns its metrics."""
-    trainer = Trainer(args, device, run_dir)
+def train_run(args, device, run_dir: Path, record_to: Path | None = None) -> dict:
+    """Train one run with per-epoch evaluation and checkpoints (resuming when asked); returns its metrics.
+    With `record_to`, the run's small record there is refreshed after every epoch (see save_record)."""
+    trainer = Trainer(args, device, run_dir, record_to)
     if args.resume:
         trainer.resume()
     return trainer.run()
@@ -994,7 +1000,8 @@ def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) 
                 run_dir.mkdir(parents=True, exist_ok=True)
                 common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
             print(f"03: {name}")
-            result = {"run": name, **overrides, **train_run(sub, device, run_dir)}
+            record_to = Path(args.records) / base_dir.name / name if args.records else None
+            result = {"run": name, **overrides, **train_run(sub, device, run_dir, record_to)}
             common.save_json(done, result)
             runs.append(result)
         result = write(base_dir, runs)
@@ -1092,25 +1099,41 @@ def restate(rows: list[dict], args, diverged: dict | None = None) -> dict:
     return {k: v for k, v in st.summary().items() if k not in keep}
 
 
-def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None) -> dict:
-    """causes.md / causes.json / causes.png / causes_states.png from the runs, or from the records
-    base_dir/<run>/metrics.json + curves.csv, whose states are then recomputed with the thresholds of `args`."""
-    if runs is None:
-        runs = []
-        for path in sorted(base_dir.glob("*/metrics.json")):
-            r = common.load_json(path)
-            with open(path.parent / "curves.csv") as f:
-                r.update(restate(list(csv.DictReader(f)), args, r.get("diverged")))
-            runs.append(r)
-        if not runs:
-            raise common.UserError(f"--causes_table: no */metrics.json under {base_dir}")
+def load_causes_records(base_dir: Path, args) -> list[dict]:
+    """The runs of a causes grid (or its record) from base_dir/<run>/metrics.json + curves.csv, their
+    per-epoch states recomputed with the thresholds of `args`."""
+    runs = []
+    for path in sorted(base_dir.glob("*/metrics.json")):
+        r = common.load_json(path)
+        with open(path.parent / "curves.csv") as f:
+            r.update(restate(list(csv.DictReader(f)), args, r.get("diverged")))
+        runs.append(r)
+    if not runs:
+        raise common.UserError(f"--causes_table: no */metrics.json under {base_dir}")
+    return runs
+
+
+def mnist_diversity(base_dir: Path) -> str:
+    """MNIST's own diversity as the runs under base_dir measured it (their curves' data_diversity; it
+    depends on --n_eval, the number of images it is measured on), e.g. "0.33"."""
+    values = set()
+    for path in base_dir.glob("*/curves.csv"):
+        with open(path) as f:
+            values |= {f"{float(row['data_diversity']):.2f}" for row in csv.DictReader(f)}
+    return "/".join(sorted(values)) or "?"
+
+
+def causes_table(runs: list[dict], mnist: str = "?") -> tuple[str, dict, dict]:
+    """Two markdown tables (the failures per seed and rate; the last epoch's signals, beside MNIST's own
+    diversity `mnist`), the table as a dict, and the runs grouped by configuration."""
     by_cause: dict[str, list[dict]] = {}
     for r in runs:
         by_cause.setdefault(r["run"].rsplit("_seed", 1)[0], []).append(r)
-    table, lines = {}, ["| configuration | seed: first failing epoch (state), last state | failed | rate (95% CI) | "
-                        "mode collapse | non-convergence | last epoch: D(x) | D(G(z)) | confidence | FD | digits covered | "
-                        "diversity (MNIST 0.33) |",
-                        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    table = {}
+    fails = ["| configuration | seed: first failing epoch (state), last state | failed | rate (95% CI) | "
+             "mode collapse | non-convergence |", "|---|---|---|---|---|---|"]
+    last_epoch = ["| configuration | last epoch: D(x) | D(G(z)) | confidence | FD | digits covered | "
+                  f"diversity (MNIST {mnist}) |", "|---|---|---|---|---|---|---|"]
     for cause, rs in by_cause.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         n, k = len(rs), sum(r["failed"] for r in rs)
@@ -1128,14 +1151,30 @@ def write_causes_table(base_dir: Path, runs: list[dict] | None = None, args=None
         conf, fd, dx, dgz = last("confidence"), last("frechet_clf"), last("d_real"), last("d_fake")
         cov, div = last("digits_covered"), last("diversity")
         lo, hi = ci(k)
-        lines.append(f"| {cause} | {cells} | {k}/{n} | {k / n:.0%} ({lo:.0%}-{hi:.0%}) | {kc}/{n} | {kn}/{n} | "
-                     f"{dx[0]:.2f} ± {dx[1]:.2f} | {dgz[0]:.3f} ± {dgz[1]:.3f} | {conf[0]:.2f} ± {conf[1]:.2f} | "
-                     f"{fd[0]:.0f} ± {fd[1]:.0f} | {cov[0]:.1f} ± {cov[1]:.1f} | {div[0]:.2f} ± {div[1]:.2f} |")
+        fails.append(f"| {cause} | {cells} | {k}/{n} | {k / n:.0%} ({lo:.0%}-{hi:.0%}) | {kc}/{n} | {kn}/{n} |")
+        last_epoch.append(f"| {cause} | {dx[0]:.2f} ± {dx[1]:.2f} | {dgz[0]:.3f} ± {dgz[1]:.3f} | "
+                          f"{conf[0]:.2f} ± {conf[1]:.2f} | {fd[0]:.0f} ± {fd[1]:.0f} | {cov[0]:.1f} ± {cov[1]:.1f} | "
+                          f"{div[0]:.2f} ± {div[1]:.2f} |")
+    return "\n".join(fails) + "\n\n" + "\n".join(last_epoch) + "\n", table, by_cause
+
+
+def write_causes_table(base_dir: Path, runs: list[dict]) -> dict:
+    """causes.md / causes.json / causes.png / causes_states.png of a causes grid, from its runs."""
+    text, table, by_cause = causes_table(runs, mnist_diversity(base_dir))
     with common.atomic_open(base_dir / "causes.md") as fh:
-        fh.write("\n".join(lines) + "\n")
+        fh.write(text)
     common.save_json(base_dir / "causes.json", {"table": table})
     plot_causes(base_dir, by_cause)
     return {"table": table, "runs": runs}
+
+
+def print_causes_table(base_dir: Path, args) -> dict:
+    """--causes_table DIR: the tables of a causes grid or its record, states recomputed with the thresholds
+    given; printed, nothing written."""
+    runs = load_causes_records(base_dir, args)
+    text, table, _ = causes_table(runs, mnist_diversity(base_dir))
+    print(text, end="")
+    return {"table": table, "runs": runs, "markdown": text}
 
 
 def plot_causes(base_dir: Path, by_cause: dict):
@@ -1317,7 +1356,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = common.pick_device(args.device)
     if args.causes_table:
-        return write_causes_table(Path(args.causes_table), args=args)
+        return print_causes_table(Path(args.causes_table), args)
     if args.record_run:
         return record_run(args)
     args.use_channels_last = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
@@ -1349,7 +1388,8 @@ def main(argv=None) -> dict:
                                f"nothing in it is changed (start a new run without --resume)")
     print(f"03: {args.act} generator, seed {args.seed}, {args.n_epochs} epochs on {device}; writing {run_dir}")
     try:
-        metrics = {"device": str(device), **train_run(args, device, run_dir)}
+        record_to = Path(args.records) / run_dir.name if args.records else None
+        metrics = {"device": str(device), **train_run(args, device, run_dir, record_to)}
     except common.UserError:
         if not args.resume:
             discard_unstarted(run_dir)

@@ -238,7 +238,7 @@ def test_seeds_comparison_writes_the_table(tmp_path, mnist_root):
     assert (base / "digit_histograms.png").exists() and (base / "relu_seed0" / "config.json").exists()
 
 
-# ----------------------------------------------------------------------------- Keras' Adam (issue 13, item 5)
+# ----------------------------------------------------------------------------- Keras' Adam
 def test_keras_adam_epsilon_placement_worked_out_by_hand():
     # one parameter p = 1, gradient g = 1e-6, lr 0.1, betas (0.9, 0.999), eps 1e-7, first step:
     # m = 0.1 g, v = 0.001 g^2. Keras: p -= lr sqrt(1 - 0.999) / (1 - 0.9) * m / (sqrt(v) + eps)
@@ -471,7 +471,7 @@ def test_a_failing_configuration_reports_its_state_and_stops(tmp_path, mnist_roo
     assert (run / "checkpoint_before_collapse.pt").exists() and (run / "losses.png").exists()
 
 
-def test_causes_grid_and_its_table_rebuilt_from_the_records(tmp_path, mnist_root):
+def test_causes_grid_and_its_table_rebuilt_from_the_records(tmp_path, mnist_root, capsys):
     out = m.main(QUICK + ["--causes", "baseline", "lr_d=1e-2", "--seeds", "1", "--n_train", "256", "--n_eval", "200",
                           "--data_root", mnist_root, "--out", str(tmp_path), "--records", str(tmp_path / "rec")])
     assert set(out["table"]) == {"baseline", "lr_d=1e-2"}
@@ -485,14 +485,14 @@ def test_causes_grid_and_its_table_rebuilt_from_the_records(tmp_path, mnist_root
         "config.json", "curves.csv", "metrics.json", "samples", "samples_strip.png"]
     assert [p.name for p in (record / "baseline_seed0" / "samples").iterdir()] == ["epoch_001.png"]
     assert not list(record.rglob("*.pt")) and (record / "causes.md").read_text() == table
-    (record / "causes.md").unlink()
-    m.main(["--causes_table", str(record)])
-    assert (record / "causes.md").read_text() == table
-    for f in ["causes.png", "causes_states.png", "causes.json"]:
-        (base / f).unlink()
+    assert table.count("| configuration |") == 2  # failures, then the last epoch's signals
+    before = {p: p.read_bytes() for p in record.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    printed = m.main(["--causes_table", str(record)])
+    assert capsys.readouterr().out == table == printed["markdown"]
+    assert {p: p.read_bytes() for p in record.rglob("*") if p.is_file()} == before  # prints, writes nothing
     rebuilt = m.main(["--causes_table", str(base)])
-    assert (base / "causes.md").read_text() == table and (base / "causes_states.png").exists()
-    assert rebuilt["table"]["baseline"]["runs"] == 1
+    assert rebuilt["markdown"] == table and rebuilt["table"]["baseline"]["runs"] == 1
     # other thresholds give other states from the same records
     strict = m.main(["--causes_table", str(base), "--min_confidence", "1", "--grace_epochs", "0"])
     assert strict["table"]["baseline"]["per_seed"][0]["state"] == "non-convergence"
