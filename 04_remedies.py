@@ -1506,8 +1506,9 @@ def record_summary(r: dict) -> dict:
 
 
 def table_markdown(records: list[dict]) -> str:
-    """The README table: per setting and benchmark, our rows (at the step each reached) beside the
-    published rows, with a verdict per number."""
+    """The report's tables, per setting and benchmark: the scores of our rows (at the step each reached)
+    beside the published rows with a verdict per number; then, for our rows, the collapse counts and how
+    each run differed from its setting."""
     lines = []
     groups = {}
     for r in records:
@@ -1516,8 +1517,9 @@ def table_markdown(records: list[dict]) -> str:
         K = recs[0]["n_modes"]
         lines += [f"#### setting `{setting}`, {data} ({K} modes)", "",
                   f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL | "
-                  f"occupied modes | collapsed (Wilson 95%) | reproduces? (modes / HQ / rKL) | differs from the setting |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"reproduces? (modes / HQ / rKL) |", "|---|---|---|---|---|---|---|---|"]
+        second = ["", "| method | step reached | occupied modes | collapsed (Wilson 95%) | differs from the setting |",
+                  "|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
         for r in sorted(recs, key=lambda r: (order.get(r["method"], 99), r.get("label", ""), r["n_steps"])):
             s = record_summary(r)
@@ -1537,14 +1539,15 @@ def table_markdown(records: list[dict]) -> str:
             name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
             lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
-                         f"{fmt(s['reverse_kl'])} | {fmt(s['occupied'], digits=1)} | {ctext} | {v} | {differences(r)} |")
+                         f"{fmt(s['reverse_kl'])} | {v} |")
+            second.append(f"| {name} | {s['step']:,} | {fmt(s['occupied'], digits=1)} | {ctext} | {differences(r)} |")
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
                              f"{'400,000' if src == 'pacgan' else 'not stated'} | "
                              f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
-                             f"{show(p[4], p[5], 2)} | | | | |")
-        lines.append("")
+                             f"{show(p[4], p[5], 2)} | |")
+        lines += second + [""]
     return "\n".join(lines) + "\n"
 
 
