@@ -196,7 +196,7 @@ def test_bad_flags_give_one_line_and_exit_code_2(flags, tmp_path, capsys):
     assert not (tmp_path / "02_xy_game").exists()
 
 
-# ----------------------------------------------------------------------------- issue 15: flags and limits
+# ----------------------------------------------------------------------------- flags and limits
 def test_every_flag_says_its_default_and_what_quick_changes(capsys, monkeypatch):
     from test_01_bimodal_gan import help_entries
 

@@ -276,7 +276,7 @@ def test_resume_with_nothing_to_resume_refuses_and_keeps_the_folder(tmp_path, mo
     with pytest.raises(SystemExit):
         m.main(flags)
     run = tmp_path / "05_msgan_pix2pix" / "folder_ms1_seed0_quick"
-    (run / "checkpoint.pt").unlink()  # issue 15, item 6: this used to retrain over the folder
+    (run / "checkpoint.pt").unlink()  # a run without its checkpoint must not retrain over the folder
     curves = (run / "curves_msgan_ms1_seed0.csv").read_bytes()
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

@@ -211,7 +211,7 @@ def test_cpu_threads_sets_and_restores():
     assert torch.get_num_threads() == before
 
 
-# ----------------------------------------------------------------------------- issue 15: --out, run folders
+# ----------------------------------------------------------------------------- --out, run folders
 def test_out_that_is_a_file_is_a_user_error(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
@@ -315,7 +315,7 @@ def test_checkpoint_to_resume_refuses_when_there_is_nothing(tmp_path):
     assert common.checkpoint_to_resume(tmp_path) == tmp_path / "checkpoint.pt"
 
 
-# ----------------------------------------------------------------------------- issue 15: checkpoints, MNIST
+# ----------------------------------------------------------------------------- checkpoints, MNIST
 @pytest.mark.parametrize("content", ["random", "other_torch_file"])
 def test_a_file_that_is_not_our_checkpoint_says_so_in_one_line(tmp_path, content):
     bad = tmp_path / "checkpoint.pt"
@@ -369,7 +369,7 @@ def test_official_mnist_passes_the_check(mnist_root):
         common.check_mnist_file(Path(mnist_root) / "MNIST" / "raw" / name)  # no error
 
 
-# ----------------------------------------------------------------------------- issue 15: --quick, memory
+# ----------------------------------------------------------------------------- --quick, memory
 def _parser():
     p = common.ArgParser()
     p.add_argument("--n_steps", type=common.positive_int, default=1000, help="steps")
