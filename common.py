@@ -140,6 +140,8 @@ positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a positive
 nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a non-negative number")
 unit_float = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
 beta_float = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+SEED_MAX = 2**32 - 1  # NumPy's seed range; the scripts derive more seeds from it (seed + 1, seed + 10_000, ...)
+seed_int = _typed(int, lambda v: 0 <= v <= SEED_MAX, f"a seed from 0 to {SEED_MAX}")
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -173,7 +175,7 @@ def pick_device(name: str = "auto") -> torch.device:
 def add_common_args(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
     """The flags every script has. `--out` is the root: the run goes to OUT/<script>/<run_name>/."""
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=nonneg_int, default=0, help="random seed")
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed")
     g.add_argument("--device", type=device_arg, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     g.add_argument("--out", type=out_folder, default=str(DEFAULT_OUT),
                    help="root folder of the run folders (OUT/<script>/<run_name>/)")

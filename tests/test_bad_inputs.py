@@ -25,6 +25,7 @@ CASES_01: list[tuple[str, list[str], int, str]] = [
     ("01_bimodal_gan.py", ["--quick", "--out", "{file}"], 2, "is a file, not a folder"),
     ("01_bimodal_gan.py", ["--quick", "--resume"], 2, "unrecognized arguments: --resume"),  # no --resume
     ("01_bimodal_gan.py", ["--quick", "--collapse_threshold", "0.3"], 2, "not a fraction in [0.5, 1)"),
+    ("01_bimodal_gan.py", ["--quick", "--seed", "99999999999999999999"], 2, "a seed from 0 to 4294967295"),
 ]
 
 # --- 02_xy_game.py -----------------------------------------------------------------------------------
@@ -89,6 +90,7 @@ CASES_04: list[tuple[str, list[str], int, str]] = [
     ("04_remedies.py", ["--table", "{tmp}/no_records_here"], 2, "table"),
     ("04_remedies.py", ["--out", "{file}"], 2, "out"),
     ("04_remedies.py", ["--setting", "huge"], 2, "setting"),
+    ("04_remedies.py", ["--quick", "--seed", "99999999999999999999"], 2, "a seed from 0 to 4294967295"),
 ]
 
 # --- 05_msgan_pix2pix.py ----------------------------------------------------------------------------
@@ -122,6 +124,7 @@ CASES_06: list[tuple[str, list[str], int, str]] = [
     ("06_metrics.py", ["--z_threshold", "0"], 2, "--z_threshold"),
     ("06_metrics.py", ["--resume"], 2, "--resume"),                    # 06 has nothing to resume
     ("06_metrics.py", ["--out", "{file}"], 2, "--out"),
+    ("06_metrics.py", ["--seed", "99999999999999999999"], 2, "a seed from 0 to 4294967295"),
 ]  # more of 06's sizes and flag clashes, in-process (faster): tests/test_06_metrics.py
 
 CASES = CASES_01 + CASES_02 + CASES_03 + CASES_04 + CASES_05 + CASES_06
