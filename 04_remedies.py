@@ -638,7 +638,8 @@ def build_parser() -> common.ArgParser:
                         "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
                         "checkpoint) always run to the end")
     p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
-    p.add_argument("--table", metavar="DIR", default=None, help="no training: rebuild the results table from the records in DIR")
+    p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
+                        "that of --setting when it is given (default: none)")
     p.add_argument("--table_figure", metavar="PNG", default=None,
                    help="with --table: also draw modes captured and high-quality %% against the step, per method "
                         "(mean and s.e. over trials), for the records of --setting")
@@ -1013,10 +1014,15 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
 
     start = 1
     if resume is not None:
-        G.load_state_dict(resume["G"])
-        D.load_state_dict(resume["D"])
-        opt_g.load_state_dict(resume["opt_g"])
-        opt_d.load_state_dict(resume["opt_d"])
+        try:
+            G.load_state_dict(resume["G"])
+            D.load_state_dict(resume["D"])
+            opt_g.load_state_dict(resume["opt_g"])
+            opt_d.load_state_dict(resume["opt_d"])
+        except (KeyError, RuntimeError, ValueError) as e:  # another cell's or another version's checkpoint
+            raise common.UserError(f"--resume: the cell checkpoint of {bench.name} does not fit this cell's networks "
+                                   f"({type(e).__name__}: {common.one_line(e)[:160]}); delete that cell's "
+                                   f".state.pt in the run folder's cells/ to train it from the start") from None
         for g, st in zip(data_gens + noise_gens, resume["gens"]):
             g.set_state(st)
         for sm, (perm, pos) in zip(samplers, resume["samplers"]):
@@ -1313,11 +1319,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     evals = []
     resume = None
     if checkpoint_path is not None and Path(checkpoint_path).exists() and not remedy.adagan:
-        try:
-            resume = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        except Exception as e:
-            raise common.UserError(f"--resume: cannot read the cell checkpoint {checkpoint_path} ({type(e).__name__}: "
-                                   f"{common.one_line(e)[:120]}); delete it to train that cell from the start") from None
+        resume = common.load_torch(checkpoint_path, "cell checkpoint", keys=("step", "evals", "snaps", "seconds"),
+                                   fix="delete it to train that cell from the start", map_location=device)
         evals, snaps = resume["evals"], resume["snaps"]
         print(f"04 {method}/{bench.name}: continuing from step {resume['step']}", flush=True)
     t0, c0 = time.perf_counter() - (resume["seconds"] if resume else 0.0), time.process_time()
@@ -1820,6 +1823,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.table:
         records = load_records(args.table)
+        words = sys.argv[1:] if argv is None else argv
+        if any(w == "--setting" or w.startswith("--setting=") for w in words):  # given: that setting's tables only
+            records = [r for r in records if r.get("setting") == args.setting]
         text = table_markdown(records)
         cost = cost_markdown([r for r in records if r.get("setting") == args.setting])
         print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else ""), end="")
@@ -1875,14 +1881,7 @@ def run_ablation(args, device, argv) -> dict:
 
 def load_cell(path):
     """A finished cell (the dict run_one returned, saved with common.save_torch); unreadable: UserError."""
-    try:
-        r = torch.load(path, map_location="cpu", weights_only=True)
-        if not (isinstance(r, dict) and "per_seed" in r and "_curves" in r):
-            raise ValueError("not a finished cell of 04_remedies.py")
-        return r
-    except Exception as e:  # pickle, zip and content errors all mean: not usable
-        raise common.UserError(f"--resume: cannot read the finished cell {path} ({type(e).__name__}: "
-                               f"{common.one_line(e)[:160]}); delete it to train that cell again") from None
+    return common.load_torch(path, "finished cell", keys=("per_seed", "_curves"), fix="delete it to train that cell again")
 
 
 def cells_of(args) -> list[tuple[str, str]]:

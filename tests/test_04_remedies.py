@@ -600,6 +600,11 @@ def test_table_from_hand_made_records(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 5000
     r = run_cli_forked("04_remedies.py", "--table", str(tmp_path / "nothing"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    # --setting given: that setting's tables only; not given: every setting's
+    (tmp_path / "c.json").write_text(json.dumps(fake_record("gan", "ring", [(8, 0.5, 0.1)], 2_000, 2_000, "small")))
+    both, small = m.main(["--table", str(tmp_path)])["table"], m.main(["--table", str(tmp_path), "--setting", "small"])["table"]
+    assert "setting `pacgan`" in both and "setting `small`" in both
+    assert "setting `pacgan`" not in small and "| plain GAN (non-saturating) | ours | 2,000 (2,000) | 1 | 8.0" in small
 
 
 def test_verdict_two_standard_errors_and_points_without_error_bars():
