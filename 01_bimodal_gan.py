@@ -9,13 +9,17 @@ network) and measures how often it collapses and how often it hops.
 
 Run:  python 01_bimodal_gan.py               (1 seed, about 20 s on two CPU cores)
       python 01_bimodal_gan.py --seeds 20    (collapse rate and hops over 20 seeds, same time)
+      python 01_bimodal_gan.py --seeds 20 --records results/01 --run_name defaults   (keep its record)
+      python 01_bimodal_gan.py --table results/01   (the table of the records, one row per run)
 Needs: common.py
 """
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +57,13 @@ def parse_args(argv=None):
     p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
     p.add_argument("--collapse_threshold", type=majority_fraction, default=0.9,
                    help="a run has collapsed when one mode holds more than this fraction of samples, in [0.5, 1)")
+    r = p.add_argument_group("records")
+    r.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        "replacing an older record of that name (default: none, e.g. results/01)")
+    r.add_argument("--table", metavar="DIR", default=None,
+                   help="no training: print the markdown table of the records in DIR (a record folder, or a "
+                        "folder of them: one row each), e.g. results/01 (default: none)")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 
@@ -333,9 +344,93 @@ def plot_seeds(hist, summary, run_dir):
     common.savefig(fig, run_dir / "seeds_mode_fraction.png")
 
 
+# ----------------------------------------------------------------------------- 7. the table, from records
+# flags that name, place or keep a run, or set its seeds (said once in the header): not the experiment's
+NOT_SETTINGS = {"seed", "seeds", "out", "run_name", "overwrite", "device", "records", "table", "quick"}
+
+
+def flag_value(v) -> str:
+    """A flag's value as one types it: 1e-3 rather than 0.001, lists space-separated."""
+    if isinstance(v, (list, tuple)):
+        return " ".join(flag_value(x) for x in v)
+    if isinstance(v, float):
+        mantissa, exponent = f"{v:e}".split("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return short if len(short) < len(f"{v:g}") else f"{v:g}"
+    return str(v)
+
+
+def setting_flags(args: dict) -> str:
+    """The flags of a recorded run that differ from the defaults (--quick's, for a --quick run), in the
+    order of --help; flags a record lacks (added after it was made) had their default."""
+    quick = bool(args.get("quick"))
+    flags = ["--quick"] if quick else []
+    for dest, default in vars(parse_args(["--quick"] if quick else [])).items():
+        if dest in NOT_SETTINGS or dest not in args or args[dest] == default:
+            continue
+        flags.append(f"--{dest}" if isinstance(default, bool) else f"--{dest} {flag_value(args[dest])}")
+    return " ".join(flags)
+
+
+def seeds_text(args: dict) -> tuple[str, str]:
+    """The seed flags of a run ("--seeds 20") and the seeds they mean ("seeds 0-19")."""
+    first, n = args.get("seed", 0), args.get("seeds", 1)
+    flags = " ".join(f for f in (f"--seed {first}" if first else "", f"--seeds {n}" if n > 1 else "") if f)
+    return flags, f"seeds {first}-{first + n - 1}" if n > 1 else f"seed {first}"
+
+
+def records_table(records: list[tuple[str, dict, dict]]) -> str:
+    """The markdown table of 01's records (from `common.load_records`), one row per record: the run with
+    the default flags first, then in the order the runs were started. Built from config.json's flags and
+    metrics.json's per-seed outcomes only."""
+    records = sorted(records, key=lambda r: (setting_flags(r[1]["args"]) != "", r[1].get("started", ""), r[0]))
+    seeds = {seeds_text(config["args"]) for _, config, _ in records}
+    if len(seeds) == 1:
+        (flags, which), = seeds
+        head = f"flags (`python 01_bimodal_gan.py {flags + ' ' if flags else ''}...`, {which})"
+    else:
+        head = "flags (`python 01_bimodal_gan.py ...`)"
+    lines = [f"| run | {head} | collapsed at the end | runs that hopped | hops per run (median) | "
+             "share of snapshots collapsed | samples within 3σ of a mode |", "| --- " * 7 + "|"]
+    for name, config, m in records:
+        flags = setting_flags(config["args"])
+        if len(seeds) > 1:
+            flags = " ".join(f for f in (flags, seeds_text(config["args"])[0]) if f)
+        per_seed, n = m["per_seed"], m["seeds"]
+        if len(per_seed) != n or len(m["hops_per_run"]) != n:
+            raise ValueError(f"{n} seeds but {len(per_seed)} per-seed results")
+        collapsed = sum(bool(r["collapsed"]) for r in per_seed)
+        lo, hi = m["collapse_rate_ci95"]
+        hopped = sum(h > 0 for h in m["hops_per_run"])
+        quality = sum(r["high_quality"] for r in per_seed) / n
+        lines.append(f"| {name} | {f'`{flags}`' if flags else '(defaults)'} | {collapsed}/{n} ({100 * collapsed / n:.0f}%, "
+                     f"CI {100 * lo:.0f}-{100 * hi:.0f}%) | {hopped}/{n} | {statistics.median(m['hops_per_run']):g} | "
+                     f"{m['mean_fraction_of_time_collapsed']:.2f} | {quality:.2f} |")
+    return "\n".join(lines)
+
+
+def print_table(folder) -> dict:
+    """--table DIR: print the table of the records in DIR; nothing is trained or written."""
+    records = common.load_records(folder, "01_bimodal_gan")
+    try:
+        table = records_table(records)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise common.UserError(f"--table {folder}: a record there is not one of a finished run of "
+                               f"01_bimodal_gan.py ({type(e).__name__}: {common.one_line(e)[:100]})") from None
+    print(table)
+    return {"table": table, "records": [name for name, _, _ in records]}
+
+
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table is not None:
+        if args.records is not None:
+            raise common.UserError("--table prints the table of existing records and --records keeps a new "
+                                   "run's record: choose one")
+        return print_table(args.table)
+    if args.records is not None:
+        common.check_writable_folder(args.records, "--records")
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     sizes = size_flags(args)
@@ -360,6 +455,9 @@ def run(args, device, argv) -> dict:
     plot_seeds(hist, summary, run_dir)
     metrics = {"device": str(device), **summary}
     common.save_json(run_dir / "metrics.json", metrics)
+    if args.records is not None:
+        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
+        print(f"01: the record of this run is in {record}")
     lo, hi = summary["collapse_rate_ci95"]
     hops = summary["hops_per_run"]
     hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"

@@ -19,6 +19,8 @@ Three small experiments in float64 on the CPU, deterministic (instance noise dra
    cost log(1 - D) vanishes too, while the non-saturating cost -log D keeps a gradient of about mu.
 
 Run:  python 02_xy_game.py            (under 10 s of CPU time on two CPU cores; --quick for a smoke run)
+      python 02_xy_game.py --records results/02 --run_name default   (keep its record)
+      python 02_xy_game.py --table results/02   (the x*y and Dirac-GAN tables, from that record)
 Needs: common.py
 """
 from __future__ import annotations
@@ -26,7 +28,9 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +88,13 @@ def parse_args(argv=None):
     j.add_argument("--mu_max", type=common.positive_float, default=30.0,
                    help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
     j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max], at least 2")
+    r = p.add_argument_group("records")
+    r.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        "replacing an older record of that name (default: none, e.g. results/02)")
+    r.add_argument("--table", metavar="DIR", default=None,
+                   help="no computing: print the markdown tables (x*y factors, Dirac-GAN) of the one record in "
+                        "DIR (a record folder, or a folder holding one), e.g. results/02 (default: none)")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 
@@ -758,6 +769,75 @@ def plot_js(res, run_dir):
     common.savefig(fig, run_dir / "js_vanishing_gradient.png")
 
 
+# ----------------------------------------------------------------------------- 7. tables, from the record
+RULE_LABELS = {"simultaneous": "simultaneous GDA", "alternating": "alternating GDA",
+               "optimistic": "optimistic GDA (Daskalakis et al. 2018)",
+               "extragradient": "extragradient (Korpelevich; Gidel et al. 2019)",
+               "consensus": "consensus optimisation, γ = {gamma:g} (Mescheder et al. 2017)",
+               "negative_momentum": "negative momentum, β = {beta:g} (Gidel et al. 2019)"}
+ANALYTIC_TEXT = {"simultaneous": "√(1+η²) = {v:.6f}", "extragradient": "√(1-η²+η⁴) = {v:.6f}",
+                 "consensus": "√((1-ηγ)²+η²) = {v:.6f}"}   # the others: the one-step matrix's spectral radius
+GREEK = {"psi": "ψ", "sigma": "σ", "gamma": "γ"}
+
+
+def short_number(v) -> str:
+    """3 significant digits between 1e-3 and 1000, else 2 in a short exponent form (1.5e17); '-' for none."""
+    if v is None:
+        return "-"
+    if v == 0 or 1e-3 <= abs(v) < 1e3:
+        return f"{v:.3g}"
+    mantissa, exponent = f"{v:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def xy_table(xy: dict) -> str:
+    """The x*y game's rules: measured per-step factor against the analytic one, final distance."""
+    lr = xy["lr"]
+    lines = [f"| rule on f(x, y) = x·y (η = {lr:g}, {xy['n_steps']:,} steps from ({xy['start'][0]:g}, "
+             f"{xy['start'][1]:g})) | measured factor | analytic | final distance | converged (< {xy['tol']:g}) |",
+             "| --- " * 5 + "|"]
+    for name, m in xy["rules"].items():
+        label = RULE_LABELS.get(name, name).format(gamma=xy["consensus_gamma"], beta=xy["momentum"])
+        v = m["growth_factor_analytic"]
+        analytic = ANALYTIC_TEXT.get(name, "{v:.6f}").format(v=v)
+        if name == "alternating" and lr < 2:
+            analytic += " (bounded cycle for η < 2)"
+        measured = m["growth_factor_measured"]
+        lines.append(f"| {label} | {'-' if measured is None else f'{measured:.6f}'} | {analytic} | "
+                     f"{short_number(m['final_distance'])} | {'yes' if m['converged'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def dirac_table(dirac: dict) -> str:
+    """The Dirac-GAN variants: final distance to the equilibrium, simultaneous and alternating."""
+    theta0, psi0 = dirac["start"]
+    ok = f"converged (< {dirac['tol']:g})"
+    lines = [f"| Dirac-GAN (h = {dirac['lr']:g}, {dirac['n_steps']:,} steps from θ = {theta0:g}, ψ = {psi0:g}) | "
+             f"simultaneous: final distance | {ok} | alternating: final distance | {ok} |", "| --- " * 5 + "|"]
+    for v in dirac["variants"].values():
+        cells = [c for mode in ("simultaneous", "alternating")
+                 for c in (short_number(v[mode]["final_distance"]), "yes" if v[mode]["converged"] else "no")]
+        label = re.sub(r"\b(psi|sigma|gamma)\b", lambda g: GREEK[g.group(1)], v["label"]).replace("<=", "≤")
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def print_tables(folder) -> dict:
+    """--table DIR: the x*y and Dirac-GAN tables of the record in DIR; nothing is computed or written."""
+    records = common.load_records(folder, "02_xy_game")
+    if len(records) > 1:
+        raise common.UserError(f"--table {folder}: {len(records)} records there ({', '.join(n for n, _, _ in records)}); "
+                               f"name one: --table {Path(folder) / records[0][0]}")
+    name, _, metrics = records[0]
+    try:
+        text = xy_table(metrics["xy_game"]) + "\n\n" + dirac_table(metrics["dirac_gan"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise common.UserError(f"--table {folder}: {name} is not the record of a finished run of 02_xy_game.py "
+                               f"({type(e).__name__}: {common.one_line(e)[:100]})") from None
+    print(text)
+    return {"table": text, "record": name}
+
+
 # ----------------------------------------------------------------------------- main
 def save_curves(xy, dirac, js, args, run_dir):
     c = common.Curves(run_dir / "xy_distance.csv")
@@ -786,7 +866,14 @@ def save_curves(xy, dirac, js, args, run_dir):
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table is not None:
+        if args.records is not None:
+            raise common.UserError("--table prints the tables of an existing record and --records keeps a new "
+                                   "run's record: choose one")
+        return print_tables(args.table)
     check_args(args)
+    if args.records is not None:
+        common.check_writable_folder(args.records, "--records")
     sizes = common.flags_text(args, ["n_steps", "dirac_steps", "n_mu", "noise_samples"],
                               parse_args(["--quick"] if args.quick else []))
     common.check_memory(memory_needed(args), sizes)
@@ -825,6 +912,8 @@ def main(argv=None) -> dict:
         "compute_seconds": compute_s, "seconds": seconds,
     }
     common.save_json(run_dir / "metrics.json", metrics)
+    if args.records is not None:
+        print(f"02: the record of this run is in {common.copy_record(run_dir, Path(args.records) / (args.run_name or name))}")
     for rule, m in xy["metrics"].items():
         print(f"  x*y {rule:18s} factor {m['growth_factor_measured']:.6f} (analytic {m['growth_factor_analytic']:.6f})  "
               f"final |z| {m['final_distance']:.3g}  {'converged' if m['converged'] else 'not converged'}")

@@ -32,6 +32,8 @@ Part III, the command line for your samples: --fake FILE against MNIST or agains
 
 Run:  python 06_metrics.py                        (Part II: about 3 min on two CPU cores, plus 1-3 min the
                                                    first time to train and cache the classifier)
+      python 06_metrics.py --records results/06 --run_name demo   (Part II, keeping its record)
+      python 06_metrics.py --table results/06/demo (its tables, from the record)
       python 06_metrics.py --protocol gans-n-gmms (the authors' protocol, 3 splits: under 2 min on one thread)
       python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
       python 06_metrics.py --fake pngs/ --real other.npz
@@ -919,6 +921,37 @@ def speed_benchmark(args, x_train, x_test, device, ndb_fitted) -> dict:
             "speed_note": "" if args.speed_benchmark else "timed on the experiment's own fit (--no-speed_benchmark)"}
 
 
+def demo_tables(record: dict) -> str:
+    """The demonstration's metrics from its record (metrics.json), as two markdown tables that share the
+    set column: NDB, JSD and the digit counts; then FD and the k-NN metrics in the classifier's features."""
+    sets = record["sets"]
+    if not isinstance(sets, dict) or not sets:
+        raise ValueError("no sets")
+    rule = (f"\\|z\\| > {record['z_threshold']:g}" if record.get("z_threshold") is not None
+            else f"α = {record['alpha']:g}")
+    covered = "triples_covered" if any("triples_covered" in r for r in sets.values()) else "digits_covered"
+
+    def number(v, fmt):
+        return "-" if v is None else fmt(v)
+
+    def fd(v):
+        return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+    columns = [[("n", "n", lambda v: f"{v:d}"), ("ndb", f"NDB / {record['k']} ({rule})", lambda v: f"{v:d}"),
+                ("jsd", "JSD", lambda v: f"{v:.4f}"),
+                (covered, covered.replace("_", " "), lambda v: f"{v:d}"),
+                ("kl_uniform", f"KL({covered.split('_')[0]} ‖ uniform)", lambda v: f"{v:.3f}")],
+               [("frechet", "FD (classifier features)", fd)]
+               + [(key, key, lambda v: f"{v:.3f}") for key in ("precision", "recall", "density", "coverage")]]
+    tables = []
+    for cols in columns:
+        lines = ["| set | " + " | ".join(head for _, head, _ in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(number(r.get(key), fmt) for key, _, fmt in cols) + " |"
+                  for name, r in sets.items() if r["ndb"] is not None]   # a set's row without NDB: not a record
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 # ----------------------------------------------------------------------------- 10. the authors' protocol
 # The figures of the official README (eitanrich/gans-n-gmms), copied from ../shared/anchors/README.md:
 # made when ndb_mnist_demo.py counted a bin at |z| > 3 (commit bfa0704); the demo uses 4 since d3b8c28.
@@ -1294,8 +1327,12 @@ def parse_args(argv=None):
                         "10,000 query images per set, NDB at |z| > 3 and > 4, over --n_splits splits; its "
                         "defaults are named 'gans-n-gmms:' below")
     p.add_argument("--table", metavar="RECORD", default=None,
-                   help="print the markdown table of a finished --protocol run (its metrics.json, or "
-                        "results/06/gans_n_gmms_protocol.json) and exit")
+                   help="print the markdown table(s) of a finished run of the demonstration or of --protocol "
+                        "and exit: its record folder (see --records; e.g. results/06/demo) or its metrics.json "
+                        "(e.g. results/06/gans_n_gmms_protocol.json)")
+    p.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        "replacing an older record of that name (default: none, e.g. results/06)")
     p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
     g = p.add_argument_group("metrics")
     g.add_argument("--k", type=common.positive_int, default=100,
@@ -1399,16 +1436,27 @@ def check_experiment(args, data: dict) -> None:
 
 
 def print_table(path) -> dict:
-    """--table: the markdown table of a finished --protocol record."""
+    """--table: the markdown table(s) of a finished run of the demonstration or of --protocol, from its
+    record folder (config.json, metrics.json) or its metrics.json."""
     try:
-        record = common.load_json(path)
-        table = protocol_table(record)
+        if Path(path).is_dir():
+            records = common.load_records(path, "06_metrics")
+            if len(records) > 1:
+                raise common.UserError(f"{path}: {len(records)} records there ({', '.join(r[0] for r in records)}); "
+                                       f"name one: --table {Path(path) / records[0][0]}")
+            record = records[0][2]
+        else:
+            record = common.load_json(path)
+        table = (protocol_table(record) if isinstance(record, dict) and "splits" in record
+                 else demo_tables(record))
     except common.UserError as e:
-        raise common.UserError(f"--table: {common.one_line(e)}") from None
+        text = common.one_line(e)
+        raise common.UserError(text if text.startswith("--table") else f"--table: {text}") from None
     except OSError as e:
         raise common.UserError(f"--table {path}: cannot read it ({e.strerror or common.one_line(e)})") from None
-    except (ValueError, KeyError, TypeError, IndexError) as e:
-        raise common.UserError(f"--table {path}: not a record of --protocol ({common.one_line(e)[:100]})") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise common.UserError(f"--table {path}: not a record of the demonstration or of --protocol "
+                               f"({type(e).__name__}: {common.one_line(e)[:100]})") from None
     print(table)
     return record
 
@@ -1417,9 +1465,14 @@ def print_table(path) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.table is not None:
+        if args.records is not None:
+            raise common.UserError("--table prints the table of an existing record and --records keeps a new "
+                                   "run's record: choose one")
         return print_table(args.table)
     if args.fake is not None and args.protocol is not None:
         raise common.UserError("--fake evaluates your samples and --protocol runs the authors' protocol: choose one")
+    if args.records is not None:
+        common.check_writable_folder(args.records, "--records")
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     data = {}
@@ -1444,6 +1497,8 @@ def main(argv=None) -> dict:
         metrics = run_experiment(args, device, run_dir, data)
     metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
     common.save_json(run_dir / "metrics.json", metrics)
+    if args.records is not None:
+        print(f"06: the record of this run is in {common.copy_record(run_dir, Path(args.records) / (args.run_name or name))}")
     print(f"06: outputs in {run_dir}")
     return metrics
 

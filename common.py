@@ -554,6 +554,66 @@ def start_run(args: argparse.Namespace, script_file: str, default_name: str, arg
     return run_dir
 
 
+# ----------------------------------------------------------------------------- records
+RECORD_FILES = ("config.json", "metrics.json")   # a run's small record: what its tables are built from
+
+
+def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iterable[str] = RECORD_FILES) -> Path:
+    """Copy the small record of a finished run (`names`: config.json and metrics.json, no figures, curves
+    or checkpoints) from `run_dir` to the folder `dest`. An older record in `dest` is replaced as a whole:
+    the new one is built beside it (<dest>.partial) and swapped in, so a failed copy leaves the old one."""
+    src, dest = Path(run_dir).resolve(), Path(dest).resolve()
+    if src == dest or src in dest.parents or dest in src.parents:
+        raise UserError(f"--records: the record {dest} and the run folder {src} must not contain each other; "
+                        f"choose another --records")
+    tmp, old = dest.with_name(dest.name + ".partial"), dest.with_name(dest.name + ".old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in names:
+            shutil.copyfile(src / name, tmp / name)
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not dest.exists():
+            old.rename(dest)   # the swap failed half-way: the old record goes back
+        raise UserError(f"--records: cannot write the record {dest} ({one_line(e)})") from None
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def load_records(folder: str | os.PathLike, script: str, flag: str = "--table") -> list[tuple[str, dict, dict]]:
+    """The records of `script` (e.g. "01_bimodal_gan") in `folder`, as (name, config, metrics): the folder
+    itself when it holds a config.json, else each sub-folder that does, sorted by name. A folder without
+    records, another script's record or one without metrics.json is a one-line UserError naming `flag`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{flag} {folder}: not a folder of records (no such folder)" if not folder.exists()
+                        else f"{flag} {folder}: a file, not a folder of records")
+    if (folder / "config.json").is_file():
+        dirs = [folder]
+    else:
+        dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and not p.name.endswith((".partial", ".old")) and (p / "config.json").is_file())
+    if not dirs:
+        raise UserError(f"{flag} {folder}: no records there (folders holding the config.json and metrics.json "
+                        f"of a run of {script}.py, made with --records)")
+    records = []
+    for d in dirs:
+        config = load_json(d / "config.json")
+        made_by = config.get("script") if isinstance(config, dict) else None
+        if made_by != script:
+            raise UserError(f"{flag} {folder}: {d} is not a record of {script}.py (its config.json "
+                            f"{'names ' + repr(made_by) if made_by else 'names no script'})")
+        if not (d / "metrics.json").is_file():
+            raise UserError(f"{flag} {folder}: {d} holds no metrics.json (a run that did not finish)")
+        records.append((d.name, config, load_json(d / "metrics.json")))
+    return records
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: dict | None = None, step: int = 0,
                     config: dict | None = None, **extra) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -132,3 +133,63 @@ def test_memory_estimate_covers_the_big_tensors_and_scales_with_the_flags():
     assert m.memory_needed(m.parse_args(["--seeds", "10"])) == pytest.approx(10 * small)
     assert m.memory_needed(m.parse_args(["--latent_dim", "1000000000"])) > 1e14
     assert m.size_flags(m.parse_args(["--quick", "--seeds", "7"])) == "--seeds 7"
+
+
+# ----------------------------------------------------------------------------- records and the table
+def table_rows(text: str) -> dict:
+    """A markdown table as {first cell: [cells]} (header and separator dropped)."""
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in text.strip().splitlines()[2:]]
+    return {r[0]: r for r in rows}
+
+
+def test_records_and_the_table_built_from_them(tmp_path, capsys):
+    out, records = str(tmp_path / "runs"), tmp_path / "records"
+    quick = ["--quick", "--n_steps", "200", "--device", "cpu", "--out", out, "--records", str(records)]
+    first = m.main([*quick, "--seeds", "2", "--run_name", "plain"])
+    other = m.main([*quick, "--loss", "minimax", "--lr_d", "1e-3", "--run_name", "minimax"])
+    plain = m.main([*quick, "--seeds", "2", "--n_steps", "100", "--run_name", "plain"])   # replaces its record
+    assert sorted(p.name for p in records.iterdir()) == ["minimax", "plain"]                # nothing left beside
+    assert sorted(p.name for p in (records / "plain").iterdir()) == ["config.json", "metrics.json"]
+    assert json.loads((records / "plain" / "metrics.json").read_text())["per_seed"] == plain["per_seed"]
+    assert plain["per_seed"] != first["per_seed"]
+    capsys.readouterr()
+    result = m.main(["--table", str(records)])
+    printed = capsys.readouterr().out
+    assert printed == result["table"] + "\n" and printed.count("\n") == 4
+    assert all(line.count("|") - 1 == 7 for line in printed.splitlines())
+    rows = table_rows(printed)
+    assert list(rows) == ["minimax", "plain"]   # in the order the runs were started (plain's again last)
+    assert rows["plain"][1] == "`--quick --n_steps 100 --seeds 2`"
+    assert rows["minimax"][1] == "`--quick --loss minimax --n_steps 200 --lr_d 1e-3`"
+    for name, metrics in (("plain", plain), ("minimax", other)):
+        cells, n = rows[name], metrics["seeds"]
+        collapsed = sum(r["collapsed"] for r in metrics["per_seed"])
+        lo, hi = metrics["collapse_rate_ci95"]
+        assert cells[2] == f"{collapsed}/{n} ({100 * collapsed / n:.0f}%, CI {100 * lo:.0f}-{100 * hi:.0f}%)"
+        assert cells[3] == f"{sum(h > 0 for h in metrics['hops_per_run'])}/{n}"
+        assert float(cells[4]) == statistics.median(metrics["hops_per_run"])
+        assert cells[5] == f"{metrics['mean_fraction_of_time_collapsed']:.2f}"
+        assert cells[6] == f"{sum(r['high_quality'] for r in metrics['per_seed']) / n:.2f}"
+    r = run_cli_forked("01_bimodal_gan.py", "--table", str(records / "minimax"))   # one record folder
+    assert r.returncode == 0 and table_rows(r.stdout)["minimax"] == rows["minimax"]
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "file", "other script", "no metrics", "broken metrics"])
+def test_table_on_a_folder_without_records_exits_2_with_one_line(case, tmp_path):
+    folder = tmp_path / "records"
+    run = folder / "run"
+    if case != "missing":
+        folder.mkdir()
+    if case == "file":
+        folder = tmp_path / "a_file"
+        folder.write_text("not a record")
+    if case in ("other script", "no metrics", "broken metrics"):
+        run.mkdir()
+        script = "02_xy_game" if case == "other script" else "01_bimodal_gan"
+        (run / "config.json").write_text(json.dumps({"script": script, "args": {}}))
+    if case in ("other script", "broken metrics"):
+        (run / "metrics.json").write_text(json.dumps({"seeds": 3}))
+    r = run_cli_forked("01_bimodal_gan.py", "--table", str(folder))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--table" in lines[0] and "Traceback" not in r.stderr

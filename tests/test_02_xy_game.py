@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import load_script, run_cli
+from conftest import load_script, run_cli, run_cli_forked
 
 xy = load_script("02_xy_game")
 DT = torch.float64
@@ -245,3 +245,55 @@ def test_mu_max_bound_is_where_the_js_integral_is_still_accurate():
     xy.check_args(xy.parse_args(["--mu_max", str(xy.MU_MAX_ACCURATE)]))
     with pytest.raises(xy.common.UserError, match="--mu_max"):
         xy.check_args(xy.parse_args(["--mu_max", "100.5"]))
+
+
+# ----------------------------------------------------------------------------- records and the tables
+def table_rows(text: str) -> dict:
+    """A markdown table as {first cell: [cells]} (header and separator dropped)."""
+    rows = [[c.strip() for c in line.strip().strip("|").split(" | ")] for line in text.strip().splitlines()[2:]]
+    return {r[0]: r for r in rows}
+
+
+def test_record_and_the_tables_built_from_it(tmp_path, capsys):
+    records = tmp_path / "records"
+    m = xy.main(["--quick", "--n_mu", "11", "--out", str(tmp_path / "runs"), "--records", str(records),
+                 "--run_name", "quick"])
+    assert sorted(p.name for p in (records / "quick").iterdir()) == ["config.json", "metrics.json"]
+    capsys.readouterr()
+    result = xy.main(["--table", str(records)])
+    printed = capsys.readouterr().out
+    assert printed == result["table"] + "\n"
+    factors, dirac = printed.strip().split("\n\n")        # two tables, one blank line between them
+    assert "400 steps from (1, 1)" in factors.splitlines()[0] and "200 steps" in dirac.splitlines()[0]
+    rows = list(table_rows(factors).values())
+    assert len(rows) == len(xy.RULES)
+    for cells, (name, r) in zip(rows, m["xy_game"]["rules"].items()):
+        assert cells[1] == f"{r['growth_factor_measured']:.6f}"
+        assert cells[2].split(" = ")[-1].split()[0] == f"{r['growth_factor_analytic']:.6f}"
+        assert cells[3] == xy.short_number(r["final_distance"]) and cells[4] == ("yes" if r["converged"] else "no")
+    rows = list(table_rows(dirac).values())
+    assert len(rows) == 6 and rows[0][0] == "unregularised GAN"
+    for cells, v in zip(rows, m["dirac_gan"]["variants"].values()):
+        assert cells[1:] == [xy.short_number(v["simultaneous"]["final_distance"]),
+                             "yes" if v["simultaneous"]["converged"] else "no",
+                             xy.short_number(v["alternating"]["final_distance"]),
+                             "yes" if v["alternating"]["converged"] else "no"]
+    assert [xy.short_number(v) for v in (1.5e17, 1.56, 4.6e-168, 0.0162, 3614.0, 0.0)] == \
+        ["1.5e17", "1.56", "4.6e-168", "0.0162", "3.6e3", "0"]
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "other script", "two records", "broken metrics"])
+def test_table_on_a_folder_without_one_record_exits_2_with_one_line(case, tmp_path):
+    folder = tmp_path / "records"
+    if case != "missing":
+        folder.mkdir()
+    names = {"other script": ["a"], "two records": ["a", "b"], "broken metrics": ["a"]}.get(case, [])
+    for name in names:
+        (folder / name).mkdir()
+        script = "01_bimodal_gan" if case == "other script" else "02_xy_game"
+        (folder / name / "config.json").write_text(json.dumps({"script": script, "args": {}}))
+        (folder / name / "metrics.json").write_text(json.dumps({"xy_game": {"lr": 0.2}}))
+    r = run_cli_forked("02_xy_game.py", "--table", str(folder))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--table" in lines[0] and "Traceback" not in r.stderr

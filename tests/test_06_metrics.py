@@ -467,3 +467,47 @@ def test_fit_60k_within_30s_and_evaluate_10k_within_2s(mnist_root):
     t0 = time.perf_counter()
     ndb.evaluate(t.reshape(len(t), -1).float().div(127.5).sub(1))
     assert time.perf_counter() - t0 <= 2
+
+
+# ----------------------------------------------------------------------------- the demonstration's record and tables
+def test_quick_demo_record_and_its_tables(mnist_root, tmp_path, capsys):
+    records = tmp_path / "records"
+    m = metrics.main(["--quick", "--k", "10", "--n_fit", "1000", "--n_holdout", "500", "--n_test", "600",
+                      "--n_stacked", "200", "--diversity_samples", "50", "--device", "cpu", "--out",
+                      str(tmp_path / "runs"), "--data_root", mnist_root, "--records", str(records), "--run_name", "demo"])
+    assert sorted(p.name for p in (records / "demo").iterdir()) == ["config.json", "metrics.json"]
+    capsys.readouterr()
+    metrics.main(["--table", str(records / "demo")])
+    printed = capsys.readouterr().out
+    first, second = printed.strip().split("\n\n")          # two tables sharing the set column
+    assert first.splitlines()[0] == ("| set | n | NDB / 10 (α = 0.05) | JSD | digits covered | "
+                                     "KL(digits ‖ uniform) |")
+    assert second.splitlines()[0] == "| set | FD (classifier features) | precision | recall | density | coverage |"
+    for table in (first, second):
+        rows = [[c.strip() for c in ln.strip("|").split(" | ")] for ln in table.splitlines()[2:]]
+        assert [r[0] for r in rows] == list(m["sets"])
+        for cells, s in zip(rows, m["sets"].values()):
+            if table is first:
+                assert cells[1:] == [str(s["n"]), str(s["ndb"]), f"{s['jsd']:.4f}", str(s["digits_covered"]),
+                                     f"{s['kl_uniform']:.3f}"]
+            else:
+                assert float(cells[1]) == pytest.approx(s["frechet"], rel=5e-3)
+                assert cells[2:] == [f"{s[k]:.3f}" for k in ("precision", "recall", "density", "coverage")]
+    r = run_cli_forked("06_metrics.py", "--table", str(records / "demo" / "metrics.json"))   # its metrics.json too
+    assert r.returncode == 0 and r.stdout == printed
+
+
+@pytest.mark.parametrize("case", ["empty", "other script", "two records", "not a record"])
+def test_table_on_a_folder_without_one_record_exits_2_with_one_line(case, tmp_path):
+    folder = tmp_path / "records"
+    folder.mkdir()
+    names = {"other script": ["a"], "two records": ["a", "b"], "not a record": ["a"]}.get(case, [])
+    for name in names:
+        (folder / name).mkdir()
+        script = "01_bimodal_gan" if case == "other script" else "06_metrics"
+        (folder / name / "config.json").write_text(json.dumps({"script": script, "args": {}}))
+        (folder / name / "metrics.json").write_text(json.dumps({"sets": {"x": {"n": 3}}}))
+    r = run_cli_forked("06_metrics.py", "--table", str(folder / "a" if case == "not a record" else folder))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--table" in lines[0] and "Traceback" not in r.stderr
