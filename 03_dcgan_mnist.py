@@ -1216,22 +1216,37 @@ def plot_causes(base_dir: Path, by_cause: dict):
     common.savefig(fig, base_dir / "causes_states.png", dpi=90)
 
 
+def snapshot_weights(args, path: Path) -> dict:
+    """The generator weights kept at an epoch (--probe_gradients); missing, damaged or another network's:
+    a one-line UserError."""
+    if not path.exists():
+        raise common.UserError(f"no generator snapshot {path}: train with --probe_gradients to keep them")
+    weights = common.load_torch(path, "generator snapshot", fix="delete it, or probe other --probe_epochs")
+    try:
+        Generator(args.act, args.latent_dim, kernel_size=args.kernel_size).load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError) as e:  # the weights of another network (or a whole checkpoint)
+        raise common.UserError(f"cannot read generator snapshot {path}: it does not fit the generator of this "
+                               f"run ({type(e).__name__}: {common.one_line(e)[:160]}); delete it, or probe other "
+                               f"--probe_epochs") from None
+    return weights
+
+
 def probe_gradients(args, device, run_dir: Path) -> dict:
     """Arjovsky & Bottou 2017, Sec. 2.2 (Figs. 2 and 3): freeze the generator at a few epochs, train a
     fresh discriminator, and record the norm of the generator's gradient under the minimax cost
     log(1 - D(G(z))) and under -log D(G(z)) against discriminator steps. The first should vanish as D
     gets better; the second should grow and fluctuate."""
     plt = common.pyplot()
+    with torch.random.fork_rng(devices=[]):  # every snapshot read before any training, the RNG left as it was
+        snapshots = {epoch: snapshot_weights(args, run_dir / f"generator_epoch{epoch:03d}.pt")
+                     for epoch in args.probe_epochs}
     data = load_train_images(args, device)
     gen = torch.Generator().manual_seed(args.seed + 20_000)
     checkpoints = [s for s in [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] if s <= args.probe_steps]
     results, bs = {}, args.batch_size
     for epoch in args.probe_epochs:
-        path = run_dir / f"generator_epoch{epoch:03d}.pt"
-        if not path.exists():
-            raise common.UserError(f"no generator snapshot {path}: train with --probe_gradients to keep them")
         G = Generator(args.act, args.latent_dim, kernel_size=args.kernel_size).to(device)
-        G.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        G.load_state_dict(snapshots[epoch])
         G.train()  # as during training; its weights are frozen, only D learns
         for p in G.parameters():
             p.requires_grad_(False)

@@ -372,8 +372,32 @@ def load_json(path: str | os.PathLike) -> Any:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """torch.save, atomically. Serialised in memory first: torch's zip writer reports a full disk as a bare
+    RuntimeError ("unexpected pos ..."), a plain write as OSError(ENOSPC), which atomic_open names."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint", keys: Iterable[str] = (),
+               fix: str = "delete it or point to the right run folder", map_location="cpu") -> Any:
+    """torch.load (weights only) of a file a script of this project wrote with `save_torch`: a checkpoint,
+    a finished cell, a generator snapshot. Missing, damaged, or not one of ours (a dict without `keys`):
+    a one-line UserError naming `what` and how to `fix` it, never PyTorch's advice about trusted files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no {what} at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # not a zip of tensors, or pickled objects we do not load: not ours
+        first = re.split(r"(?<=[.:])\s", one_line(e), maxsplit=1)[0][:160]
+        raise UserError(f"cannot read {what} {path}: not a {what} of this script, or a damaged one "
+                        f"(torch.load: {type(e).__name__}: {first}); {fix}") from None
+    if keys and not (isinstance(state, dict) and set(keys) <= set(state)):
+        raise UserError(f"cannot read {what} {path}: not a {what} of this script (it lacks "
+                        f"{', '.join(keys)}); {fix}")
+    return state
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -629,19 +653,7 @@ def load_checkpoint(path: str | os.PathLike, *, models: dict | None = None, opti
     """Load a checkpoint written by `save_checkpoint` into the given models and optimisers.
 
     Anything unreadable (missing, truncated, wrong content) becomes a one-line UserError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a zip of tensors, or pickled objects we do not load: not ours
-        first = re.split(r"(?<=[.:])\s", one_line(e), maxsplit=1)[0][:160]
-        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script, or a damaged one "
-                        f"(torch.load: {type(e).__name__}: {first}); delete it or point to the right run "
-                        f"folder") from None
-    if not isinstance(state, dict) or not {"models", "rng"} <= set(state):
-        raise UserError(f"cannot read checkpoint {path}: not a checkpoint of this script (it has no "
-                        f"models and RNG states); delete it or point to the right run folder")
+    state = load_torch(path, "checkpoint", keys=("models", "rng"))
     try:
         for k, m in (models or {}).items():
             m.load_state_dict(state["models"][k])
