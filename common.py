@@ -115,6 +115,9 @@ class ArgParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        # a word that starts with -digit is a value (--shard -1/4, --x0 -1e300), not an unknown flag, so
+        # that the flag's own check names what is wrong with it (argparse's pattern: only -5 and -.5)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")
