@@ -405,12 +405,14 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint", keys: Iterable
 
 # ----------------------------------------------------------------------------- run folders
 def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrite: bool = False,
-                 resume: bool = False) -> Path:
+                 resume: bool = False, resumable: bool = True) -> Path:
     """`out/<script>/<run_name>/`, never reusing an existing folder unless asked.
 
     - new run, folder free: create it;
     - new run, folder taken: use `<run_name>_2`, `_3`, ... (and say so), or replace it with --overwrite;
-    - --resume: the newest existing folder of that name (the highest suffix), which must exist.
+    - --resume: the newest existing folder of that name (the highest suffix), which must exist and be
+      writable, with every folder in it (checked now, not when the first epoch is saved).
+    `resumable`: the script has --resume (the note about a taken name mentions it only then).
     """
     if overwrite and resume:
         raise UserError("--overwrite and --resume contradict each other: choose one")
@@ -426,6 +428,11 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
     if resume:
         if not taken:
             raise UserError(f"nothing to resume: no run folder {base / run_name}")
+        for folder in [taken[-1], *sorted(p for p in taken[-1].rglob("*") if p.is_dir())]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"--resume: {folder} is not writable (no permission, or a read-only file system), "
+                                f"so the run cannot continue there; make it writable, or copy the run folder "
+                                f"into a writable --out and resume it there")
         return taken[-1]
     path = base / run_name
     replaced = None
@@ -441,8 +448,8 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
             while (base / f"{run_name}_{n}").exists():
                 n += 1
             path = base / f"{run_name}_{n}"
-            print(f"note: {base / run_name} exists; writing to {path} (--overwrite replaces it, "
-                  f"--resume continues it)", file=sys.stderr)
+            print(f"note: {base / run_name} exists; writing to {path} (--overwrite replaces it"
+                  + (", --resume continues it)" if resumable else ")"), file=sys.stderr)
     created = [p for p in (Path(out), base, path) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=False)
@@ -568,7 +575,8 @@ def start_run(args: argparse.Namespace, script_file: str, default_name: str, arg
     """Create (or, with --resume, find) the run folder and write config.json into it."""
     script = Path(script_file).stem
     run_dir = make_run_dir(args.out, script, args.run_name or default_name,
-                           overwrite=args.overwrite, resume=getattr(args, "resume", False))
+                           overwrite=args.overwrite, resume=getattr(args, "resume", False),
+                           resumable=hasattr(args, "resume"))
     if not getattr(args, "resume", False):
         argv = sys.argv[1:] if argv is None else argv
         config = {"script": script, "command": " ".join(["python", Path(script_file).name] + [shlex.quote(a) for a in argv]),
