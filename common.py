@@ -840,6 +840,7 @@ def load_mnist(data_root: str | os.PathLike, train: bool = True) -> tuple[torch.
     raw = root / "MNIST" / "raw"
     for name in MNIST_FILES[:2] if train else MNIST_FILES[2:]:
         check_mnist_file(raw / name)
+    made = [p for p in (raw, raw.parent, root) if not p.exists()]  # torchvision makes them to download into
     try:
         from torchvision.datasets import MNIST
 
@@ -850,6 +851,9 @@ def load_mnist(data_root: str | os.PathLike, train: bool = True) -> tuple[torch.
     except UserError:
         raise
     except Exception as e:  # network errors come as RuntimeError/URLError/OSError depending on the version
+        for folder in made:  # a failed download leaves no empty folders behind (a mistyped --data_root stays absent)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise UserError(
             f"MNIST is not in {root / 'MNIST' / 'raw'} and could not be downloaded ({one_line(e)[:120]}); "
             f"put the four files {', '.join(MNIST_FILES)} (or their .gz) there, or point --data_root at "
