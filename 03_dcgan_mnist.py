@@ -557,12 +557,18 @@ def check_finite_samples(samples: torch.Tensor, epoch: int, ckpt: Path) -> None:
     """Divergence seen in the samples: non-finite values, or a saturated tanh (99% of the pixels at
     +-1 to 1e-4: the generator's gradient through tanh is below 2e-4 there, so it cannot learn)."""
     if not torch.isfinite(samples).all():
-        raise common.TrainingDiverged(f"the samples became non-finite in epoch {epoch}; the last good "
-                                      f"checkpoint is {ckpt}")
+        raise common.TrainingDiverged(f"the samples became non-finite in epoch {epoch}; {what_is_kept(ckpt)}")
     saturated = float((samples.abs() > 1 - 1e-4).float().mean())
     if saturated > 0.99:
         raise common.TrainingDiverged(f"the generator's tanh saturated in epoch {epoch} ({saturated:.1%} of the "
-                                      f"pixels at +-1); the last good checkpoint is {ckpt}")
+                                      f"pixels at +-1); {what_is_kept(ckpt)}")
+
+
+def what_is_kept(ckpt: Path) -> str:
+    """The end of a divergence message: the checkpoint to go back to, or that there is none yet."""
+    if ckpt.exists():
+        return f"the last good checkpoint is {ckpt}"
+    return "it diverged before its first checkpoint (end of epoch 1), so there is nothing to keep or resume"
 
 
 # ----------------------------------------------------------------------------- 5. training
@@ -732,7 +738,7 @@ class Trainer:
         means = (sums / steps).tolist()
         if not all(math.isfinite(v) for v in means):
             raise common.TrainingDiverged(f"the loss became non-finite in epoch {epoch} (D {means[0]}, G {means[1]});"
-                                          f" the last good checkpoint is {self.ckpt}")
+                                          f" {what_is_kept(self.ckpt)}")
         return means
 
     def run(self) -> dict:

@@ -2,20 +2,21 @@
 
 Copy one numbered script together with this file into another project and it runs. What is here:
 
-- the command line: one-line errors with exit code 2 (`UserError`, `cli`), argument types, the shared
-  flags `--seed --device --out --run_name --overwrite --quick --deterministic` (`add_common_args`);
+- the command line: one-line errors with exit code 2 (`UserError`, `cli`; SIGTERM ends a run as Ctrl-C
+  does), argument types, the shared flags `--seed --device --out --run_name --overwrite --quick --deterministic` (`add_common_args`);
 - device choice (`pick_device`: auto = cuda, then mps, then cpu) and seeding (`set_seed`);
 - `--quick` as smaller defaults that explicit flags override (`parse_with_quick`);
 - run folders `runs/<script>/<run-name>/` that never silently replace an earlier run (`make_run_dir`),
   with `config.json` (`start_run`); an --out that is a file or not writable, and a run refused before
-  it wrote anything but config.json (its folder is removed again by `cli`), are one-line errors;
+  it wrote anything but config.json (its folder is removed again by `cli`: `wrote_nothing`), are one-line
+  errors;
 - memory: estimate before allocating (`check_memory`), an allocation failure as one line
   (`memory_errors_as_user_error`);
-- atomic writes (`atomic_open`, `save_json`, `save_torch`): a kill or an exception mid-write leaves the
-  old file intact;
+- atomic writes (`atomic_open`, `save_json`, `save_torch`): a kill, an exception or a full disk mid-write
+  leaves the old file intact (a full disk is one line naming the folder and its free space);
 - checkpoints with models, optimisers, step, config and every RNG state (`save_checkpoint`,
   `load_checkpoint`), so a resumed run continues exactly; `checkpoint_to_resume` refuses a --resume with
-  nothing to resume;
+  nothing to resume; `load_torch` reads any file saved with `save_torch`, a damaged one as one line;
 - curves kept in memory and written as CSV (`Curves`), progress lines with an ETA (`Progress`);
 - figures with the Agg backend (`pyplot`, `savefig`, `save_grid`);
 - MNIST through torchvision with a clear message when it is missing and cannot be downloaded, or when a
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import errno
 import functools
 import io
 import json
@@ -38,8 +40,10 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -63,16 +67,29 @@ class TrainingDiverged(Exception):
     """A loss became NaN or infinite. `cli` reports it in one line and exits with code 3."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's time limit), raised where the run is, so that it ends as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
     """Wrap a script's `main(argv) -> dict` so that expected failures end in one clear line.
 
-    UserError -> exit code 2; TrainingDiverged -> exit code 3; Ctrl-C -> exit code 130. Tests that call
-    `main([...])` directly see these as `SystemExit` with the same codes."""
+    UserError (and a full disk) -> exit code 2; TrainingDiverged -> exit code 3; Ctrl-C -> exit code 130;
+    SIGTERM -> exit code 143 (128 + 15, as the shell reports a process it ended). A run folder that holds
+    nothing yet but its config.json is removed again. Tests that call `main([...])` directly see these as
+    `SystemExit` with the same codes."""
 
     @functools.wraps(main_fn)
     def wrapper(argv: list[str] | None = None) -> dict:
         prog = Path(getattr(sys.modules.get(main_fn.__module__), "__file__", None) or "script").name
         first_new, finished = len(_NEW_RUN_DIRS), False
+        on_term = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+        if on_term:
+            before = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             out = main_fn(argv)
             finished = True
@@ -81,15 +98,27 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
             _remove_unused_run_dirs(first_new)
             print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as e:  # a full disk where no atomic write turned it into a UserError
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            _remove_unused_run_dirs(first_new)
+            print(f"{prog}: error: {no_space_message(e.filename2 or e.filename)}", file=sys.stderr)
+            raise SystemExit(2) from None
         except TrainingDiverged as e:
             _remove_unused_run_dirs(first_new)  # a run that diverged before writing anything leaves nothing
             print(f"{prog}: stopped: {one_line(e)}", file=sys.stderr)
             raise SystemExit(3) from None
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted; the last checkpoint (if any) is kept, continue with --resume",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as e:
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            if _remove_unused_run_dirs(first_new):
+                print(f"{prog}: {what} before the run wrote anything; its run folder is removed", file=sys.stderr)
+            else:
+                print(f"{prog}: {what}; the last checkpoint (if any) is kept, continue with --resume",
+                      file=sys.stderr)
+            raise SystemExit(143 if isinstance(e, Terminated) else 130) from None
         finally:
+            if on_term:
+                signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
             _settle_replaced_runs(first_new, finished)
             del _NEW_RUN_DIRS[first_new:]
 
@@ -335,10 +364,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(no_space_message(path)) from None
         raise
+
+
+def no_space_message(path: str | os.PathLike | None) -> str:
+    """The one line for a full disk: the file, the space left in its folder, and that what was written
+    before is kept (a checkpoint is replaced only by a complete new one: `atomic_open`)."""
+    if path is None:
+        return "no space left on the device; what was written before is kept: free some space and run again"
+    path = Path(path)
+    try:
+        free = f"{format_bytes(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    then = "continue with --resume" if path.suffix == ".pt" and path.exists() else "run again"  # a checkpoint kept
+    return (f"no space left on the device to write {path} ({free} in {path.parent}); what was written before "
+            f"is kept: free some space and {then}")
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -486,7 +532,7 @@ def _settle_replaced_runs(first: int, finished: bool) -> None:
         with contextlib.suppress(OSError):
             if finished:
                 shutil.rmtree(replaced)
-            elif not path.exists() or set(os.listdir(path)) <= _RUN_DIR_OWN_FILES:
+            elif wrote_nothing(path):
                 shutil.rmtree(path, ignore_errors=True)
                 replaced.rename(path)
             else:
@@ -502,18 +548,31 @@ _REPLACED_RUN_DIRS: list[tuple[int, Path, Path]] = []   # (entry in _NEW_RUN_DIR
 _RUN_DIR_OWN_FILES = {"config.json"}
 
 
-def _remove_unused_run_dirs(first: int = 0) -> None:
+def wrote_nothing(run_dir: str | os.PathLike) -> bool:
+    """True when a run folder holds nothing but its config.json and empty folders (such as the samples/
+    made at the start): a run refused, diverged or stopped before it wrote anything. Nothing is lost by
+    removing it, or by starting it again in it."""
+    run_dir = Path(run_dir)
+    return all((p.is_dir() and not p.is_symlink()) or (p.parent == run_dir and p.name in _RUN_DIR_OWN_FILES)
+               for p in run_dir.rglob("*"))
+
+
+def _remove_unused_run_dirs(first: int = 0) -> list[Path]:
     """Remove the run folders made since entry `first` that hold nothing but config.json (written by
-    this run), and the parent folders made with them if they are empty now. Anything else is kept."""
+    this run) and empty folders, and the parent folders made with them if they are empty now. Anything
+    else is kept. Returns the run folders removed."""
+    removed = []
     for path, created in reversed(_NEW_RUN_DIRS[first:]):
         with contextlib.suppress(OSError):
-            if not set(os.listdir(path)) <= _RUN_DIR_OWN_FILES:
+            if not path.is_dir() or not wrote_nothing(path):
                 continue
             for name in _RUN_DIR_OWN_FILES & set(os.listdir(path)):
                 (path / name).unlink()
-            for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
+            for folder in sorted([*path.rglob("*"), *created], key=lambda p: len(p.parts), reverse=True):
                 folder.rmdir()  # only empty folders go; a folder someone else filled meanwhile stays
+            removed.append(path)
     del _NEW_RUN_DIRS[first:]
+    return removed
 
 
 def folder_problem(folder: str | os.PathLike) -> str | None:
