@@ -974,6 +974,19 @@ def _copy_record(run_dir: Path, dest: Path) -> None:
             _copy_record(sub.parent, dest / sub.parent.name)
 
 
+def check_run_of_this_script(run_dir: Path, flag: str) -> None:
+    """A one-line UserError unless run_dir is a run (or grid, or a grid's run) folder of this script: its
+    config.json, or for a grid's run its grid's, names this script."""
+    for folder in (run_dir, run_dir.parent):  # a grid writes its runs' config.json without the script's name
+        config = common.load_json(folder / "config.json") if (folder / "config.json").is_file() else None
+        made_by = config.get("script") if isinstance(config, dict) else None
+        if made_by:
+            if made_by != Path(__file__).stem:
+                raise common.UserError(f"{flag} {run_dir}: a run folder of {made_by}.py, not of {Path(__file__).name}")
+            return
+    raise common.UserError(f"{flag} {run_dir}: not a run folder of {Path(__file__).name} (no config.json naming it)")
+
+
 def record_run(args) -> dict:
     """--record_run RUN_DIR --records DIR: the record of a finished run (or grid) folder, no training."""
     run_dir = Path(args.record_run)
@@ -982,6 +995,7 @@ def record_run(args) -> dict:
     common.check_writable_folder(args.records, "--records")
     if not (run_dir / "metrics.json").is_file() and not list(run_dir.glob("*/metrics.json")):
         raise common.UserError(f"--record_run {run_dir}: no finished run there (no metrics.json)")
+    check_run_of_this_script(run_dir, "--record_run")
     dest = save_record(run_dir, Path(args.records) / run_dir.name)
     print(f"03: the record of {run_dir} is in {dest}")
     return {"record": str(dest)}
@@ -1312,8 +1326,7 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
 
 def probe_finished_run(args, device, run_dir: Path) -> dict:
     """--probe_run: the gradient probe on the snapshots of a finished run, with that run's generator."""
-    if not (run_dir / "config.json").is_file():
-        raise common.UserError(f"--probe_run: {run_dir} is not a run folder of this script (no config.json)")
+    check_run_of_this_script(run_dir, "--probe_run")
     saved = common.load_json(run_dir / "config.json")["args"]
     for key in ("act", "latent_dim", "seed", "n_train", "batch_size", "lr", "b1", "b2", "eps"):
         setattr(args, key, saved[key])
