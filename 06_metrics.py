@@ -1140,6 +1140,9 @@ def plot_digit_histograms(rows: dict, path) -> None:
 
 # ============================================================================= PART III. THE COMMAND LINE
 # ----------------------------------------------------------------------------- 12. --fake: your samples
+NUMPY_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}   # how np.save's and np.savez's files (a zip) begin
+
+
 def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
     """Images from an .npz/.npy file (key 'images', 'x', 'samples' or the only array) or a folder of PNGs,
     as float N x C x H x W in [-1, 1]. Value ranges: uint8 or integers 0-255; floats with no negative
@@ -1151,6 +1154,11 @@ def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
         arr = _read_png_folder(p, what)
     elif p.suffix.lower() in (".npz", ".npy"):
         try:
+            with open(p, "rb") as f:  # np.load takes any other file for pickled objects, and says so
+                head = f.read(6)
+            if not head.startswith(NUMPY_MAGIC[p.suffix.lower()]):
+                raise common.UserError(f"{what} {path}: not an {p.suffix} file (it does not begin as NumPy "
+                                       f"writes one: {head!r}); save the images with np.save or np.savez")
             data = np.load(p, allow_pickle=False)
             if isinstance(data, np.ndarray):
                 arr = data
