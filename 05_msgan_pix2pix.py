@@ -1030,8 +1030,9 @@ def plot_curves(results: list[dict], run_dir: Path, seed: int) -> None:
 # ----------------------------------------------------------------------------- main
 def resume_state(args, run_dir: Path, ckpt_path: Path) -> tuple[dict | None, dict | None]:
     """(checkpoint, None) to continue a killed run; (None, metrics) for a run that already finished;
-    a UserError when there is nothing to resume (no checkpoint and no metrics.json: a folder whose
-    checkpoint was deleted is never retrained over)."""
+    (None, None) for a run stopped before its first checkpoint, with nothing in its folder but config.json
+    (nothing to lose: it starts again there); a UserError when there is nothing to resume (no checkpoint
+    and no metrics.json: a folder whose checkpoint was deleted is never retrained over)."""
     config = common.load_json(run_dir / "config.json")
     if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
         raise common.UserError(f"{run_dir / 'config.json'} is not a config of this script (no \"args\")")
@@ -1040,6 +1041,9 @@ def resume_state(args, run_dir: Path, ckpt_path: Path) -> tuple[dict | None, dic
         if (run_dir / "metrics.json").exists():
             print(f"05: {run_dir} is complete; nothing to resume")
             return None, common.load_json(run_dir / "metrics.json")
+        if common.wrote_nothing(run_dir):
+            print(f"05: {run_dir} was stopped before its first checkpoint; training it from the start")
+            return None, None
         raise common.UserError(f"nothing to resume in {run_dir}: it has no checkpoint.pt and no metrics.json "
                                f"(start a new run without --resume)")
     state = common.load_checkpoint(ckpt_path, restore_rng=True)
@@ -1087,7 +1091,8 @@ def run(args, device, argv) -> dict:
         state, complete = resume_state(args, run_dir, ckpt_path)
         if complete is not None:
             return complete
-        finished, samples = state["finished"], state["samples"]
+        if state is not None:
+            finished, samples = state["finished"], state["samples"]
     metrics_mod = load_metrics_module()
     if metrics_mod is None:
         print("05: note: 06_metrics.py not found beside this script; NDB and classifier accuracy are reported as null")
@@ -1371,7 +1376,8 @@ def run_class(args, device, argv) -> dict:
         state, complete = resume_state(args, run_dir, ckpt_path)
         if complete is not None:
             return complete
-        finished, samples = state["finished"], state["samples"]
+        if state is not None:
+            finished, samples = state["finished"], state["samples"]
     train = train.to(device)
     t_ref = time.perf_counter()
     clf = metrics_mod.load_classifier(args.data_root, device=device, quick=args.quick)
