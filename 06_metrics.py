@@ -1157,8 +1157,8 @@ def load_images(path, what: str = "--fake") -> tuple[torch.Tensor, str]:
             with open(p, "rb") as f:  # np.load takes any other file for pickled objects, and says so
                 head = f.read(6)
             if not head.startswith(NUMPY_MAGIC[p.suffix.lower()]):
-                raise common.UserError(f"{what} {path}: not an {p.suffix} file (it does not begin as NumPy "
-                                       f"writes one: {head!r}); save the images with np.save or np.savez")
+                raise common.UserError(f"{what} {path}: cannot read it as {p.suffix}: not a NumPy file (it begins "
+                                       f"with {head!r}, not as np.save and np.savez write one)")
             data = np.load(p, allow_pickle=False)
             if isinstance(data, np.ndarray):
                 arr = data

@@ -148,7 +148,7 @@ CASES_06: list[tuple[str, list[str], int, str]] = [
     ("06_metrics.py", ["--resume"], 2, "--resume"),                    # 06 has nothing to resume
     ("06_metrics.py", ["--out", "{file}"], 2, "--out"),
     ("06_metrics.py", ["--seed", "99999999999999999999"], 2, "a seed from 0 to 4294967295"),
-    ("06_metrics.py", ["--fake", "{file}.npy"], 2, "not an .npy file"),   # a text file, not "pickled data"
+    ("06_metrics.py", ["--fake", "{file}.npy"], 2, "not a NumPy file"),   # a text file, not "pickled data"
 ]  # more of 06's sizes and flag clashes, in-process (faster): tests/test_06_metrics.py
 
 CASES = CASES_01 + CASES_02 + CASES_03 + CASES_04 + CASES_05 + CASES_06
