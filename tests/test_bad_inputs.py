@@ -221,7 +221,7 @@ DATA_LOSS_CASES = [
     ("04_remedies.py", ["--quick", "--run_name", "old", "--overwrite", "--records", "{file}"], 2, "--records"),
     # diverged in epoch 1, before writing anything but config.json and an empty samples/: the old run is put back
     ("03_dcgan_mnist.py", ["--quick", "--run_name", "old", "--overwrite", "--data_root", "{mnist}", "--lr", "1e30",
-                           "--n_train", "512", "--batch_size", "128", "--n_eval", "300"], 3, "before its first checkpoint"),
+                           "--n_train", "256", "--batch_size", "128", "--n_eval", "100"], 3, "before its first checkpoint"),
 ]
 
 
