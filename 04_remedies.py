@@ -1518,9 +1518,11 @@ def table_markdown(records: list[dict]) -> str:
         groups.setdefault((r.get("setting", "?"), r["data"]), []).append(r)
     for (setting, data), recs in sorted(groups.items()):
         K = recs[0]["n_modes"]
+        published = setting == "pacgan"  # the setting the published rows (and the verdict column) belong to
         lines += [f"#### setting `{setting}`, {data} ({K} modes)", "",
-                  f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL | "
-                  f"reproduces? (modes / HQ / rKL) |", "|---|---|---|---|---|---|---|---|"]
+                  f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL |"
+                  + (" reproduces? (modes / HQ / rKL) |" if published else ""), "|---|---|---|---|---|---|---|"
+                  + ("---|" if published else "")]
         second = ["", "| method | step reached | occupied modes | collapsed (Wilson 95%) | differs from the setting |",
                   "|---|---|---|---|---|"]
         order = {m: i for i, m in enumerate(METHODS)}
@@ -1542,7 +1544,7 @@ def table_markdown(records: list[dict]) -> str:
             name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
             lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
-                         f"{fmt(s['reverse_kl'])} | {v} |")
+                         f"{fmt(s['reverse_kl'])} |" + (f" {v} |" if published else ""))
             second.append(f"| {name} | {s['step']:,} | {fmt(s['occupied'], digits=1)} | {ctext} | {differences(r)} |")
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
