@@ -953,7 +953,7 @@ def demo_tables(record: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- 10. the authors' protocol
-# The figures of the official README (eitanrich/gans-n-gmms), copied from ../shared/anchors/README.md:
+# The figures of the official README (eitanrich/gans-n-gmms, README.md, its NDB/JS figure for MNIST),
 # made when ndb_mnist_demo.py counted a bin at |z| > 3 (commit bfa0704); the demo uses 4 since d3b8c28.
 GANS_N_GMMS_README = {"validation": {"ndb": 0, "jsd": 0.0014}, "test": {"ndb": 4, "jsd": 0.0041},
                       "validation without 9s": {"ndb": 11, "jsd": 0.016}}

@@ -617,14 +617,22 @@ def _taken_run_dirs(base: Path, run_name: str) -> list[Path]:
 
 def hardware() -> dict:
     """What the numbers were measured on, recorded next to them."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
+    cpu, fields = platform.processor() or platform.machine(), {}
+    with contextlib.suppress(OSError):  # the first processor's entry (Linux)
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            if not line.strip():
                 break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    cpu = fields.get("model name", cpu)
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    if "cpu family" in fields:  # "AMD EPYC" alone names three generations with different vector units
+        flags = set(fields.get("flags", "").split())
+        info["cpu_family_model"] = f"{fields['cpu family']}/{fields.get('model', '?')}"
+        info["cpu_flags"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
+    with contextlib.suppress(Exception):
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
