@@ -736,7 +736,9 @@ def build_parser() -> common.ArgParser:
                    help="with --table: also draw modes captured and high-quality %% against the step, per method "
                         "(mean and s.e. over trials), for the records of --setting")
     p.add_argument("--speed", action="store_true",
-                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled)")
+                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled); "
+                        "stacked MNIST: ms/step of each --method and the cost of --n_steps, 4 trials batched vs "
+                        "separate, one evaluation's cost")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the two networks of the plain-GAN/PacGAN pass (measured slower on the CPU: README)")
     p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
@@ -928,13 +930,13 @@ class StackedMNIST:
         return self._clf
 
     @torch.no_grad()
-    def mode_stats(self, sampler, z, chunk: int = 2560) -> list[dict]:
-        """Score S generators on their noise z (S, n, latent): sampled `chunk` at a time (a multiple of the
-        sampler's batch of 128), each channel classified (argmax, no threshold), the triple's histogram.
+    def mode_stats(self, sampler, z, batch: int = 128) -> list[dict]:
+        """Score S generators on their noise z (S, n, latent): sampled `eval_chunk` at a time (a multiple of
+        the sampler's batch, 128), each channel classified (argmax, no threshold), the triple's histogram.
         Per trial: modes = distinct triples, reverse_kl = KL(p_gen || uniform over 1,000) in nats over the
         non-empty modes (PacGAN model.py `log_metrics`), counts = the 1,000 counts."""
         triples, finite = [], torch.ones(z.shape[0], dtype=torch.bool)
-        for zc in z.split(chunk, 1):
+        for zc in z.split(eval_chunk(z.shape[0], batch), 1):
             x = generate(sampler, zc).float()
             finite &= torch.isfinite(x.flatten(1)).all(1).cpu()
             triples.append(self.metrics.stacked_triples(x.flatten(0, 1), self.classifier).view(x.shape[:2]))
@@ -945,6 +947,12 @@ class StackedMNIST:
             out.append({"modes": s["covered"], "high_quality": None, "reverse_kl": s["kl_uniform"],
                         "counts": s["counts"], "finite": ok})
         return out
+
+
+def eval_chunk(S: int, batch: int) -> int:
+    """Noise vectors per trial sampled at once when scoring: about 12,800 images over all trials, a
+    multiple of the sampler's batch."""
+    return max(1, 12_800 // (S * batch)) * batch
 
 
 def make_data(name: str, args, device):
@@ -1717,13 +1725,18 @@ def score_sampler(sampler, z, bench, seeds, curves_ok) -> tuple[list[dict], torc
             x = bench.to_data(generate(sampler, z).float().cpu())
         return score(x, curves_ok, bench, seeds), x
     out = []
-    for seed, ok, st in zip(seeds, curves_ok, bench.mode_stats(sampler, z)):
+    for seed, ok, st in zip(seeds, curves_ok, bench.mode_stats(sampler, z, args_batch(sampler))):
         diverged = not (ok and st.pop("finite"))
         out.append({"seed": seed, "diverged": diverged,
                     **({k: None for k in st} if diverged else st)})
     with torch.no_grad():
         keep = generate(sampler, z[:, :128]).float().cpu()[:, :64]
     return out, keep
+
+
+def args_batch(sampler) -> int:
+    """The batch a conv generator samples in (its BatchNorm's batch statistics), 128 for anything else."""
+    return getattr(sampler, "eval_batch", 128)
 
 
 def summarize(trials: list[dict]) -> dict:
@@ -2225,22 +2238,25 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: 
     batched as one network, and S separate single-trial networks stepped one after another (what S
     separate runs on one core cost at best), and S trials batched with torch.compile (compiled before the
     timed steps)."""
-    bench = make_benchmark("ring")
+    bench = make_benchmark("ring") if args.arch == "mlp" else make_data(IMAGE_DATA[0], args, device)
     out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)},
            "load_average_start": os.getloadavg()}
 
-    def time_block(seeds, compiled=False):
+    def time_block(seeds, compiled=False, method="gan", steps=n_steps):
         a = argparse.Namespace(**vars(args))
-        a.n_steps, a.log_every, a.compile = n_steps + 3, 10 ** 9, compiled
+        a.n_steps, a.log_every, a.compile = steps + 3, 10 ** 9, compiled
         t = {}
 
         def on_step(step, G):
             if step == 3:
                 t["t0"] = time.perf_counter()
-        train_gan(METHODS["gan"], bench, a, device, seeds, a.n_steps, on_step=on_step)
+        train_gan(METHODS[method], bench, a, device, seeds, a.n_steps, on_step=on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return 1000 * (time.perf_counter() - t["t0"]) / n_steps
+        return 1000 * (time.perf_counter() - t["t0"]) / steps
+
+    if args.arch != "mlp":
+        return measure_image_speed(args, device, bench, out, time_block, n_steps)
 
     for S in trials:
         out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
@@ -2256,6 +2272,42 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: 
     for k in list(out):
         if k.endswith("_ms_per_step"):
             out[k.replace("_ms_per_step", "_hours_per_400k_steps")] = out[k] * 400_000 / 3.6e6
+    return out
+
+
+def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
+    """Stacked MNIST: ms per step of every --method for one trial, the cost of --n_steps steps at that rate;
+    then the lever: 4 trials batched as one network (grouped convolutions) against 4 separate networks,
+    the plain GAN; and what one evaluation (--n_eval samples, the classifier on each channel) costs."""
+    for mth in args.method:
+        ms = time_block([0], method=mth, steps=n_steps)
+        out[f"{mth}_ms_per_step"] = ms
+        print(f"04 speed: {mth}, 1 trial: {ms:.1f} ms/step, {args.n_steps:,} steps: "
+              f"{common.format_seconds(ms * args.n_steps / 1000)}", flush=True)
+    S = 4
+    out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
+    out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
+    print(f"04 speed: gan, {S} trials batched (grouped convolutions): {out[f'batched_{S}_ms_per_step']:.1f} ms/step; "
+          f"{S} separate networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    gens = seed_generators([0], 11)
+    G, _ = make_conv_networks(args, METHODS["gan"], bench.shape, gens)
+    z = draw_noise((1, 2560, args.latent_dim), gens[0], args.z_dist)
+    bench.mode_stats(G, z[:, :128])  # the classifier loaded (or trained) before the clock starts
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        generate(G, z)
+    t1 = time.perf_counter()
+    bench.mode_stats(G, z)
+    t2 = time.perf_counter()
+    scale = args.n_eval / z.shape[1]
+    out["eval_sampling_s"], out["eval_total_s"] = (t1 - t0) * scale, (t2 - t1) * scale
+    print(f"04 speed: one evaluation of one trial ({args.n_eval:,} samples): {out['eval_total_s']:.1f} s, of which "
+          f"sampling G {out['eval_sampling_s']:.1f} s, the classifier the rest", flush=True)
+    out["threads"] = torch.get_num_threads()
+    out["load_average_end"] = os.getloadavg()
+    for k in list(out):
+        if k.endswith("_ms_per_step"):
+            out[k.replace("_ms_per_step", f"_hours_per_{args.n_steps}_steps")] = out[k] * args.n_steps / 3.6e6
     return out
 
 
@@ -2279,7 +2331,7 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
         d_maps = sum(args.d_hidden // 2 ** (args.d_layers - 1 - i) * s ** 2
                      for i, s in enumerate(same_sizes(28, args.d_layers)[1:]))
         acts = 4 * S * args.batch_size * m * (g_maps + 3 * 784 * (1 + m) + 2 * d_maps) * 6
-        evals = 4 * S * 2560 * (g_maps + 3 * 784) * 2 + 4 * S * args.n_eval * args.latent_dim
+        evals = 4 * S * eval_chunk(S, args.batch_size) * (g_maps + 3 * 784) * 2 + 4 * S * args.n_eval * args.latent_dim
         train = 8 * S * args.n_train * (3 + m) + 4 * 60_000 * 784
     total = params + acts + evals + noise + train
     return total, (f"--seeds {args.seeds} --latent_dim {args.latent_dim} --g_hidden {args.g_hidden} --d_hidden "
@@ -2319,10 +2371,12 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     need, flags = estimate_memory(args)
-    check_memory(need, flags, device)
+    if not args.speed:  # --speed sizes its own runs (at most 4 trials)
+        check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
         if args.speed:
-            out = measure_speed(args, device, compile_too=not args.quick)
+            out = measure_speed(args, device, n_steps=30 if args.arch == "mlp" else (3 if args.quick else 10),
+                                compile_too=not args.quick and args.arch == "mlp")
             folder = Path(args.records or Path(args.out) / "04_remedies")
             common.save_json(folder / f"speed_{args.setting}{'_quick' if args.quick else ''}.json", out)
             return out
