@@ -1958,6 +1958,40 @@ PUBLISHED = {
 SOURCES = {"pacgan": "PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086), Table 1",
            "veegan": "VEEGAN (Srivastava et al., NeurIPS 2017), Table 1"}
 SOURCE_NAMES = {"pacgan": "PacGAN", "veegan": "VEEGAN"}  # the verdict column's prefix
+# Stacked MNIST (modes of 1,000, KL(p_gen || uniform)): PacGAN Table 3 (D = G/4 and G/2; their DCGAN and
+# PacDCGAN rows, 50 runs, mean +- s.e.; the DCGAN and unrolled rows they quote from the Unrolled GAN paper,
+# Metz et al. 2017, Table 3) and PacGAN Table 2 (the VEEGAN setting; their rows over 10 runs, VEEGAN's
+# quoted without error bars).
+_T3 = {"d4": {"gan": (78.5, 17.56, 5.21, 0.19), "pacgan2": (484.5, 32.99, 2.61, 0.22),
+              "pacgan3": (601.3, 32.18, 2.00, 0.17), "pacgan4": (667.4, 29.00, 1.81, 0.15)},
+       "d2": {"gan": (487.7, 34.59, 2.24, 0.15), "pacgan2": (840.7, 15.92, 1.00, 0.05),
+              "pacgan3": (866.6, 12.10, 0.90, 0.04), "pacgan4": (820.2, 25.50, 1.15, 0.14)}}
+_T3_UNROLLED = {"d4": {"gan": (30.6, 20.73, 5.99, 0.42), "unrolled1": (65.4, 34.75, 5.91, 0.14),
+                       "unrolled5": (236.4, 63.30, 4.67, 0.43), "unrolled10": (327.2, 74.67, 4.66, 0.46)},
+                "d2": {"gan": (628.0, 140.9, 2.58, 0.75), "unrolled1": (523.6, 55.77, 2.44, 0.26),
+                       "unrolled5": (732.0, 44.98, 1.66, 0.09), "unrolled10": (817.4, 37.91, 1.43, 0.12)}}
+for _d in ("d4", "d2"):
+    PUBLISHED[(f"pacgan_t3_{_d}", "stacked_mnist")] = {k: (a, b, None, None, c, e) for k, (a, b, c, e) in _T3[_d].items()}
+    PUBLISHED[(f"unrolled_t3_{_d}", "stacked_mnist")] = {k: (a, b, None, None, c, e)
+                                                         for k, (a, b, c, e) in _T3_UNROLLED[_d].items()}
+    SOURCES[f"pacgan_t3_{_d}"] = f"PacGAN, Table 3 (D = G/{_d[1]})"
+    SOURCES[f"unrolled_t3_{_d}"] = f"Unrolled GAN (Metz et al. 2017) as quoted in PacGAN Table 3 (D = G/{_d[1]})"
+    SOURCE_NAMES[f"pacgan_t3_{_d}"], SOURCE_NAMES[f"unrolled_t3_{_d}"] = "PacGAN", "Unrolled GAN"
+PUBLISHED[("pacgan_t2", "stacked_mnist")] = {"gan": (78.9, 6.46, None, None, 4.50, 0.127),
+                                             "pacgan2": (1000.0, 0.0, None, None, 0.06, 0.003),
+                                             "pacgan3": (1000.0, 0.0, None, None, 0.06, 0.003),
+                                             "pacgan4": (1000.0, 0.0, None, None, 0.07, 0.005)}
+PUBLISHED[("veegan_t2", "stacked_mnist")] = {"gan": (99, None, None, None, 3.40, None),
+                                             "unrolled5": (48.7, None, None, None, 4.32, None)}
+SOURCES.update(pacgan_t2="PacGAN, Table 2", veegan_t2="VEEGAN (Srivastava et al. 2017) as quoted in PacGAN Table 2")
+SOURCE_NAMES.update(pacgan_t2="PacGAN", veegan_t2="VEEGAN")
+# setting -> its published sources, and each source's (steps, runs) as the table prints them
+SETTING_SOURCES = {"pacgan": ("pacgan", "veegan"), "stacked_d4": ("pacgan_t3_d4", "unrolled_t3_d4"),
+                   "stacked_d2": ("pacgan_t3_d2", "unrolled_t3_d2"), "stacked_veegan": ("pacgan_t2", "veegan_t2")}
+SOURCE_RUNS = {"pacgan": ("400,000", 10), "veegan": ("not stated", 5), "pacgan_t3_d4": ("500,000", 50),
+               "pacgan_t3_d2": ("500,000", 50), "unrolled_t3_d4": ("not stated", "not stated"),
+               "unrolled_t3_d2": ("not stated", "not stated"), "pacgan_t2": ("100,000", 10),
+               "veegan_t2": ("not stated", "not stated")}
 
 
 def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
@@ -2021,8 +2055,8 @@ def table_markdown(records: list[dict]) -> str:
             if ps and ctext != "-":
                 ctext += (f": {sum(bool(t['final_below_all']) for t in ps)} end below {K}, "
                           f"{sum(bool(t['hopping']) for t in ps)} hop")
-            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
-                    if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
+            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in SETTING_SOURCES.get(setting, ())
+                    if r["method"] in PUBLISHED.get((src, data), {})]
             v = "; ".join((f"{SOURCE_NAMES[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
                           + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                                        for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
@@ -2035,8 +2069,8 @@ def table_markdown(records: list[dict]) -> str:
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
-                             f"{'400,000' if src == 'pacgan' else 'not stated'} | "
-                             f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
+                             f"{SOURCE_RUNS[src][0]} | "
+                             f"{SOURCE_RUNS[src][1]} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
                              f"{show(p[4], p[5], 2)} | |")
         lines += second + [""]
     return "\n".join(lines) + "\n"
