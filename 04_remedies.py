@@ -1,7 +1,7 @@
 """04_remedies.py - the remedies for mode collapse, measured side by side on the standard benchmarks.
 
 Every remedy the material names, each a small piece you can copy into your own GAN (section 2: plain
-nn.Module + torch.optim, paper and defaults in each docstring), trained in one of three named settings
+nn.Module + torch.optim, paper and defaults in each docstring), trained in one of the named settings
 (section 1, `--setting`) and scored with the PacGAN protocol over several trials:
 
 - plain GAN, non-saturating loss (Goodfellow et al. 2014): the baseline;
@@ -32,6 +32,15 @@ Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides 
 - small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
   32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
 
+- stacked_d4, stacked_d2 (`--data stacked_mnist`): PacGAN's Table 3 (Lin et al. 2018, Sec. 5.2, the
+  Unrolled GAN paper's stacked MNIST setting) as the authors' code builds it (fjxmlzn/PacGAN
+  stacked_MNIST_experiments/unrolled_GAN_experiment): a DCGAN generator of 287,875 parameters against a
+  conv discriminator of 585 (D = G/4) or 1,889 (D = G/2) parameters, z 256-d, batch 128, Adam D 2e-4 /
+  G 1e-4, betas (0.5, 0.99), 500,000 steps of D's step then G's on the same noise, every BatchNorm with
+  batch statistics; methods DCGAN (gan), unrolled 1/5/10, PacDCGAN 2/3/4 (packing on the channel axis).
+  stacked_veegan: PacGAN's Table 2 (VEEGAN's setting), a GPU-sized DCGAN. Modes: 06's classifier on
+  each channel, the digit triple is the mode (1,000), KL(p_gen || uniform) as PacGAN computes it.
+
 Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, angles 2 pi k / 8), 25 on a grid ({-4..4}^2 step
 2, std 0.05), and the 1-D temperature mixture of 01. Scores (PacGAN, Sec. 5.1): on 2,500 samples per
 trial, the modes captured (at least one high-quality sample nearest the mode), the fraction of
@@ -43,13 +52,16 @@ Run:  python 04_remedies.py --method gan pacgan2 --data ring --records results/0
       python 04_remedies.py --setting unrolled --method gan unrolled5 unrolled10 --data ring
       python 04_remedies.py --setting small                    (the old table, ~20 min of one core)
       python 04_remedies.py --table results/04                 (the README table from the records)
+      python 04_remedies.py --data stacked_mnist --records results/04   (PacGAN Table 3, D = G/4; 500,000 steps
+                                                              of 7 methods x 10 trials: weeks of one CPU core)
+      python 04_remedies.py --data stacked_mnist --speed       (ms/step per method, the cost of 500,000 steps)
       python 04_remedies.py --speed                            (ms/step of the pacgan networks)
       python 04_remedies.py --ablation                         (when does the plain GAN collapse?)
       python 04_remedies.py --quick                            (smoke run of the whole table, seconds)
       python 04_remedies.py ... --shard 0/4                    (every 4th cell, from the first)
       python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept, the
                                                               cell in training continues from its last evaluation)
-Needs: common.py
+Needs: common.py (and 06_metrics.py for --data stacked_mnist: the digit classifier that counts the modes)
 """
 from __future__ import annotations
 
@@ -1155,9 +1167,8 @@ def tf_same_padding(size_in: int, size_out: int, kernel: int, stride: int) -> tu
 
 
 def conv2d_same(x, w, b, stride: int, groups: int, size_out: int):
-    """F.conv2d with TensorFlow's 'SAME' padding (square maps). A symmetric padding is the convolution's
-    own (torch's F.pad before it costs more than the convolution: 23 against 10 ms for the forward and
-    backward of G's last layer on one CPU thread, batch 128)."""
+    """F.conv2d with TensorFlow's 'SAME' padding (square maps): a symmetric padding as the convolution's
+    own, an asymmetric one (28 -> 14: one pixel after) by F.pad."""
     k = w.shape[-1]
     p0, p1 = tf_same_padding(x.shape[-1], size_out, k, stride)
     if p0 == p1:
@@ -1216,12 +1227,13 @@ class StackedConvGenerator(nn.Module):
 
     BatchNorm always normalises with the batch's statistics (the authors' sampler runs it in training
     mode too); eval mode only splits the noise into batches of `eval_batch` (their sampler's 128), or, with
-    bn_momentum > 0, uses population statistics (the VEEGAN setting's sampler: train=False). The feature
-    maps are kept channels-last: its transposed convolutions are 10-20% faster on a CPU (`--speed`)."""
+    bn_momentum > 0, uses population statistics (the VEEGAN setting's sampler: train=False).
+    memory_format: of the feature maps; channels-last speeds G's own transposed convolutions up on a CPU
+    but not a whole training step (`--speed` measures both), so the default is torch's contiguous."""
 
     def __init__(self, latent: int, widths, gens, size: int = 28, channels: int = 3, kernel: int = 3,
                  final: str = "conv", init_scale: float = 0.02, bn_eps: float = 1e-5, bn_momentum: float = 0.0,
-                 eval_batch: int = 128, memory_format=torch.channels_last):
+                 eval_batch: int = 128, memory_format=torch.contiguous_format):
         super().__init__()
         S, widths = len(gens), list(widths)
         n_up = len(widths) - 1 + (final == "deconv")
@@ -1348,7 +1360,7 @@ def make_conv_networks(args, remedy: Remedy, shape, gens):
                                f"--g_layers {args.g_layers} / --d_layers {args.d_layers}")
     G = StackedConvGenerator(args.latent_dim, g_widths, gens, shape[-1], shape[0], arch["kernel"], arch["final"],
                              args.init_scale, args.bn_eps, args.bn_momentum, args.batch_size,
-                             getattr(args, "memory_format", torch.channels_last))  # --speed compares the two
+                             getattr(args, "memory_format", torch.contiguous_format))  # --speed compares the two
     mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
     D = StackedConvDiscriminator(shape[0] * remedy.pack, d_widths, gens, shape[-1], arch["kernel"], arch["leak"],
                                  arch["bn_first"], args.init_scale, args.bn_eps, mbd)
@@ -2350,8 +2362,8 @@ def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
         args.memory_format = fmt
         out[f"gan_{name}_ms_per_step"] = time_block([0])
     del args.memory_format
-    print(f"04 speed: gan, 1 trial, G's feature maps contiguous: {out['gan_contiguous_ms_per_step']:.1f} ms/step; "
-          f"channels-last (the default): {out['gan_channels_last_ms_per_step']:.1f} ms/step", flush=True)
+    print(f"04 speed: gan, 1 trial, G's feature maps contiguous (the default): {out['gan_contiguous_ms_per_step']:.1f} ms/step; "
+          f"channels-last: {out['gan_channels_last_ms_per_step']:.1f} ms/step", flush=True)
     S = 4
     out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
     out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
