@@ -193,3 +193,6 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
         assert [e["step"] for e in rec["evals"]] == [10, 20]
         for t in rec["evals"][-1]["trials"]:
             assert 1 <= t["modes"] <= 256 and 0 <= t["reverse_kl"] <= math.log(1000) + 1e-9
+    table = m.main(["--table", str(run_dir / "records")])["table"]   # beside PacGAN's Table 3 rows
+    assert "setting `stacked_d4`, stacked_mnist (1000 modes)" in table
+    assert "PacGAN, Table 3 (D = G/4) | 500,000 | 50 | 78.5 ± 17.6" in table and "Unrolled GAN (Metz" in table
