@@ -1157,8 +1157,9 @@ def make_networks(args, remedy: Remedy, shape, gens):
 
 
 # S trials of a convolutional GAN as one network: the trials' feature maps side by side on the channel
-# axis, (N, S * C, H, W), every convolution grouped by trial (groups = S), every BatchNorm per trial and
-# channel. Interface as StackedMLP: images (S, N, C, H, W), noise (S, N, latent), logits (S, N, 1).
+# axis, (N, S * C, H, W), every convolution per trial (`per_trial`: grouped on a GPU, one call per trial on
+# a CPU), every BatchNorm per trial and channel. Interface as StackedMLP: images (S, N, C, H, W), noise
+# (S, N, latent), logits (S, N, 1).
 def tf_same_padding(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's 'SAME' padding (before, after) along one axis: the total is split with the odd pixel
     after, so 28 -> 14 with a 3 x 3 stride-2 kernel pads (0, 1), not torch's symmetric (1, 1)."""
@@ -1166,14 +1167,25 @@ def tf_same_padding(size_in: int, size_out: int, kernel: int, stride: int) -> tu
     return total // 2, total - total // 2
 
 
-def conv2d_same(x, w, b, stride: int, groups: int, size_out: int):
+def per_trial(conv, x, w, b, groups: int, split: bool, **kw):
+    """A convolution of `groups` trials side by side on the channel axis: one grouped call, or (split)
+    one ordinary call per trial, concatenated. On one CPU thread the grouped kernels are 35-50% slower
+    than the trials' own (`--speed`), so the conv nets split there and group on a GPU."""
+    if groups == 1 or not split:
+        return conv(x, w, b, groups=groups, **kw)
+    xs, ws = x.chunk(groups, 1), w.chunk(groups, 0)
+    bs = b.chunk(groups, 0) if b is not None else [None] * groups
+    return torch.cat([conv(xi, wi, bi, **kw) for xi, wi, bi in zip(xs, ws, bs)], 1)
+
+
+def conv2d_same(x, w, b, stride: int, groups: int, size_out: int, split: bool = False):
     """F.conv2d with TensorFlow's 'SAME' padding (square maps): a symmetric padding as the convolution's
-    own, an asymmetric one (28 -> 14: one pixel after) by F.pad."""
+    own, an asymmetric one (28 -> 14: one pixel after) by F.pad. groups, split: `per_trial`."""
     k = w.shape[-1]
     p0, p1 = tf_same_padding(x.shape[-1], size_out, k, stride)
     if p0 == p1:
-        return F.conv2d(x, w, b, stride=stride, padding=p0, groups=groups)
-    return F.conv2d(F.pad(x, (p0, p1, p0, p1)), w, b, stride=stride, groups=groups)
+        return per_trial(F.conv2d, x, w, b, groups, split, stride=stride, padding=p0)
+    return per_trial(F.conv2d, F.pad(x, (p0, p1, p0, p1)), w, b, groups, split, stride=stride)
 
 
 def same_sizes(size: int, n: int) -> list[int]:
@@ -1241,6 +1253,7 @@ class StackedConvGenerator(nn.Module):
         self.S, self.kernel, self.final, self.bn_eps, self.bn_momentum = S, kernel, final, bn_eps, bn_momentum
         self.eval_batch, self.sizes, self.widths, self.channels = eval_batch, sizes, widths, channels
         self.memory_format = memory_format
+        self.split_trials = False  # `per_trial`: make_conv_networks sets it for the device
         self.lin_w = nn.Parameter(torch.stack([torch.randn(latent, widths[0] * sizes[0] ** 2, generator=g) * init_scale
                                                for g in gens]))
         self.lin_b = nn.Parameter(torch.zeros(S, 1, widths[0] * sizes[0] ** 2))
@@ -1277,11 +1290,12 @@ class StackedConvGenerator(nn.Module):
         for i, (w, b) in enumerate(zip(self.up_w, self.up_b)):
             n_in, n_out = self.sizes[i], self.sizes[i + 1]
             before, _ = tf_same_padding(n_out, n_in, self.kernel, 2)  # the conv that this transposes maps n_out -> n_in
-            h = F.conv_transpose2d(h, w, b, stride=2, groups=S)[..., before:before + n_out, before:before + n_out]
+            h = per_trial(F.conv_transpose2d, h, w, b, S, self.split_trials, stride=2)
+            h = h[..., before:before + n_out, before:before + n_out]
             if i + 1 < len(self.widths):
                 h = self._bn(i + 1, h, slots, update_stats).relu()
         if self.final == "conv":
-            h = conv2d_same(h, self.out_w, self.out_b, 1, S, self.sizes[-1])
+            h = conv2d_same(h, self.out_w, self.out_b, 1, S, self.sizes[-1], self.split_trials)
         return h.tanh().view(N, S, self.channels, *h.shape[2:]).transpose(0, 1)
 
     def forward(self, z, slots: int = 1, update_stats: bool = True):
@@ -1305,6 +1319,7 @@ class StackedConvDiscriminator(nn.Module):
         super().__init__()
         S, widths = len(gens), list(widths)
         self.S, self.kernel, self.leak, self.bn_eps = S, kernel, leak, bn_eps
+        self.split_trials = False  # `per_trial`: make_conv_networks sets it for the device
         self.sizes = same_sizes(size, len(widths))
         self.bn_layers = [i for i in range(len(widths)) if i > 0 or bn_first]
         self.conv_w = nn.ParameterList(nn.Parameter(_init_conv((b, a, kernel, kernel), gens, init_scale, True))
@@ -1329,7 +1344,7 @@ class StackedConvDiscriminator(nn.Module):
         S, N = x.shape[:2]
         h = x.transpose(0, 1).reshape(N, S * x.shape[2], *x.shape[3:])
         for i, (w, b) in enumerate(zip(self.conv_w, self.conv_b)):
-            h = conv2d_same(h, w, b, 2, S, self.sizes[i + 1])
+            h = conv2d_same(h, w, b, 2, S, self.sizes[i + 1], self.split_trials)
             if i in self.bn_layers:
                 running = (getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}"))
                 h = (grouped_batch_norm(h, self.gammas[str(i)], self.betas[str(i)], self.bn_eps, 1, running)
@@ -1364,6 +1379,7 @@ def make_conv_networks(args, remedy: Remedy, shape, gens):
     mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
     D = StackedConvDiscriminator(shape[0] * remedy.pack, d_widths, gens, shape[-1], arch["kernel"], arch["leak"],
                                  arch["bn_first"], args.init_scale, args.bn_eps, mbd)
+    G.split_trials = D.split_trials = getattr(args, "split_trials", common.pick_device(args.device).type == "cpu")
     return G, D
 
 
@@ -2365,9 +2381,14 @@ def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
     print(f"04 speed: gan, 1 trial, G's feature maps contiguous (the default): {out['gan_contiguous_ms_per_step']:.1f} ms/step; "
           f"channels-last: {out['gan_channels_last_ms_per_step']:.1f} ms/step", flush=True)
     S = 4
+    args.split_trials = False
+    out[f"grouped_{S}_ms_per_step"] = time_block(list(range(S)))
+    args.split_trials = True
     out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
+    del args.split_trials
     out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
-    print(f"04 speed: gan, {S} trials batched (grouped convolutions): {out[f'batched_{S}_ms_per_step']:.1f} ms/step; "
+    print(f"04 speed: gan, {S} trials as one network, grouped convolutions: {out[f'grouped_{S}_ms_per_step']:.1f} "
+          f"ms/step; one convolution per trial (the CPU default): {out[f'batched_{S}_ms_per_step']:.1f} ms/step; "
           f"{S} separate networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
     gens = seed_generators([0], 11)
     G, _ = make_conv_networks(args, METHODS["gan"], bench.shape, gens)

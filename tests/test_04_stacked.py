@@ -123,6 +123,11 @@ def test_shapes_padding_and_trial_independence():
     G1, D1 = networks(seeds=(1,))
     torch.testing.assert_close(G1(z[1:]), x[1:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(D1(x[1:]), D(x)[1:], atol=1e-5, rtol=1e-4)
+    assert G.split_trials and D.split_trials   # on the CPU: one convolution per trial; grouped: the same numbers
+    d_split = D(x)
+    G.split_trials = D.split_trials = False
+    torch.testing.assert_close(G(z), x, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(D(x), d_split, atol=1e-5, rtol=1e-4)
     G.eval()   # the sampler: batch statistics in batches of --batch_size (128), as the authors' sampler
     assert G(torch.randn(2, 300, 256)).shape == (2, 300, 3, 28, 28)
 
