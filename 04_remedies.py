@@ -1,7 +1,7 @@
 """04_remedies.py - the remedies for mode collapse, measured side by side on the standard benchmarks.
 
 Every remedy the material names, each a small piece you can copy into your own GAN (section 2: plain
-nn.Module + torch.optim, paper and defaults in each docstring), trained in one of three named settings
+nn.Module + torch.optim, paper and defaults in each docstring), trained in one of the named settings
 (section 1, `--setting`) and scored with the PacGAN protocol over several trials:
 
 - plain GAN, non-saturating loss (Goodfellow et al. 2014): the baseline;
@@ -32,6 +32,15 @@ Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides 
 - small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
   32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
 
+- stacked_d4, stacked_d2 (`--data stacked_mnist`): PacGAN's Table 3 (Lin et al. 2018, Sec. 5.2, the
+  Unrolled GAN paper's stacked MNIST setting) as the authors' code builds it (fjxmlzn/PacGAN
+  stacked_MNIST_experiments/unrolled_GAN_experiment): a DCGAN generator of 287,875 parameters against a
+  conv discriminator of 585 (D = G/4) or 1,889 (D = G/2) parameters, z 256-d, batch 128, Adam D 2e-4 /
+  G 1e-4, betas (0.5, 0.99), 500,000 steps of D's step then G's on the same noise, every BatchNorm with
+  batch statistics; methods DCGAN (gan), unrolled 1/5/10, PacDCGAN 2/3/4 (packing on the channel axis).
+  stacked_veegan: PacGAN's Table 2 (VEEGAN's setting), a GPU-sized DCGAN. Modes: 06's classifier on
+  each channel, the digit triple is the mode (1,000), KL(p_gen || uniform) as PacGAN computes it.
+
 Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, angles 2 pi k / 8), 25 on a grid ({-4..4}^2 step
 2, std 0.05), and the 1-D temperature mixture of 01. Scores (PacGAN, Sec. 5.1): on 2,500 samples per
 trial, the modes captured (at least one high-quality sample nearest the mode), the fraction of
@@ -43,18 +52,22 @@ Run:  python 04_remedies.py --method gan pacgan2 --data ring --records results/0
       python 04_remedies.py --setting unrolled --method gan unrolled5 unrolled10 --data ring
       python 04_remedies.py --setting small                    (the old table, ~20 min of one core)
       python 04_remedies.py --table results/04                 (the README table from the records)
+      python 04_remedies.py --data stacked_mnist --records results/04   (PacGAN Table 3, D = G/4; 500,000 steps
+                                                              of 7 methods x 10 trials: weeks of one CPU core)
+      python 04_remedies.py --data stacked_mnist --speed       (ms/step per method, the cost of 500,000 steps)
       python 04_remedies.py --speed                            (ms/step of the pacgan networks)
       python 04_remedies.py --ablation                         (when does the plain GAN collapse?)
       python 04_remedies.py --quick                            (smoke run of the whole table, seconds)
       python 04_remedies.py ... --shard 0/4                    (every 4th cell, from the first)
       python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept, the
                                                               cell in training continues from its last evaluation)
-Needs: common.py
+Needs: common.py (and 06_metrics.py for --data stacked_mnist: the digit classifier that counts the modes)
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -62,6 +75,7 @@ import random
 import shlex
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -70,6 +84,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import common
+
+METRICS = "06_metrics"  # the sibling script that counts stacked MNIST's modes (its digit classifier)
 
 # ----------------------------------------------------------------------------- 1. the settings
 PRESETS = {
@@ -94,6 +110,7 @@ PRESETS = {
         grid_scale=1.0,                               # the grid fed in raw coordinates
         n_eval=2500, seeds=10,                        # 2,500 evaluation samples, 10 trials
         eval_steps=(10_000, 25_000, 50_000, 100_000, 200_000, 400_000), eval_every=0,  # ours: dated points
+        arch="mlp", z_dist="normal", g_steps=1,      # the MLPs above, z ~ N(0, 1), one G step per D step
     ),
     # The unrolled-GAN demonstration setting, poolio/unrolled_gan "Unrolled GAN demo.ipynb" (Metz et al.,
     # ICLR 2017; the notebook says its setup is not identical to the paper's), commit 67e2c7a.
@@ -112,6 +129,7 @@ PRESETS = {
         grid_scale=4.0,                               # ours: the grid divided by 4 (the demo has no grid)
         n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; 5 trials
         eval_steps=(), eval_every=500,                # ours: modes against the step, every 500 steps
+        arch="mlp", z_dist="normal", g_steps=1,
     ),
     # The small setting of this script's first version (sized to fit 20 min of one CPU core for 15
     # methods x 2 benchmarks x 5 seeds); kept so that its README results stay reproducible.
@@ -124,9 +142,72 @@ PRESETS = {
         batch_size=100, n_train=0, n_steps=2000, update="alternating",
         bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # no population statistics: scored with batch statistics
         unrolled_loss="nonsaturating", grid_scale=4.0,
-        n_eval=2500, seeds=5, eval_steps=(), eval_every=0,
+        n_eval=2500, seeds=5, eval_steps=(), eval_every=0, arch="mlp", z_dist="normal", g_steps=1,
     ),
+    # Stacked MNIST, PacGAN Table 3 (Lin et al., NeurIPS 2018, Sec. 5.2: the Unrolled GAN paper's setting,
+    # Metz et al., ICLR 2017, with D's filters 1/4 of G's), as the authors' code builds it: fjxmlzn/PacGAN
+    # stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.25G/config.py, model.py, ops.py (190853e).
+    # G 287,875 parameters, D 585 (their code prints both; tests check them).
+    "stacked_d4": dict(
+        latent_dim=256,                               # z ~ N(0, 1)^256
+        g_hidden=64, g_layers=3, g_act="relu_bn",     # linear (with bias) -> 4 x 4 x 64 -> transposed convs 3 x 3
+                                                      # stride 2 to 7 x 7 x 32, 14 x 14 x 16, 28 x 28 x 8 -> conv 3 x 3
+                                                      # to 3 -> tanh; BatchNorm (gamma, beta) + ReLU on the hidden maps
+        d_hidden=8, d_layers=3, d_act="lrelu_bn", maxout_pieces=5,  # convs 3 x 3 stride 2 of 2, 4, 8 filters, each
+                                                      # BatchNorm + LeakyReLU 0.3 -> linear 1 (maxout_pieces: unused)
+        arch="unrolled_gan", z_dist="normal", g_steps=1,
+        init="normal", init_scale=0.02,               # N(0, 0.02^2), conv weights truncated at 2 std (TensorFlow's
+                                                      # truncated_normal), transposed convs and linears not; biases 0
+        lr_g=1e-4, lr_d=2e-4, lr_final=2e-4,          # Adam G 1e-4, D 2e-4, constant
+        b1=0.5, b2=0.99, adam_eps=1e-8,               # beta (0.5, 0.99); eps: TensorFlow's default 1e-8
+        batch_size=128, n_train=0,                    # batch 128, every sample 3 random training digits drawn on the fly
+        n_steps=500_000,                              # num_training_sample 500,000 x 128 in one epoch
+        update="alternating_same_z",                  # D's step, then G's step on the same noise (two sess.run)
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # every BatchNorm normalises with the batch's statistics, the
+                                                      # sampler too (train=True), in batches of 128; eps 1e-5
+        unrolled_loss="nonsaturating",                # ours: G's loss through the unrolled D (DCGAN's: -log D(G(z)))
+        grid_scale=1.0,                               # (no grid)
+        n_eval=25_600, seeds=10,                      # 25,600 samples from a fixed set of z; ours: 10 trials per
+                                                      # run (theirs: 50 runs per cell; --seeds 50 needs ~5x the memory)
+        eval_steps=(2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000, 500_000), eval_every=0,  # ours: dated
+                                                      # points (theirs: every 2,000 steps and at the end)
+    ),
+    # Differences from their code kept in stacked_d4 and stacked_d2: the mode counter is 06's MNIST classifier
+    # (theirs: a Keras mnist_cnn, train_mnist.py); Adam is torch's (TensorFlow's adds eps to the uncorrected
+    # sqrt(v): a 1e-8 difference); D's and G's BatchNorm running averages are kept as in TensorFlow but,
+    # as there, never read; the digits are drawn with torch's generator (theirs: numpy's); the cost of the
+    # 500,000 steps on one CPU core: `--speed`, README.
+    # D = G/2: the same, D's convs of 4, 8, 16 filters (D=0.5G/model.py; the configs are identical).
+    "stacked_d2": dict(),
+    # Stacked MNIST, PacGAN Table 2 (VEEGAN's setting, Srivastava et al., NeurIPS 2017): fjxmlzn/PacGAN
+    # stacked_MNIST_experiments/VEEGAN_experiment/config.py, model.py (carpedm20's DCGAN-tensorflow).
+    # Cost: about 37 M multiply-adds per sample for each network, ~45 G per iteration (G stepped twice):
+    # GPU work; on one CPU core seconds per step (`--speed`), days for the 100,000 steps.
+    "stacked_veegan": dict(
+        latent_dim=100, g_hidden=512, g_layers=4, g_act="relu_bn",  # z ~ U[-1, 1]^100 -> linear -> 2 x 2 x 512 ->
+                                                      # transposed convs 5 x 5 stride 2 to 256, 128, 64, then to 3 -> tanh
+        d_hidden=512, d_layers=4, d_act="lrelu_bn", maxout_pieces=5,  # convs 5 x 5 stride 2 of 64, 128, 256, 512
+                                                      # (BatchNorm on layers 2-4), LeakyReLU 0.2 -> linear 1
+        arch="dcgan_tf", z_dist="uniform", g_steps=2,  # 1 D step : 2 G steps on the same noise per iteration
+        init="normal", init_scale=0.02,
+        lr_g=2e-4, lr_d=2e-4, lr_final=2e-4, b1=0.5, b2=0.999, adam_eps=1e-8,  # Adam 2e-4, beta1 0.5
+        batch_size=64, n_train=128_000,               # a fixed set of 128,000 stacked samples, packed once
+        n_steps=100_000,                              # 50 epochs of 128,000 / 64 = 2,000 steps
+        update="alternating_same_z",
+        bn_momentum=0.1, bn_eps=1e-5, bn_refresh=0,   # their sampler uses BatchNorm's running averages (decay 0.9)
+        unrolled_loss="nonsaturating", grid_scale=1.0,
+        n_eval=26_000, seeds=10,                      # 26,000 test samples, 10 runs
+        eval_steps=(2_000, 10_000, 20_000, 50_000, 100_000), eval_every=0,  # ours (theirs: after every epoch)
+    ),
+    # Differences kept in stacked_veegan: their set is drawn from all 70,000 MNIST digits and scaled to
+    # [0, 1] (against a tanh generator); ours from the 60,000 training digits in [-1, 1], as the Table 3
+    # setting; their batches walk the set in order every epoch, ours reshuffle it; plus those of stacked_d4.
 }
+PRESETS["stacked_d2"] = {**PRESETS["stacked_d4"], "d_hidden": 16}   # D=0.5G/model.py: filters 4, 8, 16
+IMAGE_SETTINGS = ("stacked_d4", "stacked_d2", "stacked_veegan")
+IMAGE_DATA = ("stacked_mnist",)
+# the methods of PacGAN's Table 3, in its order: --method all on stacked MNIST
+STACKED_TABLE = ["gan", "unrolled1", "unrolled5", "unrolled10", "pacgan2", "pacgan3", "pacgan4"]
 # The remedies' own hyper-parameters, the same in every setting; where the remedy's authors give no
 # value, the value is our choice and says so.
 REMEDY_DEFAULTS = dict(
@@ -141,9 +222,13 @@ QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_
              n_eval=300, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
              adagan_clf_steps=10, adagan_train_size=1000, mbd_kernels=10, snapshot_every=10, swap_every=5,
              replay_size=500, bn_refresh=2)
+# --quick on stacked MNIST: the settings' networks, a short run
+QUICK_IMAGE = dict(n_steps=20, batch_size=32, seeds=2, n_eval=256, eval_steps=(10,), eval_every=0, snapshots=3,
+                   mbd_kernels=10, method=["gan", "unrolled1", "pacgan2"])
 PRESET_KEYS = tuple(PRESETS["pacgan"])
 # the value a record ran with when its args lack the key (records written before the key existed)
-RECORD_DEFAULTS = dict(bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0, unrolled_loss="nonsaturating", grid_scale=4.0)
+RECORD_DEFAULTS = dict(bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0, unrolled_loss="nonsaturating", grid_scale=4.0,
+                       arch="mlp", z_dist="normal", g_steps=1)
 
 # when does the plain GAN collapse on the ring?  name -> flag overrides of the `small` setting (cheap
 # enough for 5 trials per row on one CPU core); run by --ablation: plain GAN, ring, --seeds trials each
@@ -372,21 +457,25 @@ class SnapshotPool:
         return self.rng.choice(self.snaps) if self.snaps else None
 
 
-def pack(x, m: int):
-    """PacGAN (Lin et al. 2018, Sec. 3): the discriminator judges m samples at once, concatenated.
-    (..., N * m, d) -> (..., N, m * d); samples i*m .. i*m+m-1 form pack i (all real or all fake, each
-    from its own noise vector). Build D with m times the input size. As the authors' code does
-    (fjxmlzn/PacGAN bricks.py, datasets.py): call G once per pack slot (`packed_fakes`), so that a
-    BatchNorm generator normalises over N samples at a time, not N * m; and form the real packs once
-    (each slot of each pack resampled with replacement from the training set, `real_packs`)."""
-    *lead, Nm, d = x.shape
-    return x.reshape(*lead, Nm // m, m * d)
+def pack(x, m: int, sample_dims: int = 1):
+    """PacGAN (Lin et al. 2018, Sec. 3): the discriminator judges m samples at once, concatenated on the
+    first axis of a sample: vectors (..., N * m, d) -> (..., N, m * d) (sample_dims 1), images
+    (..., N * m, C, H, W) -> (..., N, m * C, H, W) (sample_dims 3: the channel axis, as the authors' stacked
+    MNIST code, tf.concat(G_sep, 3) on NHWC). Samples i*m .. i*m+m-1 form pack i (all real or all fake,
+    each from its own noise vector). Build D with m times the input size (or channels). As the authors'
+    code does (fjxmlzn/PacGAN bricks.py, datasets.py, stacked_MNIST_experiments/*/model.py): call G once
+    per pack slot (`packed_fakes`), so that a BatchNorm generator normalises over N samples at a time, not
+    N * m; and form the real packs once (each slot of each pack resampled with replacement from the
+    training set, `real_packs`) or, for data generated on the fly, draw every slot afresh."""
+    shape = x.shape
+    lead, Nm, first, rest = shape[:-sample_dims - 1], shape[-sample_dims - 1], shape[-sample_dims], shape[len(shape) - sample_dims + 1:]
+    return x.reshape(*lead, Nm // m, m * first, *rest)
 
 
-def packed_fakes(G, z_slots):
-    """PacGAN's fake packs: z_slots (m, N, latent), one G call per slot -> (N, m * d), pack i = the i-th
-    sample of every slot."""
-    return torch.cat([G(z) for z in z_slots], -1)
+def packed_fakes(G, z_slots, dim: int = -1):
+    """PacGAN's fake packs: z_slots (m, N, latent), one G call per slot, concatenated on `dim` (-1 for
+    vectors: (N, m * d); 1 for images: (N, m * C, H, W)); pack i = the i-th sample of every slot."""
+    return torch.cat([G(z) for z in z_slots], dim)
 
 
 def real_packs(x, m: int, generator: torch.Generator | None = None):
@@ -541,13 +630,15 @@ G_LOSSES = {
                                                   minimax=s.minimax),
 }
 DATASETS = ("ring", "grid", "temperature")
+IMAGE_UNSUPPORTED = ("replay", "adagan")  # they keep or re-weight 2-D samples
 TABLE_DATA = ["ring", "grid"]
 
 
 # ----------------------------------------------------------------------------- 4. arguments
 def _preset_help(key: str) -> str:
     vals = ", ".join(f"{s} {_show(p[key])}" for s, p in PRESETS.items())
-    return f"default by --setting: {vals}" + (f"; --quick {_show(QUICK[key])}" if key in QUICK else "")
+    return (f"default by --setting: {vals}" + (f"; --quick {_show(QUICK[key])}" if key in QUICK else "")
+            + (f" (stacked: {_show(QUICK_IMAGE[key])})" if key in QUICK_IMAGE else ""))
 
 
 def _show(v) -> str:
@@ -567,12 +658,17 @@ def shard_arg(text: str):
 def build_parser() -> common.ArgParser:
     S = argparse.SUPPRESS  # preset values: filled in after parsing from --setting (and --quick)
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=tuple(PRESETS), default="pacgan",
-                   help="named setting (numbers and sources at the top of the file); flags override single values")
+    p.add_argument("--setting", choices=tuple(PRESETS), default=S,
+                   help="named setting (numbers and sources at the top of the file); flags override single values "
+                        "(default: pacgan, or stacked_d4 with --data stacked_mnist)")
     p.add_argument("--method", nargs="+", choices=tuple(METHODS) + ("all",), default=["all"],
                    help="method(s) to train; all = the whole table")
-    p.add_argument("--data", nargs="+", choices=DATASETS + ("all",), default=TABLE_DATA,
-                   help="benchmark(s): ring (8 modes), grid (25), temperature (1-D, 2 modes); all = the three")
+    p.add_argument("--data", nargs="+", choices=DATASETS + IMAGE_DATA + ("all",), default=S,
+                   help="benchmark(s): ring (8 modes), grid (25), temperature (1-D, 2 modes); all = the three; "
+                        "stacked_mnist (1,000 modes; the settings stacked_d4, stacked_d2, stacked_veegan). Default: "
+                        f"{' '.join(TABLE_DATA)}, or stacked_mnist with a stacked_* setting")
+    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
+                   help="folder holding MNIST/raw (for --data stacked_mnist)")
     p.add_argument("--data_std", type=common.positive_float, default=S,
                    help="standard deviation of every mode (default: the benchmark's, ring 0.01, grid 0.05)")
     h = _preset_help
@@ -593,15 +689,25 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--g_hidden", type=common.positive_int, default=S, help="generator width; " + h("g_hidden"))
     p.add_argument("--g_layers", type=common.positive_int, default=S, help="generator hidden layers; " + h("g_layers"))
     p.add_argument("--g_act", choices=("relu_bn", "tanh"), default=S, help="generator hidden layers; " + h("g_act"))
+    p.add_argument("--arch", choices=("mlp",) + tuple(CONV_ARCHS), default=S,
+                   help="network family: mlp (the mixtures), or the conv nets of stacked MNIST (CONV_ARCHS: G's widths "
+                        "--g_hidden halved per layer over --g_layers transposed convs, D's --d_layers convs doubling up "
+                        "to --d_hidden); " + h("arch"))
+    p.add_argument("--z_dist", choices=("normal", "uniform"), default=S, help="noise: N(0, 1) or U[-1, 1]; " + h("z_dist"))
+    p.add_argument("--g_steps", type=common.positive_int, default=S,
+                   help="generator steps per discriminator step, on the same noise; " + h("g_steps"))
     p.add_argument("--d_hidden", type=common.positive_int, default=S, help="discriminator width (maxout units); " + h("d_hidden"))
     p.add_argument("--d_layers", type=common.positive_int, default=S, help="discriminator hidden layers; " + h("d_layers"))
-    p.add_argument("--d_act", choices=("maxout", "tanh"), default=S, help="discriminator hidden layers; " + h("d_act"))
+    p.add_argument("--d_act", choices=("maxout", "tanh", "lrelu_bn"), default=S,
+                   help="discriminator hidden layers (lrelu_bn: the conv nets'); " + h("d_act"))
     p.add_argument("--maxout_pieces", type=common.positive_int, default=S, help="pieces per maxout unit; " + h("maxout_pieces"))
     p.add_argument("--init", choices=("normal", "orthogonal"), default=S,
                    help="weight initialisation (biases 0): normal with std --init_scale, or orthogonal with gain --init_scale; " + h("init"))
     p.add_argument("--init_scale", type=common.positive_float, default=S, help=h("init_scale"))
-    p.add_argument("--update", choices=("simultaneous", "alternating"), default=S,
-                   help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step; " + h("update"))
+    p.add_argument("--update", choices=("simultaneous", "alternating", "alternating_same_z"), default=S,
+                   help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step on "
+                        "fresh noise; alternating_same_z: D step, then G step on D's noise (PacGAN's stacked MNIST); "
+                        + h("update"))
     p.add_argument("--bn_momentum", type=common.beta_float, default=S,
                    help="rate of G's BatchNorm population statistics (pop <- (1 - r) pop + r batch); scoring and "
                         "figures use them. 0: none kept, scored with the evaluation batch's own statistics; "
@@ -644,7 +750,9 @@ def build_parser() -> common.ArgParser:
                    help="with --table: also draw modes captured and high-quality %% against the step, per method "
                         "(mean and s.e. over trials), for the records of --setting")
     p.add_argument("--speed", action="store_true",
-                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled)")
+                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled); "
+                        "stacked MNIST: ms/step of each --method and the cost of --n_steps, 4 trials batched vs "
+                        "separate, one evaluation's cost")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the two networks of the plain-GAN/PacGAN pass (measured slower on the CPU: README)")
     p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
@@ -675,16 +783,24 @@ def parse_args(argv=None):
     for action in p._actions:
         if action.dest == "quick":
             action.help = ("smaller defaults for a smoke run of seconds: " + ", ".join(
-                f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; flags given explicitly win")
+                f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; with a stacked_* setting: " + ", ".join(
+                f"--{k} {_show(v)}" for k, v in QUICK_IMAGE.items()) + "; flags given explicitly win")
     args = p.parse_args(argv)
+    if "setting" not in vars(args):
+        image = any(d in IMAGE_DATA for d in getattr(args, "data", ()))
+        p.set_defaults(setting="stacked_d4" if image else "pacgan")
+        args = p.parse_args(argv)
+    quick = QUICK_IMAGE if args.setting in IMAGE_SETTINGS else QUICK
     if args.quick:  # the flags with a fixed default: --quick's values become the defaults, explicit flags win
-        p.set_defaults(**{k: v for k, v in QUICK.items() if k not in PRESET_KEYS}, log_every=10)
+        p.set_defaults(**{k: v for k, v in quick.items() if k not in PRESET_KEYS}, log_every=10)
         args = p.parse_args(argv)
     given = set(vars(args))
     preset = PRESETS[args.setting]
     for k in PRESET_KEYS:  # the setting's values (or --quick's) where no flag was given
         if k not in given:
-            setattr(args, k, QUICK[k] if args.quick and k in QUICK else preset[k])
+            setattr(args, k, quick[k] if args.quick and k in quick else preset[k])
+    if "data" not in given:
+        args.data = ["stacked_mnist"] if args.setting in IMAGE_SETTINGS else list(TABLE_DATA)
     if "lr" in given:
         args.lr_g = args.lr if "lr_g" not in given else args.lr_g
         args.lr_d = args.lr if "lr_d" not in given else args.lr_d
@@ -694,14 +810,43 @@ def parse_args(argv=None):
     if "data_std" not in given:
         args.data_std = 0.0  # 0 = the benchmark's own
     args.eval_steps = tuple(sorted(set(args.eval_steps)))
-    args.method = list(METHODS) if "all" in args.method else list(dict.fromkeys(args.method))
     args.data = list(DATASETS) if "all" in args.data else list(dict.fromkeys(args.data))
+    image = any(d in IMAGE_DATA for d in args.data)
+    args.method = ((STACKED_TABLE if image else list(METHODS)) if "all" in args.method
+                   else list(dict.fromkeys(args.method)))
     check_args(args)
     return args
 
 
 def check_args(args):
     """Everything that can be refused before training starts."""
+    image = [d for d in args.data if d in IMAGE_DATA]
+    if image and len(image) < len(args.data):
+        raise common.UserError(f"--data {' '.join(args.data)}: stacked_mnist and the mixtures need different networks; "
+                               f"run them apart")
+    if image and args.arch == "mlp":
+        raise common.UserError(f"--data stacked_mnist needs a convolutional --arch ({', '.join(CONV_ARCHS)}); use "
+                               f"--setting {' / '.join(IMAGE_SETTINGS)}")
+    if not image and args.arch != "mlp":
+        raise common.UserError(f"--arch {args.arch} (--setting {args.setting}) is for --data stacked_mnist; the mixtures "
+                               f"use --arch mlp "
+                               f"(--setting {' / '.join(s for s in PRESETS if s not in IMAGE_SETTINGS)})")
+    if image and (args.g_act, args.d_act) != ("relu_bn", "lrelu_bn"):
+        raise common.UserError(f"--g_act {args.g_act} --d_act {args.d_act}: the conv networks of stacked MNIST have "
+                               f"BatchNorm + ReLU in G and BatchNorm + LeakyReLU in D (relu_bn, lrelu_bn)")
+    if not image and args.d_act == "lrelu_bn":
+        raise common.UserError("--d_act lrelu_bn is the conv discriminator's (--data stacked_mnist)")
+    if image and Path(args.data_root).exists() and not Path(args.data_root).is_dir():
+        raise common.UserError(f"--data_root {args.data_root} is a file, not a folder: give the folder that holds MNIST/raw")
+    if image:
+        arch = CONV_ARCHS[args.arch]
+        if args.g_hidden >> (args.g_layers - (arch["final"] == "deconv")) < 1 or args.d_hidden >> (args.d_layers - 1) < 1:
+            raise common.UserError(f"--g_hidden {args.g_hidden} / --d_hidden {args.d_hidden} are too small to halve over "
+                                   f"--g_layers {args.g_layers} / --d_layers {args.d_layers} layers")
+    unsupported = [mth for mth in args.method if mth in IMAGE_UNSUPPORTED] if image else []
+    if unsupported:
+        raise common.UserError(f"--method {' '.join(unsupported)}: not built for stacked MNIST's conv networks "
+                               f"(it keeps mixture samples); use {', '.join(m for m in METHODS if m not in IMAGE_UNSUPPORTED)}")
     if args.records:
         common.check_writable_folder(args.records, "--records")
     if args.lr_final > args.lr_d * (1 + 1e-12):
@@ -731,9 +876,19 @@ class Benchmark:
     scale: float = 1.0
     lim: tuple = (-1.5, 1.5)
 
+    kind = "mixture"
+
     @property
     def dim(self) -> int:
         return self.mixture.dim
+
+    @property
+    def shape(self) -> tuple:
+        return (self.mixture.dim,)
+
+    @property
+    def n_modes(self) -> int:
+        return self.mixture.n_modes
 
     def to_data(self, x):
         return x * self.scale + self.shift
@@ -760,6 +915,86 @@ def _temperature_benchmark(std):
         mix = common.GaussianMixture(mix.centers, std, name=mix.name, labels=mix.labels)
     t = list(common.TEMPERATURE_MODES.values())
     return Benchmark("temperature", mix, shift=0.5 * (t[0] + t[1]), scale=0.5 * abs(t[1] - t[0]), lim=(-60.0, 70.0))
+
+
+def load_metrics_module():
+    """06_metrics.py (the MNIST classifier and the stacked MNIST mode counter), beside this script."""
+    try:
+        return importlib.import_module(METRICS)
+    except ModuleNotFoundError as e:
+        if e.name != METRICS:
+            raise
+        raise common.UserError(f"--data stacked_mnist needs {METRICS}.py (the digit classifier that counts the modes): "
+                               f"copy it from this repository beside {Path(__file__).name}") from None
+
+
+class StackedMNIST:
+    """Stacked MNIST (Metz et al. 2017, Sec. 3.4; PacGAN, Lin et al. 2018, Sec. 5.2): each sample is three
+    random MNIST training digits, one per channel (3 x 28 x 28, in [-1, 1]), so there are 1,000 modes, the
+    digit triples. Real samples: `sample` (06's make_stacked_mnist on the 60,000 training digits, drawn
+    on the fly as the authors' unrolled-GAN setting does). Modes of generated samples: `mode_stats`,
+    06's classifier on each channel (PacGAN's count and KL)."""
+    kind, name, shape, n_modes = "image", "stacked_mnist", (3, 28, 28), 1000
+
+    def __init__(self, data_root, device="cpu", quick: bool = False):
+        self.metrics = load_metrics_module()
+        x, y = common.load_mnist(data_root, train=True)
+        self.images, self.labels = x.float().div_(127.5).sub_(1), y
+        self.data_root, self.device, self.quick, self._clf = data_root, device, quick, None
+
+    def sample(self, n: int, generator: torch.Generator, labels: bool = False):
+        """n stacked samples (n, 3, 28, 28) [, their triples 100 d0 + 10 d1 + d2]."""
+        return self.metrics.make_stacked_mnist(self.images, n, generator, self.labels if labels else None)
+
+    def to_data(self, x):
+        return x
+
+    @property
+    def classifier(self):
+        if self._clf is None:  # trained on first use (and cached by 06): gradients on even inside a scoring pass
+            with torch.enable_grad():
+                self._clf = self.metrics.load_classifier(self.data_root, self.device, quick=self.quick,
+                                                         progress=not self.quick)
+        return self._clf
+
+    @torch.no_grad()
+    def mode_stats(self, sampler, z, batch: int = 128) -> list[dict]:
+        """Score S generators on their noise z (S, n, latent): sampled `eval_chunk` at a time (a multiple of
+        the sampler's batch, 128), each channel classified (argmax, no threshold), the triple's histogram.
+        Per trial: modes = distinct triples, reverse_kl = KL(p_gen || uniform over 1,000) in nats over the
+        non-empty modes (PacGAN model.py `log_metrics`), counts = the 1,000 counts."""
+        triples, finite = [], torch.ones(z.shape[0], dtype=torch.bool)
+        for zc in z.split(eval_chunk(z.shape[0], batch), 1):
+            x = generate(sampler, zc).float()
+            finite &= torch.isfinite(x.flatten(1)).all(1).cpu()
+            triples.append(self.metrics.stacked_triples(x.flatten(0, 1), self.classifier).view(x.shape[:2]))
+        triples = torch.cat(triples, 1).cpu()
+        out = []
+        for t, ok in zip(triples, finite.tolist()):
+            s = self.metrics.digit_stats(t, self.n_modes)
+            out.append({"modes": s["covered"], "high_quality": None, "reverse_kl": s["kl_uniform"],
+                        "counts": s["counts"], "finite": ok})
+        return out
+
+
+def eval_chunk(S: int, batch: int) -> int:
+    """Noise vectors per trial sampled at once when scoring: about 12,800 images over all trials, a
+    multiple of the sampler's batch."""
+    return max(1, 12_800 // (S * batch)) * batch
+
+
+def make_data(name: str, args, device):
+    """The benchmark called `name`: a mixture (make_benchmark) or stacked MNIST."""
+    if name in IMAGE_DATA:
+        return StackedMNIST(args.data_root, device, quick=args.quick)
+    return make_benchmark(name, args.data_std, args.grid_scale)
+
+
+def draw_noise(shape, generator: torch.Generator, dist: str = "normal"):
+    """z ~ N(0, 1) (PacGAN, the unrolled demo) or U[-1, 1] (DCGAN-tensorflow, the VEEGAN setting)."""
+    if dist == "uniform":
+        return torch.rand(shape, generator=generator) * 2 - 1
+    return torch.randn(shape, generator=generator)
 
 
 def seed_generators(seeds, salt: int):
@@ -911,13 +1146,244 @@ class StackedMLP(nn.Module):
         return (out, h) if features else out
 
 
-def make_networks(args, remedy: Remedy, dim: int, gens):
+def make_networks(args, remedy: Remedy, shape, gens):
+    dim = shape if isinstance(shape, int) else shape[0]
     G = StackedMLP(args.latent_dim, args.g_hidden, args.g_layers, dim, args.g_act, gens, args.init, args.init_scale,
                    bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
     mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
     D = StackedMLP(dim * remedy.pack, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
                    args.maxout_pieces, mbd)
     return G, D
+
+
+# S trials of a convolutional GAN as one network: the trials' feature maps side by side on the channel
+# axis, (N, S * C, H, W), every convolution per trial (`per_trial`: grouped on a GPU, one call per trial on
+# a CPU), every BatchNorm per trial and channel. Interface as StackedMLP: images (S, N, C, H, W), noise
+# (S, N, latent), logits (S, N, 1).
+def tf_same_padding(size_in: int, size_out: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'SAME' padding (before, after) along one axis: the total is split with the odd pixel
+    after, so 28 -> 14 with a 3 x 3 stride-2 kernel pads (0, 1), not torch's symmetric (1, 1)."""
+    total = max((size_out - 1) * stride + kernel - size_in, 0)
+    return total // 2, total - total // 2
+
+
+def per_trial(conv, x, w, b, groups: int, split: bool, **kw):
+    """A convolution of `groups` trials side by side on the channel axis: one grouped call, or (split)
+    one ordinary call per trial, concatenated. On one CPU thread the grouped kernels are 35-50% slower
+    than the trials' own (`--speed`), so the conv nets split there and group on a GPU."""
+    if groups == 1 or not split:
+        return conv(x, w, b, groups=groups, **kw)
+    xs, ws = x.chunk(groups, 1), w.chunk(groups, 0)
+    bs = b.chunk(groups, 0) if b is not None else [None] * groups
+    return torch.cat([conv(xi, wi, bi, **kw) for xi, wi, bi in zip(xs, ws, bs)], 1)
+
+
+def conv2d_same(x, w, b, stride: int, groups: int, size_out: int, split: bool = False):
+    """F.conv2d with TensorFlow's 'SAME' padding (square maps): a symmetric padding as the convolution's
+    own, an asymmetric one (28 -> 14: one pixel after) by F.pad. groups, split: `per_trial`."""
+    k = w.shape[-1]
+    p0, p1 = tf_same_padding(x.shape[-1], size_out, k, stride)
+    if p0 == p1:
+        return per_trial(F.conv2d, x, w, b, groups, split, stride=stride, padding=p0)
+    return per_trial(F.conv2d, F.pad(x, (p0, p1, p0, p1)), w, b, groups, split, stride=stride)
+
+
+def same_sizes(size: int, n: int) -> list[int]:
+    """The feature-map sizes of n stride-2 'SAME' layers from `size`: 28 -> [28, 14, 7, 4]."""
+    out = [size]
+    for _ in range(n):
+        out.append(math.ceil(out[-1] / 2))
+    return out
+
+
+def grouped_batch_norm(x, gamma, beta, eps: float, slots: int = 1, running=None, momentum: float = 0.1):
+    """BatchNorm with batch statistics of x (N, S * C, H, W) per channel of each trial, or with slots = m
+    per channel of each of the m interleaved slots (sample i in slot i % m: PacGAN's one G call per pack
+    slot), laid out as (N / m, m * S * C, H, W), a view. running = (mean, var) buffers (S * C,) updated in
+    place as TensorFlow's batch_norm does (decay 1 - momentum; with slots, once, by the slots' mean)."""
+    N, SC = x.shape[:2]
+    if slots > 1:
+        flat = x.reshape(N // slots, slots * SC, *x.shape[2:])
+        y = F.batch_norm(flat, None, None, gamma.repeat(slots), beta.repeat(slots), training=True, eps=eps)
+        if running is not None:  # one update per step with the slots' mean statistics
+            with torch.no_grad():
+                var, mean = torch.var_mean(flat.transpose(0, 1).reshape(slots, SC, -1), -1)
+                running[0].lerp_(mean.mean(0), momentum)
+                running[1].lerp_(var.mean(0), momentum)
+        return y.reshape(x.shape)
+    mean, var = running if running is not None else (None, None)
+    return F.batch_norm(x, mean, var, gamma, beta, training=True, momentum=momentum, eps=eps)
+
+
+def _init_conv(shape, gens, std, truncated):
+    """One weight per trial, stacked on the first axis: N(0, std^2), or truncated at 2 std as TensorFlow's
+    truncated_normal_initializer (its conv2d in the authors' ops.py)."""
+    out = []
+    for g in gens:
+        w = torch.empty(shape)
+        if truncated:
+            nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std, generator=g)
+        else:
+            w.normal_(0.0, std, generator=g)
+        out.append(w)
+    return torch.cat(out)
+
+
+class StackedConvGenerator(nn.Module):
+    """S DCGAN generators (the unrolled-GAN stacked MNIST G of PacGAN's code, model.py `generator`):
+    z -> linear (with bias) to widths[0] x start x start -> BatchNorm + ReLU -> transposed convs
+    kernel x kernel, stride 2, 'SAME' as TensorFlow's conv2d_transpose (to widths[1:], each BatchNorm +
+    ReLU) -> a stride-1 conv to `channels` -> tanh (final="conv"), or the last transposed conv straight to
+    `channels` -> tanh (final="deconv", the DCGAN-tensorflow G of the VEEGAN setting). Weights N(0, 0.02^2)
+    (the output conv truncated at 2 std, as TensorFlow's conv2d init), biases 0, BatchNorm gamma 1, beta 0.
+
+    BatchNorm always normalises with the batch's statistics (the authors' sampler runs it in training
+    mode too); eval mode only splits the noise into batches of `eval_batch` (their sampler's 128), or, with
+    bn_momentum > 0, uses population statistics (the VEEGAN setting's sampler: train=False).
+    memory_format: of the feature maps; channels-last speeds G's own transposed convolutions up on a CPU
+    but not a whole training step (`--speed` measures both), so the default is torch's contiguous."""
+
+    def __init__(self, latent: int, widths, gens, size: int = 28, channels: int = 3, kernel: int = 3,
+                 final: str = "conv", init_scale: float = 0.02, bn_eps: float = 1e-5, bn_momentum: float = 0.0,
+                 eval_batch: int = 128, memory_format=torch.contiguous_format):
+        super().__init__()
+        S, widths = len(gens), list(widths)
+        n_up = len(widths) - 1 + (final == "deconv")
+        sizes = same_sizes(size, n_up)[::-1]               # e.g. [4, 7, 14, 28]
+        self.S, self.kernel, self.final, self.bn_eps, self.bn_momentum = S, kernel, final, bn_eps, bn_momentum
+        self.eval_batch, self.sizes, self.widths, self.channels = eval_batch, sizes, widths, channels
+        self.memory_format = memory_format
+        self.split_trials = False  # `per_trial`: make_conv_networks sets it for the device
+        self.lin_w = nn.Parameter(torch.stack([torch.randn(latent, widths[0] * sizes[0] ** 2, generator=g) * init_scale
+                                               for g in gens]))
+        self.lin_b = nn.Parameter(torch.zeros(S, 1, widths[0] * sizes[0] ** 2))
+        outs = widths[1:] + ([channels] if final == "deconv" else [])
+        self.up_w = nn.ParameterList(nn.Parameter(_init_conv((a, b, kernel, kernel), gens, init_scale, False))
+                                     for a, b in zip(widths, outs))
+        self.up_b = nn.ParameterList(nn.Parameter(torch.zeros(S * b)) for b in outs)
+        n_bn = len(widths)
+        self.gammas = nn.ParameterList(nn.Parameter(torch.ones(S * c)) for c in widths[:n_bn])
+        self.betas = nn.ParameterList(nn.Parameter(torch.zeros(S * c)) for c in widths[:n_bn])
+        if bn_momentum > 0:
+            for i, c in enumerate(widths):
+                self.register_buffer(f"pop_mean{i}", torch.zeros(S * c))
+                self.register_buffer(f"pop_var{i}", torch.ones(S * c))
+        if final == "conv":
+            self.out_w = nn.Parameter(_init_conv((channels, widths[-1], kernel, kernel), gens, init_scale, True))
+            self.out_b = nn.Parameter(torch.zeros(S * channels))
+
+    def _bn(self, i, h, slots, update_stats):
+        g, b = self.gammas[i], self.betas[i]
+        if self.bn_momentum > 0:
+            mean, var = getattr(self, f"pop_mean{i}"), getattr(self, f"pop_var{i}")
+            if not self.training:
+                return F.batch_norm(h, mean, var, g, b, training=False, eps=self.bn_eps)
+            if update_stats:
+                return grouped_batch_norm(h, g, b, self.bn_eps, slots, (mean, var), self.bn_momentum)
+        return grouped_batch_norm(h, g, b, self.bn_eps, slots)
+
+    def _forward(self, z, slots: int = 1, update_stats: bool = True):
+        S, N = z.shape[:2]
+        c0, s0 = self.widths[0], self.sizes[0]
+        h = torch.baddbmm(self.lin_b, z, self.lin_w).view(S, N, c0, s0, s0).transpose(0, 1).reshape(N, S * c0, s0, s0)
+        h = self._bn(0, h.contiguous(memory_format=self.memory_format), slots, update_stats).relu()
+        for i, (w, b) in enumerate(zip(self.up_w, self.up_b)):
+            n_in, n_out = self.sizes[i], self.sizes[i + 1]
+            before, _ = tf_same_padding(n_out, n_in, self.kernel, 2)  # the conv that this transposes maps n_out -> n_in
+            h = per_trial(F.conv_transpose2d, h, w, b, S, self.split_trials, stride=2)
+            h = h[..., before:before + n_out, before:before + n_out]
+            if i + 1 < len(self.widths):
+                h = self._bn(i + 1, h, slots, update_stats).relu()
+        if self.final == "conv":
+            h = conv2d_same(h, self.out_w, self.out_b, 1, S, self.sizes[-1], self.split_trials)
+        return h.tanh().view(N, S, self.channels, *h.shape[2:]).transpose(0, 1)
+
+    def forward(self, z, slots: int = 1, update_stats: bool = True):
+        """z (S, N, latent) -> images (S, N, channels, size, size) in [-1, 1]."""
+        if self.training or self.bn_momentum > 0:
+            return self._forward(z, slots, update_stats)
+        return torch.cat([self._forward(zc) for zc in z.split(self.eval_batch, 1)], 1)
+
+
+class StackedConvDiscriminator(nn.Module):
+    """S DCGAN discriminators (PacGAN's stacked MNIST D, model.py `discriminator`): convs kernel x kernel,
+    stride 2, TensorFlow 'SAME' padding, to `widths`, each BatchNorm (the first one too when bn_first) +
+    LeakyReLU(leak) -> linear to 1 logit. Conv weights N(0, 0.02^2) truncated at 2 std, linear N(0, 0.02^2),
+    biases 0. BatchNorm uses the batch's statistics (real and fake batches apart, as D is called on each)
+    and keeps TensorFlow's running averages (decay 0.9) as buffers, which training never reads.
+    Optional minibatch discrimination (section 2) on the flattened features before the output.
+    forward(x (S, N, C, H, W), features) -> logits (S, N, 1) [, features (S, N, F)]."""
+
+    def __init__(self, in_channels: int, widths, gens, size: int = 28, kernel: int = 3, leak: float = 0.3,
+                 bn_first: bool = True, init_scale: float = 0.02, bn_eps: float = 1e-5, mbd=None):
+        super().__init__()
+        S, widths = len(gens), list(widths)
+        self.S, self.kernel, self.leak, self.bn_eps = S, kernel, leak, bn_eps
+        self.split_trials = False  # `per_trial`: make_conv_networks sets it for the device
+        self.sizes = same_sizes(size, len(widths))
+        self.bn_layers = [i for i in range(len(widths)) if i > 0 or bn_first]
+        self.conv_w = nn.ParameterList(nn.Parameter(_init_conv((b, a, kernel, kernel), gens, init_scale, True))
+                                       for a, b in zip([in_channels] + widths[:-1], widths))
+        self.conv_b = nn.ParameterList(nn.Parameter(torch.zeros(S * b)) for b in widths)
+        self.gammas = nn.ParameterDict({str(i): nn.Parameter(torch.ones(S * widths[i])) for i in self.bn_layers})
+        self.betas = nn.ParameterDict({str(i): nn.Parameter(torch.zeros(S * widths[i])) for i in self.bn_layers})
+        for i in self.bn_layers:
+            self.register_buffer(f"running_mean{i}", torch.zeros(S * widths[i]))
+            self.register_buffer(f"running_var{i}", torch.ones(S * widths[i]))
+        n_feat = widths[-1] * self.sizes[-1] ** 2
+        self.mbd = None
+        if mbd is not None:  # (kernels B, kernel dimension C); theta ~ N(0, 0.05^2) per trial
+            self.mbd = MinibatchDiscrimination(n_feat, mbd[0], mbd[1], batch_shape=(S,))
+            with torch.no_grad():
+                self.mbd.theta.copy_(torch.stack([torch.randn(n_feat, mbd[0], mbd[1], generator=g) * 0.05 for g in gens]))
+        extra = mbd[0] if mbd is not None else 0
+        self.out_w = nn.Parameter(torch.stack([torch.randn(n_feat + extra, 1, generator=g) * init_scale for g in gens]))
+        self.out_b = nn.Parameter(torch.zeros(S, 1, 1))
+
+    def forward(self, x, features=False):
+        S, N = x.shape[:2]
+        h = x.transpose(0, 1).reshape(N, S * x.shape[2], *x.shape[3:])
+        for i, (w, b) in enumerate(zip(self.conv_w, self.conv_b)):
+            h = conv2d_same(h, w, b, 2, S, self.sizes[i + 1], self.split_trials)
+            if i in self.bn_layers:
+                running = (getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}"))
+                h = (grouped_batch_norm(h, self.gammas[str(i)], self.betas[str(i)], self.bn_eps, 1, running)
+                     if self.training else F.batch_norm(h, *running, self.gammas[str(i)], self.betas[str(i)],
+                                                        training=False, eps=self.bn_eps))
+            h = F.leaky_relu(h, self.leak)
+        f = h.reshape(N, S, -1).transpose(0, 1)
+        out = torch.baddbmm(self.out_b, self.mbd(f) if self.mbd is not None else f, self.out_w)
+        return (out, f) if features else out
+
+
+# the conv architectures of the stacked MNIST settings: G's widths from --g_hidden halved --g_layers
+# times, D's widths ending at --d_hidden doubled --d_layers - 1 times (e.g. 2, 4, 8)
+CONV_ARCHS = {
+    # PacGAN stacked_MNIST_experiments/unrolled_GAN_experiment/*/model.py (the Unrolled GAN paper's setting)
+    "unrolled_gan": dict(kernel=3, final="conv", leak=0.3, bn_first=True),
+    # PacGAN stacked_MNIST_experiments/VEEGAN_experiment/model.py (carpedm20's DCGAN-tensorflow)
+    "dcgan_tf": dict(kernel=5, final="deconv", leak=0.2, bn_first=False),
+}
+
+
+def make_conv_networks(args, remedy: Remedy, shape, gens):
+    arch = CONV_ARCHS[args.arch]
+    g_widths = [args.g_hidden // 2 ** i for i in range(args.g_layers + (arch["final"] == "conv"))]
+    d_widths = [args.d_hidden // 2 ** (args.d_layers - 1 - i) for i in range(args.d_layers)]
+    if min(g_widths + d_widths) < 1:
+        raise common.UserError(f"--g_hidden {args.g_hidden} / --d_hidden {args.d_hidden} are too small to halve over "
+                               f"--g_layers {args.g_layers} / --d_layers {args.d_layers}")
+    G = StackedConvGenerator(args.latent_dim, g_widths, gens, shape[-1], shape[0], arch["kernel"], arch["final"],
+                             args.init_scale, args.bn_eps, args.bn_momentum, args.batch_size,
+                             getattr(args, "memory_format", torch.contiguous_format))  # --speed compares the two
+    mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
+    D = StackedConvDiscriminator(shape[0] * remedy.pack, d_widths, gens, shape[-1], arch["kernel"], arch["leak"],
+                                 arch["bn_first"], args.init_scale, args.bn_eps, mbd)
+    G.split_trials = D.split_trials = getattr(args, "split_trials", common.pick_device(args.device).type == "cpu")
+    return G, D
+
+
+NETWORKS = {"mixture": make_networks, "image": make_conv_networks}  # the benchmark's kind -> its networks
 
 
 def make_adam(params, lr, betas, eps=1e-8):
@@ -979,9 +1445,10 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     (it decides itself whether to evaluate; keep it cheap). checkpoint = (steps, save(step, state)): after
     those steps the whole training state is handed to save; resume = such a state: training continues
     after its step and gives the numbers an uninterrupted run gives."""
-    S, B, m, dim = len(seeds), args.batch_size, remedy.pack, bench.dim
+    S, B, m, shape = len(seeds), args.batch_size, remedy.pack, bench.shape
+    nd = len(shape)  # 1: vectors, 3: images (packed on the channel axis)
     init_gens = seed_generators(seeds, 11 + salt)
-    G, D = make_networks(args, remedy, dim, init_gens)
+    G, D = NETWORKS[bench.kind](args, remedy, shape, init_gens)
     G, D = G.to(device), D.to(device)
     betas = (args.b1, args.b2)
     opt_g = make_adam(G.parameters(), args.lr_g, betas, args.adam_eps)
@@ -996,11 +1463,13 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
     if real_source is None:
         real_source = make_real_source(bench, args, seeds, salt, device, data_gens, m)
-    replay = StackedReplay(args.replay_size, dim, seed_generators(seeds, 53 + salt), device) if remedy.replay else None
+    replay = StackedReplay(args.replay_size, shape[0], seed_generators(seeds, 53 + salt), device) if remedy.replay else None
     pools = (StackedSnapshots(args.snapshot_keep, seeds, 31 + salt),
              StackedSnapshots(args.snapshot_keep, seeds, 37 + salt)) if remedy.swap else None
     g_loss_fn = G_LOSSES[remedy.g_loss]
-    shared_pass = args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
+    same_z = args.update in ("simultaneous", "alternating_same_z")  # G's step on D's noise
+    shared_pass = (args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
+                   and args.g_steps == 1)
     curves = {"step": [], "d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
     samplers = getattr(real_source, "samplers", [])
     reals = zs = None
@@ -1039,19 +1508,19 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     elif on_step:
         on_step(0, G)
 
-    chunk = noise_chunk(S, B * m, args.latent_dim)
+    chunk = noise_chunk(S, B * m, args.latent_dim + (math.prod(shape) // 2 if nd > 1 else 0))
     for step in range(start, n_steps + 1):
         j = (step - 1) % chunk
         if j == 0:  # data and noise for `chunk` steps at a time: per-trial generators, few calls
             n = min(chunk, n_steps - step + 1)
-            reals = real_source(n * B).view(S, n, B * m, dim)
-            zs = torch.stack([torch.randn(n, 2, B * m, args.latent_dim, generator=g) for g in noise_gens]).to(device)
+            reals = real_source(n * B).view(S, n, B * m, *shape)
+            zs = torch.stack([draw_noise((n, 2, B * m, args.latent_dim), g, args.z_dist) for g in noise_gens]).to(device)
         real, z_d, z_g = reals[:, j], zs[:, j, 0], zs[:, j, 1]
         lr_d = cosine_lr(step, n_steps, args.lr_d, args.lr_final)
         lr_g = lr_d if args.lr_g == args.lr_d else args.lr_g * lr_d / args.lr_d  # G decays by D's factor
         opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = lr_g, lr_d
         swap_now = remedy.swap and step % args.swap_every == 0
-        real_in = pack(real, m)
+        real_in = pack(real, m, nd)
         if remedy.mbd and step == 1 and resume is None:  # improved-gan's data-dependent init, on the first real batch
             with torch.no_grad():
                 D.mbd.init_from_data(D(real_in, features=True)[1])
@@ -1059,11 +1528,11 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         if shared_pass:  # ALI / PacGAN: one forward pass gives both players' gradients
             z_g = z_d
             fake = G_fwd(z_d, slots=m)
-            d_real, d_fake = D_fwd(real_in), D_fwd(pack(fake, m))
+            d_real, d_fake = D_fwd(real_in), D_fwd(pack(fake, m, nd))
             d_loss_s = discriminator_loss(d_real, d_fake)
             g_loss = generator_loss(d_fake)
             if remedy.mode_seeking:
-                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_d)
+                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake.flatten(2), z_d)
             d_grads = torch.autograd.grad(d_loss_s.sum(), d_params, retain_graph=True)
             g_grads = torch.autograd.grad(g_loss.sum(), g_params)
             for p, g in zip(d_params + g_params, d_grads + g_grads):
@@ -1072,7 +1541,7 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
             opt_g.step()
         else:
             simultaneous = args.update == "simultaneous"
-            if simultaneous:
+            if same_z:
                 z_g = z_d
             # G's samples for its own loss (G is not changed by D's step; one population-statistics update per step)
             fake = G(z_g, slots=m)
@@ -1082,31 +1551,35 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
                 if old_g is not None:
                     fake_d = functional_call(G, old_g, (z_d,), {"slots": m, "update_stats": False})
                 else:
-                    fake_d = fake.detach() if simultaneous else G(z_d, slots=m, update_stats=False)
+                    fake_d = fake.detach() if same_z else G(z_d, slots=m, update_stats=False)
                 if replay is not None:
                     fake_d = replay.mix(fake_d)
-            d_real, d_fake = D(real_in), D(pack(fake_d, m))
+            d_real, d_fake = D(real_in), D(pack(fake_d, m, nd))
             d_loss_s = discriminator_loss(d_real, d_fake)
             d_grads = torch.autograd.grad(d_loss_s.sum(), d_params)
             if not simultaneous:
                 for p, g in zip(d_params, d_grads):
                     p.grad = g
                 opt_d.step()
-            # generator's gradient: the method's loss
+            # generator's gradient: the method's loss (--g_steps G steps on the same noise: the VEEGAN
+            # setting's code runs G's step twice per D step)
             old_d = pools[1].sample() if swap_now else None
-            seen = GStep(D, old_d, real_in, pack(fake, m), opt_d, step if not simultaneous else step - 1, remedy.unroll,
-                         args.unrolled_loss == "minimax")
-            g_loss = g_loss_fn(seen)
-            if remedy.mode_seeking:
-                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake, z_g)
-            g_grads = torch.autograd.grad(g_loss.sum(), g_params)  # G's gradient only
-            for p, g in zip(g_params, g_grads):
-                p.grad = g
-            if simultaneous:
-                for p, g in zip(d_params, d_grads):
+            for j in range(args.g_steps):
+                if j:
+                    fake = G(z_g, slots=m)
+                seen = GStep(D, old_d, real_in, pack(fake, m, nd), opt_d, step if not simultaneous else step - 1,
+                             remedy.unroll, args.unrolled_loss == "minimax")
+                g_loss = g_loss_fn(seen)
+                if remedy.mode_seeking:
+                    g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake.flatten(2), z_g)
+                g_grads = torch.autograd.grad(g_loss.sum(), g_params)  # G's gradient only
+                for p, g in zip(g_params, g_grads):
                     p.grad = g
-                opt_d.step()
-            opt_g.step()
+                if simultaneous and not j:
+                    for p, g in zip(d_params, d_grads):
+                        p.grad = g
+                    opt_d.step()
+                opt_g.step()
 
         if remedy.swap and step % args.snapshot_every == 0:
             pools[0].add(G)
@@ -1130,7 +1603,9 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
 def make_real_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
     """Real packs of m samples: from each trial's fixed training set of --n_train points, packed once as
     PacGAN's code does (`real_packs`: every slot resampled with replacement) and then drawn epoch after
-    epoch; or fresh mixture samples (--n_train 0). source(n) -> (S, n * m, dim)."""
+    epoch; or fresh mixture samples (--n_train 0). source(n) -> (S, n * m, dim). Stacked MNIST: `image_source`."""
+    if bench.kind == "image":
+        return image_source(bench, args, seeds, salt, device, data_gens, m)
     dim = bench.dim
     if args.n_train:
         train = torch.stack([bench.mixture.sample(args.n_train, g) for g in seed_generators(seeds, 19 + salt)])
@@ -1148,6 +1623,26 @@ def make_real_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
         x = torch.stack([bench.mixture.sample(n * m, g) for g in data_gens])
         return ((x - bench.shift) / bench.scale).to(device)
     return fresh
+
+
+def image_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
+    """Stacked MNIST's real packs, source(n) -> (S, n * m, 3, 28, 28): with --n_train 0 every slot of every
+    pack a fresh sample of 3 random training digits, drawn each step (the authors' unrolled-GAN setting
+    draws 3 m digits per pack on the fly); with --n_train N a fixed set of N stacked samples per trial
+    (kept as digit indices), packed once as `real_packs` does (each slot resampled with replacement) and
+    drawn epoch after epoch (the VEEGAN setting's 128,000)."""
+    if not args.n_train:
+        return lambda n: torch.stack([bench.sample(n * m, g) for g in data_gens]).to(device)
+    n_img = len(bench.images)
+    sets = [torch.randint(n_img, (args.n_train, 3), generator=g) for g in seed_generators(seeds, 19 + salt)]
+    packs = [torch.randint(args.n_train, (args.n_train, m), generator=g) for g in seed_generators(seeds, 29 + salt)]
+    samplers = [EpochSampler(args.n_train, g) for g in data_gens]
+
+    def source(n):
+        idx = [tri[pk[sm.take(n)]] for tri, pk, sm in zip(sets, packs, samplers)]      # (n, m, 3) digit indices
+        return torch.stack([bench.images[i] for i in idx]).view(len(idx), n * m, *bench.shape).to(device)
+    source.samplers = samplers
+    return source
 
 
 def train_adagan(bench: Benchmark, args, device, seeds, on_step=None, progress=None):
@@ -1277,6 +1772,29 @@ def score(samples, curves_ok, bench, seeds) -> list[dict]:
     return out
 
 
+def score_sampler(sampler, z, bench, seeds, curves_ok) -> tuple[list[dict], torch.Tensor]:
+    """Score every trial's generator on its noise z (S, n, latent): a mixture's samples by `score`, stacked
+    MNIST's by its mode counter (in chunks: 25,600 images per trial do not all fit at once). Returns the
+    per-trial scores and the samples kept for figures (all of a mixture's, 64 images per trial)."""
+    if bench.kind == "mixture":
+        with torch.no_grad():
+            x = bench.to_data(generate(sampler, z).float().cpu())
+        return score(x, curves_ok, bench, seeds), x
+    out = []
+    for seed, ok, st in zip(seeds, curves_ok, bench.mode_stats(sampler, z, args_batch(sampler))):
+        diverged = not (ok and st.pop("finite"))
+        out.append({"seed": seed, "diverged": diverged,
+                    **({k: None for k in st} if diverged else st)})
+    with torch.no_grad():
+        keep = generate(sampler, z[:, :128]).float().cpu()[:, :64]
+    return out, keep
+
+
+def args_batch(sampler) -> int:
+    """The batch a conv generator samples in (its BatchNorm's batch statistics), 128 for anything else."""
+    return getattr(sampler, "eval_batch", 128)
+
+
 def summarize(trials: list[dict]) -> dict:
     ok = [r for r in trials if not r["diverged"]]
     out = {}
@@ -1311,8 +1829,10 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     is continued (not for AdaGAN, whose cell restarts); the file is removed when the cell is done."""
     remedy = METHODS[method]
     S = len(seeds)
-    fig_z = torch.stack([torch.randn(500, args.latent_dim, generator=g) for g in seed_generators(seeds, 101)]).to(device)
-    eval_z = torch.stack([torch.randn(args.n_eval, args.latent_dim, generator=g)
+    fig_n = 500 if bench.kind == "mixture" else 16  # points of a scatter plot, or images of a grid
+    fig_z = torch.stack([draw_noise((fig_n, args.latent_dim), g, args.z_dist)
+                         for g in seed_generators(seeds, 101)]).to(device)
+    eval_z = torch.stack([draw_noise((args.n_eval, args.latent_dim), g, args.z_dist)
                           for g in seed_generators(seeds, 103)]).to(device)
     snaps = {"step": [], "samples": []}
     fig_steps, evals_at = set(snapshot_steps_for(args.n_steps, args.snapshots)), set(eval_schedule(args))
@@ -1324,7 +1844,7 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
         evals, snaps = resume["evals"], resume["snaps"]
         print(f"04 {method}/{bench.name}: continuing from step {resume['step']}", flush=True)
     t0, c0 = time.perf_counter() - (resume["seconds"] if resume else 0.0), time.process_time()
-    record = {"method": method, "data": bench.name, "n_modes": bench.mixture.n_modes, "seeds": seeds,
+    record = {"method": method, "data": bench.name, "n_modes": bench.n_modes, "seeds": seeds,
               "n_steps": args.n_steps, "evals": evals}
     if resume:
         record["reached_step"] = evals[-1]["step"] if evals else 0
@@ -1350,11 +1870,9 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
                 snaps["step"].append(step)
                 snaps["samples"].append(bench.to_data(generate(sampler, fig_z).float().cpu()))
         if eval_now:
-            with torch.no_grad():
-                x = bench.to_data(generate(sampler, eval_z).float().cpu())
-            trials = score(x, [True] * S, bench, seeds)
+            trials, _ = score_sampler(sampler, eval_z, bench, seeds, [True] * S)
             evals.append({"step": step, "wall_s": round(time.perf_counter() - t0, 2), "trials": trials})
-            if population:  # the same generator scored with the evaluation batch's own statistics, for comparison
+            if population and bench.kind == "mixture":  # the same generator scored with the evaluation batch's own statistics, for comparison
                 with torch.no_grad():
                     xb = bench.to_data(sampler(eval_z, update_stats=False).float().cpu())
                 evals[-1]["trials_batch_stats"] = [{k: t[k] for k in ("modes", "high_quality", "reverse_kl")}
@@ -1376,14 +1894,12 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
                               checkpoint=checkpoint, resume=resume)
         sampler = G
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    with torch.no_grad():
-        samples = bench.to_data(generate(sampler, eval_z).float().cpu())
     finite = [bool(torch.isfinite(curves["d_loss"][:, i]).all() and torch.isfinite(curves["g_loss"][:, i]).all())
               for i in range(S)]
-    per_seed = score(samples, finite, bench, seeds)
+    per_seed, samples = score_sampler(sampler, eval_z, bench, seeds, finite)
     evals[-1]["trials"] = per_seed  # the last evaluation knows about the losses too
     for i, r in enumerate(per_seed):
-        r.update(collapse_of(evals, i, bench.mixture.n_modes, args.n_steps))
+        r.update(collapse_of(evals, i, bench.n_modes, args.n_steps))
     n_coll = sum(bool(r["collapsed"]) for r in per_seed if r["collapsed"] is not None)
     n_known = sum(r["collapsed"] is not None for r in per_seed)
     record.update({"seconds": seconds, "cpu_seconds": cpu_seconds, "steps_per_s": args.n_steps / seconds,
@@ -1470,6 +1986,40 @@ PUBLISHED = {
 SOURCES = {"pacgan": "PacGAN (Lin et al., NeurIPS 2018, arXiv:1712.04086), Table 1",
            "veegan": "VEEGAN (Srivastava et al., NeurIPS 2017), Table 1"}
 SOURCE_NAMES = {"pacgan": "PacGAN", "veegan": "VEEGAN"}  # the verdict column's prefix
+# Stacked MNIST (modes of 1,000, KL(p_gen || uniform)): PacGAN Table 3 (D = G/4 and G/2; their DCGAN and
+# PacDCGAN rows, 50 runs, mean +- s.e.; the DCGAN and unrolled rows they quote from the Unrolled GAN paper,
+# Metz et al. 2017, Table 3) and PacGAN Table 2 (the VEEGAN setting; their rows over 10 runs, VEEGAN's
+# quoted without error bars).
+_T3 = {"d4": {"gan": (78.5, 17.56, 5.21, 0.19), "pacgan2": (484.5, 32.99, 2.61, 0.22),
+              "pacgan3": (601.3, 32.18, 2.00, 0.17), "pacgan4": (667.4, 29.00, 1.81, 0.15)},
+       "d2": {"gan": (487.7, 34.59, 2.24, 0.15), "pacgan2": (840.7, 15.92, 1.00, 0.05),
+              "pacgan3": (866.6, 12.10, 0.90, 0.04), "pacgan4": (820.2, 25.50, 1.15, 0.14)}}
+_T3_UNROLLED = {"d4": {"gan": (30.6, 20.73, 5.99, 0.42), "unrolled1": (65.4, 34.75, 5.91, 0.14),
+                       "unrolled5": (236.4, 63.30, 4.67, 0.43), "unrolled10": (327.2, 74.67, 4.66, 0.46)},
+                "d2": {"gan": (628.0, 140.9, 2.58, 0.75), "unrolled1": (523.6, 55.77, 2.44, 0.26),
+                       "unrolled5": (732.0, 44.98, 1.66, 0.09), "unrolled10": (817.4, 37.91, 1.43, 0.12)}}
+for _d in ("d4", "d2"):
+    PUBLISHED[(f"pacgan_t3_{_d}", "stacked_mnist")] = {k: (a, b, None, None, c, e) for k, (a, b, c, e) in _T3[_d].items()}
+    PUBLISHED[(f"unrolled_t3_{_d}", "stacked_mnist")] = {k: (a, b, None, None, c, e)
+                                                         for k, (a, b, c, e) in _T3_UNROLLED[_d].items()}
+    SOURCES[f"pacgan_t3_{_d}"] = f"PacGAN, Table 3 (D = G/{_d[1]})"
+    SOURCES[f"unrolled_t3_{_d}"] = f"Unrolled GAN (Metz et al. 2017) as quoted in PacGAN Table 3 (D = G/{_d[1]})"
+    SOURCE_NAMES[f"pacgan_t3_{_d}"], SOURCE_NAMES[f"unrolled_t3_{_d}"] = "PacGAN", "Unrolled GAN"
+PUBLISHED[("pacgan_t2", "stacked_mnist")] = {"gan": (78.9, 6.46, None, None, 4.50, 0.127),
+                                             "pacgan2": (1000.0, 0.0, None, None, 0.06, 0.003),
+                                             "pacgan3": (1000.0, 0.0, None, None, 0.06, 0.003),
+                                             "pacgan4": (1000.0, 0.0, None, None, 0.07, 0.005)}
+PUBLISHED[("veegan_t2", "stacked_mnist")] = {"gan": (99, None, None, None, 3.40, None),
+                                             "unrolled5": (48.7, None, None, None, 4.32, None)}
+SOURCES.update(pacgan_t2="PacGAN, Table 2", veegan_t2="VEEGAN (Srivastava et al. 2017) as quoted in PacGAN Table 2")
+SOURCE_NAMES.update(pacgan_t2="PacGAN", veegan_t2="VEEGAN")
+# setting -> its published sources, and each source's (steps, runs) as the table prints them
+SETTING_SOURCES = {"pacgan": ("pacgan", "veegan"), "stacked_d4": ("pacgan_t3_d4", "unrolled_t3_d4"),
+                   "stacked_d2": ("pacgan_t3_d2", "unrolled_t3_d2"), "stacked_veegan": ("pacgan_t2", "veegan_t2")}
+SOURCE_RUNS = {"pacgan": ("400,000", 10), "veegan": ("not stated", 5), "pacgan_t3_d4": ("500,000", 50),
+               "pacgan_t3_d2": ("500,000", 50), "unrolled_t3_d4": ("not stated", "not stated"),
+               "unrolled_t3_d2": ("not stated", "not stated"), "pacgan_t2": ("100,000", 10),
+               "veegan_t2": ("not stated", "not stated")}
 
 
 def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
@@ -1535,8 +2085,8 @@ def table_markdown(records: list[dict]) -> str:
             if ps and ctext != "-":
                 ctext += (f": {sum(bool(t['final_below_all']) for t in ps)} end below {K}, "
                           f"{sum(bool(t['hopping']) for t in ps)} hop")
-            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in ("pacgan", "veegan")
-                    if setting == "pacgan" and r["method"] in PUBLISHED.get((src, data), {})]
+            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in SETTING_SOURCES.get(setting, ())
+                    if r["method"] in PUBLISHED.get((src, data), {})]
             v = "; ".join((f"{SOURCE_NAMES[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
                           + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                                        for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
@@ -1549,8 +2099,8 @@ def table_markdown(records: list[dict]) -> str:
             for src, p in pubs:
                 show = lambda mean, se, d: "-" if mean is None else (f"{mean:.{d}f}" + ("" if se is None else f" ± {se:.{d}f}"))
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
-                             f"{'400,000' if src == 'pacgan' else 'not stated'} | "
-                             f"{10 if src == 'pacgan' else 5} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
+                             f"{SOURCE_RUNS[src][0]} | "
+                             f"{SOURCE_RUNS[src][1]} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
                              f"{show(p[4], p[5], 2)} | |")
         lines += second + [""]
     return "\n".join(lines) + "\n"
@@ -1567,7 +2117,7 @@ def cost_markdown(records: list[dict]) -> str:
     n = f"{n.pop():,}" if len(n) == 1 else "its n_steps"
     lines = [f"| cell | step reached (of {n}) | training time | steps/s (trials batched) | {n} steps at that rate |",
              "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (DATASETS.index(r["data"]), order.get(r["method"], 99), r.get("label", ""))):
+    for r in sorted(rows, key=lambda r: ((DATASETS + IMAGE_DATA).index(r["data"]), order.get(r["method"], 99), r.get("label", ""))):
         e = r["evals"][-1]
         sps = e["step"] / e["wall_s"]
         lines.append(f"| {LABELS.get(r['method'], r['method'])}, {r['data']} | {e['step']:,} | {e['wall_s']:,.0f} s | "
@@ -1649,6 +2199,31 @@ def plot_samples(results: list[dict], bench: Benchmark, path, title=None):
     common.savefig(fig, path, dpi=90)
 
 
+def plot_image_samples(results: list[dict], bench, path, title=None):
+    """Stacked MNIST samples: rows = methods, columns = training steps, 16 images of the first trial each
+    (the three channels shown as RGB, so a triple of digits is one coloured picture)."""
+    rows = [r for r in results if r["data"] == bench.name]
+    if not rows:
+        return
+    from torchvision.utils import make_grid
+    plt = common.pyplot()
+    n_col = max(len(r["_snaps"]["step"]) for r in rows)
+    fig, axes = plt.subplots(len(rows), n_col, figsize=(1.9 * n_col + 0.6, 1.9 * len(rows) + 0.7), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, r in enumerate(rows):
+        for c, step in enumerate(r["_snaps"]["step"]):
+            grid = make_grid(r["_snaps"]["samples"][c][0][:16], nrow=4, normalize=True, value_range=(-1, 1), padding=1)
+            axes[i][c].imshow(grid.permute(1, 2, 0).numpy())
+            axes[i][c].set_title(f"{r['method']}, step {step:,}", fontsize=7)
+    fig.suptitle(title or f"{bench.name}: samples of trial (seed) {rows[0]['seeds'][0]}; collapse = the same few "
+                          f"colour-digit triples again and again", fontsize=9)
+    common.savefig(fig, path, dpi=90)
+
+
+SAMPLE_FIGURES = {"mixture": plot_samples, "image": plot_image_samples}
+
+
 def _margins_in_inches(fig, left, right, bottom, top, wspace, hspace):
     """A fixed layout for a grid of equal panels: margins in inches (tight_layout measures every tick label and
     title several times over, seconds on the many-panel figures of a table; savefig's crop measures once)."""
@@ -1705,7 +2280,7 @@ def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
     n_row = -(-len(rows) // n_col)
     fig, axes = plt.subplots(n_row, n_col, figsize=(2.6 * n_col + 0.7, 2.3 * n_row + 0.6), squeeze=False,
                              sharex=True, sharey=True)
-    K = bench.mixture.n_modes
+    K = bench.n_modes
     for ax in axes.flat[len(rows):]:
         ax.axis("off")
     for ax, r in zip(axes.flat, rows):
@@ -1721,7 +2296,8 @@ def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
     axes[0][-1].legend(fontsize=6, loc="lower right")
     fig.supxlabel("training step", fontsize=8)
     fig.supylabel(f"modes captured (of {K})", fontsize=8)
-    fig.suptitle(f"{bench.name}: modes captured per trial during training (3σ rule); a collapsed trial sits "
+    rule = "3σ rule" if bench.kind == "mixture" else "digit triples by the classifier"
+    fig.suptitle(f"{bench.name}: modes captured per trial during training ({rule}); a collapsed trial sits "
                  f"below {K} or jumps", fontsize=9)
     _margins_in_inches(fig, left=0.6, right=0.15, bottom=0.5, top=0.5, wspace=0.08, hspace=0.25)
     common.savefig(fig, path, dpi=90)
@@ -1754,22 +2330,25 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: 
     batched as one network, and S separate single-trial networks stepped one after another (what S
     separate runs on one core cost at best), and S trials batched with torch.compile (compiled before the
     timed steps)."""
-    bench = make_benchmark("ring")
+    bench = make_benchmark("ring") if args.arch == "mlp" else make_data(IMAGE_DATA[0], args, device)
     out = {"setting": args.setting, "n_steps_timed": n_steps, "hardware": {**common.hardware(), "device": str(device)},
            "load_average_start": os.getloadavg()}
 
-    def time_block(seeds, compiled=False):
+    def time_block(seeds, compiled=False, method="gan", steps=n_steps):
         a = argparse.Namespace(**vars(args))
-        a.n_steps, a.log_every, a.compile = n_steps + 3, 10 ** 9, compiled
+        a.n_steps, a.log_every, a.compile = steps + 3, 10 ** 9, compiled
         t = {}
 
         def on_step(step, G):
             if step == 3:
                 t["t0"] = time.perf_counter()
-        train_gan(METHODS["gan"], bench, a, device, seeds, a.n_steps, on_step=on_step)
+        train_gan(METHODS[method], bench, a, device, seeds, a.n_steps, on_step=on_step)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        return 1000 * (time.perf_counter() - t["t0"]) / n_steps
+        return 1000 * (time.perf_counter() - t["t0"]) / steps
+
+    if args.arch != "mlp":
+        return measure_image_speed(args, device, bench, out, time_block, n_steps)
 
     for S in trials:
         out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
@@ -1788,6 +2367,53 @@ def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: 
     return out
 
 
+def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
+    """Stacked MNIST: ms per step of every --method for one trial, the cost of --n_steps steps at that rate;
+    then the lever: 4 trials batched as one network (grouped convolutions) against 4 separate networks,
+    the plain GAN; and what one evaluation (--n_eval samples, the classifier on each channel) costs."""
+    for mth in args.method:
+        ms = time_block([0], method=mth, steps=n_steps)
+        out[f"{mth}_ms_per_step"] = ms
+        print(f"04 speed: {mth}, 1 trial: {ms:.1f} ms/step, {args.n_steps:,} steps: "
+              f"{common.format_seconds(ms * args.n_steps / 1000)}", flush=True)
+    for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        args.memory_format = fmt
+        out[f"gan_{name}_ms_per_step"] = time_block([0])
+    del args.memory_format
+    print(f"04 speed: gan, 1 trial, G's feature maps contiguous (the default): {out['gan_contiguous_ms_per_step']:.1f} ms/step; "
+          f"channels-last: {out['gan_channels_last_ms_per_step']:.1f} ms/step", flush=True)
+    S = 4
+    args.split_trials = False
+    out[f"grouped_{S}_ms_per_step"] = time_block(list(range(S)))
+    args.split_trials = True
+    out[f"batched_{S}_ms_per_step"] = time_block(list(range(S)))
+    del args.split_trials
+    out[f"separate_{S}_ms_per_step"] = sum(time_block([s]) for s in range(S))
+    print(f"04 speed: gan, {S} trials as one network, grouped convolutions: {out[f'grouped_{S}_ms_per_step']:.1f} "
+          f"ms/step; one convolution per trial (the CPU default): {out[f'batched_{S}_ms_per_step']:.1f} ms/step; "
+          f"{S} separate networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
+    gens = seed_generators([0], 11)
+    G, _ = make_conv_networks(args, METHODS["gan"], bench.shape, gens)
+    z = draw_noise((1, 2560, args.latent_dim), gens[0], args.z_dist)
+    bench.mode_stats(G, z[:, :128])  # the classifier loaded (or trained) before the clock starts
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        generate(G, z)
+    t1 = time.perf_counter()
+    bench.mode_stats(G, z)
+    t2 = time.perf_counter()
+    scale = args.n_eval / z.shape[1]
+    out["eval_sampling_s"], out["eval_total_s"] = (t1 - t0) * scale, (t2 - t1) * scale
+    print(f"04 speed: one evaluation of one trial ({args.n_eval:,} samples): {out['eval_total_s']:.1f} s, of which "
+          f"sampling G {out['eval_sampling_s']:.1f} s, the classifier the rest", flush=True)
+    out["threads"] = torch.get_num_threads()
+    out["load_average_end"] = os.getloadavg()
+    for k in list(out):
+        if k.endswith("_ms_per_step"):
+            out[k.replace("_ms_per_step", f"_hours_per_{args.n_steps}_steps")] = out[k] * args.n_steps / 3.6e6
+    return out
+
+
 # ----------------------------------------------------------------------------- 10. main
 def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
     """Bytes of the biggest tensors (parameters with Adam state and grads, a batch's activations, the
@@ -1801,6 +2427,15 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
     evals = 4 * S * max(args.n_eval, 500) * (args.latent_dim + args.g_hidden * args.g_layers * 3)
     noise = 4 * S * noise_chunk(S, args.batch_size * m, args.latent_dim) * 2 * args.batch_size * m * args.latent_dim
     train = 4 * S * (args.n_train + args.adagan_train_size) * dim * 2
+    if args.arch != "mlp":  # conv nets: feature maps per sample (G's, D's), kept ~6 times for the backward pass
+        arch = CONV_ARCHS[args.arch]
+        n_g = args.g_layers + (arch["final"] == "conv")
+        g_maps = sum(args.g_hidden // 2 ** i * s ** 2 for i, s in enumerate(same_sizes(28, n_g + (arch["final"] == "deconv") - 1)[::-1]))
+        d_maps = sum(args.d_hidden // 2 ** (args.d_layers - 1 - i) * s ** 2
+                     for i, s in enumerate(same_sizes(28, args.d_layers)[1:]))
+        acts = 4 * S * args.batch_size * m * (g_maps + 3 * 784 * (1 + m) + 2 * d_maps) * 6
+        evals = 4 * S * eval_chunk(S, args.batch_size) * (g_maps + 3 * 784) * 2 + 4 * S * args.n_eval * args.latent_dim
+        train = 8 * S * args.n_train * (3 + m) + 4 * 60_000 * 784
     total = params + acts + evals + noise + train
     return total, (f"--seeds {args.seeds} --latent_dim {args.latent_dim} --g_hidden {args.g_hidden} --d_hidden "
                    f"{args.d_hidden} --batch_size {args.batch_size} --n_eval {args.n_eval} --n_train {args.n_train}")
@@ -1839,10 +2474,12 @@ def main(argv=None) -> dict:
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     need, flags = estimate_memory(args)
-    check_memory(need, flags, device)
+    if not args.speed:  # --speed sizes its own runs (at most 4 trials)
+        check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
         if args.speed:
-            out = measure_speed(args, device, compile_too=not args.quick)
+            out = measure_speed(args, device, n_steps=30 if args.arch == "mlp" else (3 if args.quick else 10),
+                                compile_too=not args.quick and args.arch == "mlp")
             folder = Path(args.records or Path(args.out) / "04_remedies")
             common.save_json(folder / f"speed_{args.setting}{'_quick' if args.quick else ''}.json", out)
             return out
@@ -1861,9 +2498,10 @@ def replot(run_dirs, prefix) -> dict:
         results += [load_cell(p) for p in cells]
     out = []
     for data in dict.fromkeys(r["data"] for r in results):
-        bench = make_benchmark(data)
+        bench = (make_benchmark(data) if data not in IMAGE_DATA else
+                 types.SimpleNamespace(kind="image", name=data, n_modes=StackedMNIST.n_modes))
         out += [f"{prefix}samples_{data}.png", f"{prefix}modes_{data}.png"]
-        plot_samples(results, bench, out[-2])
+        SAMPLE_FIGURES[bench.kind](results, bench, out[-2])
         plot_modes_vs_step(results, bench, out[-1])
     print("wrote " + ", ".join(out))
     return {"figures": out}
@@ -1900,6 +2538,9 @@ def run(args, device, argv) -> dict:
     shard = f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard[1] > 1 else ""
     name = (f"{args.setting}_" + (f"{args.label}_" if args.label else "") + f"{what}_seed{args.seed}x{args.seeds}"
             + shard + ("_quick" if args.quick else ""))
+    benches = {d: make_data(d, args, device) for d in args.data if d in IMAGE_DATA}  # MNIST read before the run folder
+    for bench in benches.values():
+        bench.classifier  # the mode counter loaded, or trained once, before any training
     run_dir = common.start_run(args, __file__, name, argv)
     if args.resume:  # finished cells are kept in cells/; each cell is seeded on its own
         cfg_path = run_dir / "config.json"
@@ -1923,9 +2564,9 @@ def run(args, device, argv) -> dict:
     info = {"t0": t0, "command": " ".join(["python", "04_remedies.py"] + [shlex.quote(a) for a in cmd])}
     results, curves_file = [], common.Curves(run_dir / "curves.csv")
     folders = [run_dir / "records"] + ([Path(args.records)] if args.records else [])
-    benches, paused = {}, []
+    paused = []
     for k, (data, method) in enumerate(cells, 1):
-        bench = benches.setdefault(data, make_benchmark(data, args.data_std, args.grid_scale))
+        bench = benches[data] if data in benches else benches.setdefault(data, make_data(data, args, device))
         cell = run_dir / "cells" / f"{data}_{method}.pt"  # finished cell (.state.pt: one in training)
         if args.resume and cell.exists():
             r = load_cell(cell)  # unreadable: one line, exit 2
@@ -1951,7 +2592,7 @@ def run(args, device, argv) -> dict:
                   + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
         write_outputs(results, args, device, run_dir, curves_file, info, paused)  # partial tables survive a kill
     for data, bench in benches.items():
-        plot_samples(results, bench, run_dir / f"samples_{data}.png")
+        SAMPLE_FIGURES[bench.kind](results, bench, run_dir / f"samples_{data}.png")
         plot_modes_vs_step(results, bench, run_dir / f"modes_vs_step_{data}.png")
     seconds = time.perf_counter() - t0
     if results and all(len(r["diverged_seeds"]) == len(r["seeds"]) for r in results):

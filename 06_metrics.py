@@ -6,7 +6,8 @@ Part I, the metrics, loaded by the other scripts with  metrics = importlib.impor
   NDB, kmeans, jensen_shannon_divergence  bins and the Number of statistically Different Bins, JSD
   mnist_ndb                               NDB bins fitted on MNIST, cached
   load_classifier, digit_stats,           the digit histogram, digits covered, KL to uniform, from a
-  stacked_digit_stats, make_stacked_mnist small CNN trained here (and digit triples of stacked MNIST)
+  stacked_digit_stats, stacked_triples,   small CNN trained here (and the digit triples, the 1,000
+  make_stacked_mnist                      modes of stacked MNIST)
   frechet_distance, FeatureStats          Frechet distance in the CLASSIFIER's feature space (not FID)
   precision_recall, density_coverage      Kynkaanniemi et al. 2019; Naeem et al. 2020 (k = 5)
   diversity, lpips_diversity              mean pairwise distance; LPIPS over random pairs, where installed
@@ -329,16 +330,24 @@ def digit_stats(labels, n_classes: int = 10, min_count: int = 1) -> dict:
             "covered_rule": f"at least {min_count} sample(s) predicted as the class"}
 
 
-def stacked_digit_stats(images, clf, batch_size: int = 1000, min_count: int = 1) -> dict:
-    """Stacked MNIST (Metz et al. 2017; PacGAN): three digits in the three channels make one of 1000
-    modes; each channel is classified and the triple (d0, d1, d2) is class 100 d0 + 10 d1 + d2.
-    `images` N x 3 x 28 x 28 in [-1, 1]."""
+def stacked_triples(images, clf, batch_size: int = 1000) -> torch.Tensor:
+    """The mode of each stacked MNIST image: each channel classified (argmax, no confidence threshold, as
+    PacGAN's `log_metrics`), the triple (d0, d1, d2) as the class 100 d0 + 10 d1 + d2. `images`
+    N x 3 x 28 x 28 in [-1, 1] -> (N,) on the CPU."""
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"stacked MNIST images must be N x 3 x 28 x 28, got {tuple(x.shape)}")
     digits = clf.predict(x.reshape(-1, 1, *x.shape[2:]), batch_size).reshape(len(x), 3).cpu()
-    triples = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
-    return digit_stats(triples, 1000, min_count)
+    return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+
+
+def stacked_digit_stats(images, clf, batch_size: int = 1000, min_count: int = 1) -> dict:
+    """Stacked MNIST (Metz et al. 2017; PacGAN): three digits in the three channels make one of 1000
+    modes (`stacked_triples`). covered = the number of distinct triples (min_count 1: PacGAN's count);
+    kl_uniform = KL(p || uniform over 1000) in nats, summed over the non-empty modes, exactly as PacGAN's
+    stacked MNIST code computes it (fjxmlzn/PacGAN stacked_MNIST_experiments/*/model.py, `log_metrics`):
+    one mode gives ln 1000. `images` N x 3 x 28 x 28 in [-1, 1]."""
+    return digit_stats(stacked_triples(images, clf, batch_size), 1000, min_count)
 
 
 def make_stacked_mnist(images, n: int, generator: torch.Generator | None = None, labels=None):

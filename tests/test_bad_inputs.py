@@ -114,6 +114,16 @@ CASES_04: list[tuple[str, list[str], int, str]] = [
     ("04_remedies.py", ["--shard", "-1/4"], 2, "need 0 <= i < n"),
     ("04_remedies.py", ["--quick", "--records", "{file}"], 2, "--records"),
     ("04_remedies.py", ["--quick", "--records", "{file}/sub"], 2, "--records"),
+    # stacked MNIST: missing MNIST, an unknown setting, settings and data that do not go together
+    ("04_remedies.py", ["--quick", "--data", "stacked_mnist", "--data_root", "{tmp}/no_mnist"], 2, "MNIST is not in"),
+    ("04_remedies.py", ["--quick", "--data", "stacked_mnist", "--data_root", "{file}"], 2, "MNIST"),
+    ("04_remedies.py", ["--setting", "stacked_d8"], 2, "invalid choice: 'stacked_d8'"),
+    ("04_remedies.py", ["--setting", "stacked_d4", "--data", "ring"], 2, "is for --data stacked_mnist"),
+    ("04_remedies.py", ["--setting", "pacgan", "--data", "stacked_mnist"], 2, "needs a convolutional --arch"),
+    ("04_remedies.py", ["--data", "stacked_mnist", "ring"], 2, "run them apart"),
+    ("04_remedies.py", ["--data", "stacked_mnist", "--method", "adagan"], 2, "not built for stacked MNIST"),
+    ("04_remedies.py", ["--data", "stacked_mnist", "--d_act", "maxout"], 2, "relu_bn, lrelu_bn"),
+    ("04_remedies.py", ["--data", "stacked_mnist", "--d_hidden", "2"], 2, "too small to halve"),
 ]
 
 # --- 05_msgan_pix2pix.py ----------------------------------------------------------------------------
@@ -219,6 +229,8 @@ DATA_LOSS_CASES = [
     ("01_bimodal_gan.py", ["--quick", "--run_name", "x" * 300], 2, "at most 100"),
     ("03_dcgan_mnist.py", ["--quick", "--run_name", "old", "--overwrite", "--data_root", "{tmp}/no_mnist"], 2, "MNIST"),
     ("04_remedies.py", ["--quick", "--run_name", "old", "--overwrite", "--records", "{file}"], 2, "--records"),
+    ("04_remedies.py", ["--quick", "--run_name", "old", "--overwrite", "--data", "stacked_mnist", "--data_root",
+                        "{tmp}/no_mnist"], 2, "MNIST"),
     # diverged in epoch 1, before writing anything but config.json and an empty samples/: the old run is put back
     ("03_dcgan_mnist.py", ["--quick", "--run_name", "old", "--overwrite", "--data_root", "{mnist}", "--lr", "1e30",
                            "--n_train", "256", "--batch_size", "128", "--n_eval", "100"], 3, "before its first checkpoint"),
