@@ -212,6 +212,7 @@ STACKED_TABLE = ["gan", "unrolled1", "unrolled5", "unrolled10", "pacgan2", "pacg
 # value, the value is our choice and says so.
 REMEDY_DEFAULTS = dict(
     mbd_kernels=100, mbd_dim=5,     # openai/improved-gan train_cifar_minibatch_discrimination.py: B = 100, C = 5
+    mbd_layer="improved-gan",       # their MinibatchLayer (weight norm, bias, data init); "paper": the equations alone
     replay_size=20_000,             # ours; half of D's fake batch from the buffer (Shrivastava et al. 2017)
     swap_every=10, snapshot_every=250, snapshot_keep=10,  # ours
     adagan_components=4, adagan_clf_steps=500, adagan_train_size=10_000,  # ours; beta_t = 1/t (Tolstikhin et al.)
@@ -286,18 +287,30 @@ class MinibatchDiscrimination(nn.Module):
     fake batches apart). Defaults as theirs: B = 100 kernels of C = 5, theta ~ N(0, 0.05^2), g = 0,
     bias = -1. `init_from_data(h)` is their data-dependent initialisation: call it once, before training,
     on the features of a real batch. batch_shape: leading dimensions of the parameters, for trials
-    stacked as one network (() for an ordinary model)."""
+    stacked as one network (() for an ordinary model).
+
+    layer="paper": the paper's equations alone, W = theta (no weight normalisation), no bias and no
+    data-dependent initialisation (`init_from_data` does nothing), for comparison."""
+
+    LAYERS = ("improved-gan", "paper")
 
     def __init__(self, in_features: int, kernels: int = 100, kernel_dim: int = 5, init_std: float = 0.05,
-                 batch_shape: tuple = ()):
+                 batch_shape: tuple = (), layer: str = "improved-gan"):
         super().__init__()
-        self.kernels, self.kernel_dim = kernels, kernel_dim
+        if layer not in self.LAYERS:
+            raise ValueError(f"layer must be one of {self.LAYERS}, not {layer!r}")
+        self.kernels, self.kernel_dim, self.layer = kernels, kernel_dim, layer
         self.theta = nn.Parameter(torch.randn(*batch_shape, in_features, kernels, kernel_dim) * init_std)
-        self.log_scale = nn.Parameter(torch.zeros(*batch_shape, kernels, kernel_dim))
-        self.bias = nn.Parameter(torch.full((*batch_shape, kernels), -1.0))
+        if layer == "improved-gan":
+            self.log_scale = nn.Parameter(torch.zeros(*batch_shape, kernels, kernel_dim))
+            self.bias = nn.Parameter(torch.full((*batch_shape, kernels), -1.0))
+        else:
+            self.register_buffer("bias", torch.zeros(*batch_shape, kernels))
 
     def weight(self):
-        """W (..., A, B * C): theta scaled to norm exp(g) over the inputs."""
+        """W (..., A, B * C): theta scaled to norm exp(g) over the inputs (the paper's layer: theta)."""
+        if self.layer == "paper":
+            return self.theta.flatten(-2)
         w = self.theta * (self.log_scale.exp() / self.theta.norm(dim=-3)).unsqueeze(-3)
         return w.flatten(-2)
 
@@ -315,6 +328,8 @@ class MinibatchDiscrimination(nn.Module):
     def init_from_data(self, h):
         """improved-gan's init pass: g -= log(m_b), m_b = half the mean over i of min over j != i of the
         distance, so that m_b becomes 1; then bias = -(the batch mean of o), so o starts centred."""
+        if self.layer == "paper":
+            return
         d = self.distances(h)
         N = d.shape[-1]
         d = d + torch.eye(N, dtype=d.dtype, device=d.device) * 1e6                     # exclude j = i
@@ -731,8 +746,10 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--snapshots", type=common.positive_int, default=6,
                    help="columns (training steps) of the sample figure (--quick 3)")
     for k, v in REMEDY_DEFAULTS.items():
-        typ = common.positive_float if isinstance(v, float) else common.positive_int
-        p.add_argument(f"--{k}", type=typ, default=v, help=REMEDY_HELP[k] + (f" (--quick {QUICK[k]})" if k in QUICK else ""))
+        kind = dict(choices=MinibatchDiscrimination.LAYERS) if k == "mbd_layer" else dict(
+            type=common.positive_float if isinstance(v, float) else common.positive_int)
+        p.add_argument(f"--{k}", **kind, default=v,
+                       help=REMEDY_HELP[k] + (f" (--quick {QUICK[k]})" if k in QUICK else "") + " (default: %(default)s)")
     p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves (--quick 10)")
     p.add_argument("--records", default=None,
                    help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
@@ -768,6 +785,7 @@ def build_parser() -> common.ArgParser:
 
 REMEDY_HELP = {
     "mbd_kernels": "minibatch discrimination: kernels B", "mbd_dim": "minibatch discrimination: kernel dimension C",
+    "mbd_layer": "minibatch discrimination: improved-gan's layer, or the paper's equations alone",
     "replay_size": "experience replay: buffer size",
     "swap_every": "snapshot swap: every this many steps G meets an old D and D an old G",
     "snapshot_every": "snapshot swap: steps between snapshots", "snapshot_keep": "snapshot swap: snapshots kept",
@@ -1105,8 +1123,8 @@ class StackedMLP(nn.Module):
         else:
             self.biases = nn.ParameterList(nn.Parameter(torch.zeros(S, 1, b * width)) for b in sizes[1:])
         self.mbd = None
-        if mbd is not None:  # (kernels B, kernel dimension C); theta ~ N(0, 0.05^2) per trial
-            self.mbd = MinibatchDiscrimination(hidden, mbd[0], mbd[1], batch_shape=(S,))
+        if mbd is not None:  # (kernels B, kernel dimension C, layer); theta ~ N(0, 0.05^2) per trial
+            self.mbd = MinibatchDiscrimination(hidden, *mbd[:2], batch_shape=(S,), layer=mbd[2])
             with torch.no_grad():
                 self.mbd.theta.copy_(torch.stack([torch.randn(hidden, mbd[0], mbd[1], generator=g) * 0.05 for g in gens]))
         extra = mbd[0] if mbd is not None else 0
@@ -1150,7 +1168,7 @@ def make_networks(args, remedy: Remedy, shape, gens):
     dim = shape if isinstance(shape, int) else shape[0]
     G = StackedMLP(args.latent_dim, args.g_hidden, args.g_layers, dim, args.g_act, gens, args.init, args.init_scale,
                    bn_momentum=args.bn_momentum, bn_eps=args.bn_eps)
-    mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
+    mbd = (args.mbd_kernels, args.mbd_dim, args.mbd_layer) if remedy.mbd else None
     D = StackedMLP(dim * remedy.pack, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
                    args.maxout_pieces, mbd)
     return G, D
@@ -1333,7 +1351,7 @@ class StackedConvDiscriminator(nn.Module):
         n_feat = widths[-1] * self.sizes[-1] ** 2
         self.mbd = None
         if mbd is not None:  # (kernels B, kernel dimension C); theta ~ N(0, 0.05^2) per trial
-            self.mbd = MinibatchDiscrimination(n_feat, mbd[0], mbd[1], batch_shape=(S,))
+            self.mbd = MinibatchDiscrimination(n_feat, *mbd[:2], batch_shape=(S,), layer=mbd[2])
             with torch.no_grad():
                 self.mbd.theta.copy_(torch.stack([torch.randn(n_feat, mbd[0], mbd[1], generator=g) * 0.05 for g in gens]))
         extra = mbd[0] if mbd is not None else 0
@@ -1376,7 +1394,7 @@ def make_conv_networks(args, remedy: Remedy, shape, gens):
     G = StackedConvGenerator(args.latent_dim, g_widths, gens, shape[-1], shape[0], arch["kernel"], arch["final"],
                              args.init_scale, args.bn_eps, args.bn_momentum, args.batch_size,
                              getattr(args, "memory_format", torch.contiguous_format))  # --speed compares the two
-    mbd = (args.mbd_kernels, args.mbd_dim) if remedy.mbd else None
+    mbd = (args.mbd_kernels, args.mbd_dim, args.mbd_layer) if remedy.mbd else None
     D = StackedConvDiscriminator(shape[0] * remedy.pack, d_widths, gens, shape[-1], arch["kernel"], arch["leak"],
                                  arch["bn_first"], args.init_scale, args.bn_eps, mbd)
     G.split_trials = D.split_trials = getattr(args, "split_trials", common.pick_device(args.device).type == "cpu")
@@ -1941,6 +1959,8 @@ def differences(rec: dict) -> str:
     preset, a = PRESETS.get(rec.get("setting"), {}), {**RECORD_DEFAULTS, **rec.get("args", {})}
     out = [f"{k} {_show(a[k])}" for k in preset if k in a and common.to_jsonable(a[k]) != common.to_jsonable(preset[k])
            and k not in ("eval_steps", "eval_every", "seeds")]
+    out += [f"{k} {_show(a[k])}" for k, v in REMEDY_DEFAULTS.items() if k in a and a[k] != v
+            and not (k.startswith("mbd_") and rec.get("method") != "mbd")]   # a remedy's own values, where used
     if a.get("data_std"):
         out.append(f"data_std {a['data_std']}")
     return ", ".join(out) or "none"

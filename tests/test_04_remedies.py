@@ -185,6 +185,29 @@ def test_minibatch_discrimination_data_dependent_init():
     assert torch.allclose(st(hs)[1], one(hs[1]), atol=1e-5)
 
 
+def test_minibatch_discrimination_paper_layer():
+    """layer="paper": W = theta, no bias or scale to learn, no data-dependent init; o_b(x_i) = sum over
+    j != i of exp(-||M_i,b - M_j,b||_L1), worked out here for two samples."""
+    layer = m.MinibatchDiscrimination(2, 1, 1, layer="paper")
+    assert [n for n, _ in layer.named_parameters()] == ["theta"]
+    with torch.no_grad():
+        layer.theta.fill_(0.5)
+    h = torch.tensor([[1.0, 0.0], [0.0, 3.0]])                 # M = 0.5, 1.5: distance 1.0 apart
+    before = layer.theta.detach().clone()
+    layer.init_from_data(h)                                     # nothing to initialise
+    assert torch.equal(layer.theta.detach(), before)
+    assert torch.allclose(layer(h)[:, 2], torch.full((2,), math.exp(-1.0)))
+    with pytest.raises(ValueError):
+        m.MinibatchDiscrimination(2, 1, 1, layer="other")
+    # the flag reaches the trained layer, and the record says how the run differed
+    a = m.parse_args(["--quick", "--method", "mbd", "--mbd_layer", "paper"])
+    _, D = m.make_networks(a, m.METHODS["mbd"], 2, m.seed_generators([0], 11))
+    assert D.mbd.layer == "paper" and not hasattr(D.mbd, "log_scale")
+    rec = {"setting": "small", "method": "mbd", "args": {"mbd_layer": "paper", "mbd_kernels": 25}}
+    assert m.differences(rec).endswith("mbd_kernels 25, mbd_layer paper")
+    assert "mbd" not in m.differences({**rec, "method": "gan"})  # not a value of the plain GAN's run
+
+
 def test_the_stacked_discriminator_trains_the_exported_minibatch_layer():
     m_args = m.parse_args(["--quick", "--method", "mbd"])
     G, D = m.make_networks(m_args, m.METHODS["mbd"], 2, m.seed_generators([0, 1], 11))
