@@ -72,8 +72,7 @@ QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], 
 ACTS = {"leakyrelu": lambda: nn.LeakyReLU(0.3), "relu": lambda: nn.ReLU()}
 MNIST_TRAIN_IMAGES = 60_000
 
-# The per-epoch state (see `epoch_state`). Thresholds are flags; these are their defaults.
-STATES = ("not yet diverse", "healthy", "mode collapse", "non-convergence")
+# The per-epoch states (see `epoch_state`; its thresholds are flags): the failures, and a colour per state.
 FAILURES = ("mode collapse", "non-convergence")
 STATE_COLOURS = {"not yet diverse": "#bbbbbb", "healthy": "#2ca02c", "mode collapse": "#ff7f0e",
                  "non-convergence": "#d62728"}

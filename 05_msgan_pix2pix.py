@@ -105,7 +105,6 @@ import common
 PALETTE_NAMES = ["black", "blue", "green", "cyan", "red", "magenta", "yellow", "white"]
 PALETTE = torch.tensor([[r, g, b] for r in (-1.0, 1.0) for g in (-1.0, 1.0) for b in (-1.0, 1.0)])
 ON_PALETTE_RADIUS = 0.5  # [-1, 1] units; palette colours are >= 2.0 apart, the background 1.73 away
-MODELS = ("pix2pix", "msgan")  # --models: the baseline, and MSGAN at each --lambda_ms
 
 
 # ----------------------------------------------------------------------------- the idea: the mode-seeking term
