@@ -110,8 +110,12 @@ def cli(main_fn: Callable[..., dict]) -> Callable[..., dict]:
             raise SystemExit(3) from None
         except KeyboardInterrupt as e:
             what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            runs = [path for path, _ in _NEW_RUN_DIRS[first_new:]]
             if _remove_unused_run_dirs(first_new):
                 print(f"{prog}: {what} before the run wrote anything; its run folder is removed", file=sys.stderr)
+            elif runs and all(path in _NOT_RESUMABLE for path in runs):
+                print(f"{prog}: {what}; what it wrote is kept in {runs[-1]}; run the command again to finish "
+                      f"(this script has no --resume)", file=sys.stderr)
             else:
                 print(f"{prog}: {what}; the last checkpoint (if any) is kept, continue with --resume",
                       file=sys.stderr)
@@ -504,6 +508,8 @@ def make_run_dir(out: str | os.PathLike, script: str, run_name: str, *, overwrit
             replaced.rename(path)
         raise UserError(f"--out {out}: cannot create the run folder {path} ({one_line(e)})") from None
     _NEW_RUN_DIRS.append((path, created))
+    if not resumable:
+        _NOT_RESUMABLE.add(path)
     if replaced is not None:
         _REPLACED_RUN_DIRS.append((len(_NEW_RUN_DIRS) - 1, path, replaced))
     return path
@@ -545,6 +551,7 @@ def _settle_replaced_runs(first: int, finished: bool) -> None:
 # config.json: later runs then do not get ever higher _N suffixes.
 _NEW_RUN_DIRS: list[tuple[Path, list[Path]]] = []
 _REPLACED_RUN_DIRS: list[tuple[int, Path, Path]] = []   # (entry in _NEW_RUN_DIRS, new folder, old one set aside)
+_NOT_RESUMABLE: set[Path] = set()   # run folders of scripts without --resume (01, 02, 06: they simply rerun)
 _RUN_DIR_OWN_FILES = {"config.json"}
 
 

@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from conftest import load_script, run_cli, run_cli_forked
+from conftest import kill_on_call, load_script, run_cli, run_cli_forked
 
 m = load_script("01_bimodal_gan")
 
@@ -193,3 +193,16 @@ def test_table_on_a_folder_without_records_exits_2_with_one_line(case, tmp_path)
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--table" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_an_interrupted_run_keeps_its_files_and_says_to_run_again(tmp_path, monkeypatch, capsys):
+    # 01 has no --resume: Ctrl-C after the run wrote its figures keeps them and says to run the command again
+    import common
+    calls = kill_on_call(monkeypatch, common, "save_json", 2)   # 1: config.json, 2: metrics.json
+    with pytest.raises(SystemExit) as e:
+        m.main(["--quick", "--device", "cpu", "--out", str(tmp_path), "--run_name", "cut"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]   # (the progress bar writes to stderr before it)
+    assert e.value.code == 130 and calls["n"] == 2 and last.startswith("01_bimodal_gan.py: interrupted;")
+    assert "run the command again" in last and "continue with --resume" not in last
+    run = tmp_path / "01_bimodal_gan" / "cut"
+    assert (run / "config.json").exists() and list(run.glob("*.png")) and not (run / "metrics.json").exists()
