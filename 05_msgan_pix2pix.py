@@ -15,12 +15,13 @@ no colour is closer to it than another. Each input has 8 equally right answers; 
 5.9 of them on average. What to look for: how many colours one input gets over 10 noise vectors, and
 whether the digit survives (the 06 classifier reads the outputs turned back to gray).
 
-Measured (seeds 0-2, 1600 steps of 64, mean +- s.e.; `--seeds 3 --lambda_ms 1 0.1`): pix2pix ignores z
-completely, 1.00 +- 0.00 colours per input, one colour for every input, digits intact (accuracy 0.99).
-The mode-seeking term makes z matter, but buys it with the digit: at the official weight 1, 2.29 +- 0.03
-colours per input, always two opposite cube corners (blue/yellow, red/cyan: the pair farthest apart in
-L1, which the term rewards), flat colour fields, accuracy 0.14 +- 0.08; at 0.1, 3.01 +- 0.13 colours and
-accuracy 0.60 +- 0.15. No model comes near the real 5.9 colours.
+Measured (seeds 0-2, 1600 steps of 64, mean +- s.e.; `--seeds 3 --lambda_ms 1 0.1`; results/05/
+pix2pix_metrics.json): pix2pix ignores z completely, 1.00 +- 0.00 colours per input, one colour for every
+input, digits intact (accuracy 0.97). The mode-seeking term makes z matter, but buys it with the digit:
+at the official weight 1, 2.75 +- 0.22 colours per input, textured fields near two opposite cube corners
+(magenta/green in seed 0: the pair farthest apart in L1, which the term rewards), none on a palette
+colour, accuracy 0.08 +- 0.01; at 0.1, 2.95 +- 0.42 colours and accuracy 0.74 +- 0.03. No model comes
+near the real 6.0 colours.
 
 Also runs on any dataset in the pix2pix folder format (ROOT/train/*.jpg, ROOT/test/*.jpg, each image
 A|B side by side): --dataset folder --data_root ROOT [--direction AtoB|BtoA].

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = re.compile(r"(<!-- rebuilt by: (.+?) -->\n)(.*?)(\n<!-- end -->)", re.S)
+MARKER = re.compile(r"(<!-- rebuilt by: (.+?) -->\n)((?:.*?\n)??)(<!-- end -->)", re.S)   # an empty table too
 
 
 def documents() -> list[Path]:
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     check, stale = "--check" in argv, []
     for doc in documents():
         text = doc.read_text(encoding="utf-8")
-        new = MARKER.sub(lambda m: m.group(1) + run(m.group(2)) + m.group(4), text)
+        new = MARKER.sub(lambda m: m.group(1) + run(m.group(2)) + "\n" + m.group(4), text)
         if new != text:
             stale.append(str(doc.relative_to(ROOT)))
             if not check:
