@@ -54,7 +54,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import importlib
 import math
 import os
 import shutil
@@ -68,6 +67,7 @@ import torch.nn.functional as F
 
 import common
 
+METRICS = common.Sibling("06_metrics", "the digit classifier, NDB and the Frechet distance", __file__)
 QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
 ACTS = {"leakyrelu": lambda: nn.LeakyReLU(0.3), "relu": lambda: nn.ReLU()}
 MNIST_TRAIN_IMAGES = 60_000
@@ -244,17 +244,6 @@ def available_memory(device) -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def load_metrics_module():
-    """06_metrics.py, which must lie beside this script (or on the path)."""
-    try:
-        return importlib.import_module("06_metrics")
-    except ModuleNotFoundError as e:
-        if e.name != "06_metrics":
-            raise
-        raise common.UserError(f"03 needs 06_metrics.py (digit classifier, NDB, Frechet distance): copy it "
-                               f"from this repository beside {Path(__file__).name}") from None
 
 
 def bf16_hardware(device) -> tuple[bool, str]:
@@ -636,7 +625,7 @@ class Evaluator:
     """Everything scored each epoch, fitted once per run: the classifier, NDB bins and MNIST statistics."""
 
     def __init__(self, args, device, real_images):
-        self.m = load_metrics_module()
+        self.m = METRICS.load()
         self.args, self.device = args, device
         with contextlib.redirect_stderr(sys.stdout):  # fitting progress is not an error: stdout, as ours
             self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
@@ -1398,7 +1387,7 @@ def main(argv=None) -> dict:
     if args.probe_run:
         args.use_amp = resolve_amp(args, device)
         return probe_finished_run(args, device, Path(args.probe_run))
-    load_metrics_module()  # before any run folder exists
+    METRICS.load()  # before any run folder exists
     check_args(args, device)
     args.use_amp = resolve_amp(args, device)
     if device.type == "cuda":

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -85,7 +84,7 @@ from torch.func import functional_call
 
 import common
 
-METRICS = "06_metrics"  # the sibling script that counts stacked MNIST's modes (its digit classifier)
+METRICS = common.Sibling("06_metrics", "for --data stacked_mnist: the digit classifier that counts the modes", __file__)
 
 # ----------------------------------------------------------------------------- 1. the settings
 PRESETS = {
@@ -935,17 +934,6 @@ def _temperature_benchmark(std):
     return Benchmark("temperature", mix, shift=0.5 * (t[0] + t[1]), scale=0.5 * abs(t[1] - t[0]), lim=(-60.0, 70.0))
 
 
-def load_metrics_module():
-    """06_metrics.py (the MNIST classifier and the stacked MNIST mode counter), beside this script."""
-    try:
-        return importlib.import_module(METRICS)
-    except ModuleNotFoundError as e:
-        if e.name != METRICS:
-            raise
-        raise common.UserError(f"--data stacked_mnist needs {METRICS}.py (the digit classifier that counts the modes): "
-                               f"copy it from this repository beside {Path(__file__).name}") from None
-
-
 class StackedMNIST:
     """Stacked MNIST (Metz et al. 2017, Sec. 3.4; PacGAN, Lin et al. 2018, Sec. 5.2): each sample is three
     random MNIST training digits, one per channel (3 x 28 x 28, in [-1, 1]), so there are 1,000 modes, the
@@ -955,7 +943,7 @@ class StackedMNIST:
     kind, name, shape, n_modes = "image", "stacked_mnist", (3, 28, 28), 1000
 
     def __init__(self, data_root, device="cpu", quick: bool = False):
-        self.metrics = load_metrics_module()
+        self.metrics = METRICS.load()
         x, y = common.load_mnist(data_root, train=True)
         self.images, self.labels = x.float().div_(127.5).sub_(1), y
         self.data_root, self.device, self.quick, self._clf = data_root, device, quick, None
@@ -1015,9 +1003,37 @@ def draw_noise(shape, generator: torch.Generator, dist: str = "normal"):
     return torch.randn(shape, generator=generator)
 
 
-def seed_generators(seeds, salt: int):
-    """One torch.Generator per trial: a trial sees the same numbers alone or among others."""
-    return [torch.Generator().manual_seed(s * 1_000_003 + salt) for s in seeds]
+# Every random draw of a trial comes from a stream of its own, seeded by the trial's seed and the stream's
+# offset, so a trial draws the same numbers alone or among others, and one remedy's extra draws (a replay
+# buffer, a snapshot pool) leave the other streams as they are. The offsets are fixed: the committed
+# records were made with them. AdaGAN's round t adds ROUND_SHIFT * t to every stream of its t-th GAN;
+# G's population statistics are refreshed before an evaluation with noise seeded by the step too.
+STREAMS = dict(
+    init=11,               # the networks' weights
+    train_set=19,          # the fixed training set (n_train points or digit triples)
+    data=23,               # the order in which the training set is read
+    real_packs=29,         # PacGAN's real packs, formed once from the training set
+    g_snapshots=31,        # snapshot swapping: which of G's past weights (a random.Random)
+    noise=37,              # z for the training steps
+    d_snapshots=37,        # snapshot swapping: which of D's past weights (a random.Random, so not noise's numbers)
+    replay=53,             # experience replay: which stored fakes
+    adagan_set=71,         # AdaGAN's re-weighted training set
+    adagan_classifier=83,  # AdaGAN's data-vs-mixture classifier
+    adagan_pick=97,        # AdaGAN: which component draws each sample
+    figure_noise=101,      # the fixed z of the sample figures
+    eval_noise=103,        # the fixed z of the evaluations
+    bn_refresh=211,        # the refresh of G's population statistics (+ BN_REFRESH_STEP * step)
+)
+ROUND_SHIFT, BN_REFRESH_STEP, SEED_STRIDE = 1000, 7919, 1_000_003
+
+
+def stream_seed(seed: int, stream: str, shift: int = 0) -> int:
+    return seed * SEED_STRIDE + STREAMS[stream] + shift
+
+
+def seed_generators(seeds, stream: str, shift: int = 0):
+    """One torch.Generator per trial for the named stream (see STREAMS)."""
+    return [torch.Generator().manual_seed(stream_seed(s, stream, shift)) for s in seeds]
 
 
 class EpochSampler:
@@ -1427,8 +1443,8 @@ class StackedReplay:
 class StackedSnapshots:
     """One SnapshotPool per trial (its own random.Random); sample() stacks each trial's choice."""
 
-    def __init__(self, keep, seeds, salt):
-        self.pools = [SnapshotPool(keep, random.Random(s * 1_000_003 + salt)) for s in seeds]
+    def __init__(self, keep, seeds, stream, shift=0):
+        self.pools = [SnapshotPool(keep, random.Random(stream_seed(s, stream, shift))) for s in seeds]
 
     def add(self, module):
         for s, pool in enumerate(self.pools):
@@ -1453,7 +1469,7 @@ def noise_chunk(S, B, latent, n_max=100):
 
 
 # ----------------------------------------------------------------------------- 7. training
-def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, salt: int = 0,
+def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, shift: int = 0,
               real_source=None, on_step=None, progress=None, checkpoint=None, resume=None):
     """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
 
@@ -1465,7 +1481,7 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     after its step and gives the numbers an uninterrupted run gives."""
     S, B, m, shape = len(seeds), args.batch_size, remedy.pack, bench.shape
     nd = len(shape)  # 1: vectors, 3: images (packed on the channel axis)
-    init_gens = seed_generators(seeds, 11 + salt)
+    init_gens = seed_generators(seeds, "init", shift)
     G, D = NETWORKS[bench.kind](args, remedy, shape, init_gens)
     G, D = G.to(device), D.to(device)
     betas = (args.b1, args.b2)
@@ -1478,12 +1494,12 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
         if hasattr(functorch_config, "donated_buffer"):  # torch >= 2.5
             functorch_config.donated_buffer = False
         G_fwd, D_fwd = torch.compile(G), torch.compile(D)
-    data_gens, noise_gens = seed_generators(seeds, 23 + salt), seed_generators(seeds, 37 + salt)
+    data_gens, noise_gens = seed_generators(seeds, "data", shift), seed_generators(seeds, "noise", shift)
     if real_source is None:
-        real_source = make_real_source(bench, args, seeds, salt, device, data_gens, m)
-    replay = StackedReplay(args.replay_size, shape[0], seed_generators(seeds, 53 + salt), device) if remedy.replay else None
-    pools = (StackedSnapshots(args.snapshot_keep, seeds, 31 + salt),
-             StackedSnapshots(args.snapshot_keep, seeds, 37 + salt)) if remedy.swap else None
+        real_source = make_real_source(bench, args, seeds, shift, device, data_gens, m)
+    replay = StackedReplay(args.replay_size, shape[0], seed_generators(seeds, "replay", shift), device) if remedy.replay else None
+    pools = (StackedSnapshots(args.snapshot_keep, seeds, "g_snapshots", shift),
+             StackedSnapshots(args.snapshot_keep, seeds, "d_snapshots", shift)) if remedy.swap else None
     g_loss_fn = G_LOSSES[remedy.g_loss]
     same_z = args.update in ("simultaneous", "alternating_same_z")  # G's step on D's noise
     shared_pass = (args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
@@ -1618,17 +1634,17 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     return G, curves
 
 
-def make_real_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
+def make_real_source(bench, args, seeds, shift, device, data_gens, m: int = 1):
     """Real packs of m samples: from each trial's fixed training set of --n_train points, packed once as
     PacGAN's code does (`real_packs`: every slot resampled with replacement) and then drawn epoch after
     epoch; or fresh mixture samples (--n_train 0). source(n) -> (S, n * m, dim). Stacked MNIST: `image_source`."""
     if bench.kind == "image":
-        return image_source(bench, args, seeds, salt, device, data_gens, m)
+        return image_source(bench, args, seeds, shift, device, data_gens, m)
     dim = bench.dim
     if args.n_train:
-        train = torch.stack([bench.mixture.sample(args.n_train, g) for g in seed_generators(seeds, 19 + salt)])
+        train = torch.stack([bench.mixture.sample(args.n_train, g) for g in seed_generators(seeds, "train_set", shift)])
         train = (train - bench.shift) / bench.scale
-        packs = torch.stack([real_packs(x, m, g) for x, g in zip(train, seed_generators(seeds, 29 + salt))]).to(device)
+        packs = torch.stack([real_packs(x, m, g) for x, g in zip(train, seed_generators(seeds, "real_packs", shift))]).to(device)
         samplers = [EpochSampler(args.n_train, g) for g in data_gens]
 
         def source(n):
@@ -1643,7 +1659,7 @@ def make_real_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
     return fresh
 
 
-def image_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
+def image_source(bench, args, seeds, shift, device, data_gens, m: int = 1):
     """Stacked MNIST's real packs, source(n) -> (S, n * m, 3, 28, 28): with --n_train 0 every slot of every
     pack a fresh sample of 3 random training digits, drawn each step (the authors' unrolled-GAN setting
     draws 3 m digits per pack on the fly); with --n_train N a fixed set of N stacked samples per trial
@@ -1652,8 +1668,8 @@ def image_source(bench, args, seeds, salt, device, data_gens, m: int = 1):
     if not args.n_train:
         return lambda n: torch.stack([bench.sample(n * m, g) for g in data_gens]).to(device)
     n_img = len(bench.images)
-    sets = [torch.randint(n_img, (args.n_train, 3), generator=g) for g in seed_generators(seeds, 19 + salt)]
-    packs = [torch.randint(args.n_train, (args.n_train, m), generator=g) for g in seed_generators(seeds, 29 + salt)]
+    sets = [torch.randint(n_img, (args.n_train, 3), generator=g) for g in seed_generators(seeds, "train_set", shift)]
+    packs = [torch.randint(args.n_train, (args.n_train, m), generator=g) for g in seed_generators(seeds, "real_packs", shift)]
     samplers = [EpochSampler(args.n_train, g) for g in data_gens]
 
     def source(n):
@@ -1670,16 +1686,16 @@ def train_adagan(bench: Benchmark, args, device, seeds, on_step=None, progress=N
     set re-weighted by `adagan_data_weights`. Returns a sampler z -> x, the curves and the rounds."""
     S, T, dim = len(seeds), args.adagan_components, bench.dim
     steps = [args.n_steps // T + (1 if t < args.n_steps % T else 0) for t in range(T)]
-    train_x = torch.stack([bench.mixture.sample(args.adagan_train_size, g) for g in seed_generators(seeds, 71)])
+    train_x = torch.stack([bench.mixture.sample(args.adagan_train_size, g) for g in seed_generators(seeds, "adagan_set")])
     train_x = ((train_x - bench.shift) / bench.scale).to(device)                     # (S, N, dim)
-    pick_gens = seed_generators(seeds, 97)
+    pick_gens = seed_generators(seeds, "adagan_pick")
     mix = GeneratorMixture()
     weights = torch.full((S, args.adagan_train_size), 1.0 / args.adagan_train_size)
     rounds, curves_all, done = [], [], 0
     for t in range(T):
         beta = 1.0 / (t + 1)
         if t > 0:
-            h = adagan_classifier(mix, train_x, args, device, seeds, 1000 * t, pick_gens)
+            h = adagan_classifier(mix, train_x, args, device, seeds, ROUND_SHIFT * t, pick_gens)
             weights = adagan_data_weights(h.cpu(), beta)
         rounds.append({"component": t + 1, "beta": beta, "steps": steps[t],
                        "max_weight_x_N": (weights.max(-1).values * weights.shape[1]).tolist(),
@@ -1694,7 +1710,7 @@ def train_adagan(bench: Benchmark, args, device, seeds, on_step=None, progress=N
             if on_step and (step > 0 or t == 0):
                 on_step(offset + step, lambda z, G=G: stacked_mixture(mix.with_extra(G, beta_now), z, pick_gens))
 
-        G, curves = train_gan(METHODS["gan"], bench, args, device, seeds, steps[t], salt=1000 * t,
+        G, curves = train_gan(METHODS["gan"], bench, args, device, seeds, steps[t], shift=ROUND_SHIFT * t,
                               real_source=real_source, on_step=local_step, progress=progress)
         curves["step"] = [s + done for s in curves["step"]]
         curves_all.append(curves)
@@ -1712,11 +1728,11 @@ def stacked_mixture(mix: GeneratorMixture, z, gens):
     return mix.sample_with(z, pick)
 
 
-def adagan_classifier(mix, train_x, args, device, seeds, salt, pick_gens):
+def adagan_classifier(mix, train_x, args, device, seeds, shift, pick_gens):
     """h = dP_mix/dP_data on the training points, from a classifier data (uniform over the training set)
     vs mixture samples."""
     S, N, dim = train_x.shape
-    gens = seed_generators(seeds, 83 + salt)
+    gens = seed_generators(seeds, "adagan_classifier", shift)
     C = StackedMLP(dim, args.d_hidden, args.d_layers, 1, args.d_act, gens, args.init, args.init_scale,
                    args.maxout_pieces).to(device)
     opt = make_adam(C.parameters(), args.lr_d, (args.b1, args.b2), args.adam_eps)
@@ -1829,7 +1845,7 @@ def refresh_population_stats(G, args, seeds, step: int, m: int, device):
     through G in training mode, each updating the population statistics (the mean over the m pack slots);
     the evaluation that follows uses them. Here: --bn_refresh batches of --batch_size, before each
     evaluation, with noise seeded by (trial, step), so a resumed run draws the same."""
-    gens = [torch.Generator().manual_seed(s * 1_000_003 + 211 + 7919 * step) for s in seeds]
+    gens = seed_generators(seeds, "bn_refresh", BN_REFRESH_STEP * step)
     for _ in range(args.bn_refresh):
         z = torch.stack([torch.randn(args.batch_size * m, args.latent_dim, generator=g) for g in gens]).to(device)
         G(z, slots=m)
@@ -1849,9 +1865,9 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     S = len(seeds)
     fig_n = 500 if bench.kind == "mixture" else 16  # points of a scatter plot, or images of a grid
     fig_z = torch.stack([draw_noise((fig_n, args.latent_dim), g, args.z_dist)
-                         for g in seed_generators(seeds, 101)]).to(device)
+                         for g in seed_generators(seeds, "figure_noise")]).to(device)
     eval_z = torch.stack([draw_noise((args.n_eval, args.latent_dim), g, args.z_dist)
-                          for g in seed_generators(seeds, 103)]).to(device)
+                          for g in seed_generators(seeds, "eval_noise")]).to(device)
     snaps = {"step": [], "samples": []}
     fig_steps, evals_at = set(snapshot_steps_for(args.n_steps, args.snapshots)), set(eval_schedule(args))
     evals = []
@@ -1875,7 +1891,6 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
     if resume and getattr(args, "until_step", 0) and resume["step"] >= args.until_step:
         raise CellPaused(resume["step"])
     checkpoint = (evals_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
-    curves_box = {}
 
     population = args.bn_momentum > 0 and args.g_act == "relu_bn" and not remedy.adagan
 
@@ -2412,7 +2427,7 @@ def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
     print(f"04 speed: gan, {S} trials as one network, grouped convolutions: {out[f'grouped_{S}_ms_per_step']:.1f} "
           f"ms/step; one convolution per trial (the CPU default): {out[f'batched_{S}_ms_per_step']:.1f} ms/step; "
           f"{S} separate networks: {out[f'separate_{S}_ms_per_step']:.1f} ms/step", flush=True)
-    gens = seed_generators([0], 11)
+    gens = seed_generators([0], "init")
     G, _ = make_conv_networks(args, METHODS["gan"], bench.shape, gens)
     z = draw_noise((1, 2560, args.latent_dim), gens[0], args.z_dist)
     bench.mode_stats(G, z[:, :128])  # the classifier loaded (or trained) before the clock starts
@@ -2461,20 +2476,6 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
                    f"{args.d_hidden} --batch_size {args.batch_size} --n_eval {args.n_eval} --n_train {args.n_train}")
 
 
-def check_memory(need: float, flags: str, device) -> None:
-    """Refuse a run whose big tensors would not fit (common.check_memory where this common.py has it)."""
-    if hasattr(common, "check_memory"):
-        return common.check_memory(need, flags, device)
-    try:
-        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if device.type == "cpu" else \
-            torch.cuda.mem_get_info(device)[0]
-    except (ValueError, OSError, AttributeError, RuntimeError):
-        return
-    if need > 0.8 * free:
-        raise common.UserError(f"{flags}: needs about {need / 2**30:.3g} GB of memory, more than this machine has "
-                               f"({free / 2**30:.3g} GB); use smaller values")
-
-
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -2495,7 +2496,7 @@ def main(argv=None) -> dict:
     device = common.pick_device(args.device)
     need, flags = estimate_memory(args)
     if not args.speed:  # --speed sizes its own runs (at most 4 trials)
-        check_memory(need, flags, device)
+        common.check_memory(need, flags, device)
     with common.cpu_threads(device, 1):  # networks this small run several times faster on one thread
         if args.speed:
             out = measure_speed(args, device, n_steps=30 if args.arch == "mlp" else (3 if args.quick else 10),

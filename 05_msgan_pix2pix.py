@@ -88,7 +88,6 @@ Needs: common.py, and 06_metrics.py for NDB/JSD and the classifier accuracy (rep
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import sys
@@ -100,6 +99,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+
+METRICS = common.Sibling("06_metrics", "NDB/JSD and the MNIST classifier", __file__)   # optional: scores without it are null
 
 # The 8 colours of the default task: the corners of the RGB cube, as signs in [-1, 1] pixel units
 # (0 = mid-grey). Target pixel = colour * (b + (1 - b) * stroke intensity), b = --background.
@@ -682,16 +683,6 @@ def to_gray_digit(outputs: torch.Tensor, background: float) -> torch.Tensor:
     return ((weight - background) / (1 - background)).clamp(0, 1) * 2 - 1
 
 
-def load_metrics_module():
-    """06_metrics.py (NDB/JSD, the MNIST classifier), or None when it is not beside this script."""
-    try:
-        return importlib.import_module("06_metrics")
-    except ModuleNotFoundError as e:
-        if e.name != "06_metrics":
-            raise
-        return None
-
-
 def lpips_diversity(outputs: torch.Tensor, metrics_mod, device) -> float | None:
     """Mean LPIPS (Zhang et al. 2018, AlexNet) between outputs of the same input, MSGAN's diversity
     measure: 06_metrics' `lpips_diversity` (its random pairing) on each input's outputs, averaged over
@@ -1093,7 +1084,7 @@ def run(args, device, argv) -> dict:
             return complete
         if state is not None:
             finished, samples = state["finished"], state["samples"]
-    metrics_mod = load_metrics_module()
+    metrics_mod = METRICS.load(required=False)
     if metrics_mod is None:
         print("05: note: 06_metrics.py not found beside this script; NDB and classifier accuracy are reported as null")
     ref = real_reference(test_set, args)
@@ -1363,7 +1354,7 @@ def run_class(args, device, argv) -> dict:
     lambdas = "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
     name = (f"class_ms{lambdas}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
             + ("_quick" if args.quick else ""))
-    metrics_mod = load_metrics_module()
+    metrics_mod = METRICS.load(required=False)
     if metrics_mod is None:
         raise common.UserError("--task class needs 06_metrics.py beside this script (classifier, NDB, Frechet distance)")
     train, test = load_class_data(args)  # before the run folder: a data error leaves nothing behind

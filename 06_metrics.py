@@ -2,7 +2,7 @@
 
 A library first (Part I), then two experiments and a command line that use it:
 
-Part I, the metrics, loaded by the other scripts with  metrics = importlib.import_module("06_metrics")
+Part I, the metrics, loaded by the other scripts with  METRICS = common.Sibling("06_metrics", ...)
   NDB, kmeans, jensen_shannon_divergence  bins and the Number of statistically Different Bins, JSD
   mnist_ndb                               NDB bins fitted on MNIST, cached
   load_classifier, digit_stats,           the digit histogram, digits covered, KL to uniform, from a

@@ -5,7 +5,9 @@ Copy one numbered script together with this file into another project and it run
 - the command line: one-line errors with exit code 2 (`UserError`, `cli`; SIGTERM ends a run as Ctrl-C
   does), argument types, the shared flags `--seed --device --out --run_name --overwrite --quick --deterministic` (`add_common_args`);
 - device choice (`pick_device`: auto = cuda, then mps, then cpu) and seeding (`set_seed`);
-- `--quick` as smaller defaults that explicit flags override (`parse_with_quick`);
+- one rule for defaults: a preset's values, then `--quick`'s, become the defaults, and flags given
+  explicitly win (`parse_settings`, `given_flags`); a sibling script such as `06_metrics` loaded on
+  first use, its absence one line (`Sibling`);
 - run folders `runs/<script>/<run-name>/` that never silently replace an earlier run (`make_run_dir`),
   with `config.json` (`start_run`); an --out that is a file or not writable, and a run refused before
   it wrote anything but config.json (its folder is removed again by `cli`: `wrote_nothing`), are one-line
@@ -31,6 +33,7 @@ import contextlib
 import csv
 import errno
 import functools
+import importlib
 import io
 import json
 import math
@@ -224,9 +227,39 @@ def add_common_args(p: argparse.ArgumentParser, *, resume: bool = False) -> None
                        help="continue the newest run folder of this name from its last checkpoint")
 
 
+Defaults = "dict | Callable[[argparse.Namespace], dict] | None"
+
+
+def parse_settings(p: argparse.ArgumentParser, argv: list[str] | None, *, presets: Defaults = None,
+                   quick: Defaults = None) -> argparse.Namespace:
+    """The one rule for defaults in every script. Parse `argv` once to learn --quick and whichever flag
+    picks a preset (--setting, --task, --protocol); then the preset's values (`presets`: dest -> value, or
+    a function of that first parse), and over them --quick's (`quick`, likewise), become the defaults and
+    `argv` is parsed again, so a flag given explicitly always wins."""
+    args = p.parse_args(argv)
+    values = lambda d: (d(args) if callable(d) else d) or {}  # noqa: E731
+    defaults = {**values(presets), **(values(quick) if getattr(args, "quick", False) else {})}
+    if defaults:
+        p.set_defaults(**defaults)
+        args = p.parse_args(argv)
+    return args
+
+
+def given_flags(p: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The dests that `argv` sets explicitly (abbreviated and --flag=value spellings included)."""
+    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=p.allow_abbrev)
+    for action in p._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS, "required": False}
+            if action.nargs != 0:
+                kwargs["nargs"] = action.nargs
+            probe.add_argument(*action.option_strings, action="store_true" if action.nargs == 0 else "store", **kwargs)
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
 def parse_with_quick(p: argparse.ArgumentParser, argv: list[str] | None, quick: dict) -> argparse.Namespace:
-    """Parse `argv`; with --quick the values in `quick` (dest -> value) become the defaults, and flags
-    given explicitly still win. Each such flag's --help says what --quick changes, and so does --quick's."""
+    """`parse_settings` with --quick's values only; each such flag's --help says what --quick changes, and
+    so does --quick's own."""
     for action in p._actions:
         if action.dest in quick:
             action.help = f"{action.help or ''} (--quick: {_flag_value(quick[action.dest])})".lstrip()
@@ -234,11 +267,30 @@ def parse_with_quick(p: argparse.ArgumentParser, argv: list[str] | None, quick: 
             action.help = ("a smaller run that finishes in seconds on a CPU (smoke test): "
                            + ", ".join(f"--{k} {_flag_value(v)}" for k, v in quick.items())
                            + "; flags given explicitly win")
-    args = p.parse_args(argv)
-    if args.quick:
-        p.set_defaults(**quick)
-        args = p.parse_args(argv)
-    return args
+    return parse_settings(p, argv, quick=quick)
+
+
+class Sibling:
+    """A numbered script beside this one (`06_metrics`, whose name an import statement cannot spell),
+    loaded on first use. Where it is missing, `load()` is a one-line UserError that says what it is needed
+    for, or None with `required=False`."""
+
+    def __init__(self, name: str, needed_for: str, script: str):
+        self.name, self.needed_for, self.script = name, needed_for, Path(script).name
+        self.module = None
+
+    def load(self, required: bool = True):
+        if self.module is None:
+            try:
+                self.module = importlib.import_module(self.name)
+            except ModuleNotFoundError as e:
+                if e.name != self.name:
+                    raise
+                if not required:
+                    return None
+                raise UserError(f"{self.script} needs {self.name}.py ({self.needed_for}): copy it from this "
+                                f"repository beside {self.script}") from None
+        return self.module
 
 
 def _flag_value(v) -> str:

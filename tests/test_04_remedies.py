@@ -201,7 +201,7 @@ def test_minibatch_discrimination_paper_layer():
         m.MinibatchDiscrimination(2, 1, 1, layer="other")
     # the flag reaches the trained layer, and the record says how the run differed
     a = m.parse_args(["--quick", "--method", "mbd", "--mbd_layer", "paper"])
-    _, D = m.make_networks(a, m.METHODS["mbd"], 2, m.seed_generators([0], 11))
+    _, D = m.make_networks(a, m.METHODS["mbd"], 2, m.seed_generators([0], "init"))
     assert D.mbd.layer == "paper" and not hasattr(D.mbd, "log_scale")
     rec = {"setting": "small", "method": "mbd", "args": {"mbd_layer": "paper", "mbd_kernels": 25}}
     assert m.differences(rec).endswith("mbd_kernels 25, mbd_layer paper")
@@ -210,7 +210,7 @@ def test_minibatch_discrimination_paper_layer():
 
 def test_the_stacked_discriminator_trains_the_exported_minibatch_layer():
     m_args = m.parse_args(["--quick", "--method", "mbd"])
-    G, D = m.make_networks(m_args, m.METHODS["mbd"], 2, m.seed_generators([0, 1], 11))
+    G, D = m.make_networks(m_args, m.METHODS["mbd"], 2, m.seed_generators([0, 1], "init"))
     assert isinstance(D.mbd, m.MinibatchDiscrimination) and D.mbd.theta.shape == (2, m_args.d_hidden, m_args.mbd_kernels, 5)
     assert m.REMEDY_DEFAULTS["mbd_kernels"] == 100                            # improved-gan's B
 
@@ -520,8 +520,8 @@ def test_real_packs_are_formed_once_with_replacement():
     # the training loop draws its real batches from these fixed packs (PacGAN2: every real pack is one of them)
     args = m.parse_args(["--quick", "--n_train", "300", "--batch_size", "20"])
     bench = m.make_benchmark("ring")
-    src = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], 23), 2)
-    fixed = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], 23), 2)
+    src = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], "data"), 2)
+    fixed = m.make_real_source(bench, args, [0], 0, CPU, m.seed_generators([0], "data"), 2)
     batch = src(40).view(40, 4)
     everything = fixed(300).view(300, 4)                                      # one epoch: every pack once
     pack_set = {tuple(r.tolist()) for r in everything}
@@ -810,3 +810,13 @@ def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_num
     with pytest.raises(SystemExit) as e:  # only an evaluation step before the last can be a pause
         m.main(argv + ["--run_name", "cut2", "--until_step", "25"])
     assert e.value.code == 2
+
+
+def test_each_torch_stream_of_a_trial_has_its_own_seed():
+    # the snapshot pools are random.Random streams; every torch.Generator stream needs an offset of its own
+    torch_streams = {k: v for k, v in m.STREAMS.items() if not k.endswith("snapshots")}
+    assert len(set(torch_streams.values())) == len(torch_streams)
+    assert m.seed_generators([3], "noise")[0].initial_seed() == 3 * 1_000_003 + 37   # the committed records' seeds
+    assert m.seed_generators([3], "init", m.ROUND_SHIFT * 2)[0].initial_seed() == 3 * 1_000_003 + 11 + 2000
+    with pytest.raises(KeyError):
+        m.seed_generators([0], "nameless")

@@ -19,7 +19,7 @@ def args_of(*flags):
 
 def networks(setting="stacked_d4", method="gan", seeds=(0,)):
     a = args_of("--setting", setting)
-    return m.make_conv_networks(a, m.METHODS[method], (3, 28, 28), m.seed_generators(list(seeds), 11))
+    return m.make_conv_networks(a, m.METHODS[method], (3, 28, 28), m.seed_generators(list(seeds), "init"))
 
 
 def n_params(module):
@@ -181,7 +181,7 @@ def test_settings_follow_the_authors_code():
     assert a.update == "alternating_same_z" and a.bn_momentum == 0 and a.n_train == 0
     v = args_of("--setting", "stacked_veegan")
     assert (v.g_steps, v.z_dist, v.batch_size, v.n_train, v.arch) == (2, "uniform", 64, 128_000, "dcgan_tf")
-    G, D = m.make_conv_networks(v, m.METHODS["gan"], (3, 28, 28), m.seed_generators([0], 11))
+    G, D = m.make_conv_networks(v, m.METHODS["gan"], (3, 28, 28), m.seed_generators([0], "init"))
     assert G.sizes == [2, 4, 7, 14, 28] and [w.shape[0] for w in D.conv_w] == [64, 128, 256, 512]
 
 

@@ -1,6 +1,7 @@
 """The shared plumbing: seeding, run folders, atomic writes, checkpoints, MNIST errors, mode metrics."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -433,3 +434,47 @@ def test_run_that_diverged_before_writing_anything_leaves_no_folder(tmp_path, ca
         main([])
     assert e.value.code == 3 and "nan at step 3" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- defaults: presets, --quick
+def _settings_parser():
+    p = common.ArgParser(prog="x")
+    p.add_argument("--setting", choices=["small", "large"], default="large")
+    p.add_argument("--n_steps", type=int, default=1000)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--quick", action="store_true")
+    return p
+
+
+PRESETS = {"small": {"n_steps": 100, "width": 8}, "large": {}}
+
+
+@pytest.mark.parametrize("argv, n_steps, width, plot", [
+    ([], 1000, 64, True),                                       # the plain defaults
+    (["--setting", "small"], 100, 8, True),                     # the preset's values
+    (["--setting", "small", "--quick"], 10, 8, False),          # --quick over the preset
+    (["--quick", "--n_steps", "7"], 7, 64, False),              # an explicit flag over --quick
+    (["--setting=small", "--wid", "5", "--quick", "--plot"], 10, 5, True),   # abbreviated and = spellings win too
+])
+def test_parse_settings_preset_then_quick_then_explicit_flags(argv, n_steps, width, plot):
+    args = common.parse_settings(_settings_parser(), argv, presets=lambda a: PRESETS[a.setting],
+                                 quick={"n_steps": 10, "plot": False})
+    assert (args.n_steps, args.width, args.plot) == (n_steps, width, plot)
+
+
+def test_given_flags_names_only_what_the_command_line_sets():
+    p = _settings_parser()
+    assert common.given_flags(p, []) == set()
+    assert common.given_flags(p, ["--setting=small", "--wid", "5", "--no-plot"]) == {"setting", "width", "plot"}
+    assert common.given_flags(p, ["--quick"]) == {"quick"}
+
+
+def test_sibling_loads_on_first_use_and_a_missing_one_is_one_line():
+    metrics = common.Sibling("06_metrics", "the digit classifier", "03_dcgan_mnist.py")
+    assert metrics.module is None                          # nothing imported until it is needed
+    assert hasattr(metrics.load(), "NDB") and metrics.module is metrics.load()
+    missing = common.Sibling("07_nowhere", "the digit classifier", "/x/03_dcgan_mnist.py")
+    assert missing.load(required=False) is None
+    with pytest.raises(common.UserError, match=r"^03_dcgan_mnist.py needs 07_nowhere.py \(the digit classifier\)"):
+        missing.load()
