@@ -1,51 +1,17 @@
 """03_dcgan_mnist.py - the TensorFlow-tutorial DCGAN on MNIST, with a LeakyReLU (tutorial) or ReLU
 (DCGAN paper) generator; it tells mode collapse from non-convergence every epoch, over seeds.
 
-The material: its author downloaded the DCGAN example of the TensorFlow tutorials, saw that the
-generator used LeakyReLU where the DCGAN paper (Radford et al. 2016) recommends ReLU, switched to ReLU,
-and saw training go well to epoch 15, then collapse from epoch 16 (all samples the same noise, then
-something like a "2"). It names two failures: *mode collapse* (the samples are of one or a few kinds)
-and *non-convergence* (the discriminator wins early, D(G(z)) -> 0, the generator's gradient vanishes
-and its samples stay trash), with three causes of the latter: a latent dimension too small, a learning
-rate too high, kernels too small. This script trains that network faithfully and measures, every
-epoch: a fixed-noise sample grid, the losses, D(x) and D(G(z)), the digit histogram and the
-classifier's confidence on 10,000 samples (classifier of 06_metrics.py), NDB/JSD against MNIST and
-the Frechet distance in the classifier's feature space; `epoch_state` turns these into one of four
-states (not yet diverse, healthy, mode collapse, non-convergence) with the thresholds it documents.
+The material: switching the tutorial's generator from LeakyReLU to ReLU, training goes well to epoch 15
+and collapses from epoch 16 (all samples alike); non-convergence (D wins early, D(G(z)) -> 0) comes from
+a latent dimension too small, a learning rate too high or kernels too small. Every epoch this script
+scores 10,000 samples (digit histogram and confidence of 06's classifier, NDB/JSD, Frechet distance),
+logs D(x) and D(G(z)), and `epoch_state` names the epoch: not yet diverse, healthy, mode collapse or
+non-convergence. Results and the full set of commands: results/03/README.md.
 
-Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2):
-- G: Dense(100 -> 7*7*256, no bias), BatchNorm, act, reshape; Conv2DTranspose(128, 5, stride 1, same,
-  no bias), BatchNorm, act; Conv2DTranspose(64, 5, stride 2, same, no bias), BatchNorm, act;
-  Conv2DTranspose(1, 5, stride 2, same, no bias), tanh. 2,305,472 trainable parameters.
-- D: Conv2D(64, 5, stride 2, same), LeakyReLU, Dropout(0.3); Conv2D(128, 5, stride 2, same), LeakyReLU,
-  Dropout(0.3); Flatten; Dense(1) -> logit. 212,865 parameters. Binary cross-entropy on logits; the
-  generator minimises the non-saturating loss -log D(G(z)).
-- Keras defaults: Glorot-uniform kernels, zero biases; BatchNorm epsilon 1e-3, momentum 0.99 (PyTorch
-  momentum 0.01); LeakyReLU slope 0.3; Adam(1e-4, beta 0.9/0.999, epsilon 1e-7) *as Keras computes it*
-  (`KerasAdam`: epsilon is added to sqrt(v) before the bias correction; `--optimizer torch` is
-  PyTorch's Adam). TensorFlow's "same" padding for stride 2 is asymmetric (1 before, 2 after for a
-  5x5 kernel), reproduced exactly for every odd `--kernel_size`.
-- Batch 256, 50 epochs, noise 100-d N(0, 1), pixels scaled to [-1, 1]; the data are reshuffled every
-  epoch and the last batch (60,000 = 234 * 256 + 96) is kept, with 96 real against 256 fake images.
-- Both players' gradients come from the same forward pass and are applied together (simultaneous
-  updates; `--update alternating` is the usual PyTorch way).
-- Sample grids (16 fixed noise vectors) are drawn with training=False, i.e. with BatchNorm's moving
-  averages, as the tutorial does; so are the 10,000 samples the metrics use.
-Known difference: PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
-
-Run:  python 03_dcgan_mnist.py --act relu      (50 epochs; see the README for CPU times)
-      python 03_dcgan_mnist.py --seeds 5       (both activations x 5 seeds: collapse table)
-      python 03_dcgan_mnist.py --causes --seeds 3 --batch_size 64 --n_train 3200 --n_epochs 6 --n_eval 1000
-                                               (the material's causes, shrunk as in the README)
-      python 03_dcgan_mnist.py --causes_table results/03/causes --grace_epochs 6   (its tables, printed from the records)
-      python 03_dcgan_mnist.py --seeds 1 --n_epochs 20 --records results/03   (also copy each finished run's
-                                               small record - config, metrics, curves, strip of grids - there)
-      python 03_dcgan_mnist.py --record_run runs/03_dcgan_mnist/<run> --records results/03   (the same, afterwards)
-      python 03_dcgan_mnist.py --bench 10      (time 10 training steps; --amp force, --optimizer torch, ...)
+Run:  python 03_dcgan_mnist.py --act relu      (the tutorial's 50 epochs; --quick: one epoch, seconds)
+      python 03_dcgan_mnist.py --seeds 5       (both generators x 5 seeds: the collapse table)
+      python 03_dcgan_mnist.py --causes --seeds 3   (the material's causes of non-convergence)
       python 03_dcgan_mnist.py --act relu --probe_gradients   (Arjovsky & Bottou's gradient probe)
-      python 03_dcgan_mnist.py --probe_run runs/03_dcgan_mnist/compare_seed0x5/relu_seed0  (probe a finished run)
-      python 03_dcgan_mnist.py --act relu --n_epochs 60 --resume   (continue, or extend a finished run)
-      python 03_dcgan_mnist.py --quick         (one epoch on 2,000 images, seconds)
 Needs: common.py and 06_metrics.py (digit classifier, NDB, Frechet distance), beside this file.
 """
 from __future__ import annotations
@@ -68,19 +34,460 @@ import torch.nn.functional as F
 import common
 
 METRICS = common.Sibling("06_metrics", "the digit classifier, NDB and the Frechet distance", __file__)
-QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
+
 ACTS = {"leakyrelu": lambda: nn.LeakyReLU(0.3), "relu": lambda: nn.ReLU()}
+
 MNIST_TRAIN_IMAGES = 60_000
+
+
+# 1. the method: the tutorial's data, networks, losses and training step -------------------------------------
+# Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2), line by line:
+# - G: Dense(100 -> 7*7*256, no bias), BatchNorm, act, reshape; Conv2DTranspose(128, 5, stride 1, same, no
+#   bias), BatchNorm, act; Conv2DTranspose(64, 5, stride 2, same, no bias), BatchNorm, act;
+#   Conv2DTranspose(1, 5, stride 2, same, no bias), tanh. 2,305,472 trainable parameters.
+# - D: Conv2D(64, 5, stride 2, same), LeakyReLU, Dropout(0.3); Conv2D(128, 5, stride 2, same), LeakyReLU,
+#   Dropout(0.3); Flatten; Dense(1) -> logit. 212,865 parameters. Binary cross-entropy on logits; G
+#   minimises the non-saturating loss -log D(G(z)).
+# - Keras defaults: Glorot-uniform kernels, zero biases; BatchNorm epsilon 1e-3, momentum 0.99 (PyTorch
+#   momentum 0.01); LeakyReLU slope 0.3; Adam(1e-4, beta 0.9/0.999, epsilon 1e-7) as Keras computes it
+#   (`KerasAdam`; `--optimizer torch` is PyTorch's Adam). TensorFlow's "same" padding for stride 2 is
+#   asymmetric (1 before, 2 after for a 5x5 kernel), reproduced for every odd `--kernel_size`.
+# - Batch 256, 50 epochs, noise 100-d N(0, 1), pixels in [-1, 1]; the data reshuffled every epoch and the
+#   last batch (60,000 = 234 * 256 + 96) kept, 96 real against 256 fake images.
+# - Both players' gradients from the same forward pass, applied together (`--update alternating` is the
+#   usual PyTorch way). Samples (grids and the 10,000 scored) with training=False: BatchNorm's moving
+#   averages, as the tutorial's generate_and_save_images.
+# Known difference: PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
+
+
+def load_train_images(args, device) -> torch.Tensor:
+    """MNIST training images as one float tensor in [-1, 1] on the device (N, 1, 28, 28)."""
+    images, _ = common.load_mnist(args.data_root, train=True)
+    x = (images[: args.n_train].float().sub_(127.5).div_(127.5)).unsqueeze(1).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if args.use_channels_last else x
+
+
+def tf_same_split(kernel_size: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding on an input whose size is a multiple of the stride: the total is
+    max(k - stride, 0), with the smaller half before (so 1 before and 2 after for k=5, stride 2)."""
+    total = max(kernel_size - stride, 0)
+    return total // 2, total - total // 2
+
+
+class TFSamePad(nn.Module):
+    """TensorFlow's 'same' padding for a stride-2 convolution on an even size (5x5: 1 before, 2 after)."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.before, self.after = tf_same_split(kernel_size, 2)
+
+    def forward(self, x):
+        return F.pad(x, (self.before, self.after, self.before, self.after))
+
+
+class TFSameCrop(nn.Module):
+    """The transpose of TFSamePad: a kxk stride-2 transposed convolution with padding 0 gives 2n+k-2
+    pixels; TensorFlow's 'same' keeps 2n of them, dropping the padding of the forward convolution
+    (5x5: 1 before, 2 after). A 1x1 kernel gives 2n-1: TensorFlow's last row and column are zeros."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.before, self.after = tf_same_split(kernel_size, 2)
+
+    def forward(self, x):
+        if self.kernel_size == 1:
+            return F.pad(x, (0, 1, 0, 1))
+        return x[..., self.before:x.shape[-2] - self.after, self.before:x.shape[-1] - self.after]
+
+
+class Generator(nn.Module):
+    def __init__(self, act: str = "leakyrelu", latent_dim: int = 100, channels_last: bool = False,
+                 kernel_size: int = 5):
+        super().__init__()
+        self.channels_last = channels_last
+        k = kernel_size
+        bn = dict(eps=1e-3, momentum=0.01)  # Keras defaults (Keras momentum 0.99 = PyTorch 0.01)
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 7 * 7 * 256, bias=False), nn.BatchNorm1d(7 * 7 * 256, **bn),
+                                ACTS[act]())
+        self.conv = nn.Sequential(  # stride 1, odd k: 'same' is symmetric, (k - 1) / 2 each side
+            nn.ConvTranspose2d(256, 128, k, stride=1, padding=(k - 1) // 2, bias=False), nn.BatchNorm2d(128, **bn),
+            ACTS[act](),
+            nn.ConvTranspose2d(128, 64, k, stride=2, bias=False), TFSameCrop(k), nn.BatchNorm2d(64, **bn), ACTS[act](),
+            nn.ConvTranspose2d(64, 1, k, stride=2, bias=False), TFSameCrop(k), nn.Tanh())
+        keras_init(self)
+
+    def forward(self, z):
+        # Keras reshapes the Dense output to (7, 7, 256) channels-last; the order of the 12,544 units
+        # is arbitrary at initialisation, so (256, 7, 7) is the same model.
+        h = self.fc(z).view(-1, 256, 7, 7)
+        return self.conv(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        k = kernel_size
+        self.net = nn.Sequential(
+            TFSamePad(k), nn.Conv2d(1, 64, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+            TFSamePad(k), nn.Conv2d(64, 128, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
+            nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
+        keras_init(self)
+
+    def forward(self, x):
+        return self.net(x).squeeze(1)
+
+
+def keras_init(model: nn.Module) -> None:
+    """Keras' defaults: Glorot-uniform kernels (limit sqrt(6 / (fan_in + fan_out))), zero biases,
+    BatchNorm gamma 1 and beta 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def bce_losses(real_logits, fake_logits):
+    """The tutorial's losses: D minimises BCE(real -> 1) + BCE(fake -> 0); G minimises BCE(fake -> 1),
+    i.e. the non-saturating -log D(G(z)) of Goodfellow et al. 2014, Sec. 3."""
+    d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    g_loss = F.softplus(-fake_logits).mean()
+    return d_loss, g_loss
+
+
+def build(args, device):
+    G = Generator(args.act, args.latent_dim, args.use_channels_last, args.kernel_size).to(device)
+    D = Discriminator(args.kernel_size).to(device)
+    if args.use_channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    make_opt = OPTIMIZERS[args.optimizer]
+    betas = (args.b1, args.b2)
+    opt_g = make_opt(G.parameters(), lr=args.lr_g or args.lr, betas=betas, eps=args.eps)
+    opt_d = make_opt(D.parameters(), lr=args.lr_d or args.lr, betas=betas, eps=args.eps)
+    return G, D, opt_g, opt_d
+
+
+def make_step(G, D, opt_g, opt_d, args, device):
+    """One training step on a real batch; returns (d_loss, g_loss, D(x) mean, D(G(z)) mean) as tensors."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.use_amp)
+    g_params, d_params = list(G.parameters()), list(D.parameters())
+
+    def step(real, z):
+        with autocast:
+            fake = G(z)
+            if args.update == "simultaneous":
+                real_logits, fake_logits = D(real), D(fake)
+                d_loss, g_loss = bce_losses(real_logits.float(), fake_logits.float())
+        if args.update == "simultaneous":
+            opt_g.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            g_loss.backward(inputs=g_params, retain_graph=True)   # G's gradient through the current D
+            d_loss.backward(inputs=d_params)                      # D's gradient, same forward pass
+            opt_g.step()
+            opt_d.step()
+        else:
+            with autocast:
+                real_logits, fake_logits = D(real), D(fake.detach())
+                d_loss, _ = bce_losses(real_logits.float(), fake_logits.float())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            with autocast:
+                _, g_loss = bce_losses(real_logits.detach().float(), D(fake).float())
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward(inputs=g_params)
+            opt_g.step()
+        return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
+                            torch.sigmoid(fake_logits.detach().float()).mean()])
+
+    if args.compile:
+        step = torch.compile(step)
+    return step
+
+
+class LossNotFinite(common.TrainingDiverged):
+    """The epoch's mean loss is NaN or infinite."""
+
+
+def train_epoch(step, data, gen, batch_size: int, latent_dim: int, epoch: int, on_batch=None) -> list[float]:
+    """One pass of the tutorial's `train`: the data reshuffled, the last smaller batch kept, a fresh z for
+    each batch (both drawn from `gen`); returns the epoch's mean (d_loss, g_loss, D(x), D(G(z)))."""
+    n, device = len(data), data.device
+    steps = math.ceil(n / batch_size)
+    perm = torch.randperm(n, generator=gen).to(device)
+    sums = torch.zeros(4, device=device)
+    for i in range(steps):
+        real = data[perm[i * batch_size:(i + 1) * batch_size]]
+        z = torch.randn(batch_size, latent_dim, generator=gen).to(device, non_blocking=True)
+        sums += step(real, z)
+        if on_batch is not None:
+            on_batch(epoch)
+        if i % 25 == 24 and not bool(torch.isfinite(sums).all()):  # one host sync per 25 steps
+            break
+    means = (sums / steps).tolist()
+    if not all(math.isfinite(v) for v in means):
+        raise LossNotFinite(f"the loss became non-finite in epoch {epoch} (D {means[0]}, G {means[1]})")
+    return means
+
+
+def train(step, data, gen, n_epochs: int, batch_size: int, latent_dim: int, on_epoch, first_epoch: int = 1,
+          on_batch=None) -> None:
+    """The training of one model, epochs first_epoch..n_epochs; on_epoch(epoch, means, seconds) scores and
+    keeps each epoch (files are its business) and returns False to stop early."""
+    for epoch in range(first_epoch, n_epochs + 1):
+        t0 = time.perf_counter()
+        means = train_epoch(step, data, gen, batch_size, latent_dim, epoch, on_batch)
+        if data.device.type == "cuda":
+            torch.cuda.synchronize()
+        if on_epoch(epoch, means, time.perf_counter() - t0) is False:
+            return
+
+
+@torch.no_grad()
+def generate(G, z, args, batch=1000):
+    """Samples in eval mode (BatchNorm moving averages), as the tutorial's generate_and_save_images."""
+    was_training = G.training
+    G.eval()
+    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=args.use_amp):
+        out = torch.cat([G(z[i:i + batch]).float() for i in range(0, len(z), batch)])
+    G.train(was_training)
+    return out
+
+
+class KerasAdam(torch.optim.Optimizer):
+    """Adam as tf.keras.optimizers.Adam computes it (Kingma & Ba 2015, Algorithm 1 with the "efficient"
+    ordering of Sec. 2, which Keras follows):
+
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+    PyTorch's Adam instead divides by sqrt(v / (1 - b2^t)) + eps. The two agree except through epsilon:
+    Keras' update is PyTorch's with an effective epsilon eps / sqrt(1 - b2^t), i.e. 1e-7 / sqrt(0.001) =
+    3.2e-6 at the first step, shrinking to 1e-7 over a few thousand steps. That matters early in this
+    DCGAN, where many first gradients are about that small. A drop-in torch.optim optimiser."""
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-7):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
+                m.lerp_(g, 1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                alpha = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)
+        return loss
+
+
+def torch_adam(params, lr, betas, eps):
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, foreach=True)
+
+OPTIMIZERS = {"keras": KerasAdam, "torch": torch_adam}
+
+
+def count_parameters(model: nn.Module) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    running = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return {"trainable": trainable, "keras_total": trainable + running}
+
+
+# 2. the measures: scores of every epoch and the state they give ---------------------------------------------
 
 # The per-epoch states (see `epoch_state`; its thresholds are flags): the failures, and a colour per state.
 FAILURES = ("mode collapse", "non-convergence")
+
 STATE_COLOURS = {"not yet diverse": "#bbbbbb", "healthy": "#2ca02c", "mode collapse": "#ff7f0e",
                  "non-convergence": "#d62728"}
+
+
+def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, str]:
+    """The state of one epoch from its measured signals `s`, with thresholds `t` (the flags of the same
+    names; defaults in brackets). Returns (state, reason).
+
+    - the samples are *digits* when the classifier's mean top probability >= min_confidence [0.8]
+      (MNIST's own test images: 0.99);
+    - *non-convergence*: the discriminator has won (D(x) > 1 - d_wins and D(G(z)) < d_wins [0.05]: the
+      generator's gradient vanishes), or the samples are not digits and far from MNIST (confidence
+      below min_confidence and Frechet distance in the classifier's features above max_frechet [1000;
+      MNIST's test set: 1.6, the tutorial's 20-epoch samples 235-804]); also any epoch past the grace
+      period whose samples are still not digits;
+    - *mode collapse*: the samples are digits, but one digit holds more than collapse_digit_frac [0.5]
+      of them or their mean pairwise distance is below collapse_diversity [0.5] times MNIST's;
+    - *healthy*: digits, neither of the above;
+    - *not yet diverse*: before the first healthy epoch, within the first grace_epochs [5] epochs, any
+      of the failures above but a won discriminator, or weak digits: the blobs of the first epochs are
+      not a failure yet. A discriminator that has won is non-convergence from the first epoch: in the
+      tutorial's own first epochs D(x) stays near 0.8 and D(G(z)) near 0.5 (measured, see the README).
+    """
+    top = max(range(10), key=lambda d: s["digit_fractions"][d])
+    digits = s["confidence"] >= t["min_confidence"]
+    won = s["d_real"] > 1 - t["d_wins"] and s["d_fake"] < t["d_wins"]
+    trash = not digits and s["frechet_clf"] > t["max_frechet"]
+    if won:
+        state, why = "non-convergence", f"D wins: D(x) {s['d_real']:.3f}, D(G(z)) {s['d_fake']:.3f}"
+    elif trash:
+        state, why = "non-convergence", (f"not digits: confidence {s['confidence']:.2f}, "
+                                         f"FD {s['frechet_clf']:.0f}")
+    elif digits and s["digit_fractions"][top] > t["collapse_digit_frac"]:
+        state, why = "mode collapse", f"digit {top} holds {s['digit_fractions'][top]:.0%} of the samples"
+    elif digits and s["diversity"] < t["collapse_diversity"] * s["data_diversity"]:
+        state, why = "mode collapse", (f"diversity {s['diversity']:.2f} is below {t['collapse_diversity']:g} x "
+                                       f"MNIST's {s['data_diversity']:.2f}")
+    elif digits:
+        return "healthy", ""
+    else:
+        state, why = "non-convergence", f"weak digits: confidence {s['confidence']:.2f}"
+    if not won and not seen_healthy and epoch <= t["grace_epochs"]:
+        return "not yet diverse", why
+    return state, why
+
+
+def detect_collapse(digit_fractions, diversity: float, data_diversity: float, max_digit_frac: float = 0.5,
+                    min_diversity_ratio: float = 0.5) -> str | None:
+    """The diversity half of `epoch_state` alone (kept for callers of earlier versions): the reason the
+    samples lack diversity, or None."""
+    s = {"digit_fractions": digit_fractions, "confidence": 1.0, "d_real": 0.5, "d_fake": 0.5, "frechet_clf": 0.0,
+         "diversity": diversity, "data_diversity": data_diversity}
+    t = {"min_confidence": 0.0, "d_wins": 0.0, "max_frechet": math.inf, "collapse_digit_frac": max_digit_frac,
+         "collapse_diversity": min_diversity_ratio, "grace_epochs": 0}
+    state, why = epoch_state(s, t, True, 1)
+    return why if state == "mode collapse" else None
+
+
+class RunState:
+    """Where a run stands: epochs, timing, and its per-epoch states (the one place the collapse state is
+    kept). Saved in the checkpoint as a plain dict."""
+
+    THRESHOLDS = ("min_confidence", "d_wins", "max_frechet", "collapse_digit_frac", "collapse_diversity",
+                  "grace_epochs")
+
+    def __init__(self, args, saved: dict | None = None):
+        self.thresholds = {k: getattr(args, k) for k in self.THRESHOLDS}
+        self.d = {"epoch": 0, "first_healthy": None, "first_failure": None, "first_failure_state": None,
+                  "failure_reason": None, "first_collapse": None, "first_nonconvergence": None,
+                  "states": [], "train_seconds": 0.0, "images": 0, **(saved or {})}
+
+    def update(self, signals: dict) -> tuple[str, str, bool]:
+        """Record one epoch; returns (state, reason, is this the run's first failing epoch)."""
+        d = self.d
+        epoch = d["epoch"] + 1
+        state, why = epoch_state(signals, self.thresholds, d["first_healthy"] is not None, epoch)
+        if state == "healthy" and d["first_healthy"] is None:
+            d["first_healthy"] = epoch
+        first = state in FAILURES and d["first_failure"] is None
+        if first:
+            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, state, why
+        key = {"mode collapse": "first_collapse", "non-convergence": "first_nonconvergence"}.get(state)
+        if key and d[key] is None:
+            d[key] = epoch
+        d["states"].append(state)
+        d["epoch"] = epoch
+        return state, why, first
+
+    def diverged(self, message: str) -> None:
+        """The epoch being trained diverged (NaN/inf or a saturated generator): non-convergence."""
+        d = self.d
+        epoch = d["epoch"] + 1
+        d["diverged"] = {"epoch": epoch, "message": message}
+        if d["first_failure"] is None:
+            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, "non-convergence", "diverged"
+        if d["first_nonconvergence"] is None:
+            d["first_nonconvergence"] = epoch
+        d["states"].append("non-convergence")
+
+    def summary(self) -> dict:
+        d = self.d
+        return {"epochs_trained": d["epoch"], "first_healthy_epoch": d["first_healthy"],
+                "first_failure_epoch": d["first_failure"], "first_failure_state": d["first_failure_state"],
+                "failure_reason": d["failure_reason"], "first_collapse_epoch": d["first_collapse"],
+                "first_nonconvergence_epoch": d["first_nonconvergence"], "failed": d["first_failure"] is not None,
+                "collapsed": d["first_collapse"] is not None, "states": list(d["states"]),
+                "diverged": d.get("diverged"),
+                "train_seconds": d["train_seconds"],
+                "images_per_s": d["images"] / d["train_seconds"] if d["train_seconds"] else None}
+
+
+class Evaluator:
+    """Everything scored each epoch, fitted once per run: the classifier, NDB bins and MNIST statistics."""
+
+    def __init__(self, args, device, real_images):
+        self.m = METRICS.load()
+        self.args, self.device = args, device
+        with contextlib.redirect_stderr(sys.stdout):  # fitting progress is not an error: stdout, as ours
+            self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
+            self.ndb = self.m.mnist_ndb(args.data_root, k=args.ndb_k, seed=0, device=device, quick=args.quick)
+        gen = torch.Generator().manual_seed(12345)
+        idx = torch.randperm(len(real_images), generator=gen)[: args.n_eval].to(real_images.device)
+        ref = real_images[idx].float().contiguous()
+        self.real_feats = self.clf.features(ref)
+        self.data_diversity = self.m.diversity(ref[:1000])
+
+    @torch.no_grad()
+    def confidence(self, samples, batch=1000) -> float:
+        """The classifier's mean top softmax probability: near 1 for digits, low for blobs and noise."""
+        tops = [F.softmax(self.clf(samples[i:i + batch].float().contiguous(memory_format=torch.channels_last)),
+                          1).amax(1) for i in range(0, len(samples), batch)]
+        return float(torch.cat(tops).mean())
+
+    def __call__(self, samples) -> dict:
+        m = self.m
+        labels = self.clf.predict(samples)
+        digits = m.digit_stats(labels)
+        ndb = self.ndb.evaluate(samples.reshape(len(samples), -1))
+        try:
+            fd = m.frechet_distance(self.real_feats, self.clf.features(samples))
+        except RuntimeError:  # eigh fails on degenerate features (e.g. all samples equal)
+            fd = float("inf")
+        return {"digit_fractions": digits["histogram"], "digits_covered": digits["covered"],
+                "digit_kl": digits["kl_uniform"], "confidence": self.confidence(samples), "ndb": ndb["ndb"],
+                "ndb_frac": ndb["ndb_frac"], "ndb_jsd": ndb["jsd"], "frechet_clf": fd,
+                "diversity": m.diversity(samples[:1000]), "data_diversity": self.data_diversity}
+
+
+def check_finite_samples(samples: torch.Tensor, epoch: int, ckpt: Path) -> None:
+    """Divergence seen in the samples: non-finite values, or a saturated tanh (99% of the pixels at
+    +-1 to 1e-4: the generator's gradient through tanh is below 2e-4 there, so it cannot learn)."""
+    if not torch.isfinite(samples).all():
+        raise common.TrainingDiverged(f"the samples became non-finite in epoch {epoch}; {what_is_kept(ckpt)}")
+    saturated = float((samples.abs() > 1 - 1e-4).float().mean())
+    if saturated > 0.99:
+        raise common.TrainingDiverged(f"the generator's tanh saturated in epoch {epoch} ({saturated:.1%} of the "
+                                      f"pixels at +-1); {what_is_kept(ckpt)}")
+
+
+def what_is_kept(ckpt: Path) -> str:
+    """The end of a divergence message: the checkpoint to go back to, or that there is none yet."""
+    if ckpt.exists():
+        return f"the last good checkpoint is {ckpt}"
+    return "it diverged before its first checkpoint (end of epoch 1), so there is nothing to keep or resume"
+
+
+# 3. the settings: flags, --quick, the material's causes, checks before training -----------------------------
+
+QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
 
 # The material's causes of failure, each a set of flags changed from the tutorial's (`--causes`).
 CAUSES = {"baseline": {}, "latent_dim=1": {"latent_dim": 1}, "latent_dim=2": {"latent_dim": 2},
           "lr_d=1e-3": {"lr_d": 1e-3}, "lr_d=1e-2": {"lr_d": 1e-2}, "lr=1e-2": {"lr": 1e-2},
           "kernel_size=3": {"kernel_size": 3}, "kernel_size=1": {"kernel_size": 1}}
+
 DEFAULT_CAUSES = ["baseline", "latent_dim=1", "latent_dim=2", "lr_d=1e-3", "lr_d=1e-2", "lr=1e-2", "kernel_size=3"]
 
 
@@ -90,11 +497,9 @@ def odd_kernel(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an odd kernel size from 1 to 13")
     return k
 
-
 odd_kernel.__name__ = "an odd kernel size"
 
 
-# ----------------------------------------------------------------------------- 1. arguments
 def build_parser() -> argparse.ArgumentParser:
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--act", choices=list(ACTS), default="leakyrelu",
@@ -217,7 +622,6 @@ def check_args(args, device) -> None:
                                f"{sum(need.values()) / 2**30:.1f} GiB, {need[flag] / 2**30:.1f} GiB of it for "
                                f"{flag}, and {device} has {have / 2**30:.1f} GiB free")
 
-
 ACTIVATION_BYTES_PER_SAMPLE = 2_000_000  # forward + backward of G and D, measured order (~0.9 MB forward)
 
 
@@ -281,383 +685,6 @@ def resolve_amp(args, device) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------- 2. data
-def load_train_images(args, device) -> torch.Tensor:
-    """MNIST training images as one float tensor in [-1, 1] on the device (N, 1, 28, 28)."""
-    images, _ = common.load_mnist(args.data_root, train=True)
-    x = (images[: args.n_train].float().sub_(127.5).div_(127.5)).unsqueeze(1).to(device)
-    return x.contiguous(memory_format=torch.channels_last) if args.use_channels_last else x
-
-
-# ----------------------------------------------------------------------------- 3. models (the tutorial's)
-def tf_same_split(kernel_size: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's 'same' padding on an input whose size is a multiple of the stride: the total is
-    max(k - stride, 0), with the smaller half before (so 1 before and 2 after for k=5, stride 2)."""
-    total = max(kernel_size - stride, 0)
-    return total // 2, total - total // 2
-
-
-class TFSamePad(nn.Module):
-    """TensorFlow's 'same' padding for a stride-2 convolution on an even size (5x5: 1 before, 2 after)."""
-
-    def __init__(self, kernel_size: int = 5):
-        super().__init__()
-        self.before, self.after = tf_same_split(kernel_size, 2)
-
-    def forward(self, x):
-        return F.pad(x, (self.before, self.after, self.before, self.after))
-
-
-class TFSameCrop(nn.Module):
-    """The transpose of TFSamePad: a kxk stride-2 transposed convolution with padding 0 gives 2n+k-2
-    pixels; TensorFlow's 'same' keeps 2n of them, dropping the padding of the forward convolution
-    (5x5: 1 before, 2 after). A 1x1 kernel gives 2n-1: TensorFlow's last row and column are zeros."""
-
-    def __init__(self, kernel_size: int = 5):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.before, self.after = tf_same_split(kernel_size, 2)
-
-    def forward(self, x):
-        if self.kernel_size == 1:
-            return F.pad(x, (0, 1, 0, 1))
-        return x[..., self.before:x.shape[-2] - self.after, self.before:x.shape[-1] - self.after]
-
-
-class Generator(nn.Module):
-    def __init__(self, act: str = "leakyrelu", latent_dim: int = 100, channels_last: bool = False,
-                 kernel_size: int = 5):
-        super().__init__()
-        self.channels_last = channels_last
-        k = kernel_size
-        bn = dict(eps=1e-3, momentum=0.01)  # Keras defaults (Keras momentum 0.99 = PyTorch 0.01)
-        self.fc = nn.Sequential(nn.Linear(latent_dim, 7 * 7 * 256, bias=False), nn.BatchNorm1d(7 * 7 * 256, **bn),
-                                ACTS[act]())
-        self.conv = nn.Sequential(  # stride 1, odd k: 'same' is symmetric, (k - 1) / 2 each side
-            nn.ConvTranspose2d(256, 128, k, stride=1, padding=(k - 1) // 2, bias=False), nn.BatchNorm2d(128, **bn),
-            ACTS[act](),
-            nn.ConvTranspose2d(128, 64, k, stride=2, bias=False), TFSameCrop(k), nn.BatchNorm2d(64, **bn), ACTS[act](),
-            nn.ConvTranspose2d(64, 1, k, stride=2, bias=False), TFSameCrop(k), nn.Tanh())
-        keras_init(self)
-
-    def forward(self, z):
-        # Keras reshapes the Dense output to (7, 7, 256) channels-last; the order of the 12,544 units
-        # is arbitrary at initialisation, so (256, 7, 7) is the same model.
-        h = self.fc(z).view(-1, 256, 7, 7)
-        return self.conv(h.contiguous(memory_format=torch.channels_last) if self.channels_last else h)
-
-
-class Discriminator(nn.Module):
-    def __init__(self, kernel_size: int = 5):
-        super().__init__()
-        k = kernel_size
-        self.net = nn.Sequential(
-            TFSamePad(k), nn.Conv2d(1, 64, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
-            TFSamePad(k), nn.Conv2d(64, 128, k, stride=2), nn.LeakyReLU(0.3), nn.Dropout(0.3),
-            nn.Flatten(), nn.Linear(7 * 7 * 128, 1))
-        keras_init(self)
-
-    def forward(self, x):
-        return self.net(x).squeeze(1)
-
-
-def keras_init(model: nn.Module) -> None:
-    """Keras' defaults: Glorot-uniform kernels (limit sqrt(6 / (fan_in + fan_out))), zero biases,
-    BatchNorm gamma 1 and beta 0."""
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def count_parameters(model: nn.Module) -> dict:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    running = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
-    return {"trainable": trainable, "keras_total": trainable + running}
-
-
-# ----------------------------------------------------------------------------- 4. the idea: losses, Keras' Adam, the state
-def bce_losses(real_logits, fake_logits):
-    """The tutorial's losses: D minimises BCE(real -> 1) + BCE(fake -> 0); G minimises BCE(fake -> 1),
-    i.e. the non-saturating -log D(G(z)) of Goodfellow et al. 2014, Sec. 3."""
-    d_loss = F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    g_loss = F.softplus(-fake_logits).mean()
-    return d_loss, g_loss
-
-
-class KerasAdam(torch.optim.Optimizer):
-    """Adam as tf.keras.optimizers.Adam computes it (Kingma & Ba 2015, Algorithm 1 with the "efficient"
-    ordering of Sec. 2, which Keras follows):
-
-        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
-        p <- p - lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
-
-    PyTorch's Adam instead divides by sqrt(v / (1 - b2^t)) + eps. The two agree except through epsilon:
-    Keras' update is PyTorch's with an effective epsilon eps / sqrt(1 - b2^t), i.e. 1e-7 / sqrt(0.001) =
-    3.2e-6 at the first step, shrinking to 1e-7 over a few thousand steps. That matters early in this
-    DCGAN, where many first gradients are about that small. A drop-in torch.optim optimiser."""
-
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-7):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float64)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                alpha = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-                p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-alpha)
-        return loss
-
-
-def torch_adam(params, lr, betas, eps):
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, foreach=True)
-
-
-OPTIMIZERS = {"keras": KerasAdam, "torch": torch_adam}
-
-
-def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, str]:
-    """The state of one epoch from its measured signals `s`, with thresholds `t` (the flags of the same
-    names; defaults in brackets). Returns (state, reason).
-
-    - the samples are *digits* when the classifier's mean top probability >= min_confidence [0.8]
-      (MNIST's own test images: 0.99);
-    - *non-convergence*: the discriminator has won (D(x) > 1 - d_wins and D(G(z)) < d_wins [0.05]: the
-      generator's gradient vanishes), or the samples are not digits and far from MNIST (confidence
-      below min_confidence and Frechet distance in the classifier's features above max_frechet [1000;
-      MNIST's test set: 1.6, the tutorial's 20-epoch samples 235-804]); also any epoch past the grace
-      period whose samples are still not digits;
-    - *mode collapse*: the samples are digits, but one digit holds more than collapse_digit_frac [0.5]
-      of them or their mean pairwise distance is below collapse_diversity [0.5] times MNIST's;
-    - *healthy*: digits, neither of the above;
-    - *not yet diverse*: before the first healthy epoch, within the first grace_epochs [5] epochs, any
-      of the failures above but a won discriminator, or weak digits: the blobs of the first epochs are
-      not a failure yet. A discriminator that has won is non-convergence from the first epoch: in the
-      tutorial's own first epochs D(x) stays near 0.8 and D(G(z)) near 0.5 (measured, see the README).
-    """
-    top = max(range(10), key=lambda d: s["digit_fractions"][d])
-    digits = s["confidence"] >= t["min_confidence"]
-    won = s["d_real"] > 1 - t["d_wins"] and s["d_fake"] < t["d_wins"]
-    trash = not digits and s["frechet_clf"] > t["max_frechet"]
-    if won:
-        state, why = "non-convergence", f"D wins: D(x) {s['d_real']:.3f}, D(G(z)) {s['d_fake']:.3f}"
-    elif trash:
-        state, why = "non-convergence", (f"not digits: confidence {s['confidence']:.2f}, "
-                                         f"FD {s['frechet_clf']:.0f}")
-    elif digits and s["digit_fractions"][top] > t["collapse_digit_frac"]:
-        state, why = "mode collapse", f"digit {top} holds {s['digit_fractions'][top]:.0%} of the samples"
-    elif digits and s["diversity"] < t["collapse_diversity"] * s["data_diversity"]:
-        state, why = "mode collapse", (f"diversity {s['diversity']:.2f} is below {t['collapse_diversity']:g} x "
-                                       f"MNIST's {s['data_diversity']:.2f}")
-    elif digits:
-        return "healthy", ""
-    else:
-        state, why = "non-convergence", f"weak digits: confidence {s['confidence']:.2f}"
-    if not won and not seen_healthy and epoch <= t["grace_epochs"]:
-        return "not yet diverse", why
-    return state, why
-
-
-def detect_collapse(digit_fractions, diversity: float, data_diversity: float, max_digit_frac: float = 0.5,
-                    min_diversity_ratio: float = 0.5) -> str | None:
-    """The diversity half of `epoch_state` alone (kept for callers of earlier versions): the reason the
-    samples lack diversity, or None."""
-    s = {"digit_fractions": digit_fractions, "confidence": 1.0, "d_real": 0.5, "d_fake": 0.5, "frechet_clf": 0.0,
-         "diversity": diversity, "data_diversity": data_diversity}
-    t = {"min_confidence": 0.0, "d_wins": 0.0, "max_frechet": math.inf, "collapse_digit_frac": max_digit_frac,
-         "collapse_diversity": min_diversity_ratio, "grace_epochs": 0}
-    state, why = epoch_state(s, t, True, 1)
-    return why if state == "mode collapse" else None
-
-
-class RunState:
-    """Where a run stands: epochs, timing, and its per-epoch states (the one place the collapse state is
-    kept). Saved in the checkpoint as a plain dict."""
-
-    THRESHOLDS = ("min_confidence", "d_wins", "max_frechet", "collapse_digit_frac", "collapse_diversity",
-                  "grace_epochs")
-
-    def __init__(self, args, saved: dict | None = None):
-        self.thresholds = {k: getattr(args, k) for k in self.THRESHOLDS}
-        self.d = {"epoch": 0, "first_healthy": None, "first_failure": None, "first_failure_state": None,
-                  "failure_reason": None, "first_collapse": None, "first_nonconvergence": None,
-                  "states": [], "train_seconds": 0.0, "images": 0, **(saved or {})}
-
-    def update(self, signals: dict) -> tuple[str, str, bool]:
-        """Record one epoch; returns (state, reason, is this the run's first failing epoch)."""
-        d = self.d
-        epoch = d["epoch"] + 1
-        state, why = epoch_state(signals, self.thresholds, d["first_healthy"] is not None, epoch)
-        if state == "healthy" and d["first_healthy"] is None:
-            d["first_healthy"] = epoch
-        first = state in FAILURES and d["first_failure"] is None
-        if first:
-            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, state, why
-        key = {"mode collapse": "first_collapse", "non-convergence": "first_nonconvergence"}.get(state)
-        if key and d[key] is None:
-            d[key] = epoch
-        d["states"].append(state)
-        d["epoch"] = epoch
-        return state, why, first
-
-    def diverged(self, message: str) -> None:
-        """The epoch being trained diverged (NaN/inf or a saturated generator): non-convergence."""
-        d = self.d
-        epoch = d["epoch"] + 1
-        d["diverged"] = {"epoch": epoch, "message": message}
-        if d["first_failure"] is None:
-            d["first_failure"], d["first_failure_state"], d["failure_reason"] = epoch, "non-convergence", "diverged"
-        if d["first_nonconvergence"] is None:
-            d["first_nonconvergence"] = epoch
-        d["states"].append("non-convergence")
-
-    def summary(self) -> dict:
-        d = self.d
-        return {"epochs_trained": d["epoch"], "first_healthy_epoch": d["first_healthy"],
-                "first_failure_epoch": d["first_failure"], "first_failure_state": d["first_failure_state"],
-                "failure_reason": d["failure_reason"], "first_collapse_epoch": d["first_collapse"],
-                "first_nonconvergence_epoch": d["first_nonconvergence"], "failed": d["first_failure"] is not None,
-                "collapsed": d["first_collapse"] is not None, "states": list(d["states"]),
-                "diverged": d.get("diverged"),
-                "train_seconds": d["train_seconds"],
-                "images_per_s": d["images"] / d["train_seconds"] if d["train_seconds"] else None}
-
-
-def check_finite_samples(samples: torch.Tensor, epoch: int, ckpt: Path) -> None:
-    """Divergence seen in the samples: non-finite values, or a saturated tanh (99% of the pixels at
-    +-1 to 1e-4: the generator's gradient through tanh is below 2e-4 there, so it cannot learn)."""
-    if not torch.isfinite(samples).all():
-        raise common.TrainingDiverged(f"the samples became non-finite in epoch {epoch}; {what_is_kept(ckpt)}")
-    saturated = float((samples.abs() > 1 - 1e-4).float().mean())
-    if saturated > 0.99:
-        raise common.TrainingDiverged(f"the generator's tanh saturated in epoch {epoch} ({saturated:.1%} of the "
-                                      f"pixels at +-1); {what_is_kept(ckpt)}")
-
-
-def what_is_kept(ckpt: Path) -> str:
-    """The end of a divergence message: the checkpoint to go back to, or that there is none yet."""
-    if ckpt.exists():
-        return f"the last good checkpoint is {ckpt}"
-    return "it diverged before its first checkpoint (end of epoch 1), so there is nothing to keep or resume"
-
-
-# ----------------------------------------------------------------------------- 5. training
-def build(args, device):
-    G = Generator(args.act, args.latent_dim, args.use_channels_last, args.kernel_size).to(device)
-    D = Discriminator(args.kernel_size).to(device)
-    if args.use_channels_last:
-        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    make_opt = OPTIMIZERS[args.optimizer]
-    betas = (args.b1, args.b2)
-    opt_g = make_opt(G.parameters(), lr=args.lr_g or args.lr, betas=betas, eps=args.eps)
-    opt_d = make_opt(D.parameters(), lr=args.lr_d or args.lr, betas=betas, eps=args.eps)
-    return G, D, opt_g, opt_d
-
-
-def make_step(G, D, opt_g, opt_d, args, device):
-    """One training step on a real batch; returns (d_loss, g_loss, D(x) mean, D(G(z)) mean) as tensors."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.use_amp)
-    g_params, d_params = list(G.parameters()), list(D.parameters())
-
-    def step(real, z):
-        with autocast:
-            fake = G(z)
-            if args.update == "simultaneous":
-                real_logits, fake_logits = D(real), D(fake)
-                d_loss, g_loss = bce_losses(real_logits.float(), fake_logits.float())
-        if args.update == "simultaneous":
-            opt_g.zero_grad(set_to_none=True)
-            opt_d.zero_grad(set_to_none=True)
-            g_loss.backward(inputs=g_params, retain_graph=True)   # G's gradient through the current D
-            d_loss.backward(inputs=d_params)                      # D's gradient, same forward pass
-            opt_g.step()
-            opt_d.step()
-        else:
-            with autocast:
-                real_logits, fake_logits = D(real), D(fake.detach())
-                d_loss, _ = bce_losses(real_logits.float(), fake_logits.float())
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            with autocast:
-                _, g_loss = bce_losses(real_logits.detach().float(), D(fake).float())
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward(inputs=g_params)
-            opt_g.step()
-        return torch.stack([d_loss.detach(), g_loss.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
-                            torch.sigmoid(fake_logits.detach().float()).mean()])
-
-    if args.compile:
-        step = torch.compile(step)
-    return step
-
-
-@torch.no_grad()
-def generate(G, z, args, batch=1000):
-    """Samples in eval mode (BatchNorm moving averages), as the tutorial's generate_and_save_images."""
-    was_training = G.training
-    G.eval()
-    with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=args.use_amp):
-        out = torch.cat([G(z[i:i + batch]).float() for i in range(0, len(z), batch)])
-    G.train(was_training)
-    return out
-
-
-class Evaluator:
-    """Everything scored each epoch, fitted once per run: the classifier, NDB bins and MNIST statistics."""
-
-    def __init__(self, args, device, real_images):
-        self.m = METRICS.load()
-        self.args, self.device = args, device
-        with contextlib.redirect_stderr(sys.stdout):  # fitting progress is not an error: stdout, as ours
-            self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
-            self.ndb = self.m.mnist_ndb(args.data_root, k=args.ndb_k, seed=0, device=device, quick=args.quick)
-        gen = torch.Generator().manual_seed(12345)
-        idx = torch.randperm(len(real_images), generator=gen)[: args.n_eval].to(real_images.device)
-        ref = real_images[idx].float().contiguous()
-        self.real_feats = self.clf.features(ref)
-        self.data_diversity = self.m.diversity(ref[:1000])
-
-    @torch.no_grad()
-    def confidence(self, samples, batch=1000) -> float:
-        """The classifier's mean top softmax probability: near 1 for digits, low for blobs and noise."""
-        tops = [F.softmax(self.clf(samples[i:i + batch].float().contiguous(memory_format=torch.channels_last)),
-                          1).amax(1) for i in range(0, len(samples), batch)]
-        return float(torch.cat(tops).mean())
-
-    def __call__(self, samples) -> dict:
-        m = self.m
-        labels = self.clf.predict(samples)
-        digits = m.digit_stats(labels)
-        ndb = self.ndb.evaluate(samples.reshape(len(samples), -1))
-        try:
-            fd = m.frechet_distance(self.real_feats, self.clf.features(samples))
-        except RuntimeError:  # eigh fails on degenerate features (e.g. all samples equal)
-            fd = float("inf")
-        return {"digit_fractions": digits["histogram"], "digits_covered": digits["covered"],
-                "digit_kl": digits["kl_uniform"], "confidence": self.confidence(samples), "ndb": ndb["ndb"],
-                "ndb_frac": ndb["ndb_frac"], "ndb_jsd": ndb["jsd"], "frechet_clf": fd,
-                "diversity": m.diversity(samples[:1000]), "data_diversity": self.data_diversity}
-
-
 def memory_guard(what: str):
     """Turn an allocation failure into one line naming the flags that size it."""
     class Guard:
@@ -670,6 +697,9 @@ def memory_guard(what: str):
                 raise common.UserError(f"out of memory while allocating {what} ({common.one_line(e)[:120]})") from None
             return False
     return Guard()
+
+
+# 4. one run: checkpoints, resume and records ----------------------------------------------------------------
 
 
 class Trainer:
@@ -710,63 +740,22 @@ class Trainer:
                                    f"{self.run_dir} has already trained")
         print(f"resumed {self.run_dir} at epoch {self.state.d['epoch']}")
 
-    def train_epoch(self, epoch: int, bar) -> list[float]:
-        """One pass over the data; returns the mean (d_loss, g_loss, D(x), D(G(z)))."""
-        args, device, n, bs = self.args, self.device, len(self.data), self.args.batch_size
-        steps = math.ceil(n / bs)
-        perm = torch.randperm(n, generator=self.gen).to(device)
-        sums = torch.zeros(4, device=device)
-        for i in range(steps):
-            real = self.data[perm[i * bs:(i + 1) * bs]]
-            z = torch.randn(bs, args.latent_dim, generator=self.gen).to(device, non_blocking=True)
-            sums += self.step(real, z)
-            bar.update(1, info=lambda: {"epoch": epoch})
-            if i % 25 == 24 and not bool(torch.isfinite(sums).all()):  # one sync per 25 steps
-                break
-        means = (sums / steps).tolist()
-        if not all(math.isfinite(v) for v in means):
-            raise common.TrainingDiverged(f"the loss became non-finite in epoch {epoch} (D {means[0]}, G {means[1]});"
-                                          f" {what_is_kept(self.ckpt)}")
-        return means
-
     def run(self) -> dict:
+        """Train to --n_epochs from where the run stands, scoring and saving every epoch (`end_epoch`)."""
         args, st = self.args, self.state
         steps = math.ceil(len(self.data) / args.batch_size)
         bar = common.Progress(args.n_epochs * steps, f"03 {args.act} seed {args.seed}", every=10.0,
                               start=st.d["epoch"] * steps, stream=sys.stdout)  # stderr is for errors
-        while st.d["epoch"] < args.n_epochs:
-            epoch = st.d["epoch"] + 1
-            t0 = time.perf_counter()
-            try:
-                means = self.train_epoch(epoch, bar)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds = time.perf_counter() - t0
-                state, why, first = self.evaluate(epoch, means, seconds)
-            except common.TrainingDiverged as e:
-                if not getattr(args, "record_divergence", False):
-                    raise
-                st.diverged(str(e))  # a grid records the divergence as this run's outcome and goes on
-                print(f"03: diverged in epoch {epoch}: {e}")
-                break
-            if first:
-                if self.ckpt.exists():
-                    shutil.copyfile(self.ckpt, self.run_dir / "checkpoint_before_collapse.pt")
-                if args.stop_on_collapse:
-                    self.curves.save()
-                    print(f"stopping: first failing epoch {epoch} ({state}: {why}); the checkpoint of epoch "
-                          f"{epoch - 1} is kept in {self.ckpt}")
-                    break
-            if epoch in args.probe_epochs:
-                common.save_torch(self.run_dir / f"generator_epoch{epoch:03d}.pt", self.G.state_dict())
-            common.save_checkpoint(self.ckpt, models={"G": self.G, "D": self.D},
-                                   optimizers={"G": self.opt_g, "D": self.opt_d}, step=epoch, config=self.config,
-                                   train_rng=self.gen.get_state(), curves=self.curves.state_dict(), state=st.d,
-                                   fixed_noise=self.fixed_noise)
-            self.curves.save()
-            if self.record_to is not None:  # the record so far (no metrics.json until the run ends)
-                write_sample_strip(self.run_dir)
-                save_record(self.run_dir, self.record_to)
+        try:
+            train(self.step, self.data, self.gen, args.n_epochs, args.batch_size, args.latent_dim, self.end_epoch,
+                  first_epoch=st.d["epoch"] + 1, on_batch=lambda epoch: bar.update(1, info=lambda: {"epoch": epoch}))
+        except common.TrainingDiverged as e:
+            if isinstance(e, LossNotFinite):
+                e = common.TrainingDiverged(f"{e}; {what_is_kept(self.ckpt)}")
+            if not getattr(args, "record_divergence", False):
+                raise e from None
+            st.diverged(str(e))  # a grid records the divergence as this run's outcome and goes on
+            print(f"03: diverged in epoch {st.d['epoch'] + 1}: {e}")
         make_figures(self.curves, self.run_dir, args)
         last = self.curves.rows[-1] if self.curves.rows else {}
         return {"act": args.act, "seed": args.seed, **st.summary(),
@@ -774,6 +763,30 @@ class Trainer:
                                                     "ndb_jsd", "frechet_clf", "diversity", "d_loss", "g_loss",
                                                     "d_real", "d_fake", "state")},
                 "parameters": {"G": count_parameters(self.G), "D": count_parameters(self.D)}}
+
+    def end_epoch(self, epoch: int, means: list[float], seconds: float) -> bool:
+        """Score, checkpoint and record one trained epoch; False stops the run (--stop_on_collapse)."""
+        args = self.args
+        state, why, first = self.evaluate(epoch, means, seconds)
+        if first:
+            if self.ckpt.exists():
+                shutil.copyfile(self.ckpt, self.run_dir / "checkpoint_before_collapse.pt")
+            if args.stop_on_collapse:
+                self.curves.save()
+                print(f"stopping: first failing epoch {epoch} ({state}: {why}); the checkpoint of epoch "
+                      f"{epoch - 1} is kept in {self.ckpt}")
+                return False
+        if epoch in args.probe_epochs:
+            common.save_torch(self.run_dir / f"generator_epoch{epoch:03d}.pt", self.G.state_dict())
+        common.save_checkpoint(self.ckpt, models={"G": self.G, "D": self.D},
+                               optimizers={"G": self.opt_g, "D": self.opt_d}, step=epoch, config=self.config,
+                               train_rng=self.gen.get_state(), curves=self.curves.state_dict(), state=self.state.d,
+                               fixed_noise=self.fixed_noise)
+        self.curves.save()
+        if self.record_to is not None:  # the record so far (no metrics.json until the run ends)
+            write_sample_strip(self.run_dir)
+            save_record(self.run_dir, self.record_to)
+        return True
 
     def evaluate(self, epoch: int, means: list[float], seconds: float):
         """Score the epoch, draw its grid, record its state and curve row."""
@@ -806,78 +819,6 @@ def train_run(args, device, run_dir: Path, record_to: Path | None = None) -> dic
     if args.resume:
         trainer.resume()
     return trainer.run()
-
-
-# ----------------------------------------------------------------------------- 6. figures, comparison, probe
-def read_sample_grid(path: Path):
-    import matplotlib.image as mpimg
-
-    return mpimg.imread(path) if path.exists() else None
-
-
-def make_figures(curves, run_dir, args):
-    """losses.png (losses, D outputs and the state strip, with the fixed-noise grid where the state
-    changes), digit_histogram.png, samples.gif."""
-    plt = common.pyplot()
-    rows = curves.rows
-    if not rows:
-        return
-    ep = [r["epoch"] for r in rows]
-    states = [r.get("state", "healthy") for r in rows]
-    changes = [i for i in range(len(rows)) if i == 0 or states[i] != states[i - 1]][:8]
-    fig = plt.figure(figsize=(11, 7.2))
-    gs = fig.add_gridspec(4, max(len(changes), 1), height_ratios=[3, 3, 0.6, 2.2], hspace=0.7)
-    a, b, c = fig.add_subplot(gs[0, :]), fig.add_subplot(gs[1, :]), fig.add_subplot(gs[2, :])
-    a.plot(ep, [r["g_loss"] for r in rows], "o-", label="generator")
-    a.plot(ep, [r["d_loss"] for r in rows], "o-", label="discriminator")
-    a.set(ylabel="mean loss", title=f"losses, discriminator outputs and the state per epoch ({args.act} generator, "
-                                    f"seed {args.seed})")
-    a.legend(fontsize=8)
-    b.plot(ep, [r["d_real"] for r in rows], "o-", label="D(x)")
-    b.plot(ep, [r["d_fake"] for r in rows], "o-", label="D(G(z))")
-    b.set(ylabel="mean P(real)", ylim=(0, 1))
-    b.legend(fontsize=8)
-    for x in (a, b):
-        x.set_xlim(ep[0] - 0.5, ep[-1] + 0.5)
-    for e, s in zip(ep, states):
-        c.axvspan(e - 0.5, e + 0.5, color=STATE_COLOURS.get(s, "white"))
-    c.set(xlim=(ep[0] - 0.5, ep[-1] + 0.5), yticks=[], xlabel="epoch")
-    c.set_title("state: grey not yet diverse, green healthy, orange mode collapse, red non-convergence; "
-                "below: the fixed-noise grid where the state changes", fontsize=8)
-    for j, i in enumerate(changes):
-        img = read_sample_grid(run_dir / "samples" / f"epoch_{ep[i]:03d}.png")
-        ax = fig.add_subplot(gs[3, j])
-        if img is not None:
-            ax.imshow(img, cmap="gray")
-        ax.set_title(f"epoch {ep[i]}: {states[i]}", fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for side in ax.spines.values():
-            side.set_color(STATE_COLOURS.get(states[i], "black"))
-            side.set_linewidth(3)
-    common.savefig(fig, run_dir / "losses.png")
-
-    heat = torch.tensor([[r[f"digit_{d}"] for d in range(10)] for r in rows]).T
-    first = next((r["epoch"] for r in rows if r["collapsed"]), None)
-    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(rows) + 2), 3.5))
-    im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=max(0.3, float(heat.max())),
-                   extent=[ep[0] - 0.5, ep[-1] + 0.5, -0.5, 9.5])
-    if first:
-        ax.axvline(first - 0.5, color="red", lw=2)
-    fig.colorbar(im, ax=ax, label="fraction of samples")
-    ax.set(xlabel="epoch", ylabel="digit (classifier)", yticks=range(10),
-           title="digit histogram of the samples per epoch" + (f"; first failure at epoch {first}" if first else ""))
-    common.savefig(fig, run_dir / "digit_histogram.png")
-
-    frames = sorted((run_dir / "samples").glob("epoch_*.png"))
-    if frames:
-        from PIL import Image
-
-        images = [Image.open(f).convert("P") for f in frames]
-        with common.atomic_open(run_dir / "samples.gif", "wb") as f:
-            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=300, loop=0)
-    write_sample_strip(run_dir)
-
 
 STRIP_MAX_BYTES = 300_000  # the record's strip of every epoch's grid stays below this
 
@@ -917,7 +858,6 @@ def write_sample_strip(run_dir: Path, per_row: int = 10) -> Path | None:
     with common.atomic_open(path, "wb") as f:
         f.write(buf.getvalue())
     return path
-
 
 RECORD_FILES = ("config.json", "metrics.json", "curves.csv", "samples_strip.png",     # one run
                 "comparison.md", "comparison.json", "causes.md", "causes.json")    # a --seeds grid
@@ -987,6 +927,87 @@ def record_run(args) -> dict:
     dest = save_record(run_dir, Path(args.records) / run_dir.name)
     print(f"03: the record of {run_dir} is in {dest}")
     return {"record": str(dest)}
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove a run folder that holds nothing but what start_run wrote (a run that failed on a user
+    error before its first epoch), so later runs do not get ever higher _N suffixes."""
+    left = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "config.json"]
+    if not left:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# 5. reporting and studies: figures, the seed grid, the causes, the gradient probe, timing -------------------
+
+
+def read_sample_grid(path: Path):
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(path) if path.exists() else None
+
+
+def make_figures(curves, run_dir, args):
+    """losses.png (losses, D outputs and the state strip, with the fixed-noise grid where the state
+    changes), digit_histogram.png, samples.gif."""
+    plt = common.pyplot()
+    rows = curves.rows
+    if not rows:
+        return
+    ep = [r["epoch"] for r in rows]
+    states = [r.get("state", "healthy") for r in rows]
+    changes = [i for i in range(len(rows)) if i == 0 or states[i] != states[i - 1]][:8]
+    fig = plt.figure(figsize=(11, 7.2))
+    gs = fig.add_gridspec(4, max(len(changes), 1), height_ratios=[3, 3, 0.6, 2.2], hspace=0.7)
+    a, b, c = fig.add_subplot(gs[0, :]), fig.add_subplot(gs[1, :]), fig.add_subplot(gs[2, :])
+    a.plot(ep, [r["g_loss"] for r in rows], "o-", label="generator")
+    a.plot(ep, [r["d_loss"] for r in rows], "o-", label="discriminator")
+    a.set(ylabel="mean loss", title=f"losses, discriminator outputs and the state per epoch ({args.act} generator, "
+                                    f"seed {args.seed})")
+    a.legend(fontsize=8)
+    b.plot(ep, [r["d_real"] for r in rows], "o-", label="D(x)")
+    b.plot(ep, [r["d_fake"] for r in rows], "o-", label="D(G(z))")
+    b.set(ylabel="mean P(real)", ylim=(0, 1))
+    b.legend(fontsize=8)
+    for x in (a, b):
+        x.set_xlim(ep[0] - 0.5, ep[-1] + 0.5)
+    for e, s in zip(ep, states):
+        c.axvspan(e - 0.5, e + 0.5, color=STATE_COLOURS.get(s, "white"))
+    c.set(xlim=(ep[0] - 0.5, ep[-1] + 0.5), yticks=[], xlabel="epoch")
+    c.set_title("state: grey not yet diverse, green healthy, orange mode collapse, red non-convergence; "
+                "below: the fixed-noise grid where the state changes", fontsize=8)
+    for j, i in enumerate(changes):
+        img = read_sample_grid(run_dir / "samples" / f"epoch_{ep[i]:03d}.png")
+        ax = fig.add_subplot(gs[3, j])
+        if img is not None:
+            ax.imshow(img, cmap="gray")
+        ax.set_title(f"epoch {ep[i]}: {states[i]}", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_color(STATE_COLOURS.get(states[i], "black"))
+            side.set_linewidth(3)
+    common.savefig(fig, run_dir / "losses.png")
+
+    heat = torch.tensor([[r[f"digit_{d}"] for d in range(10)] for r in rows]).T
+    first = next((r["epoch"] for r in rows if r["collapsed"]), None)
+    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(rows) + 2), 3.5))
+    im = ax.imshow(heat, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=max(0.3, float(heat.max())),
+                   extent=[ep[0] - 0.5, ep[-1] + 0.5, -0.5, 9.5])
+    if first:
+        ax.axvline(first - 0.5, color="red", lw=2)
+    fig.colorbar(im, ax=ax, label="fraction of samples")
+    ax.set(xlabel="epoch", ylabel="digit (classifier)", yticks=range(10),
+           title="digit histogram of the samples per epoch" + (f"; first failure at epoch {first}" if first else ""))
+    common.savefig(fig, run_dir / "digit_histogram.png")
+
+    frames = sorted((run_dir / "samples").glob("epoch_*.png"))
+    if frames:
+        from PIL import Image
+
+        images = [Image.open(f).convert("P") for f in frames]
+        with common.atomic_open(run_dir / "samples.gif", "wb") as f:
+            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=300, loop=0)
+    write_sample_strip(run_dir)
 
 
 def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) -> dict:
@@ -1365,12 +1386,7 @@ def bench(args, device) -> dict:
     return result
 
 
-def discard_unstarted(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but what start_run wrote (a run that failed on a user
-    error before its first epoch), so later runs do not get ever higher _N suffixes."""
-    left = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "config.json"]
-    if not left:
-        shutil.rmtree(run_dir, ignore_errors=True)
+# 6. main ----------------------------------------------------------------------------------------------------
 
 
 @common.cli
@@ -1424,7 +1440,6 @@ def main(argv=None) -> dict:
     print(f"done: {metrics['epochs_trained']} epochs, first failing epoch {metrics['first_failure_epoch']} "
           f"({metrics['first_failure_state'] or 'none'}), {metrics['images_per_s']:.0f} images/s; outputs in {run_dir}")
     return metrics
-
 
 if __name__ == "__main__":
     main()
