@@ -353,6 +353,26 @@ def plot_seeds(hist, summary, run_dir):
     common.savefig(fig, run_dir / "seeds_mode_fraction.png")
 
 
+def save_curves(hist, run_dir) -> None:
+    """mode_fractions.csv: the fraction of hot samples of every seed at every snapshot."""
+    curves = common.Curves(run_dir / "mode_fractions.csv")
+    frac = hot_fraction(hist["samples"])
+    for t, step in enumerate(hist["step"].tolist()):
+        curves.log(step=step, **{f"hot_seed{s}": round(float(frac[i, t]), 4) for i, s in enumerate(hist["seeds"])})
+    curves.save()
+
+
+def print_summary(summary: dict, run_dir) -> None:
+    """The run's outcome in one line: collapse rate with its interval, hops, speed."""
+    lo, hi = summary["collapse_rate_ci95"]
+    hops = summary["hops_per_run"]
+    hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"
+    print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
+          f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
+          f"{summary['hop_rate']:.0%}; {hops_text}; "
+          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
+
+
 # flags that name, place or keep a run, or set its seeds (said once in the header): not the experiment's
 NOT_SETTINGS = {"seed", "seeds", "out", "run_name", "overwrite", "device", "records", "table", "quick"}
 
@@ -455,11 +475,7 @@ def run(args, device, argv) -> dict:
 
     hist = train(args, device)
     summary = summarise(hist, args)
-    curves = common.Curves(run_dir / "mode_fractions.csv")
-    frac = hot_fraction(hist["samples"])
-    for t, step in enumerate(hist["step"].tolist()):
-        curves.log(step=step, **{f"hot_seed{s}": round(float(frac[i, t]), 4) for i, s in enumerate(hist["seeds"])})
-    curves.save()
+    save_curves(hist, run_dir)
     plot_story(hist, args, run_dir)
     plot_seeds(hist, summary, run_dir)
     metrics = {"device": str(device), **summary}
@@ -467,13 +483,7 @@ def run(args, device, argv) -> dict:
     if args.records is not None:
         record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
         print(f"01: the record of this run is in {record}")
-    lo, hi = summary["collapse_rate_ci95"]
-    hops = summary["hops_per_run"]
-    hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"
-    print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
-          f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
-          f"{summary['hop_rate']:.0%}; {hops_text}; "
-          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
+    print_summary(summary, run_dir)
     return metrics
 
 
