@@ -1,8 +1,8 @@
 """01_bimodal_gan.py - a 1-D GAN on summer temperatures collapses to one mode and hops between modes.
 
-The opening example of the material on mode collapse: January temperatures of Alice Springs (hot) and
-the South Pole (cold) form a bimodal distribution. A GAN trained on it is expected to (1) fool the
-discriminator with cold samples only, (2) the discriminator then learns that every hot value is real,
+The opening example of A. Nibali's "Mode collapse in GANs" (2017): January temperatures of Alice Springs
+(hot) and the South Pole (cold) form a bimodal distribution. A GAN trained on it is expected to (1) fool
+the discriminator with cold samples only, (2) the discriminator then learns that every hot value is real,
 (3) the generator jumps to hot values, (4) the discriminator flips, (5) repeat: collapse plus mode
 hopping, the cat-and-mouse game. This script trains that GAN (many seeds at once, as one batched
 network) and measures how often it collapses and how often it hops.
@@ -28,76 +28,21 @@ import common
 
 MID = 0.5 * sum(common.TEMPERATURE_MODES.values())         # 5.25 C, halfway between the modes
 SCALE = 0.5 * abs(float(torch.tensor(list(common.TEMPERATURE_MODES.values())).diff()))  # modes at +-1
-
-
-# ----------------------------------------------------------------------------- 1. arguments
-def majority_fraction(text: str) -> float:
-    """argparse type: a fraction in [0.5, 1) (below one half both modes would hold "the majority")."""
-    value = common.unit_float(text)
-    if not 0.5 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0.5, 1)")
-    return value
-
-
-def parse_args(argv=None):
-    p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--loss", choices=["minimax", "nonsaturating"], default="nonsaturating",
-                   help="generator loss: minimax log(1-D(G(z))) or non-saturating -log D(G(z))")
-    p.add_argument("--n_steps", type=common.positive_int, default=6000, help="training steps")
-    p.add_argument("--batch_size", type=common.positive_int, default=128, help="samples per step and seed")
-    p.add_argument("--lr", type=common.positive_float, default=3e-3, help="Adam learning rate of the generator")
-    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
-    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
-    p.add_argument("--latent_dim", type=common.positive_int, default=1, help="noise dimension")
-    p.add_argument("--g_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="generator hidden widths")
-    p.add_argument("--d_hidden", type=common.positive_int, nargs="+", default=[16], help="discriminator hidden widths")
-    p.add_argument("--lr_d", type=common.positive_float, default=3e-4, help="Adam learning rate of the discriminator")
-    p.add_argument("--d_steps", type=common.positive_int, default=1, help="discriminator steps per generator step")
-    p.add_argument("--seeds", type=common.positive_int, default=1, help="train this many seeds (seed, seed+1, ...) at once")
-    p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
-    p.add_argument("--collapse_threshold", type=majority_fraction, default=0.9,
-                   help="a run has collapsed when one mode holds more than this fraction of samples, in [0.5, 1)")
-    r = p.add_argument_group("records")
-    r.add_argument("--records", metavar="DIR", default=None,
-                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
-                        "replacing an older record of that name (default: none, e.g. results/01)")
-    r.add_argument("--table", metavar="DIR", default=None,
-                   help="no training: print the markdown table of the records in DIR (a record folder, or a "
-                        "folder of them: one row each), e.g. results/01 (default: none)")
-    common.add_common_args(p)
-    return common.parse_with_quick(p, argv, QUICK)
-
-
-QUICK = {"n_steps": 600, "log_every": 10}  # --quick: smaller defaults; flags given explicitly win
 NOISE_CHUNK = 200  # training steps whose noise is drawn at once (part of the random stream: keep it fixed)
 N_EVAL, D_GRID = 1000, 261  # samples per snapshot and seed; points of the D(x) curve
 
 
-def memory_needed(args) -> float:
-    """Bytes of the big tensors of `train` (all seeds): weights with gradients and Adam moments, a chunk
-    of noise and data (made per seed, then stacked: twice), the fixed evaluation noise and the snapshots.
-    Against the growth of the peak resident memory (2-core AMD EPYC, torch 2.14.1): 806 MB estimated for
-    954 MB measured (--quick --n_steps 200 --latent_dim 2000), 4111 MB for 4131 MB (same, --seeds 100
-    --latent_dim 100); `common.check_memory` refuses above 80% of the free memory, which leaves the room."""
-    S, L, B = args.seeds, args.latent_dim, args.batch_size
-    c = min(NOISE_CHUNK, args.n_steps)
-    g_sizes, d_sizes = [L, *args.g_hidden, 1], [1, *args.d_hidden, 1]
-    params = sum((a + 1) * b for sizes in (g_sizes, d_sizes) for a, b in zip(sizes[:-1], sizes[1:]))
-    activations = 4 * B * (sum(g_sizes) + sum(d_sizes)) * (args.d_steps + 1)
-    noise = 2 * c * (args.d_steps + 1) * B * L + 3 * c * args.d_steps * B
-    snapshots = 2 * (args.n_steps // args.log_every + 2) * (N_EVAL + D_GRID)
-    return 4.0 * S * (4 * params + activations + noise + 2 * N_EVAL * L + snapshots)
+# 1. the method: the data, S networks in one (one per seed), the two losses, the training step, train()
+def draw_chunk(mixture, gens, n, args):
+    """n steps' real batches (temperatures scaled so the modes sit at +-1) and noise, each seed from its
+    own generator: reals (n * d_steps, S, B, 1), zs (n * (d_steps + 1), S, B, latent_dim)."""
+    S, B = len(gens), args.batch_size
+    reals = torch.stack([mixture.sample(n * args.d_steps * B, g) for g in gens]).sub_(MID).div_(SCALE)
+    reals = reals.view(S, n * args.d_steps, B, 1).transpose(0, 1)
+    zs = torch.stack([torch.randn(n * (args.d_steps + 1), B, args.latent_dim, generator=g) for g in gens])
+    return reals, zs.transpose(0, 1)
 
 
-def size_flags(args) -> str:
-    """The flags that set the memory of a run and differ from their defaults, for the one line that
-    refuses a run too big for the machine."""
-    names = ["seeds", "latent_dim", "batch_size", "g_hidden", "d_hidden", "d_steps", "n_steps", "log_every"]
-    return common.flags_text(args, names, parse_args(["--quick"] if args.quick else []))
-
-
-# ----------------------------------------------------------------------------- 2. data
-# ----------------------------------------------------------------------------- 3. models
 class StackedMLP(torch.nn.Module):
     """S independent MLPs (one per seed) evaluated together with batched matrix products.
 
@@ -124,7 +69,6 @@ class StackedMLP(torch.nn.Module):
         return x
 
 
-# ----------------------------------------------------------------------------- 4. the idea: the two losses, and collapse / hop measures
 def discriminator_loss(d_real, d_fake):
     """Goodfellow et al. 2014, eq. 1: binary cross-entropy, real -> 1, fake -> 0 (inputs are logits).
     Means over the batch, summed over seeds, so each seed gets exactly its own gradient."""
@@ -139,6 +83,65 @@ def generator_loss(d_fake, loss: str):
     return F.softplus(-d_fake).mean((1, 2)).sum()
 
 
+def train_step(G, D, opt_g, opt_d, reals, zs, loss: str):
+    """One generator step after len(reals) discriminator steps, each on its own real batch and noise
+    (zs holds one more noise batch, the generator's). Returns the last losses of D and G."""
+    for real, z in zip(reals, zs):
+        with torch.no_grad():
+            fake = G(z)
+        d_loss = discriminator_loss(D(real), D(fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+    g_loss = generator_loss(D(G(zs[-1])), loss)
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    return d_loss, g_loss
+
+
+def train(args, device):
+    """Train seeds seed, seed+1, ... (--seeds) at once; snapshots of 1,000 samples (degrees C) and of D(x)
+    on a grid of temperatures at step 0 and every --log_every steps."""
+    seeds = [args.seed + i for i in range(args.seeds)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    mixture = common.temperature_mixture()
+    G = StackedMLP([args.latent_dim, *args.g_hidden, 1], gens).to(device)
+    D = StackedMLP([1, *args.d_hidden, 1], gens).to(device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.b1, args.b2))
+    z_eval = torch.stack([torch.randn(N_EVAL, args.latent_dim, generator=g) for g in gens]).to(device)
+    grid = torch.linspace(-60, 70, D_GRID)
+    grid_in = ((grid - MID) / SCALE).view(1, -1, 1).expand(len(seeds), -1, -1).to(device)
+    snaps = {"step": [], "samples": [], "d_curve": []}
+
+    def snapshot(step):
+        with torch.no_grad():
+            snaps["step"].append(step)
+            snaps["samples"].append((G(z_eval) * SCALE + MID).squeeze(-1).cpu())
+            snaps["d_curve"].append(torch.sigmoid(D(grid_in)).squeeze(-1).cpu())
+
+    bar, t0, k = common.Progress(args.n_steps, "01 train"), time.perf_counter(), args.d_steps
+    snapshot(0)
+    for step in range(1, args.n_steps + 1):
+        j = (step - 1) % NOISE_CHUNK  # noise for NOISE_CHUNK steps at a time: per-seed generators, few calls
+        if j == 0:
+            chunk = draw_chunk(mixture, gens, min(NOISE_CHUNK, args.n_steps - step + 1), args)
+            reals, zs = (t.to(device) for t in chunk)
+        d_loss, g_loss = train_step(G, D, opt_g, opt_d, reals[j * k:(j + 1) * k],
+                                    zs[j * (k + 1):(j + 1) * (k + 1)], args.loss)
+        if step % args.log_every == 0 or step == args.n_steps:
+            snapshot(step)
+            if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+                raise common.TrainingDiverged(f"loss became {d_loss.item()}/{g_loss.item()} at step {step}")
+        bar.update(1)
+    return {"seeds": seeds, "grid": grid, "step": torch.tensor(snaps["step"]),
+            "samples": torch.stack(snaps["samples"], 1),       # (S, T, N_EVAL) degrees C
+            "d_curve": torch.stack(snaps["d_curve"], 1),       # (S, T, D_GRID)
+            "seconds": time.perf_counter() - t0, "mixture": mixture}
+
+
+# 2. the measures: which mode holds the samples, hops between modes, collapse rates over seeds
 def hot_fraction(temperatures: torch.Tensor) -> torch.Tensor:
     """Fraction of samples nearer the hot mode (above the midpoint), over the last dimension."""
     return (temperatures > MID).float().mean(-1)
@@ -178,65 +181,6 @@ def hop_steps(hot_fractions, steps, threshold: float = 0.9) -> list[int]:
     return out
 
 
-# ----------------------------------------------------------------------------- 5. training
-def train(args, device, progress=True):
-    seeds = [args.seed + i for i in range(args.seeds)]
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    mixture = common.temperature_mixture()
-    G = StackedMLP([args.latent_dim, *args.g_hidden, 1], gens).to(device)
-    D = StackedMLP([1, *args.d_hidden, 1], gens).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.b1, args.b2))
-    S, B = len(seeds), args.batch_size
-
-    n_eval, grid = N_EVAL, torch.linspace(-60, 70, D_GRID)
-    z_eval = torch.stack([torch.randn(n_eval, args.latent_dim, generator=g) for g in gens]).to(device)
-    grid_in = ((grid - MID) / SCALE).view(1, -1, 1).expand(S, -1, -1).to(device)
-    snaps = {"step": [], "samples": [], "d_curve": []}
-
-    def snapshot(step):
-        with torch.no_grad():
-            snaps["step"].append(step)
-            snaps["samples"].append((G(z_eval) * SCALE + MID).squeeze(-1).cpu())
-            snaps["d_curve"].append(torch.sigmoid(D(grid_in)).squeeze(-1).cpu())
-
-    bar = common.Progress(args.n_steps, "01 train", every=5.0 if progress else float("inf"))
-    t0 = time.perf_counter()
-    snapshot(0)
-    chunk = NOISE_CHUNK  # draw noise for `chunk` steps at a time: per-seed generators, few calls
-    for step in range(1, args.n_steps + 1):
-        if (step - 1) % chunk == 0:
-            n = min(chunk, args.n_steps - step + 1)
-            reals = torch.stack([mixture.sample(n * args.d_steps * B, g) for g in gens]).sub_(MID).div_(SCALE)
-            reals = reals.view(S, n * args.d_steps, B, 1).transpose(0, 1).to(device)
-            zs = torch.stack([torch.randn(n * (args.d_steps + 1), B, args.latent_dim, generator=g) for g in gens])
-            zs = zs.transpose(0, 1).to(device)
-        j = (step - 1) % chunk
-        for d in range(args.d_steps):
-            real, z = reals[j * args.d_steps + d], zs[j * (args.d_steps + 1) + d]
-            with torch.no_grad():
-                fake = G(z)
-            d_loss = discriminator_loss(D(real), D(fake))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        g_loss = generator_loss(D(G(zs[j * (args.d_steps + 1) + args.d_steps])), args.loss)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        if step % args.log_every == 0 or step == args.n_steps:
-            snapshot(step)
-            if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
-                raise common.TrainingDiverged(f"loss became {d_loss.item()}/{g_loss.item()} at step {step}")
-        bar.update(1)
-    seconds = time.perf_counter() - t0
-    return {"seeds": seeds, "grid": grid, "step": torch.tensor(snaps["step"]),
-            "samples": torch.stack(snaps["samples"], 1),       # (S, T, n_eval) degrees C
-            "d_curve": torch.stack(snaps["d_curve"], 1),       # (S, T, grid)
-            "seconds": seconds, "mixture": mixture}
-
-
-# ----------------------------------------------------------------------------- 6. evaluation and figures
 def summarise(hist, args) -> dict:
     frac_hot = hot_fraction(hist["samples"])          # (S, T)
     steps = hist["step"].tolist()
@@ -266,6 +210,71 @@ def summarise(hist, args) -> dict:
     }
 
 
+# 3. the settings: the flags, what --quick changes, the memory a run needs
+QUICK = {"n_steps": 600, "log_every": 10}  # --quick: smaller defaults; flags given explicitly win
+
+
+def majority_fraction(text: str) -> float:
+    """argparse type: a fraction in [0.5, 1) (below one half both modes would hold "the majority")."""
+    value = common.unit_float(text)
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0.5, 1)")
+    return value
+
+
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--loss", choices=["minimax", "nonsaturating"], default="nonsaturating",
+                   help="generator loss: minimax log(1-D(G(z))) or non-saturating -log D(G(z))")
+    p.add_argument("--n_steps", type=common.positive_int, default=6000, help="training steps")
+    p.add_argument("--batch_size", type=common.positive_int, default=128, help="samples per step and seed")
+    p.add_argument("--lr", type=common.positive_float, default=3e-3, help="Adam learning rate of the generator")
+    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1")
+    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2")
+    p.add_argument("--latent_dim", type=common.positive_int, default=1, help="noise dimension")
+    p.add_argument("--g_hidden", type=common.positive_int, nargs="+", default=[32, 32], help="generator hidden widths")
+    p.add_argument("--d_hidden", type=common.positive_int, nargs="+", default=[16], help="discriminator hidden widths")
+    p.add_argument("--lr_d", type=common.positive_float, default=3e-4, help="Adam learning rate of the discriminator")
+    p.add_argument("--d_steps", type=common.positive_int, default=1, help="discriminator steps per generator step")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="train this many seeds (seed, seed+1, ...) at once")
+    p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
+    p.add_argument("--collapse_threshold", type=majority_fraction, default=0.9,
+                   help="a run has collapsed when one mode holds more than this fraction of samples, in [0.5, 1)")
+    r = p.add_argument_group("records")
+    r.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        "replacing an older record of that name (default: none, e.g. results/01)")
+    r.add_argument("--table", metavar="DIR", default=None,
+                   help="no training: print the markdown table of the records in DIR (a record folder, or a "
+                        "folder of them: one row each), e.g. results/01 (default: none)")
+    common.add_common_args(p)
+    return common.parse_with_quick(p, argv, QUICK)
+
+
+def memory_needed(args) -> float:
+    """Bytes of the big tensors of `train` (all seeds): weights with gradients and Adam moments, a chunk
+    of noise and data (made per seed, then stacked: twice), the fixed evaluation noise and the snapshots.
+    Against the growth of the peak resident memory (2-core AMD EPYC, torch 2.14.1): 806 MB estimated for
+    954 MB measured (--quick --n_steps 200 --latent_dim 2000), 4111 MB for 4131 MB (same, --seeds 100
+    --latent_dim 100); `common.check_memory` refuses above 80% of the free memory, which leaves the room."""
+    S, L, B = args.seeds, args.latent_dim, args.batch_size
+    c = min(NOISE_CHUNK, args.n_steps)
+    g_sizes, d_sizes = [L, *args.g_hidden, 1], [1, *args.d_hidden, 1]
+    params = sum((a + 1) * b for sizes in (g_sizes, d_sizes) for a, b in zip(sizes[:-1], sizes[1:]))
+    activations = 4 * B * (sum(g_sizes) + sum(d_sizes)) * (args.d_steps + 1)
+    noise = 2 * c * (args.d_steps + 1) * B * L + 3 * c * args.d_steps * B
+    snapshots = 2 * (args.n_steps // args.log_every + 2) * (N_EVAL + D_GRID)
+    return 4.0 * S * (4 * params + activations + noise + 2 * N_EVAL * L + snapshots)
+
+
+def size_flags(args) -> str:
+    """The flags that set the memory of a run and differ from their defaults, for the one line that
+    refuses a run too big for the machine."""
+    names = ["seeds", "latent_dim", "batch_size", "g_hidden", "d_hidden", "d_steps", "n_steps", "log_every"]
+    return common.flags_text(args, names, parse_args(["--quick"] if args.quick else []))
+
+
+# 4. reporting: figures, and the table of the records
 def plot_story(hist, args, run_dir, i=0):
     """Three panels for seed i: sample histogram over steps, mode fractions, D(x) at the hops."""
     plt = common.pyplot()
@@ -344,7 +353,26 @@ def plot_seeds(hist, summary, run_dir):
     common.savefig(fig, run_dir / "seeds_mode_fraction.png")
 
 
-# ----------------------------------------------------------------------------- 7. the table, from records
+def save_curves(hist, run_dir) -> None:
+    """mode_fractions.csv: the fraction of hot samples of every seed at every snapshot."""
+    curves = common.Curves(run_dir / "mode_fractions.csv")
+    frac = hot_fraction(hist["samples"])
+    for t, step in enumerate(hist["step"].tolist()):
+        curves.log(step=step, **{f"hot_seed{s}": round(float(frac[i, t]), 4) for i, s in enumerate(hist["seeds"])})
+    curves.save()
+
+
+def print_summary(summary: dict, run_dir) -> None:
+    """The run's outcome in one line: collapse rate with its interval, hops, speed."""
+    lo, hi = summary["collapse_rate_ci95"]
+    hops = summary["hops_per_run"]
+    hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"
+    print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
+          f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
+          f"{summary['hop_rate']:.0%}; {hops_text}; "
+          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
+
+
 # flags that name, place or keep a run, or set its seeds (said once in the header): not the experiment's
 NOT_SETTINGS = {"seed", "seeds", "out", "run_name", "overwrite", "device", "records", "table", "quick"}
 
@@ -421,6 +449,7 @@ def print_table(folder) -> dict:
     return {"table": table, "records": [name for name, _, _ in records]}
 
 
+# 5. main
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -446,11 +475,7 @@ def run(args, device, argv) -> dict:
 
     hist = train(args, device)
     summary = summarise(hist, args)
-    curves = common.Curves(run_dir / "mode_fractions.csv")
-    frac = hot_fraction(hist["samples"])
-    for t, step in enumerate(hist["step"].tolist()):
-        curves.log(step=step, **{f"hot_seed{s}": round(float(frac[i, t]), 4) for i, s in enumerate(hist["seeds"])})
-    curves.save()
+    save_curves(hist, run_dir)
     plot_story(hist, args, run_dir)
     plot_seeds(hist, summary, run_dir)
     metrics = {"device": str(device), **summary}
@@ -458,13 +483,7 @@ def run(args, device, argv) -> dict:
     if args.records is not None:
         record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
         print(f"01: the record of this run is in {record}")
-    lo, hi = summary["collapse_rate_ci95"]
-    hops = summary["hops_per_run"]
-    hops_text = f"hops per run {hops}" if len(hops) <= 20 else f"{summary['mean_hops']:.2f} hops per run on average"
-    print(f"collapsed: {sum(r['collapsed'] for r in summary['per_seed'])}/{summary['seeds']} "
-          f"({summary['collapse_rate']:.0%}, 95% CI {lo:.0%}-{hi:.0%}); runs that hopped: "
-          f"{summary['hop_rate']:.0%}; {hops_text}; "
-          f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
+    print_summary(summary, run_dir)
     return metrics
 
 

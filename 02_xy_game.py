@@ -1,24 +1,14 @@
 """02_xy_game.py - why plain gradient descent does not find the equilibrium of a min-max game.
 
-Three small experiments in float64 on the CPU, deterministic (instance noise draws from a seeded generator):
+Three small float64 experiments, deterministic (instance noise draws from a seeded generator):
+1. f(x, y) = x*y, x maximising, y minimising: simultaneous gradient descent-ascent spirals away from (0, 0),
+   alternating GDA cycles; optimistic, extragradient, consensus and negative momentum converge at the rates by hand.
+2. The Dirac-GAN (Mescheder, Geiger & Nowozin 2018; the settings of the authors' GAN_stability notebook):
+   the unregularised GAN, WGAN and WGAN-GP do not converge; instance noise, consensus and R1 do.
+3. JS(N(0,1), N(mu,1)) saturates at ln 2 and its gradient dies like exp(-mu^2/8); against the optimal D
+   the minimax generator cost's gradient vanishes too, the non-saturating cost's stays about mu.
 
-1. The bilinear game f(x, y) = x*y, where x MAXIMISES and y MINIMISES; the equilibrium is (0, 0).
-   From (1, 1) with step eta, simultaneous gradient descent-ascent spirals outwards: the distance to
-   (0, 0) grows by exactly sqrt(1 + eta^2) every step. Alternating updates cycle on a closed curve
-   (bounded for eta < 2, they never converge). Optimistic GDA (Daskalakis et al. 2018), extragradient
-   (Korpelevich 1976; Gidel et al. 2019, factor sqrt(1 - eta^2 + eta^4)), consensus optimisation
-   (Mescheder et al. 2017) and alternating updates with negative momentum (Gidel et al. 2019) converge.
-2. The Dirac-GAN of Mescheder, Geiger & Nowozin 2018 ("Which training methods for GANs do actually
-   converge?"): real data at 0, generator theta, discriminator D(x) = psi*x, with the defaults of the
-   authors' notebook (GAN_stability/notebooks/DiracGAN.ipynb: step 0.2, start theta = psi = 1, 500
-   steps). Unregularised training (simultaneous: spirals out; alternating: cycles), WGAN and WGAN-GP
-   do not converge; instance noise, consensus optimisation and the R1 penalty do.
-3. The vanishing gradient of the Jensen-Shannon divergence: JS(N(0,1), N(mu,1)) saturates at ln 2 and
-   its gradient in mu dies like exp(-mu^2/8) (1e-49 at mu = 30, computed in log space as a 1-D integral,
-   see `js_gaussian_shift`); with the optimal discriminator, the generator's gradient under the minimax
-   cost log(1 - D) vanishes too, while the non-saturating cost -log D keeps a gradient of about mu.
-
-Run:  python 02_xy_game.py            (under 10 s of CPU time on two CPU cores; --quick for a smoke run)
+Run:  python 02_xy_game.py            (seconds on a CPU; --quick for a smoke run)
       python 02_xy_game.py --records results/02 --run_name default   (keep its record)
       python 02_xy_game.py --table results/02   (the x*y and Dirac-GAN tables, from that record)
 Needs: common.py
@@ -42,149 +32,78 @@ DTYPE = torch.float64
 FIRST, SECOND = (1.0, 0.0), (0.0, 1.0)   # masks: the first player (x or theta), the second (y or psi)
 
 
-# ----------------------------------------------------------------------------- 1. arguments
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (no nan or inf)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def parse_args(argv=None):
-    p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    g = p.add_argument_group("bilinear game f(x, y) = x*y")
-    g.add_argument("--lr", type=common.positive_float, default=0.2, help="step size eta of every update rule")
-    g.add_argument("--n_steps", type=common.positive_int, default=2000, help="steps per update rule")
-    g.add_argument("--x0", type=finite_float, default=1.0, help="start x (the maximiser)")
-    g.add_argument("--y0", type=finite_float, default=1.0, help="start y (the minimiser)")
-    g.add_argument("--consensus_gamma", type=common.nonneg_float, default=1.0,
-                   help="consensus weight gamma (xy game and Dirac-GAN; the notebook's GAN_Consensus(1.))")
-    g.add_argument("--momentum", type=finite_float, default=-0.5, help="momentum beta of the negative-momentum rule")
-    g.add_argument("--tol", type=common.positive_float, default=1e-3,
-                   help="converged = mean distance to (0, 0) over the last 10%% of steps below this")
-    g.add_argument("--swing_lrs", type=common.positive_float, nargs=2, default=[0.05, 0.5],
-                   help="a small and a large step for the x, y, xy against iteration figure")
-    d = p.add_argument_group("Dirac-GAN (defaults of the authors' notebook)")
-    d.add_argument("--dirac_lr", type=common.positive_float, default=0.2, help="step size h")
-    d.add_argument("--dirac_steps", type=common.positive_int, default=500, help="steps per variant")
-    d.add_argument("--theta0", type=finite_float, default=1.0, help="start generator parameter theta")
-    d.add_argument("--psi0", type=finite_float, default=1.0, help="start discriminator parameter psi")
-    d.add_argument("--r1_gamma", type=common.nonneg_float, default=0.3, help="R1 penalty weight gamma")
-    d.add_argument("--noise_std", type=common.nonneg_float, default=0.7, help="instance noise sigma")
-    d.add_argument("--noise_samples", type=common.nonneg_int, default=1000,
-                   help="Monte-Carlo noise samples per field evaluation, as the notebook; 0 = exact expectation "
-                        "by Gauss-Hermite quadrature")
-    d.add_argument("--wgan_clip", type=common.positive_float, default=1.0, help="WGAN clip |psi| <= c")
-    d.add_argument("--gp_weight", type=common.nonneg_float, default=0.7, help="WGAN-GP penalty weight")
-    d.add_argument("--gp_target", type=common.nonneg_float, default=1.0, help="WGAN-GP target gradient norm")
-    d.add_argument("--dirac_tol", type=common.positive_float, default=0.05,
-                   help="converged = mean distance over the last 10%% of steps below this (above the "
-                        "Monte-Carlo noise floor of instance noise, about 0.02)")
-    j = p.add_argument_group("vanishing JS gradient")
-    j.add_argument("--mu_max", type=common.positive_float, default=30.0,
-                   help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
-    j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max], at least 2")
-    r = p.add_argument_group("records")
-    r.add_argument("--records", metavar="DIR", default=None,
-                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
-                        "replacing an older record of that name (default: none, e.g. results/02)")
-    r.add_argument("--table", metavar="DIR", default=None,
-                   help="no computing: print the markdown tables (x*y factors, Dirac-GAN) of the one record in "
-                        "DIR (a record folder, or a folder holding one), e.g. results/02 (default: none)")
-    common.add_common_args(p)
-    return common.parse_with_quick(p, argv, QUICK)
-
-
-QUICK = {"n_steps": 400, "dirac_steps": 200, "n_mu": 61}  # --quick: smaller defaults; explicit flags win
-# Trapezoid step 0.01 of `js_gaussian_shift`: against mpmath (40 digits, break points at mu/2 + k/mu) the
-# relative error of ln 2 - JS is 5e-12 at mu = 30 and 60, 7e-11 at 100, 1e-7 at 150, 3e-4 at 300, 0.2 at 1000.
-MU_MAX_ACCURATE = 100.0
-# Largest distance to (0, 0) allowed along a run: squares (the alternating invariant) stay in float64.
-Z_LIMIT = 1e150
-
-
-def check_args(args) -> None:
-    """Refuse, before anything runs, settings whose numbers would be meaningless: a JS table beyond the
-    integral's accuracy, or iterates that leave float64 range (the runs are linear on x*y, so their
-    growth is known in advance: |z_t| is |z_0| * rho^t up to a constant factor, rho the rule's
-    per-step factor, and the limit 1e150 leaves 158 orders of magnitude for that constant)."""
-    if args.mu_max > MU_MAX_ACCURATE:
-        raise common.UserError(f"--mu_max {args.mu_max:g}: the log-space JS integral is accurate (relative "
-                               f"error < 1e-10) only up to mu = {MU_MAX_ACCURATE:g}; use --mu_max "
-                               f"{MU_MAX_ACCURATE:g} or less")
-    if args.n_mu < 2:
-        raise common.UserError(f"--n_mu {args.n_mu}: the JS table needs at least 2 shifts (0 and --mu_max)")
-    for flags, start, tol_flag, tol in (
-            (f"--x0 {args.x0:g} --y0 {args.y0:g}", (args.x0, args.y0), "--tol", args.tol),
-            (f"--theta0 {args.theta0:g} --psi0 {args.psi0:g}", (args.theta0, args.psi0), "--dirac_tol", args.dirac_tol)):
-        r = math.hypot(*start)
-        if r > Z_LIMIT:
-            raise common.UserError(f"{flags}: the start is {r:.3g} from (0, 0); the games are run in float64 "
-                                   f"and need it below {Z_LIMIT:g}")
-        if r < 1e-150:
-            raise common.UserError(f"{flags}: the start is the equilibrium (0, 0) itself (or within 1e-150 of "
-                                   f"it), where no rule moves; start elsewhere")
-        if tol >= r:
-            raise common.UserError(f"{tol_flag} {tol:g}: every rule would count as converged from the start, "
-                                   f"which is {r:.3g} from (0, 0); use a threshold below that")
-    log_start, log_limit = math.log(max(math.hypot(args.x0, args.y0), 1e-300)), math.log(Z_LIMIT)
-    start = f"from (--x0, --y0) = ({args.x0:g}, {args.y0:g})"
-    log_rho = {name: max(log_rule_factor(name, args), 0.0) for name in RULES}
-    fastest = max(log_rho, key=log_rho.get)          # the rule that grows fastest sets the limit
-    log_end = log_start + args.n_steps * log_rho[fastest]
-    if log_end > log_limit:
-        most = int((log_limit - log_start) / log_rho[fastest]) if math.isfinite(log_rho[fastest]) else 0
-        hint = f"use --n_steps {most} or fewer, or a smaller --lr" if most >= 10 else "use a smaller --lr"
-        raise common.UserError(
-            f"--lr {args.lr:g} --n_steps {args.n_steps} {start}: the {fastest} iterates would grow to about "
-            f"10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g} (float64 holds 1e308); {hint}")
-    for lr in args.swing_lrs:
-        log_end = log_start + swing_steps(lr) * math.log(simultaneous_factor(lr))
-        if log_end > log_limit:
-            raise common.UserError(
-                f"--swing_lrs {lr:g} {start}: three turns ({swing_steps(lr)} steps) of simultaneous GDA would "
-                f"grow to about 10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g}; use a smaller step")
-
-
-def log_rule_factor(name: str, args) -> float:
-    """log of the per-step growth factor of rule `name` on x*y; inf where it overflows float64."""
-    try:
-        rho = analytic_factor(name, args)[0]
-    except (OverflowError, RuntimeError, ValueError):  # lr**4, or eigenvalues of a matrix with infinities
-        return math.inf
-    if not math.isfinite(rho):
-        return math.inf
-    return math.log(rho) if rho > 0 else -math.inf
-
-
-def memory_needed(args) -> float:
-    """Bytes the run keeps: every iterate of every rule and variant with its CSV row (a Python dict), the
-    Monte-Carlo noise of one instance-noise step, and the (n_mu, 3201) grids of the JS integrals."""
-    xy_step = len(RULES) * 48 + 600                   # trajectory, distance, ratios; one CSV row of 7 numbers
-    dirac_step = 12 * 40 + 2000                       # 6 variants x 2 modes; one CSV row of 25 numbers
-    js = args.n_mu * (3201 * 8 * 12 + 1601 * 8 * 6 + 1000)
-    noise = args.noise_samples * 8 * 10
-    return float(args.n_steps * xy_step + args.dirac_steps * dirac_step + js + noise)
-
-
-# ----------------------------------------------------------------------------- 2. the games (vector fields)
+# 1. the method: the games' vector fields, the update rules, the Dirac-GAN variants, the JS divergence
 def bilinear_field(z: torch.Tensor) -> torch.Tensor:
-    """The direction each player moves in f(x, y) = x*y: x ascends (df/dx = y), y descends (-df/dy = -x).
-
-    z has shape (..., 2); so does the result. The fixed point (0, 0) is the game's only equilibrium."""
+    """The direction each player moves in f(x, y) = x*y: x ascends (df/dx = y), y descends (-df/dy = -x);
+    z and the result have shape (..., 2). The fixed point (0, 0) is the game's only equilibrium."""
     x, y = z.unbind(-1)
     return torch.stack([y, -x], -1)
 
 
-# ----------------------------------------------------------------------------- 4. the idea: update rules
-# Every rule is one step z -> z' of a two-player game with play field F(z) (the direction in which each
-# player improves its own objective: ascent for the maximiser, descent for the minimiser), plus a memory
-# `mem` (the previous gradient or iterate) for the rules that need one.
-# `project` is applied after every (partial) update, e.g. WGAN's weight clipping.
+# The Dirac-GAN (Mescheder et al. 2018): p_data = delta_0, p_theta = delta_theta, D_psi(x) = psi*x, L(theta, psi) =
+# f(psi*theta) + f(0), f(t) = -log(1 + exp(-t)); G descends L, D ascends it: v = (-dL/dtheta, dL/dpsi), zero at (0, 0).
+def f_prime(t: torch.Tensor) -> torch.Tensor:  # f'(t) for f(t) = -log(1 + exp(-t))
+    return torch.sigmoid(-t)
+
+
+def dirac_gan_field(z):
+    """Unregularised GAN: v = (-psi f'(psi theta), theta f'(psi theta)); Jacobian at 0 has eigenvalues +-i/2."""
+    th, ps = z.unbind(-1)
+    s = f_prime(ps * th)
+    return torch.stack([-ps * s, th * s], -1)
+
+
+def dirac_wgan_field(z):
+    """WGAN: L = psi*theta, v = (-psi, theta); psi is clipped to [-c, c] after every update."""
+    th, ps = z.unbind(-1)
+    return torch.stack([-ps, th], -1)
+
+
+def dirac_wgan_gp_field(z, weight=0.7, target=1.0):
+    """WGAN-GP (Gulrajani et al. 2017): the critic also descends weight/2 * (|psi| - target)^2."""
+    th, ps = z.unbind(-1)
+    return torch.stack([-ps, th - weight * (ps.abs() - target) * torch.sign(ps)], -1)
+
+
+def dirac_r1_field(z, gamma=0.3):
+    """R1, the zero-centred gradient penalty on real data (Mescheder et al. 2018): the discriminator also
+    descends gamma/2 * E_data |grad_x D(x)|^2 = gamma/2 * psi^2, so v_psi -= gamma*psi."""
+    v = dirac_gan_field(z)
+    return v - gamma * z * z.new_tensor(SECOND)
+
+
+class DiracInstanceNoiseField:
+    """Instance noise (Sønderby et al. 2017; analysed by Mescheder et al. 2018): real and fake samples get N(0, std^2)
+    noise, v = E[(-psi f'(psi(theta+e1)), (theta+e1) f'(psi(theta+e1)) - e2 f'(-psi e2))]. n_samples > 0: Monte-Carlo,
+    fresh samples at every call, as the notebook (1000); n_samples = 0: exact, by 80-point Gauss-Hermite quadrature."""
+
+    def __init__(self, std=0.7, n_samples=1000, generator=None):
+        self.std, self.n_samples, self.generator = std, n_samples, generator
+        nodes, weights = np.polynomial.hermite_e.hermegauss(80)   # weight exp(-x^2/2)
+        self.nodes = torch.as_tensor(nodes, dtype=DTYPE)
+        self.weights = torch.as_tensor(weights / math.sqrt(2 * math.pi), dtype=DTYPE)
+
+    def __call__(self, z):
+        th, ps = z.unbind(-1)
+        if self.n_samples > 0:
+            n, shape = self.n_samples, (self.n_samples,) + (1,) * th.dim()
+            e1 = self.std * torch.randn(n, *th.shape, dtype=DTYPE, generator=self.generator)
+            e2 = self.std * torch.randn(n, *th.shape, dtype=DTYPE, generator=self.generator)
+            w = torch.full(shape, 1.0 / n, dtype=DTYPE)
+        else:
+            shape = (len(self.nodes),) + (1,) * th.dim()
+            e1 = e2 = self.std * self.nodes.view(shape)
+            w = self.weights.view(shape)
+        te = th + e1
+        s = f_prime(ps * te)
+        v1 = (w * (-ps * s)).sum(0)
+        v2 = (w * (te * s - e2 * f_prime(-ps * e2))).sum(0)
+        return torch.stack([v1, v2], -1)
+
+
+# Every rule is one step z -> z' of a two-player game with play field F(z) (the direction in which each player
+# improves its own objective: ascent for the maximiser, descent for the minimiser), plus a memory `mem` (the previous
+# gradient or iterate) for the rules that need one. `project` follows every (partial) update (WGAN's clipping).
 def simultaneous(field, z, mem, lr, project):
     """Simultaneous gradient descent-ascent: both players step from the same point. On x*y the map is
     [[1, eta], [-eta, 1]] = sqrt(1 + eta^2) * rotation, so the distance grows by exactly sqrt(1 + eta^2)."""
@@ -192,9 +111,8 @@ def simultaneous(field, z, mem, lr, project):
 
 
 def alternating(field, z, mem, lr, project):
-    """Alternating GDA: the first player steps, then the second player steps against the NEW first.
-    On x*y the map has determinant 1 and trace 2 - eta^2, so for eta < 2 it conserves
-    x^2 + y^2 + eta*x*y: closed cycles, bounded, never converging."""
+    """Alternating GDA: the first player steps, then the second player steps against the NEW first. On x*y the
+    map has determinant 1 and trace 2 - eta^2: for eta < 2 it conserves x^2 + y^2 + eta*x*y (bounded cycles)."""
     first, second = z.new_tensor(FIRST), z.new_tensor(SECOND)
     z = project(z + lr * field(z) * first)
     return project(z + lr * field(z) * second), None
@@ -233,10 +151,9 @@ def consensus(field, z, mem, lr, project, gamma=1.0):
 
 
 def negative_momentum(field, z, mem, lr, project, beta=-0.5):
-    """Alternating GDA with heavy-ball momentum beta < 0 (Gidel et al. 2019, "Negative momentum for improved
-    game dynamics"), alternating: z' = z + eta F + beta (z - z_prev), one player after the other.
-    With simultaneous updates negative momentum does not converge on x*y; alternating, it does. beta = -0.5
-    is close to the best beta for eta = 0.1-0.2 (a scan of the spectral radius over beta in (-1, 0.5))."""
+    """Alternating GDA with heavy-ball momentum beta < 0 (Gidel et al. 2019, "Negative momentum for improved game
+    dynamics"): z' = z + eta F + beta (z - z_prev), one player after the other (simultaneous, it does not converge
+    on x*y). beta = -0.5 is near the best beta for eta = 0.1-0.2 (spectral radius scanned over beta in (-1, 0.5))."""
     first, second = z.new_tensor(FIRST), z.new_tensor(SECOND)
     z_prev = z if mem is None else mem
     push = beta * (z - z_prev)
@@ -248,13 +165,14 @@ RULES = {"simultaneous": simultaneous, "alternating": alternating, "optimistic":
          "extragradient": extragradient, "consensus": consensus, "negative_momentum": negative_momentum}
 
 
+# the flags that set a rule's hyper-parameters: rule -> {keyword: flag}
+RULE_FLAGS = {"consensus": {"gamma": "consensus_gamma"}, "negative_momentum": {"beta": "momentum"}}
+
+
 def rule_step(name: str, args) -> callable:
-    """The step function of rule `name` with its hyper-parameters from `args`."""
-    if name == "consensus":
-        return functools.partial(consensus, gamma=args.consensus_gamma)
-    if name == "negative_momentum":
-        return functools.partial(negative_momentum, beta=args.momentum)
-    return RULES[name]
+    """The step function of rule `name` with its hyper-parameters from `args` (RULE_FLAGS)."""
+    hp = {keyword: getattr(args, flag) for keyword, flag in RULE_FLAGS.get(name, {}).items()}
+    return functools.partial(RULES[name], **hp) if hp else RULES[name]
 
 
 def run_rule(step, field, z0, lr: float, n_steps: int, project=None) -> torch.Tensor:
@@ -270,117 +188,11 @@ def run_rule(step, field, z0, lr: float, n_steps: int, project=None) -> torch.Te
     return traj
 
 
-def linear_growth_factor(step, lr: float) -> float:
-    """The asymptotic per-step factor of `step` on x*y: the spectral radius of its one-step matrix on the
-    state (z, memory), found by stepping the four unit vectors (the step is linear on a bilinear game)."""
-    cols = []
-    for i in range(4):
-        e = torch.zeros(4, dtype=DTYPE)
-        e[i] = 1
-        z, mem = step(bilinear_field, e[:2], e[2:], lr, lambda v: v)
-        cols.append(torch.cat([z, torch.zeros(2, dtype=DTYPE) if mem is None else mem]))
-    return float(torch.linalg.eigvals(torch.stack(cols, 1)).abs().max())
-
-
-def simultaneous_factor(lr: float) -> float:
-    return math.hypot(1.0, lr)                        # sqrt(1 + lr^2), without overflow
-
-
-def extragradient_factor(lr: float) -> float:
-    if lr > 1e100:                                     # lr^4 would overflow: sqrt(lr^4 - lr^2 + 1) ~ lr^2
-        return lr * lr
-    return math.sqrt(1 - lr * lr + lr ** 4)
-
-
-def consensus_factor(lr: float, gamma: float) -> float:
-    return math.hypot(1 - lr * gamma, lr)
-
-
-def distance(z: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance to (0, 0) over the last axis, by hypot (|z|^2 would underflow below 1e-154)."""
-    return torch.hypot(z[..., 0], z[..., 1])
-
-
-def alternating_invariant(z: torch.Tensor, lr: float) -> torch.Tensor:
-    """x^2 + y^2 + eta*x*y, conserved exactly by alternating updates on x*y (x first)."""
-    x, y = z.unbind(-1)
-    return x * x + y * y + lr * x * y
-
-
-# ----------------------------------------------------------------------------- 4b. the Dirac-GAN
-# Mescheder et al. 2018 (the Dirac-GAN): p_data = delta_0, generator p_theta = delta_theta, D_psi(x) = psi*x,
-# L(theta, psi) = f(psi*theta) + f(0) with f(t) = -log(1 + exp(-t)). The generator descends L, the
-# discriminator ascends it, so the play field is v = (-dL/dtheta, dL/dpsi). Equilibrium: (0, 0).
-def f_prime(t: torch.Tensor) -> torch.Tensor:
-    """f'(t) for f(t) = -log(1 + exp(-t)): sigmoid(-t)."""
-    return torch.sigmoid(-t)
-
-
-def dirac_gan_field(z):
-    """Unregularised GAN: v = (-psi f'(psi theta), theta f'(psi theta)); Jacobian at 0 has eigenvalues +-i/2."""
-    th, ps = z.unbind(-1)
-    s = f_prime(ps * th)
-    return torch.stack([-ps * s, th * s], -1)
-
-
-def dirac_wgan_field(z):
-    """WGAN: L = psi*theta, v = (-psi, theta); psi is clipped to [-c, c] after every update."""
-    th, ps = z.unbind(-1)
-    return torch.stack([-ps, th], -1)
-
-
-def dirac_wgan_gp_field(z, weight=0.7, target=1.0):
-    """WGAN-GP (Gulrajani et al. 2017): the critic also descends weight/2 * (|psi| - target)^2."""
-    th, ps = z.unbind(-1)
-    return torch.stack([-ps, th - weight * (ps.abs() - target) * torch.sign(ps)], -1)
-
-
-def dirac_r1_field(z, gamma=0.3):
-    """R1, the zero-centred gradient penalty on real data (Mescheder et al. 2018): the discriminator also
-    descends gamma/2 * E_data |grad_x D(x)|^2 = gamma/2 * psi^2, so v_psi -= gamma*psi."""
-    v = dirac_gan_field(z)
-    return v - gamma * z * z.new_tensor(SECOND)
-
-
-class DiracInstanceNoiseField:
-    """Instance noise (Sønderby et al. 2017; analysed by Mescheder et al. 2018): real and fake samples get
-    N(0, std^2) noise, v = E[(-psi f'(psi(theta+e1)), (theta+e1) f'(psi(theta+e1)) - e2 f'(-psi e2))].
-    n_samples > 0: Monte-Carlo with fresh samples at every call, as the notebook (1000 samples);
-    n_samples = 0: the exact expectation by 80-point Gauss-Hermite quadrature."""
-
-    def __init__(self, std=0.7, n_samples=1000, generator=None):
-        self.std, self.n_samples, self.generator = std, n_samples, generator
-        nodes, weights = np.polynomial.hermite_e.hermegauss(80)   # weight exp(-x^2/2)
-        self.nodes = torch.as_tensor(nodes, dtype=DTYPE)
-        self.weights = torch.as_tensor(weights / math.sqrt(2 * math.pi), dtype=DTYPE)
-
-    def __call__(self, z):
-        th, ps = z.unbind(-1)
-        if self.n_samples > 0:
-            n, shape = self.n_samples, (self.n_samples,) + (1,) * th.dim()
-            e1 = self.std * torch.randn(n, *th.shape, dtype=DTYPE, generator=self.generator)
-            e2 = self.std * torch.randn(n, *th.shape, dtype=DTYPE, generator=self.generator)
-            w = torch.full(shape, 1.0 / n, dtype=DTYPE)
-        else:
-            shape = (len(self.nodes),) + (1,) * th.dim()
-            e1 = e2 = self.std * self.nodes.view(shape)
-            w = self.weights.view(shape)
-        te = th + e1
-        s = f_prime(ps * te)
-        v1 = (w * (-ps * s)).sum(0)
-        v2 = (w * (te * s - e2 * f_prime(-ps * e2))).sum(0)
-        return torch.stack([v1, v2], -1)
-
-
 def dirac_variants(args, generator) -> dict:
-    """name -> (label, play field, projection or None), with the notebook's settings.
-
-    The notebook runs GAN(), WGAN(1.), WGAN_GP(0.7, 1.), GAN_InstNoise(0.7), GAN_GradPenalty(0.3) and
-    GAN_Consensus(1.) with h = 0.2 for 500 steps from (1, 1), by `trajectory_simgd` (both players step from
-    the same point) and `trajectory_altgd` (theta first, then psi against the new theta), exactly our
-    `simultaneous` and `alternating`. One difference: the notebook's closed-form consensus gradient halves
-    the psi*(psi^2 + theta^2) f' f'' term of d/dtheta (1/2 |v|^2) (and likewise for psi); we differentiate
-    1/2 |v|^2 exactly with autograd. The terms are cubic in (theta, psi), so local convergence is the same."""
+    """name -> (label, play field, projection or None), with the settings of the authors' notebook
+    (LMescheder/GAN_stability, notebooks/DiracGAN.ipynb): GAN(), WGAN(1.), WGAN_GP(0.7, 1.), GAN_InstNoise(0.7),
+    GAN_GradPenalty(0.3) and GAN_Consensus(1.), with h = 0.2 for 500 steps from (1, 1), by `trajectory_simgd`
+    and `trajectory_altgd` (theta first, then psi against the new theta): our `simultaneous` and `alternating`."""
     clip = args.wgan_clip
 
     def clip_psi(z):
@@ -394,14 +206,15 @@ def dirac_variants(args, generator) -> dict:
         "instance_noise": (f"instance noise (sigma {args.noise_std:g}"
                            + (f", {args.noise_samples} MC samples)" if args.noise_samples else ", exact)"),
                            DiracInstanceNoiseField(args.noise_std, args.noise_samples, generator), None),
+        # unlike the notebook, whose closed-form consensus gradient halves the psi*(psi^2 + theta^2) f' f'' term of
+        # d/dtheta 1/2 |v|^2 (and likewise for psi), autograd here is exact; the terms are cubic: same local convergence
         "consensus": (f"consensus (gamma {args.consensus_gamma:g})",
                       lambda z: consensus_direction(dirac_gan_field, z, args.consensus_gamma), None),
         "r1": (f"R1 (gamma {args.r1_gamma:g})", functools.partial(dirac_r1_field, gamma=args.r1_gamma), None),
     }
 
 
-# ----------------------------------------------------------------------------- 4c. the vanishing JS gradient
-# See `js_gaussian_shift` for the method.
+# The vanishing JS gradient, in log space (see `js_gaussian_shift` for the method).
 Z_HALF_WIDTH, Z_STEP = 16.0, 0.01
 
 
@@ -485,7 +298,18 @@ def js_naive(mu, h: float = 0.05, lo: float = -20.0, hi: float = 60.0) -> torch.
     return 0.5 * h * (tp + tq).sum(1)
 
 
-# ----------------------------------------------------------------------------- 5. the experiments
+# 2. the measures: distance to the equilibrium, per-step factors (measured and analytic), the three experiments
+def distance(z: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance to (0, 0) over the last axis, by hypot (|z|^2 would underflow below 1e-154)."""
+    return torch.hypot(z[..., 0], z[..., 1])
+
+
+def alternating_invariant(z: torch.Tensor, lr: float) -> torch.Tensor:
+    """x^2 + y^2 + eta*x*y, conserved exactly by alternating updates on x*y (x first)."""
+    x, y = z.unbind(-1)
+    return x * x + y * y + lr * x * y
+
+
 def growth_factor(d: torch.Tensor) -> float:
     """Measured per-step factor: geometric mean of d[t+1]/d[t] over the second half of the run
     (only where d is a normal float64 number, so under- or overflow cannot fake a rate)."""
@@ -503,6 +327,32 @@ def is_converged(d: torch.Tensor, tol: float) -> bool:
     """Converged: the mean distance to the equilibrium over the last 10% of steps is below tol."""
     tail = d[-max(1, len(d) // 10):]
     return bool(torch.isfinite(tail).all() and tail.mean() < tol)
+
+
+def linear_growth_factor(step, lr: float) -> float:
+    """The asymptotic per-step factor of `step` on x*y: the spectral radius of its one-step matrix on the
+    state (z, memory), found by stepping the four unit vectors (the step is linear on a bilinear game)."""
+    cols = []
+    for i in range(4):
+        e = torch.zeros(4, dtype=DTYPE)
+        e[i] = 1
+        z, mem = step(bilinear_field, e[:2], e[2:], lr, lambda v: v)
+        cols.append(torch.cat([z, torch.zeros(2, dtype=DTYPE) if mem is None else mem]))
+    return float(torch.linalg.eigvals(torch.stack(cols, 1)).abs().max())
+
+
+def simultaneous_factor(lr: float) -> float:
+    return math.hypot(1.0, lr)                        # sqrt(1 + lr^2), without overflow
+
+
+def extragradient_factor(lr: float) -> float:
+    if lr > 1e100:                                     # lr^4 would overflow: sqrt(lr^4 - lr^2 + 1) ~ lr^2
+        return lr * lr
+    return math.sqrt(1 - lr * lr + lr ** 4)
+
+
+def consensus_factor(lr: float, gamma: float) -> float:
+    return math.hypot(1 - lr * gamma, lr)
 
 
 def analytic_factor(name: str, args) -> tuple[float, str]:
@@ -616,7 +466,143 @@ def js_metrics(res, mu_points=(0, 1, 2, 5, 10, 15, 20, 30)) -> dict:
                       "(h=0.01 on mu/2 +- 16); dJS/dmu by autograd"}
 
 
-# ----------------------------------------------------------------------------- 6. figures
+# 3. the settings: the flags, what --quick changes, the checks made before anything runs
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+QUICK = {"n_steps": 400, "dirac_steps": 200, "n_mu": 61}  # --quick: smaller defaults; explicit flags win
+# Trapezoid step 0.01 of `js_gaussian_shift`: against mpmath (40 digits, break points at mu/2 + k/mu) the
+# relative error of ln 2 - JS is 5e-12 at mu = 30 and 60, 7e-11 at 100, 1e-7 at 150, 3e-4 at 300, 0.2 at 1000.
+MU_MAX_ACCURATE = 100.0
+# Largest distance to (0, 0) allowed along a run: squares (the alternating invariant) stay in float64.
+Z_LIMIT = 1e150
+
+
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("bilinear game f(x, y) = x*y")
+    g.add_argument("--lr", type=common.positive_float, default=0.2, help="step size eta of every update rule")
+    g.add_argument("--n_steps", type=common.positive_int, default=2000, help="steps per update rule")
+    g.add_argument("--x0", type=finite_float, default=1.0, help="start x (the maximiser)")
+    g.add_argument("--y0", type=finite_float, default=1.0, help="start y (the minimiser)")
+    g.add_argument("--consensus_gamma", type=common.nonneg_float, default=1.0,
+                   help="consensus weight gamma (xy game and Dirac-GAN; the notebook's GAN_Consensus(1.))")
+    g.add_argument("--momentum", type=finite_float, default=-0.5, help="momentum beta of the negative-momentum rule")
+    g.add_argument("--tol", type=common.positive_float, default=1e-3,
+                   help="converged = mean distance to (0, 0) over the last 10%% of steps below this")
+    g.add_argument("--swing_lrs", type=common.positive_float, nargs=2, default=[0.05, 0.5],
+                   help="a small and a large step for the x, y, xy against iteration figure")
+    d = p.add_argument_group("Dirac-GAN (defaults of the authors' notebook)")
+    d.add_argument("--dirac_lr", type=common.positive_float, default=0.2, help="step size h")
+    d.add_argument("--dirac_steps", type=common.positive_int, default=500, help="steps per variant")
+    d.add_argument("--theta0", type=finite_float, default=1.0, help="start generator parameter theta")
+    d.add_argument("--psi0", type=finite_float, default=1.0, help="start discriminator parameter psi")
+    d.add_argument("--r1_gamma", type=common.nonneg_float, default=0.3, help="R1 penalty weight gamma")
+    d.add_argument("--noise_std", type=common.nonneg_float, default=0.7, help="instance noise sigma")
+    d.add_argument("--noise_samples", type=common.nonneg_int, default=1000,
+                   help="Monte-Carlo noise samples per field evaluation, as the notebook; 0 = exact expectation "
+                        "by Gauss-Hermite quadrature")
+    d.add_argument("--wgan_clip", type=common.positive_float, default=1.0, help="WGAN clip |psi| <= c")
+    d.add_argument("--gp_weight", type=common.nonneg_float, default=0.7, help="WGAN-GP penalty weight")
+    d.add_argument("--gp_target", type=common.nonneg_float, default=1.0, help="WGAN-GP target gradient norm")
+    d.add_argument("--dirac_tol", type=common.positive_float, default=0.05,
+                   help="converged = mean distance over the last 10%% of steps below this (above the "
+                        "Monte-Carlo noise floor of instance noise, about 0.02)")
+    j = p.add_argument_group("vanishing JS gradient")
+    j.add_argument("--mu_max", type=common.positive_float, default=30.0,
+                   help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
+    j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max], at least 2")
+    r = p.add_argument_group("records")
+    r.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        "replacing an older record of that name (default: none, e.g. results/02)")
+    r.add_argument("--table", metavar="DIR", default=None,
+                   help="no computing: print the markdown tables (x*y factors, Dirac-GAN) of the one record in "
+                        "DIR (a record folder, or a folder holding one), e.g. results/02 (default: none)")
+    common.add_common_args(p)
+    return common.parse_with_quick(p, argv, QUICK)
+
+
+def check_args(args) -> None:
+    """Refuse, before anything runs, settings whose numbers would be meaningless: a JS table beyond the
+    integral's accuracy, or iterates that leave float64 range (the runs are linear on x*y, so their
+    growth is known in advance: |z_t| is |z_0| * rho^t up to a constant factor, rho the rule's
+    per-step factor, and the limit 1e150 leaves 158 orders of magnitude for that constant)."""
+    if args.mu_max > MU_MAX_ACCURATE:
+        raise common.UserError(f"--mu_max {args.mu_max:g}: the log-space JS integral is accurate (relative "
+                               f"error < 1e-10) only up to mu = {MU_MAX_ACCURATE:g}; use --mu_max "
+                               f"{MU_MAX_ACCURATE:g} or less")
+    if args.n_mu < 2:
+        raise common.UserError(f"--n_mu {args.n_mu}: the JS table needs at least 2 shifts (0 and --mu_max)")
+    for flags, start, tol_flag, tol in (
+            (f"--x0 {args.x0:g} --y0 {args.y0:g}", (args.x0, args.y0), "--tol", args.tol),
+            (f"--theta0 {args.theta0:g} --psi0 {args.psi0:g}", (args.theta0, args.psi0), "--dirac_tol", args.dirac_tol)):
+        r = math.hypot(*start)
+        if r > Z_LIMIT:
+            raise common.UserError(f"{flags}: the start is {r:.3g} from (0, 0); the games are run in float64 "
+                                   f"and need it below {Z_LIMIT:g}")
+        if r < 1e-150:
+            raise common.UserError(f"{flags}: the start is the equilibrium (0, 0) itself (or within 1e-150 of "
+                                   f"it), where no rule moves; start elsewhere")
+        if tol >= r:
+            raise common.UserError(f"{tol_flag} {tol:g}: every rule would count as converged from the start, "
+                                   f"which is {r:.3g} from (0, 0); use a threshold below that")
+    log_start, log_limit = math.log(max(math.hypot(args.x0, args.y0), 1e-300)), math.log(Z_LIMIT)
+    start = f"from (--x0, --y0) = ({args.x0:g}, {args.y0:g})"
+    log_rho = {name: max(log_rule_factor(name, args), 0.0) for name in RULES}
+    fastest = max(log_rho, key=log_rho.get)          # the rule that grows fastest sets the limit
+    log_end = log_start + args.n_steps * log_rho[fastest]
+    if log_end > log_limit:
+        most = int((log_limit - log_start) / log_rho[fastest]) if math.isfinite(log_rho[fastest]) else 0
+        hint = f"use --n_steps {most} or fewer, or a smaller --lr" if most >= 10 else "use a smaller --lr"
+        raise common.UserError(
+            f"--lr {args.lr:g} --n_steps {args.n_steps} {start}: the {fastest} iterates would grow to about "
+            f"10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g} (float64 holds 1e308); {hint}")
+    for lr in args.swing_lrs:
+        log_end = log_start + swing_steps(lr) * math.log(simultaneous_factor(lr))
+        if log_end > log_limit:
+            raise common.UserError(
+                f"--swing_lrs {lr:g} {start}: three turns ({swing_steps(lr)} steps) of simultaneous GDA would "
+                f"grow to about 10^{log_end / math.log(10):.0f}, beyond {Z_LIMIT:g}; use a smaller step")
+
+
+def log_rule_factor(name: str, args) -> float:
+    """log of the per-step growth factor of rule `name` on x*y; inf where it overflows float64."""
+    try:
+        rho = analytic_factor(name, args)[0]
+    except (OverflowError, RuntimeError, ValueError):  # lr**4, or eigenvalues of a matrix with infinities
+        return math.inf
+    if not math.isfinite(rho):
+        return math.inf
+    return math.log(rho) if rho > 0 else -math.inf
+
+
+def memory_needed(args) -> float:
+    """Bytes the run keeps: every iterate of every rule and variant with its CSV row (a Python dict), the
+    Monte-Carlo noise of one instance-noise step, and the (n_mu, 3201) grids of the JS integrals."""
+    xy_step = len(RULES) * 48 + 600                   # trajectory, distance, ratios; one CSV row of 7 numbers
+    dirac_step = 12 * 40 + 2000                       # 6 variants x 2 modes; one CSV row of 25 numbers
+    js = args.n_mu * (3201 * 8 * 12 + 1601 * 8 * 6 + 1000)
+    noise = args.noise_samples * 8 * 10
+    return float(args.n_steps * xy_step + args.dirac_steps * dirac_step + js + noise)
+
+
+def size_flags(args) -> str:
+    """The flags that set the memory of a run and differ from their defaults, for the one line that
+    refuses a run too big for the machine."""
+    return common.flags_text(args, ["n_steps", "dirac_steps", "n_mu", "noise_samples"],
+                             parse_args(["--quick"] if args.quick else []))
+
+
+# 4. reporting: curves, figures, and the tables from the record
 COLORS = {"simultaneous": "tab:red", "alternating": "tab:orange", "optimistic": "tab:blue",
           "extragradient": "tab:green", "consensus": "tab:purple", "negative_momentum": "tab:brown"}
 
@@ -769,7 +755,30 @@ def plot_js(res, run_dir):
     common.savefig(fig, run_dir / "js_vanishing_gradient.png")
 
 
-# ----------------------------------------------------------------------------- 7. tables, from the record
+def save_curves(xy, dirac, js, args, run_dir):
+    c = common.Curves(run_dir / "xy_distance.csv")
+    for t in range(args.n_steps + 1):
+        c.log(step=t, **{name: float(xy["distances"][name][t]) for name in RULES})
+    c.save()
+    c = common.Curves(run_dir / "dirac_gan_trajectories.csv")
+    for t in range(args.dirac_steps + 1):
+        row = {"step": t}
+        for (name, mode), traj in dirac["trajectories"].items():
+            row[f"{name}_{mode}_theta"], row[f"{name}_{mode}_psi"] = float(traj[t, 0]), float(traj[t, 1])
+        c.log(**row)
+    c.save()
+    c = common.Curves(run_dir / "js_vanishing_gradient.csv")
+    ln10 = math.log(10)
+    for i in range(len(js["mu"])):
+        c.log(mu=float(js["mu"][i]), js=float(js["js"]["js"][i]),
+              log10_ln2_minus_js=float(js["js"]["log_gap"][i] / ln10),
+              log10_abs_djs_dmu=float(js["js"]["log_djs_dmu"][i] / ln10),
+              log10_grad_minimax=float(js["gen"]["log_minimax"][i] / ln10),
+              log10_grad_nonsaturating=float(js["gen"]["log_nonsaturating"][i] / ln10),
+              naive_js=float(js["naive"][i]), naive_fd_djs_dmu=float(js["naive_grad"][i]))
+    c.save()
+
+
 RULE_LABELS = {"simultaneous": "simultaneous GDA", "alternating": "alternating GDA",
                "optimistic": "optimistic GDA (Daskalakis et al. 2018)",
                "extragradient": "extragradient (Korpelevich; Gidel et al. 2019)",
@@ -838,31 +847,22 @@ def print_tables(folder) -> dict:
     return {"table": text, "record": name}
 
 
-# ----------------------------------------------------------------------------- main
-def save_curves(xy, dirac, js, args, run_dir):
-    c = common.Curves(run_dir / "xy_distance.csv")
-    for t in range(args.n_steps + 1):
-        c.log(step=t, **{name: float(xy["distances"][name][t]) for name in RULES})
-    c.save()
-    c = common.Curves(run_dir / "dirac_gan_trajectories.csv")
-    for t in range(args.dirac_steps + 1):
-        row = {"step": t}
-        for (name, mode), traj in dirac["trajectories"].items():
-            row[f"{name}_{mode}_theta"], row[f"{name}_{mode}_psi"] = float(traj[t, 0]), float(traj[t, 1])
-        c.log(**row)
-    c.save()
-    c = common.Curves(run_dir / "js_vanishing_gradient.csv")
-    ln10 = math.log(10)
-    for i in range(len(js["mu"])):
-        c.log(mu=float(js["mu"][i]), js=float(js["js"]["js"][i]),
-              log10_ln2_minus_js=float(js["js"]["log_gap"][i] / ln10),
-              log10_abs_djs_dmu=float(js["js"]["log_djs_dmu"][i] / ln10),
-              log10_grad_minimax=float(js["gen"]["log_minimax"][i] / ln10),
-              log10_grad_nonsaturating=float(js["gen"]["log_nonsaturating"][i] / ln10),
-              naive_js=float(js["naive"][i]), naive_fd_djs_dmu=float(js["naive_grad"][i]))
-    c.save()
+def print_summary(metrics: dict, mu_max: float, run_dir) -> None:
+    """The run's outcome on the console: every rule's factor, every Dirac-GAN variant, the JS gradient at mu_max."""
+    for rule, m in metrics["xy_game"]["rules"].items():
+        print(f"  x*y {rule:18s} factor {m['growth_factor_measured']:.6f} (analytic {m['growth_factor_analytic']:.6f})  "
+              f"final |z| {m['final_distance']:.3g}  {'converged' if m['converged'] else 'not converged'}")
+    for n, v in metrics["dirac_gan"]["variants"].items():
+        print(f"  Dirac-GAN {n:15s} sim: |z| {v['simultaneous']['final_distance']:.3g} "
+              f"({'converged' if v['simultaneous']['converged'] else 'no'}), alt: |z| "
+              f"{v['alternating']['final_distance']:.3g} ({'converged' if v['alternating']['converged'] else 'no'})")
+    j30 = metrics["js"]["at"].get(f"mu={mu_max:g}", {})
+    print(f"  JS at mu={mu_max:g}: ln2 - JS = 10^{j30.get('log10_ln2_minus_js', float('nan')):.1f}, "
+          f"|dJS/dmu| = 10^{j30.get('log10_abs_djs_dmu', float('nan')):.1f}; "
+          f"done in {metrics['seconds']:.1f} s; outputs in {run_dir}")
 
 
+# 5. main
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -874,12 +874,14 @@ def main(argv=None) -> dict:
     check_args(args)
     if args.records is not None:
         common.check_writable_folder(args.records, "--records")
-    sizes = common.flags_text(args, ["n_steps", "dirac_steps", "n_mu", "noise_samples"],
-                              parse_args(["--quick"] if args.quick else []))
-    common.check_memory(memory_needed(args), sizes)
+    common.check_memory(memory_needed(args), size_flags(args))
     common.set_seed(args.seed, args.deterministic)
     if args.device not in ("auto", "cpu"):
         print(f"02: note: everything here is a float64 scalar loop and runs on the CPU (--device {args.device} ignored)")
+    return run(args, argv)
+
+
+def run(args, argv) -> dict:
     name = f"lr{args.lr:g}_seed{args.seed}" + ("_quick" if args.quick else "")
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"02: x*y game (eta {args.lr:g}, {args.n_steps} steps), Dirac-GAN (h {args.dirac_lr:g}, "
@@ -913,18 +915,9 @@ def main(argv=None) -> dict:
     }
     common.save_json(run_dir / "metrics.json", metrics)
     if args.records is not None:
-        print(f"02: the record of this run is in {common.copy_record(run_dir, Path(args.records) / (args.run_name or name))}")
-    for rule, m in xy["metrics"].items():
-        print(f"  x*y {rule:18s} factor {m['growth_factor_measured']:.6f} (analytic {m['growth_factor_analytic']:.6f})  "
-              f"final |z| {m['final_distance']:.3g}  {'converged' if m['converged'] else 'not converged'}")
-    for n, v in dirac["metrics"].items():
-        print(f"  Dirac-GAN {n:15s} sim: |z| {v['simultaneous']['final_distance']:.3g} "
-              f"({'converged' if v['simultaneous']['converged'] else 'no'}), alt: |z| "
-              f"{v['alternating']['final_distance']:.3g} ({'converged' if v['alternating']['converged'] else 'no'})")
-    j30 = metrics["js"]["at"].get(f"mu={float(js['mu'][-1]):g}", {})
-    print(f"  JS at mu={float(js['mu'][-1]):g}: ln2 - JS = 10^{j30.get('log10_ln2_minus_js', float('nan')):.1f}, "
-          f"|dJS/dmu| = 10^{j30.get('log10_abs_djs_dmu', float('nan')):.1f}; "
-          f"done in {seconds:.1f} s; outputs in {run_dir}")
+        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
+        print(f"02: the record of this run is in {record}")
+    print_summary(metrics, float(js["mu"][-1]), run_dir)
     return metrics
 
 
