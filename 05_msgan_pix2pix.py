@@ -306,7 +306,9 @@ def dcgan_mode_seeking_init(net: nn.Module, std: float = 0.02) -> nn.Module:
     (Conv2d, ConvTranspose2d) is redrawn from N(0, std^2), std = 0.02 as in DCGAN (Radford et al.
     2016). Nothing else changes: biases keep PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and
     BatchNorm its weight 1 and bias 0. The official code walks each net's direct children, which there
-    are the layers themselves; here they sit in an nn.Sequential, so every submodule is visited."""
+    are the layers themselves; here they sit in an nn.Sequential, so every submodule is visited.
+    Those defaults are the installed PyTorch's, not the 0.4.0 of the official README, where BatchNorm's
+    weight started U(0, 1) and a transposed convolution's bias bound used in_channels (not out_channels)."""
     for module in net.modules():
         if type(module).__name__.startswith("Conv"):
             nn.init.normal_(module.weight, 0.0, std)
@@ -762,7 +764,7 @@ BASELINE = {"pix2pix": "pix2pix", "class": "cdcgan"}  # the lambda_ms = 0 model 
 TASK_DEFAULTS = {
     "pix2pix": dict(nz=8, batch_size=64, ngf=16, ndf=16, ndb_k=40, log_every=50, checkpoint_every=200),
     "class": dict(nz=100, batch_size=32, ngf=128, ndf=128, ndb_k=250, log_every=200, checkpoint_every=1000),
-}
+}  # class ndb_k: ~24 training images per bin (the NDB authors advise ~500), so only large differences count
 QUICK = {
     "pix2pix": dict(n_steps=30, batch_size=16, n_eval_inputs=20, ndb_k=10, log_every=10, checkpoint_every=10),
     "class": dict(n_epochs=1, n_train=1280, ngf=8, ndf=8, n_eval_per_label=200, ndb_k=10, log_every=10,
@@ -819,7 +821,8 @@ def parse_args(argv=None):
     p.add_argument("--ndb_k", type=common.positive_int, default=None,
                    help=_task_help("ndb_k", "NDB bins (06_metrics); class: per label, fitted on that label's "
                                             "training images (250 is not checked against the paper)"))
-    p.add_argument("--log_every", type=common.positive_int, default=None, help=_task_help("log_every", "steps between curve rows"))
+    p.add_argument("--log_every", type=common.positive_int, default=None,
+                   help=_task_help("log_every", "steps between curve rows"))
     p.add_argument("--checkpoint_every", type=common.positive_int, default=None,
                    help=_task_help("checkpoint_every", "steps between checkpoints"))
     p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
