@@ -1,96 +1,23 @@
-"""05_msgan_pix2pix.py - MSGAN's mode-seeking loss on a pix2pix generator: does the noise z matter?
+"""05_msgan_pix2pix.py - MSGAN's mode-seeking loss on conditional generators: does the noise z matter?
 
 MSGAN (Mao, Lee, Tseng, Ma, Yang, "Mode Seeking Generative Adversarial Networks for Diverse Image
-Synthesis", CVPR 2019) observes that a conditional GAN learns to ignore its noise: one input, one output,
-whatever z is. Its fix is one term in the generator's loss. This script trains the same pix2pix model
-(BicycleGAN-style U-Net with z broadcast and concatenated, multi-scale PatchGAN, LSGAN + 10 * L1) with
-and without that term, on a task whose modes are known, and measures how many of them each one produces.
+Synthesis", CVPR 2019; the authors' code: HelenMao/MSGAN) observes that a conditional GAN learns to ignore
+its noise, and adds one term to the generator's loss (`mode_seeking_loss`). Each model is trained with and
+without it on the same seeds: a pix2pix U-Net (default) on colour MNIST, where a digit is to be painted in
+one of 8 colours (8 right answers per input), and, with --task class, MSGAN's label-conditioned DCGAN on
+MNIST, scored per label as the paper's Table 2. You should see pix2pix give one colour per input whatever
+z is, and the term make z matter at a cost in fidelity; the tables and every difference from the authors'
+code are in results/05/README.md.
 
-The task (default): input = an MNIST digit (grayscale, 32x32); target = the same digit painted in one of
-K = 8 colours, drawn uniformly for each example: strokes in the full colour, background in the same
-colour at half strength (--background 0.5; 0 paints the strokes only, on grey). The palette is the 8
-corners of the RGB cube (black, blue, green, cyan, red, magenta, yellow, white): any two differ by at
-least 1.0 (RGB in [0, 1]) and their average is plain mid-grey, so "averaging the colours" is visible and
-no colour is closer to it than another. Each input has 8 equally right answers; 10 uniform draws show
-5.9 of them on average. What to look for: how many colours one input gets over 10 noise vectors, and
-whether the digit survives (the 06 classifier reads the outputs turned back to gray).
-
-Measured (seeds 0-2, 1600 steps of 64, mean +- s.e.; `--seeds 3 --lambda_ms 1 0.1`; results/05/
-pix2pix_metrics.json): pix2pix ignores z completely, 1.00 +- 0.00 colours per input, one colour for every
-input, digits intact (accuracy 0.97). The mode-seeking term makes z matter, but buys it with the digit:
-at the official weight 1, 2.75 +- 0.22 colours per input, textured fields near two opposite cube corners
-(magenta/green in seed 0: the pair farthest apart in L1, which the term rewards), none on a palette
-colour, accuracy 0.08 +- 0.01; at 0.1, 2.95 +- 0.42 colours and accuracy 0.74 +- 0.03. No model comes
-near the real 6.0 colours.
-
-Also runs on any dataset in the pix2pix folder format (ROOT/train/*.jpg, ROOT/test/*.jpg, each image
-A|B side by side): --dataset folder --data_root ROOT [--direction AtoB|BtoA].
-
---task class: MSGAN's first task (Sec. 4.2, "conditioned on class label"), where the condition carries
-little information: a conditional DCGAN whose label enters both networks, trained with lambda_ms = 0
-(cdcgan) and 1 (msgan_ms1) on the same seeds and steps, scored per label then averaged over the ten:
-the Frechet distance of the 06 classifier's features of 5,000 generated images of the label against
-the training images of that label, NDB and JSD against K-means bins fitted on those training images
-(k = 250 per label), the within-label diversity (mean pairwise L1; LPIPS where it can run) and the
-classifier's accuracy on the generated images (is the label obeyed). Modelled on the official
-DCGAN-Mode-Seeking code (HelenMao/MSGAN: networks.py, model.py, options.py, train.py, test.py), whose
-settings are the defaults here: Adam 2e-4, betas (0.5, 0.999), weight decay 1e-4 on both nets, batch
-32, nz 100, widths d = 128, 200 epochs, BCE, the one-hot label concatenated to z in G and broadcast to
-ten image planes concatenated to the image in D, one G pass for two noise vectors, `update_D` (both
-fakes, the real batch counted twice) then `update_G` through the updated D, the term over the whole
-batch as mean|G(z2) - G(z1)| / mean|z2 - z1| and 1 / (lz + 1e-5), incomplete last batches skipped,
-generation with G in eval mode, and their initialisation (`dcgan_mode_seeking_init`, applied to G then
-D before training as their `initialize`): N(0, 0.02) on the weight of every convolution and transposed
-convolution, biases and BatchNorm left to PyTorch. Differences from it:
-  - data: MNIST, 28x28x1, ten digits, instead of CIFAR-10 32x32x3; pixels in [-1, 1] as theirs;
-  - shapes: G goes 1 -> 3 -> 7 -> 14 -> 28 (3x3 kernels in its first two layers, theirs 4x4: 1 -> 4 ->
-    8 -> 16 -> 32); D goes 28 -> 14 -> 7 -> 3 -> 1 (a 3x3 stride-2 third and a 3x3 last convolution,
-    theirs 4x4); D reads 1 + 10 channels (theirs 3 + 10);
-  - D returns logits and the loss is BCE-with-logits: the same loss as their Sigmoid + BCELoss, without
-    its clamp of log(0) at -100;
-  - what `gaussian_weights_init` leaves to the library comes from the installed PyTorch, not from the
-    0.4.0 their README names. There BatchNorm's weight started U(0, 1) and a transposed convolution's
-    bias U(-b, b) with b = 1/sqrt(in_channels * k * k); from PyTorch 1.2 on BatchNorm's weight starts at
-    1 (its bias at 0 in both), and since 1.0 the transposed bias uses b = 1/sqrt(out_channels * k * k)
-    (G's output layer: +-0.25 here against +-0.022 for theirs at d = 128). Convolution biases use
-    1/sqrt(in_channels * k * k) in both, with our kernel sizes and channels;
-  - D's real term is one pass counted twice (theirs: two passes over the same batch, the same output;
-    only BatchNorm's running statistics differ, which D never uses); D's parameters are frozen during
-    the G step (theirs receive gradients that are zeroed before D's next step: the same updates);
-  - scoring: the Frechet distance uses 06's MNIST classifier's 128 features, not Inception's 2,048, so
-    its numbers are not comparable with the paper's FID; k = 250 bins per label is not checked against
-    the paper: the official DCGAN folder has no NDB code (the authors point to gans-n-gmms' ndb.py);
-    with about 6,000 training images per label that is ~24 real images per bin (the NDB authors advise
-    ~500), so only large differences are significant;
-  - the measured comparison is shrunk to fit the CPU: see "Measured (class)" below.
-
-Measured (class; seeds 0-2, mean +- s.e.; `--task class --seeds 3 --ngf 24 --ndf 24 --n_epochs 1`: widths
-24 instead of 128 and 1 epoch of MNIST (1,875 steps of 32) instead of the paper's 200 epochs of CIFAR-10,
-5,000 images per label, k = 250; AMD EPYC, one thread, 36 min wall, 29 min of CPU for the training):
-the term raises the within-label diversity, on every seed and every label (30 of 30), from 0.263 +-
-0.004 to 0.290 +- 0.001 (real test digits 0.275), and matches the bins better (NDB 156 +- 4 -> 125 +- 1
-of 250, JSD 0.138 -> 0.094), but costs fidelity: Frechet distance 148 +- 7 -> 184 +- 11 (real test
-digits 4.8) and the classifier reads the asked label less often, 0.805 +- 0.009 -> 0.740 +- 0.017.
-
-Run:  python 05_msgan_pix2pix.py                 (pix2pix and MSGAN, 1 seed, ~12 min on one CPU core)
-      python 05_msgan_pix2pix.py --seeds 3 --lambda_ms 1 0.1   (the table: 3 models x seeds 0, 1, 2)
-      python 05_msgan_pix2pix.py --quick         (smoke run, seconds)
-      python 05_msgan_pix2pix.py --task class    (the official class-task settings: 200 epochs at width
-                                                  128; at the 27 training images/s measured for width 128
-                                                  on one thread of an AMD EPYC, about 5 days per model)
-      python 05_msgan_pix2pix.py --task class --seeds 3 --ngf 24 --ndf 24 --n_epochs 1   (the measured
-                                                  table, 36 min on one thread)
-      python 05_msgan_pix2pix.py --task class --quick                  (smoke run, ~20 s of CPU)
-      python 05_msgan_pix2pix.py --table results/05/class_metrics.json (the README table from the records)
-Needs: common.py, and 06_metrics.py for NDB/JSD and the classifier accuracy (reported as null without it;
---task class refuses to run without it)
+Run:  python 05_msgan_pix2pix.py --seeds 3 --lambda_ms 1 0.1     (the pix2pix table; --quick: seconds)
+      python 05_msgan_pix2pix.py --task class --seeds 3 --ngf 24 --ndf 24 --n_epochs 1    (the class table)
+      python 05_msgan_pix2pix.py --table results/05/class_metrics.json     (a table from a run's records)
+Needs: common.py; 06_metrics.py for NDB/JSD and the classifier (null without it; --task class needs it)
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -102,14 +29,17 @@ import common
 
 METRICS = common.Sibling("06_metrics", "NDB/JSD and the MNIST classifier", __file__)   # optional: scores without it are null
 
-# The 8 colours of the default task: the corners of the RGB cube, as signs in [-1, 1] pixel units
-# (0 = mid-grey). Target pixel = colour * (b + (1 - b) * stroke intensity), b = --background.
+# The default task: an MNIST digit (32x32) in, the same digit painted in one of 8 colours out, drawn
+# uniformly per example: target = colour * (b + (1 - b) * stroke intensity), b = --background. The colours
+# are the RGB cube's corners, as signs in [-1, 1] pixel units: their average is mid-grey (0), so averaging
+# the colours is visible and no colour is closer to it than another.
 PALETTE_NAMES = ["black", "blue", "green", "cyan", "red", "magenta", "yellow", "white"]
 PALETTE = torch.tensor([[r, g, b] for r in (-1.0, 1.0) for g in (-1.0, 1.0) for b in (-1.0, 1.0)])
 ON_PALETTE_RADIUS = 0.5  # [-1, 1] units; palette colours are >= 2.0 apart, the background 1.73 away
+N_CLASSES = 10  # --task class: conditioned on the MNIST label
 
 
-# ----------------------------------------------------------------------------- the idea: the mode-seeking term
+# 1. the method: the mode-seeking term; pix2pix's step, networks and losses; the class task's; data; train()
 def mode_seeking_loss(fake1: torch.Tensor, fake2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor,
                       eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """MSGAN's mode-seeking regulariser (Mao et al., CVPR 2019, Sec. 3.2), as its official pix2pix code
@@ -127,335 +57,30 @@ def mode_seeking_loss(fake1: torch.Tensor, fake2: torch.Tensor, z1: torch.Tensor
     return 1.0 / (lz + eps), lz
 
 
-def lsgan_loss(outputs: list[torch.Tensor], target_is_real: bool) -> torch.Tensor:
-    """LSGAN (Mao et al. 2017): mean squared error to 1 (real) or 0 (fake), summed over the
-    discriminator's scales, as in the BicycleGAN/MSGAN GANLoss."""
-    target = 1.0 if target_is_real else 0.0
-    return sum(F.mse_loss(o, torch.full_like(o, target)) for o in outputs)
+def pix2pix_step(G, D, opt_g, opt_d, cond, target, z, lambda_l1: float, lambda_ms: float, lr: float):
+    """One step of MSGAN's pix2pix (`optimize_parameters`): one G pass for two noise vectors per input, a
+    G step through the frozen D, then a D step on the same (detached) fakes. lambda_ms = 0 is the pix2pix
+    baseline. Returns (fakes, G's loss, D's loss, G's loss terms)."""
+    for group in (*opt_g.param_groups, *opt_d.param_groups):
+        group["lr"] = lr
+    B = len(cond)
+    fake = G(torch.cat([cond, cond]), z)  # one pass for both noise vectors, as the official code
+    fake1, fake2 = fake[:B], fake[B:]
+    D.requires_grad_(False)
+    g_loss, stats = generator_loss(D, cond, fake1, fake2, target, z[:B], z[B:], lambda_l1, lambda_ms)
+    descend(opt_g, g_loss)
+    D.requires_grad_(True)
+    d_loss = discriminator_loss(D, cond, fake1.detach(), fake2.detach(), target)
+    descend(opt_d, d_loss)
+    return fake, g_loss, d_loss, stats
 
 
-def generator_loss(D, cond, fake1, fake2, target, z1, z2, lambda_l1: float, lambda_ms: float):
-    """The generator's loss in MSGAN's pix2pix (`backward_G`): both fakes must fool D, only the first
-    is pulled to the target by L1, and the mode-seeking term compares the two. lambda_ms = 0 is the
-    pix2pix baseline with everything else identical."""
-    g_gan = lsgan_loss(D(torch.cat([cond, fake1], 1)), True) + lsgan_loss(D(torch.cat([cond, fake2], 1)), True)
-    g_l1 = F.l1_loss(fake1, target)
-    l_ms, lz = mode_seeking_loss(fake1, fake2, z1, z2)
-    total = g_gan + lambda_l1 * g_l1 + (lambda_ms * l_ms if lambda_ms > 0 else 0.0)
-    return total, {"g_gan": g_gan.detach(), "g_l1": g_l1.detach(), "lz": lz.detach(), "l_ms": l_ms.detach()}
+def descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
-def discriminator_loss(D, cond, fake1, fake2, target):
-    """The discriminator sees both fakes; the official `backward_D` counts the real term twice
-    (loss_D_real1 + loss_D_real2, the same prediction), so real and fake weigh the same."""
-    real = D(torch.cat([cond, target], 1))
-    return (lsgan_loss(D(torch.cat([cond, fake1], 1)), False) + lsgan_loss(D(torch.cat([cond, fake2], 1)), False)
-            + 2 * lsgan_loss(real, True))
-
-
-def bce_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
-    """The official DCGAN-Mode-Seeking loss, binary cross-entropy on D's sigmoid output, here on the
-    logits (the same loss, computed without the log(0) clamp)."""
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if target_is_real else 0.0))
-
-
-def class_discriminator_loss(D, real, fake1, fake2, onehot):
-    """The class task's D loss (official `update_D`): `backward_D` once per fake, each with its own
-    real term, so the real batch counts twice (one D pass here: D's output on it is the same)."""
-    return (bce_loss(D(fake1, onehot), False) + bce_loss(D(fake2, onehot), False)
-            + 2 * bce_loss(D(real, onehot), True))
-
-
-def class_generator_loss(D, fake1, fake2, onehot, z1, z2, lambda_ms: float):
-    """The class task's G loss (official `update_G`): both fakes must fool D (non-saturating BCE), plus
-    lambda_ms times the mode-seeking term over the batch. lambda_ms = 0 is the conditional DCGAN."""
-    g_gan = bce_loss(D(fake1, onehot), True) + bce_loss(D(fake2, onehot), True)
-    l_ms, lz = mode_seeking_loss(fake1, fake2, z1, z2)
-    total = g_gan + (lambda_ms * l_ms if lambda_ms > 0 else 0.0)
-    return total, {"g_gan": g_gan.detach(), "lz": lz.detach(), "l_ms": l_ms.detach()}
-
-
-# ----------------------------------------------------------------------------- 1. arguments
-TASKS = ("pix2pix", "class")
-BASELINE = {"pix2pix": "pix2pix", "class": "cdcgan"}  # the lambda_ms = 0 model of each task
-# Flags whose default depends on --task (their argparse default is None), and what --quick changes.
-# Under --quick these are only defaults: a flag given on the command line always wins.
-TASK_DEFAULTS = {
-    "pix2pix": dict(nz=8, batch_size=64, ngf=16, ndf=16, ndb_k=40, log_every=50, checkpoint_every=200),
-    "class": dict(nz=100, batch_size=32, ngf=128, ndf=128, ndb_k=250, log_every=200, checkpoint_every=1000),
-}
-QUICK = {
-    "pix2pix": dict(n_steps=30, batch_size=16, n_eval_inputs=20, ndb_k=10, log_every=10, checkpoint_every=10),
-    "class": dict(n_epochs=1, n_train=1280, ngf=8, ndf=8, n_eval_per_label=200, ndb_k=10, log_every=10,
-                  checkpoint_every=20),
-}
-PIX2PIX_ONLY = ("dataset", "direction", "background", "img_size", "lambda_L1", "where_add", "num_D", "n_steps",
-                "decay_steps", "n_eval_inputs")
-CLASS_ONLY = ("n_epochs", "n_train", "n_eval_per_label", "weight_decay")
-
-
-def _task_help(flag: str, what: str) -> str:
-    """Help text naming a task-dependent default and its --quick value."""
-    parts = [f"{task}: {TASK_DEFAULTS[task][flag]}" for task in TASKS if flag in TASK_DEFAULTS[task]]
-    quick = [f"{task} {QUICK[task][flag]}" for task in TASKS if flag in QUICK[task]]
-    return f"{what} (default {', '.join(parts)}" + (f"; --quick: {', '.join(quick)})" if quick else ")")
-
-
-def _quick_help(task: str, flag: str) -> str:
-    return f"; --quick: {QUICK[task][flag]}" if flag in QUICK[task] else ""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: ...)" except for task-dependent flags (default None), whose help names them."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
-def parse_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = common.ArgParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
-    p.add_argument("--task", choices=TASKS, default="pix2pix",
-                   help="pix2pix: image-conditioned (a U-Net, the colour task or a pix2pix folder); class: "
-                        "label-conditioned DCGAN on MNIST, scored per label as MSGAN's Table 2")
-    p.add_argument("--table", metavar="METRICS_JSON", default=None,
-                   help="print the comparison table of a finished run (its metrics.json, e.g. "
-                        "results/05/class_metrics.json) and exit; nothing is trained")
-    p.add_argument("--lambda_ms", type=common.positive_float, nargs="+", default=[1.0],
-                   help="weight(s) of the mode-seeking term, one MSGAN model each (official: 1); the baseline uses 0")
-    p.add_argument("--models", nargs="+", choices=["pix2pix", "cdcgan", "msgan"], default=None,
-                   help="which models to train: the task's baseline (pix2pix or cdcgan) and/or msgan "
-                        "(default: both)")
-    p.add_argument("--nz", type=common.positive_int, default=None, help=_task_help("nz", "noise dimension (official values)"))
-    p.add_argument("--ngf", type=common.positive_int, default=None,
-                   help=_task_help("ngf", "generator width (official: 64 for pix2pix at 256x256, 128 for class)"))
-    p.add_argument("--ndf", type=common.positive_int, default=None,
-                   help=_task_help("ndf", "discriminator width (official: 64 for pix2pix, 128 for class)"))
-    p.add_argument("--batch_size", type=common.positive_int, default=None, help=_task_help("batch_size", "batch size"))
-    p.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (official 2e-4)")
-    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1 (official)")
-    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2 (official)")
-    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (every model on each)")
-    p.add_argument("--n_eval_z", type=common.positive_int, default=10,
-                   help="noise vectors per test input (pix2pix) or per label in the sample figure (class)")
-    p.add_argument("--ndb_k", type=common.positive_int, default=None,
-                   help=_task_help("ndb_k", "NDB bins (06_metrics); class: per label, fitted on that label's "
-                                            "training images (250 is not checked against the paper)"))
-    p.add_argument("--log_every", type=common.positive_int, default=None, help=_task_help("log_every", "steps between curve rows"))
-    p.add_argument("--checkpoint_every", type=common.positive_int, default=None,
-                   help=_task_help("checkpoint_every", "steps between checkpoints"))
-    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
-                   help="folder holding MNIST/raw, or (--dataset folder) ROOT with train/ and test/")
-    g = p.add_argument_group("--task pix2pix")
-    g.add_argument("--dataset", choices=["colour_mnist", "folder"], default="colour_mnist",
-                   help="colour_mnist: the 8-colour MNIST task; folder: pix2pix folder format under --data_root")
-    g.add_argument("--direction", choices=["AtoB", "BtoA"], default="BtoA",
-                   help="folder data: translate left half A to right half B, or B to A (MSGAN's default BtoA)")
-    g.add_argument("--background", type=common.beta_float, default=0.5,
-                   help="colour_mnist: strength of the colour on the background, b in target = colour * "
-                        "(b + (1 - b) * digit); 0 paints the strokes only, on grey")
-    g.add_argument("--img_size", type=common.positive_int, default=None,
-                   help="image side, a power of 2 >= 8 (default: 32 for colour_mnist, which needs it; 64 for folder)")
-    g.add_argument("--lambda_L1", type=common.nonneg_float, default=10.0, help="weight of L1(G(c, z1), target)")
-    g.add_argument("--where_add", choices=["all", "input"], default="all",
-                   help="inject z into every encoder block (MSGAN's default) or the input only")
-    g.add_argument("--num_D", type=common.positive_int, default=2, help="PatchGAN scales (official 2)")
-    g.add_argument("--n_steps", type=common.positive_int, default=1600,
-                   help=f"training steps per model{_quick_help('pix2pix', 'n_steps')}")
-    g.add_argument("--decay_steps", type=common.nonneg_int, default=None,
-                   help="final steps over which the learning rate decays linearly to 0 (default: n_steps / 2)")
-    g.add_argument("--n_eval_inputs", type=common.positive_int, default=100,
-                   help=f"test inputs evaluated{_quick_help('pix2pix', 'n_eval_inputs')}")
-    g = p.add_argument_group("--task class")
-    g.add_argument("--n_epochs", type=common.positive_int, default=200,
-                   help=f"epochs over --n_train images (official: 200){_quick_help('class', 'n_epochs')}")
-    g.add_argument("--n_train", type=common.positive_int, default=60000,
-                   help=f"training images (a seeded subset when < 60,000){_quick_help('class', 'n_train')}")
-    g.add_argument("--weight_decay", type=common.nonneg_float, default=1e-4, help="Adam weight decay, both nets (official)")
-    g.add_argument("--n_eval_per_label", type=common.positive_int, default=5000,
-                   help=f"generated images scored per label (official test: 5,000){_quick_help('class', 'n_eval_per_label')}")
-    common.add_common_args(p, resume=True)
-    for action in p._actions:  # --quick's own help says what it changes
-        if action.dest == "quick":
-            action.help = ("smaller defaults for a smoke run of seconds (pix2pix: " + ", ".join(
-                f"{k} {v}" for k, v in QUICK["pix2pix"].items()) + "; class: " + ", ".join(
-                f"{k} {v}" for k, v in QUICK["class"].items()) + "); flags given explicitly win")
-    args = p.parse_args(argv)
-    p.set_defaults(**{**TASK_DEFAULTS[args.task], **(QUICK[args.task] if args.quick else {})})
-    args = p.parse_args(argv)  # again, so that flags given explicitly win over the task's defaults
-    given = {a.split("=", 1)[0].lstrip("-") for a in argv if a.startswith("--")}
-    wrong = sorted(given & set(CLASS_ONLY if args.task == "pix2pix" else PIX2PIX_ONLY))
-    if wrong:
-        raise common.UserError(f"--{wrong[0]} is a flag of the other task (this run is --task {args.task}); see --help")
-    if args.models is None:
-        args.models = [BASELINE[args.task], "msgan"]
-    other = [m for m in args.models if m in BASELINE.values() and m != BASELINE[args.task]]
-    if other:
-        raise common.UserError(f"--models {other[0]}: the baseline of --task {args.task} is {BASELINE[args.task]}")
-    if args.task == "class":
-        return check_class_args(args)
-    if args.img_size is None:
-        args.img_size = 32 if args.dataset == "colour_mnist" else 64
-    if args.dataset == "colour_mnist" and args.img_size != 32:
-        raise common.UserError("--img_size: the colour_mnist task is 32x32 (MNIST's 28x28 padded by 2)")
-    if args.img_size < 8 or args.img_size & (args.img_size - 1):
-        raise common.UserError(f"--img_size {args.img_size}: use a power of 2 >= 8 (the U-Net halves it down to 1x1)")
-    smallest = args.img_size >> (args.num_D - 1)
-    if smallest // 2 ** patchgan_layers(args.img_size) - 2 < 1:
-        raise common.UserError(f"--num_D {args.num_D}: the PatchGAN's smallest scale ({smallest}x{smallest}) is too small "
-                               f"for {args.img_size}x{args.img_size} images; use fewer scales or larger images")
-    if args.decay_steps is None:
-        args.decay_steps = args.n_steps // 2
-    if args.decay_steps > args.n_steps:
-        raise common.UserError(f"--decay_steps {args.decay_steps} is more than --n_steps {args.n_steps}")
-    return args
-
-
-def check_class_args(args):
-    """Bounds of the class task that the flags alone decide (data-dependent ones: `load_class_data`)."""
-    if args.n_train > 60000:
-        raise common.UserError(f"--n_train {args.n_train}: MNIST has 60,000 training images")
-    if args.batch_size > args.n_train:
-        raise common.UserError(f"--batch_size {args.batch_size} is more than --n_train {args.n_train}")
-    if args.n_eval_per_label < 2:
-        raise common.UserError("--n_eval_per_label: the Frechet distance needs at least 2 images per label")
-    args.n_steps = args.n_epochs * (args.n_train // args.batch_size)  # full batches only, as the official loader
-    check_class_memory(args)
-    return args
-
-
-def class_memory_bytes(args) -> dict[str, float]:
-    """Rough peak memory of the class task, per part: the two nets' weights with their gradients and
-    Adam moments (4 copies), one training step's activations (both fakes, reals, D's passes, x3 for
-    the backward), and one label's generated images with their copies during scoring."""
-    nz, d, e, b = args.nz + N_CLASSES, args.ngf, args.ndf, args.batch_size
-    g_params = nz * 4 * d * 9 + 4 * d * 2 * d * 9 + 2 * d * d * 16 + d * 16
-    d_params = (1 + N_CLASSES) * e * 16 + e * 2 * e * 16 + 2 * e * 4 * e * 9 + 4 * e * 9
-    g_act = 2 * b * (nz + 4 * d * 9 + 2 * d * 49 + d * 196 + 784)
-    d_act = 4 * b * ((1 + N_CLASSES) * 784 + e * 196 + 2 * e * 49 + 4 * e * 9)
-    return {"weights": 16.0 * (g_params + d_params), "training step": 4.0 * 3 * (g_act + d_act),
-            "scoring": 4.0 * 4 * args.n_eval_per_label * 784}
-
-
-def check_class_memory(args) -> None:
-    """Refuse sizes that cannot fit in this machine's memory before allocating anything."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    need = class_memory_bytes(args)
-    if sum(need.values()) > 0.8 * total:
-        part = max(need, key=need.get)
-        flags = {"weights": "--nz, --ngf, --ndf", "training step": "--batch_size, --nz, --ngf, --ndf",
-                 "scoring": "--n_eval_per_label"}[part]
-        raise common.UserError(f"out of memory: the class task would need about {sum(need.values()) / 2 ** 30:.0f} GiB "
-                               f"(mostly the {part}), this machine has {total / 2 ** 30:.0f} GiB; lower {flags}")
-
-
-# ----------------------------------------------------------------------------- 2. data
-class PairedData:
-    """Inputs and targets as uint8 tensors on the device, turned into [-1, 1] floats per batch.
-
-    colour_mnist stores the digit and a colour index per example; targets are painted on the fly."""
-
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None = None, colours: torch.Tensor | None = None,
-                 labels: torch.Tensor | None = None, name: str = "", background: float = 0.0):
-        self.inputs, self.targets, self.colours, self.labels, self.name = inputs, targets, colours, labels, name
-        self.background = background
-
-    def __len__(self):
-        return len(self.inputs)
-
-    @property
-    def in_channels(self) -> int:
-        return self.inputs.shape[1]
-
-    @property
-    def out_channels(self) -> int:
-        return 3 if self.colours is not None else self.targets.shape[1]
-
-    def to(self, device):
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return PairedData(move(self.inputs), move(self.targets), move(self.colours), move(self.labels), self.name,
-                          self.background)
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.inputs[idx].float() / 127.5 - 1
-        if self.colours is not None:
-            return x, paint(paint_weight(self.inputs[idx].float() / 255, self.background), self.colours[idx])
-        return x, self.targets[idx].float() / 127.5 - 1
-
-
-def paint_weight(intensity: torch.Tensor, background: float) -> torch.Tensor:
-    """How strongly each pixel takes the colour: b on the background, 1 on full strokes."""
-    return background + (1 - background) * intensity
-
-
-def paint(weight: torch.Tensor, colour_idx: torch.Tensor) -> torch.Tensor:
-    """Paint weight maps (N, 1, H, W) (see `paint_weight`) in palette colours: (N, 3, H, W) in [-1, 1],
-    pixel = weight * colour; weight 0 is mid-grey, weight 1 the full palette colour."""
-    return weight * PALETTE.to(weight.device)[colour_idx].view(-1, 3, 1, 1)
-
-
-def colour_mnist(data_root: str, train: bool, background: float = 0.5) -> PairedData:
-    """MNIST padded to 32x32, with one palette colour per example drawn uniformly from a fixed
-    generator (training set: seed 0, test set: seed 1), so the dataset is the same in every run."""
-    images, labels = common.load_mnist(data_root, train=train)
-    images = F.pad(images, (2, 2, 2, 2))[:, None]  # (N, 1, 32, 32) uint8, black border
-    colours = torch.randint(len(PALETTE), (len(images),), generator=torch.Generator().manual_seed(0 if train else 1))
-    return PairedData(images, colours=colours, labels=labels, name="colour_mnist", background=background)
-
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def load_pix2pix_folder(root: str | Path, split: str, img_size: int, direction: str = "AtoB") -> PairedData:
-    """A dataset in the pix2pix folder format: ROOT/<split>/*.jpg, each image A|B side by side (width =
-    2 x height), as in the facades, maps, cityscapes and edges2* sets. Each half is resized to
-    img_size x img_size (bilinear, antialiased). AtoB: input A (left), target B (right); BtoA swaps."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    folder = Path(root) / split
-    if not folder.is_dir():
-        raise common.UserError(f"{folder} is not a folder: the pix2pix format needs {Path(root)}/train/ and "
-                               f"{Path(root)}/test/ holding A|B side-by-side images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise common.UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    a_list, b_list = [], []
-    for path in files:
-        try:
-            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        except OSError as e:
-            raise common.UserError(f"cannot read {path}: {common.one_line(e)[:200]}") from None
-        if data.numel() == 0:
-            raise common.UserError(f"cannot read image {path}: the file is empty")
-        try:  # bytes, not a path: decode_image takes a path only from torchvision 0.20
-            img = decode_image(data, mode=ImageReadMode.RGB)
-        except RuntimeError as e:  # what torchvision's decoders raise for bytes they cannot decode
-            raise common.UserError(f"cannot read image {path}: {common.one_line(e)[:200]}") from None
-        h, w = img.shape[1:]
-        if w != 2 * h:
-            raise common.UserError(f"{path} is {w}x{h}: the pix2pix format puts A and B side by side "
-                                   f"(width = 2 x height)")
-        halves = img[None].float().split(h, dim=3)  # A, B
-        a_list += [F.interpolate(halves[0], size=(img_size, img_size), mode="bilinear", antialias=True,
-                                 align_corners=False)]
-        b_list += [F.interpolate(halves[1], size=(img_size, img_size), mode="bilinear", antialias=True,
-                                 align_corners=False)]
-    to_u8 = lambda t: torch.cat(t).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
-    a, b = to_u8(a_list), to_u8(b_list)
-    return PairedData(a, b, name=Path(root).name) if direction == "AtoB" else PairedData(b, a, name=Path(root).name)
-
-
-def load_data(args) -> tuple[PairedData, PairedData]:
-    if args.dataset == "colour_mnist":
-        return colour_mnist(args.data_root, True, args.background), colour_mnist(args.data_root, False, args.background)
-    return (load_pix2pix_folder(args.data_root, "train", args.img_size, args.direction),
-            load_pix2pix_folder(args.data_root, "test", args.img_size, args.direction))
-
-
-# ----------------------------------------------------------------------------- 3. models
 def _norm(channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=False)  # BicycleGAN/MSGAN default norm
 
@@ -543,6 +168,38 @@ class MultiScalePatchGAN(nn.Module):
         return out
 
 
+def lsgan_loss(outputs: list[torch.Tensor], target_is_real: bool) -> torch.Tensor:
+    """LSGAN (Mao et al. 2017): mean squared error to 1 (real) or 0 (fake), summed over the
+    discriminator's scales, as in the BicycleGAN/MSGAN GANLoss."""
+    target = 1.0 if target_is_real else 0.0
+    return sum(F.mse_loss(o, torch.full_like(o, target)) for o in outputs)
+
+
+def generator_loss(D, cond, fake1, fake2, target, z1, z2, lambda_l1: float, lambda_ms: float):
+    """The generator's loss in MSGAN's pix2pix (`backward_G`): both fakes must fool D, only the first
+    is pulled to the target by L1, and the mode-seeking term compares the two. lambda_ms = 0 is the
+    pix2pix baseline with everything else identical."""
+    g_gan = lsgan_loss(D(torch.cat([cond, fake1], 1)), True) + lsgan_loss(D(torch.cat([cond, fake2], 1)), True)
+    g_l1 = F.l1_loss(fake1, target)
+    l_ms, lz = mode_seeking_loss(fake1, fake2, z1, z2)
+    total = g_gan + lambda_l1 * g_l1 + (lambda_ms * l_ms if lambda_ms > 0 else 0.0)
+    return total, {"g_gan": g_gan.detach(), "g_l1": g_l1.detach(), "lz": lz.detach(), "l_ms": l_ms.detach()}
+
+
+def discriminator_loss(D, cond, fake1, fake2, target):
+    """The discriminator sees both fakes; the official `backward_D` counts the real term twice
+    (loss_D_real1 + loss_D_real2, the same prediction), so real and fake weigh the same."""
+    real = D(torch.cat([cond, target], 1))
+    return (lsgan_loss(D(torch.cat([cond, fake1], 1)), False) + lsgan_loss(D(torch.cat([cond, fake2], 1)), False)
+            + 2 * lsgan_loss(real, True))
+
+
+def lr_factor(step: int, n_steps: int, decay_steps: int) -> float:
+    """pix2pix/BicycleGAN 'lambda' policy, per step (0-based) instead of per epoch: constant, then a
+    linear decay over the last decay_steps steps, 1 - k / (decay_steps + 1) at the k-th of them."""
+    return 1.0 - max(0, step + 1 - (n_steps - decay_steps)) / float(decay_steps + 1)
+
+
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """BicycleGAN's 'xavier' initialisation (MSGAN's default): Xavier-normal weights with gain 0.02,
     zero biases."""
@@ -566,6 +223,45 @@ def build_models(args, in_ch: int, out_ch: int, device) -> tuple[nn.Module, nn.M
     G = init_weights(UNetGenerator(in_ch, out_ch, args.nz, num_downs, args.ngf, args.where_add)).to(device)
     D = init_weights(MultiScalePatchGAN(in_ch + out_ch, args.ndf, n_layers, args.num_D)).to(device)
     return G, D
+
+
+def bce_loss(logits: torch.Tensor, target_is_real: bool) -> torch.Tensor:
+    """The official DCGAN-Mode-Seeking loss, binary cross-entropy on D's sigmoid output, here on the
+    logits (the same loss, computed without the log(0) clamp)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if target_is_real else 0.0))
+
+
+def class_discriminator_loss(D, real, fake1, fake2, onehot):
+    """The class task's D loss (official `update_D`): `backward_D` once per fake, each with its own
+    real term, so the real batch counts twice (one D pass here: D's output on it is the same)."""
+    return (bce_loss(D(fake1, onehot), False) + bce_loss(D(fake2, onehot), False)
+            + 2 * bce_loss(D(real, onehot), True))
+
+
+def class_generator_loss(D, fake1, fake2, onehot, z1, z2, lambda_ms: float):
+    """The class task's G loss (official `update_G`): both fakes must fool D (non-saturating BCE), plus
+    lambda_ms times the mode-seeking term over the batch. lambda_ms = 0 is the conditional DCGAN."""
+    g_gan = bce_loss(D(fake1, onehot), True) + bce_loss(D(fake2, onehot), True)
+    l_ms, lz = mode_seeking_loss(fake1, fake2, z1, z2)
+    total = g_gan + (lambda_ms * l_ms if lambda_ms > 0 else 0.0)
+    return total, {"g_gan": g_gan.detach(), "lz": lz.detach(), "l_ms": l_ms.detach()}
+
+
+def class_step(G, D, opt_g, opt_d, real, onehot, z, lambda_ms: float):
+    """One step of DCGAN-Mode-Seeking (`update_D` then `update_G`): one G pass for two noise vectors per
+    image, a D step on both (detached) fakes, then a G step through the updated D on the same fakes. D is
+    frozen during the G step (the official code's D gradients from it are zeroed before D's next step: the
+    same updates). lambda_ms = 0 is the conditional DCGAN. Returns as `pix2pix_step`."""
+    B = len(real)
+    fake = G(z, torch.cat([onehot, onehot]))
+    fake1, fake2 = fake[:B], fake[B:]
+    d_loss = class_discriminator_loss(D, real, fake1.detach(), fake2.detach(), onehot)
+    descend(opt_d, d_loss)
+    D.requires_grad_(False)
+    g_loss, stats = class_generator_loss(D, fake1, fake2, onehot, z[:B], z[B:], lambda_ms)
+    descend(opt_g, g_loss)
+    D.requires_grad_(True)
+    return fake, g_loss, d_loss, stats
 
 
 class ConditionalGenerator(nn.Module):
@@ -610,7 +306,9 @@ def dcgan_mode_seeking_init(net: nn.Module, std: float = 0.02) -> nn.Module:
     (Conv2d, ConvTranspose2d) is redrawn from N(0, std^2), std = 0.02 as in DCGAN (Radford et al.
     2016). Nothing else changes: biases keep PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) and
     BatchNorm its weight 1 and bias 0. The official code walks each net's direct children, which there
-    are the layers themselves; here they sit in an nn.Sequential, so every submodule is visited."""
+    are the layers themselves; here they sit in an nn.Sequential, so every submodule is visited.
+    Those defaults are the installed PyTorch's, not the 0.4.0 of the official README, where BatchNorm's
+    weight started U(0, 1) and a transposed convolution's bias bound used in_channels (not out_channels)."""
     for module in net.modules():
         if type(module).__name__.startswith("Conv"):
             nn.init.normal_(module.weight, 0.0, std)
@@ -626,7 +324,217 @@ def build_class_models(args, device) -> tuple[nn.Module, nn.Module]:
     return dcgan_mode_seeking_init(G).to(device), dcgan_mode_seeking_init(D).to(device)
 
 
-# ----------------------------------------------------------------------------- 4b. measuring the modes
+class PairedData:
+    """Inputs and targets as uint8 tensors on the device, turned into [-1, 1] floats per batch.
+
+    colour_mnist stores the digit and a colour index per example; targets are painted on the fly."""
+
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor | None = None, colours: torch.Tensor | None = None,
+                 labels: torch.Tensor | None = None, background: float = 0.0):
+        self.inputs, self.targets, self.colours, self.labels = inputs, targets, colours, labels
+        self.background = background
+
+    def __len__(self):
+        return len(self.inputs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
+    @property
+    def in_channels(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return 3 if self.colours is not None else self.targets.shape[1]
+
+    def to(self, device):
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return PairedData(move(self.inputs), move(self.targets), move(self.colours), move(self.labels), self.background)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inputs[idx].float() / 127.5 - 1
+        if self.colours is not None:
+            return x, paint(paint_weight(self.inputs[idx].float() / 255, self.background), self.colours[idx])
+        return x, self.targets[idx].float() / 127.5 - 1
+
+
+def paint_weight(intensity: torch.Tensor, background: float) -> torch.Tensor:
+    """How strongly each pixel takes the colour: b on the background, 1 on full strokes."""
+    return background + (1 - background) * intensity
+
+
+def paint(weight: torch.Tensor, colour_idx: torch.Tensor) -> torch.Tensor:
+    """Paint weight maps (N, 1, H, W) (see `paint_weight`) in palette colours: (N, 3, H, W) in [-1, 1],
+    pixel = weight * colour; weight 0 is mid-grey, weight 1 the full palette colour."""
+    return weight * PALETTE.to(weight.device)[colour_idx].view(-1, 3, 1, 1)
+
+
+def colour_mnist(data_root: str, train: bool, background: float = 0.5) -> PairedData:
+    """MNIST padded to 32x32, with one palette colour per example drawn uniformly from a fixed
+    generator (training set: seed 0, test set: seed 1), so the dataset is the same in every run."""
+    images, labels = common.load_mnist(data_root, train=train)
+    images = F.pad(images, (2, 2, 2, 2))[:, None]  # (N, 1, 32, 32) uint8, black border
+    colours = torch.randint(len(PALETTE), (len(images),), generator=torch.Generator().manual_seed(0 if train else 1))
+    return PairedData(images, colours=colours, labels=labels, background=background)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def load_pix2pix_folder(root: str | Path, split: str, img_size: int, direction: str = "AtoB") -> PairedData:
+    """A dataset in the pix2pix folder format: ROOT/<split>/*.jpg, each image A|B side by side (width =
+    2 x height), as in the facades, maps, cityscapes and edges2* sets. Each half is resized to
+    img_size x img_size (bilinear, antialiased). AtoB: input A (left), target B (right); BtoA swaps."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise common.UserError(f"{folder} is not a folder: the pix2pix format needs {Path(root)}/train/ and "
+                               f"{Path(root)}/test/ holding A|B side-by-side images")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise common.UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    a_list, b_list = [], []
+    for path in files:
+        try:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        except OSError as e:
+            raise common.UserError(f"cannot read {path}: {common.one_line(e)[:200]}") from None
+        if data.numel() == 0:
+            raise common.UserError(f"cannot read image {path}: the file is empty")
+        try:  # bytes, not a path: decode_image takes a path only from torchvision 0.20
+            img = decode_image(data, mode=ImageReadMode.RGB)
+        except RuntimeError as e:  # what torchvision's decoders raise for bytes they cannot decode
+            raise common.UserError(f"cannot read image {path}: {common.one_line(e)[:200]}") from None
+        h, w = img.shape[1:]
+        if w != 2 * h:
+            raise common.UserError(f"{path} is {w}x{h}: the pix2pix format puts A and B side by side "
+                                   f"(width = 2 x height)")
+        halves = img[None].float().split(h, dim=3)  # A, B
+        a_list += [F.interpolate(halves[0], size=(img_size, img_size), mode="bilinear", antialias=True,
+                                 align_corners=False)]
+        b_list += [F.interpolate(halves[1], size=(img_size, img_size), mode="bilinear", antialias=True,
+                                 align_corners=False)]
+    to_u8 = lambda t: torch.cat(t).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
+    a, b = to_u8(a_list), to_u8(b_list)
+    return PairedData(a, b) if direction == "AtoB" else PairedData(b, a)
+
+
+def load_data(args) -> tuple[PairedData, PairedData]:
+    if args.dataset == "colour_mnist":
+        return colour_mnist(args.data_root, True, args.background), colour_mnist(args.data_root, False, args.background)
+    return (load_pix2pix_folder(args.data_root, "train", args.img_size, args.direction),
+            load_pix2pix_folder(args.data_root, "test", args.img_size, args.direction))
+
+
+class LabelledImages:
+    """MNIST images (uint8, N x 1 x 28 x 28) and labels on the device; batches as [-1, 1] floats and
+    one-hot labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device):
+        return LabelledImages(self.images.to(device), self.labels.to(device))
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[idx].float() / 127.5 - 1, F.one_hot(self.labels[idx], N_CLASSES).float()
+
+    def of_label(self, c: int) -> torch.Tensor:
+        return self.images[self.labels == c].float() / 127.5 - 1
+
+
+def load_class_data(args) -> tuple[LabelledImages, LabelledImages]:
+    """(training images, the 10,000 test images). With --n_train < 60,000 the training images are a
+    seeded draw (seed 0, the same in every run). The per-label references (Frechet statistics, NDB
+    bins) are fitted on the training images of the label, as the paper's protocol: all 60,000 at the
+    default."""
+    x, y = common.load_mnist(args.data_root, train=True)
+    xt, yt = common.load_mnist(args.data_root, train=False)
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:args.n_train].sort().values
+    counts = torch.bincount(y[keep], minlength=N_CLASSES)
+    if args.ndb_k > int(counts.min()):
+        raise common.UserError(f"--ndb_k {args.ndb_k}: the rarest label has {int(counts.min())} of the --n_train "
+                               f"{args.n_train} training images; NDB needs at least k of them")
+    return LabelledImages(x[keep, None], y[keep]), LabelledImages(xt[:, None], yt)
+
+
+def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
+    """The shuffled order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run sees
+    the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
+
+
+def train(step, data, seed: int, batch_size: int, nz: int, z_gen: torch.Generator, steps: range, on_step=None) -> None:
+    """Train one model over `steps` (range(start, n_steps): a resumed run continues with the same batches
+    and noise): each step takes a batch of `data` in its epoch's shuffled order (full batches only, as the
+    official loaders), two noise vectors per example from z_gen, and `step(x, y, z, i)`, which updates both
+    nets and returns (fakes, G's loss, D's loss, G's loss terms), handed on to `on_step(i + 1, ...)`."""
+    per_epoch = len(data) // batch_size
+    order, order_epoch = None, -1
+    for i in steps:
+        epoch, j = divmod(i, per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = epoch_order(len(data), seed, epoch, data.device), epoch
+        x, y = data.batch(order[j * batch_size:(j + 1) * batch_size])
+        z = torch.randn(2 * batch_size, nz, generator=z_gen).to(x.device)
+        out = step(x, y, z, i)
+        if on_step is not None:
+            on_step(i + 1, *out)
+
+
+def train_model(args, model: str, lambda_ms: float, seed: int, train_set: PairedData, device, ckpt_path: Path,
+                state: dict | None, save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
+    """One pix2pix (lambda_ms = 0) or MSGAN model, args.n_steps steps of `pix2pix_step` with Adam and the
+    linear decay, through `fit` (resume from `state`, curves, checkpoints); `probe` (cond, weight, z) adds
+    the colours per input on a few test inputs to the curves."""
+    torch.manual_seed(seed)  # same initial weights for both models of a seed
+    G, D = build_models(args, train_set.in_channels, train_set.out_channels, device)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
+    step = lambda x, y, z, i: pix2pix_step(G, D, opt_g, opt_d, x, y, z, args.lambda_L1, lambda_ms,  # noqa: E731
+                                           args.lr * lr_factor(i, args.n_steps, args.decay_steps))
+
+    def curve_row(done: int, losses: dict) -> dict:
+        extra = {}
+        if probe is not None:
+            cov = colour_coverage(generate(G, probe["cond"], probe["z"]).cpu(), probe["weight"])
+            extra = {"probe_colours_per_input": cov["colours_per_input"], "probe_on_palette": cov["on_palette"]}
+        return {"step": done, **losses, **extra}
+
+    out = fit(args, model, seed, (G, D, opt_g, opt_d), step, train_set, ckpt_path, state, save_extra, curve_row, "L1")
+    return G, {"train_seconds": out["train_seconds"], "steps": args.n_steps, "train_inputs_per_s": out["examples_per_s"],
+               "final_losses": out["final_losses"]}
+
+
+def train_class_model(args, model: str, lambda_ms: float, seed: int, data: LabelledImages, device, ckpt_path: Path,
+                      state: dict | None, save_extra) -> tuple[nn.Module, dict]:
+    """One conditional DCGAN (lambda_ms = 0) or MSGAN, args.n_steps steps of `class_step` with the
+    official Adam (weight decay on both nets), through `fit` as `train_model`."""
+    torch.manual_seed(seed)  # same initial weights for both models of a seed
+    G, D = build_class_models(args, device)
+    adam = lambda net: torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.b1, args.b2),  # noqa: E731
+                                        weight_decay=args.weight_decay)
+    opt_g, opt_d = adam(G), adam(D)
+    step = lambda x, y, z, i: class_step(G, D, opt_g, opt_d, x, y, z, lambda_ms)  # noqa: E731
+    per_epoch = len(data) // args.batch_size
+    curve_row = lambda done, losses: {"step": done, "epoch": round(done / per_epoch, 3), **losses}  # noqa: E731
+    out = fit(args, model, seed, (G, D, opt_g, opt_d), step, data, ckpt_path, state, save_extra, curve_row, "G")
+    return G, {"train_seconds": out["train_seconds"], "train_cpu_seconds": out["cpu_seconds"], "steps": args.n_steps,
+               "epochs": args.n_steps / per_epoch, "train_images_per_s": out["examples_per_s"],
+               "final_losses": out["final_losses"]}
+
+
+# 2. the measures: colours per input, diversity, NDB and the classifier (pix2pix); per-label scores (class)
 def output_colours(outputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The colour each output is painted in: the least-squares c in  output ~ weight * c  over the
     pixels, c = sum(w * out) / sum(w^2), w the input's paint weight (`paint_weight`). Exact for a
@@ -654,7 +562,7 @@ def colour_coverage(outputs: torch.Tensor, weight: torch.Tensor, palette: torch.
     nearest = nearest.view(colours.shape[:2])
     distinct = torch.tensor([len(torch.unique(row)) for row in nearest], dtype=torch.float64)
     counts = torch.bincount(nearest.flatten(), minlength=k).double()
-    return {"colours_per_input": float(distinct.mean()), "colours_per_input_per_input": distinct.tolist(),
+    return {"colours_per_input": float(distinct.mean()),
             "jsd_uniform": None if jsd is None else jsd(counts / counts.sum(), torch.full((k,), 1.0 / k)),
             "on_palette": float((d_min < radius).double().mean()),
             "histogram": (counts / counts.sum()).tolist()}
@@ -694,116 +602,6 @@ def lpips_diversity(outputs: torch.Tensor, metrics_mod, device) -> float | None:
     return float(torch.tensor(vals).mean())
 
 
-# ----------------------------------------------------------------------------- 5. training
-def lr_factor(step: int, n_steps: int, decay_steps: int) -> float:
-    """pix2pix/BicycleGAN 'lambda' policy, per step (0-based) instead of per epoch: constant, then a
-    linear decay over the last decay_steps steps, 1 - k / (decay_steps + 1) at the k-th of them."""
-    return 1.0 - max(0, step + 1 - (n_steps - decay_steps)) / float(decay_steps + 1)
-
-
-def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
-    """The shuffled order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run sees
-    the same batches."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
-
-
-def model_specs(args) -> list[tuple[str, float]]:
-    """(name, lambda_ms) of the models to train: the baseline (pix2pix or cdcgan, lambda_ms = 0) and one
-    MSGAN per --lambda_ms value."""
-    base = BASELINE[args.task]
-    specs = [(base, 0.0)] if base in args.models else []
-    if "msgan" in args.models:
-        specs += [(f"msgan_ms{lam:g}", lam) for lam in dict.fromkeys(args.lambda_ms)]
-    return specs
-
-
-def restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves, what: str, n_steps: int):
-    """Continue a model's training from its checkpoint (weights, optimisers, noise stream, curves);
-    returns (first step, training seconds so far): (0, 0.0) for a fresh start (state None)."""
-    if state is None:
-        return 0, 0.0
-    common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
-    z_gen.set_state(state["z_gen"])
-    curves.load_state_dict(state["curves"])
-    print(f"  resuming {what} at step {state['step']}/{n_steps}")
-    return state["step"], state["train_seconds"]
-
-
-def train_model(args, model: str, lambda_ms: float, seed: int, train: PairedData, device, ckpt_path: Path,
-                state: dict | None, save_extra, probe: dict | None = None) -> tuple[nn.Module, dict]:
-    """Train one model (pix2pix: lambda_ms = 0, else MSGAN) for args.n_steps steps, as the
-    official `optimize_parameters`: one forward with two noise vectors per input, G step, then D step
-    on the same (detached) fakes. `state` is a checkpoint to continue from; `probe` (cond, weight, z)
-    adds the colours per input on a few test inputs to the curves."""
-    torch.manual_seed(seed)  # same initial weights for both models of a seed
-    G, D = build_models(args, train.in_channels, train.out_channels, device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.b1, args.b2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2))
-    z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
-    curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
-    start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves,
-                                            f"{model} seed {seed}", args.n_steps)
-
-    B, n, nz = args.batch_size, len(train), args.nz
-    per_epoch = n // B
-    bar = common.Progress(args.n_steps, f"05 {model} seed {seed}", start=start)
-    stats: dict = {}
-    order, order_epoch = None, -1
-    t0 = time.perf_counter()
-
-    def checkpoint(step):
-        curves.save()
-        common.save_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, step=step,
-                               config=vars(args), current={"model": model, "seed": seed}, z_gen=z_gen.get_state(),
-                               curves=curves.state_dict(),
-                               train_seconds=train_seconds + time.perf_counter() - t0, **save_extra())
-
-    for step in range(start, args.n_steps):
-        epoch, j = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(n, seed, epoch, device), epoch
-        cond, target = train.batch(order[j * B:(j + 1) * B])
-        z = torch.randn(2 * B, nz, generator=z_gen).to(device)
-        z1, z2 = z[:B], z[B:]
-        for group in (*opt_g.param_groups, *opt_d.param_groups):
-            group["lr"] = args.lr * lr_factor(step, args.n_steps, args.decay_steps)
-
-        fake = G(torch.cat([cond, cond]), z)  # one pass for both noise vectors, as the official code
-        fake1, fake2 = fake[:B], fake[B:]
-        D.requires_grad_(False)
-        g_loss, stats = generator_loss(D, cond, fake1, fake2, target, z1, z2, args.lambda_L1, lambda_ms)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        D.requires_grad_(True)
-        d_loss = discriminator_loss(D, cond, fake1.detach(), fake2.detach(), target)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-
-        done = step + 1
-        if done % args.log_every == 0 or done == args.n_steps or done % args.checkpoint_every == 0:
-            if not (torch.isfinite(g_loss.detach()) and torch.isfinite(d_loss.detach())):
-                raise common.TrainingDiverged(f"{model} seed {seed}: loss became {float(g_loss.detach())}/{float(d_loss.detach())} "
-                                              f"at step {done}; the last checkpoint ({ckpt_path}) is kept")
-        if done % args.log_every == 0 or done == args.n_steps:
-            extra = {}
-            if probe is not None:
-                cov = colour_coverage(generate(G, probe["cond"], probe["z"]).cpu(), probe["weight"])
-                extra = {"probe_colours_per_input": cov["colours_per_input"], "probe_on_palette": cov["on_palette"]}
-            curves.log(step=done, d_loss=round(float(d_loss.detach()), 5),
-                       **{k: round(float(v), 5) for k, v in stats.items()}, **extra)
-        if done % args.checkpoint_every == 0 and done < args.n_steps:
-            checkpoint(done)
-        bar.update(1, info=lambda: {"D": float(d_loss.detach()), "L1": float(stats["g_l1"]), "lz": float(stats["lz"])})
-    train_seconds += time.perf_counter() - t0
-    curves.save()
-    return G, {"train_seconds": train_seconds, "steps": args.n_steps,
-               "train_inputs_per_s": (args.n_steps - start) * B / max(time.perf_counter() - t0, 1e-9),
-               "final_losses": {k: float(v) for k, v in stats.items()} if stats else {}}
-
-
-# ----------------------------------------------------------------------------- 6. evaluation
 @torch.no_grad()
 def generate(G: nn.Module, cond: torch.Tensor, z: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Outputs (N, Z, C, H, W) for inputs cond (N, C_in, H, W) and noise z (N, Z, nz)."""
@@ -903,7 +701,511 @@ def ndb_and_fidelity(outputs: torch.Tensor, ref: dict, args, metrics_mod, device
     return res
 
 
-# ----------------------------------------------------------------------------- 7. table and figures
+class PerLabelReference:
+    """What each label's scores compare against, computed once per run: the 06 classifier's feature
+    statistics of the label's training images (Frechet distance) and NDB bins fitted on them (K-means
+    in pixel space, 06's NDB, seed 0)."""
+
+    def __init__(self, train: LabelledImages, clf, metrics_mod, k: int, device):
+        self.m, self.clf, self.stats, self.ndb = metrics_mod, clf, [], []
+        for c in range(N_CLASSES):
+            real = train.of_label(c).to(device)
+            self.stats.append(metrics_mod.FeatureStats(clf.features(real)))
+            self.ndb.append(metrics_mod.NDB(real.flatten(1), k=k, seed=0, device=device))
+
+
+def score_per_label(images: list[torch.Tensor], ref: PerLabelReference, device, diversity_samples: int = 1000) -> dict:
+    """MSGAN's class-task scores (Sec. 4.2, Table 2), per label c on images[c] (N_c x 1 x 28 x 28 in
+    [-1, 1], all meant to show digit c), then averaged over the labels:
+
+    - fd: Frechet distance between the 06 classifier's features of the images and of the training
+      images of label c (the paper: Inception FID, 5,000 generated images per class; not comparable);
+    - ndb, ndb_frac, ndb_jsd: 06's NDB and JSD against label c's bins (alpha = 0.05);
+    - diversity_l1: mean pairwise L1 within the label (06's `diversity`, a seeded subset of 1,000);
+    - lpips: mean LPIPS within the label (06's `lpips_diversity`), None where it cannot run;
+    - accuracy: fraction the classifier reads as c (is the label obeyed?).
+    Returns the means and, under "per_label", the ten values of each."""
+    m = ref.m
+    per: dict[str, list] = {k: [] for k in ("fd", "ndb", "ndb_frac", "ndb_jsd", "diversity_l1", "lpips", "accuracy")}
+    for c, imgs in enumerate(images):
+        imgs = imgs.to(device)
+        ev = ref.ndb[c].evaluate(imgs.flatten(1))
+        per["fd"].append(m.frechet_distance(ref.clf.features(imgs), ref.stats[c]))
+        per["ndb"].append(ev["ndb"])
+        per["ndb_frac"].append(ev["ndb_frac"])
+        per["ndb_jsd"].append(ev["jsd"])
+        per["diversity_l1"].append(m.diversity(imgs, "l1", max_samples=diversity_samples, seed=c))
+        per["lpips"].append(m.lpips_diversity(imgs, n_pairs=1000, device=device, seed=c))
+        per["accuracy"].append(float((ref.clf.predict(imgs) == c).double().mean()))
+    out = {k: (None if any(v is None for v in vals) else float(sum(vals) / len(vals))) for k, vals in per.items()}
+    return {**out, "ndb_k": ref.ndb[0].k, "per_label": per}
+
+
+@torch.no_grad()
+def generate_per_label(G: nn.Module, z: torch.Tensor, device, batch: int = 1000) -> torch.Tensor:
+    """G's images (10, N, 1, 28, 28) for noise z (10, N, nz): row c conditioned on label c. G in eval
+    mode (BatchNorm running statistics), as the official test.py."""
+    was_training = G.training
+    G.eval()
+    out = []
+    for c in range(N_CLASSES):
+        zc = z[c].to(device)
+        onehot = F.one_hot(torch.full((len(zc),), c, device=device), N_CLASSES).float()
+        out.append(torch.cat([G(zc[i:i + batch], onehot[i:i + batch]).cpu() for i in range(0, len(zc), batch)]))
+    G.train(was_training)
+    return torch.stack(out)
+
+
+# 3. the settings: each task's defaults (the official ones) and what --quick changes, parse_args, checks
+TASKS = ("pix2pix", "class")
+BASELINE = {"pix2pix": "pix2pix", "class": "cdcgan"}  # the lambda_ms = 0 model of each task
+# Flags whose default depends on --task (their argparse default is None), and what --quick changes.
+# Under --quick these are only defaults: a flag given on the command line always wins.
+TASK_DEFAULTS = {
+    "pix2pix": dict(nz=8, batch_size=64, ngf=16, ndf=16, ndb_k=40, log_every=50, checkpoint_every=200),
+    "class": dict(nz=100, batch_size=32, ngf=128, ndf=128, ndb_k=250, log_every=200, checkpoint_every=1000),
+}  # class ndb_k: ~24 training images per bin (the NDB authors advise ~500), so only large differences count
+QUICK = {
+    "pix2pix": dict(n_steps=30, batch_size=16, n_eval_inputs=20, ndb_k=10, log_every=10, checkpoint_every=10),
+    "class": dict(n_epochs=1, n_train=1280, ngf=8, ndf=8, n_eval_per_label=200, ndb_k=10, log_every=10,
+                  checkpoint_every=20),
+}
+PIX2PIX_ONLY = ("dataset", "direction", "background", "img_size", "lambda_L1", "where_add", "num_D", "n_steps",
+                "decay_steps", "n_eval_inputs")
+CLASS_ONLY = ("n_epochs", "n_train", "n_eval_per_label", "weight_decay")
+
+
+def _task_help(flag: str, what: str) -> str:
+    """Help text naming a task-dependent default and its --quick value."""
+    parts = [f"{task}: {TASK_DEFAULTS[task][flag]}" for task in TASKS if flag in TASK_DEFAULTS[task]]
+    quick = [f"{task} {QUICK[task][flag]}" for task in TASKS if flag in QUICK[task]]
+    return f"{what} (default {', '.join(parts)}" + (f"; --quick: {', '.join(quick)})" if quick else ")")
+
+
+def _quick_help(task: str, flag: str) -> str:
+    return f"; --quick: {QUICK[task][flag]}" if flag in QUICK[task] else ""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" except for task-dependent flags (default None), whose help names them."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parse_args(argv=None):
+    p = common.ArgParser(description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
+    p.add_argument("--task", choices=TASKS, default="pix2pix",
+                   help="pix2pix: image-conditioned (a U-Net, the colour task or a pix2pix folder); class: "
+                        "label-conditioned DCGAN on MNIST, scored per label as MSGAN's Table 2")
+    p.add_argument("--table", metavar="METRICS_JSON", default=None,
+                   help="print the comparison table of a finished run (its metrics.json, e.g. "
+                        "results/05/class_metrics.json) and exit; nothing is trained")
+    p.add_argument("--lambda_ms", type=common.positive_float, nargs="+", default=[1.0],
+                   help="weight(s) of the mode-seeking term, one MSGAN model each (official: 1); the baseline uses 0")
+    p.add_argument("--models", nargs="+", choices=["pix2pix", "cdcgan", "msgan"], default=None,
+                   help="which models to train: the task's baseline (pix2pix or cdcgan) and/or msgan "
+                        "(default: both)")
+    p.add_argument("--nz", type=common.positive_int, default=None, help=_task_help("nz", "noise dimension (official values)"))
+    p.add_argument("--ngf", type=common.positive_int, default=None,
+                   help=_task_help("ngf", "generator width (official: 64 for pix2pix at 256x256, 128 for class)"))
+    p.add_argument("--ndf", type=common.positive_int, default=None,
+                   help=_task_help("ndf", "discriminator width (official: 64 for pix2pix, 128 for class)"))
+    p.add_argument("--batch_size", type=common.positive_int, default=None, help=_task_help("batch_size", "batch size"))
+    p.add_argument("--lr", type=common.positive_float, default=2e-4, help="Adam learning rate (official 2e-4)")
+    p.add_argument("--b1", type=common.beta_float, default=0.5, help="Adam beta1 (official)")
+    p.add_argument("--b2", type=common.beta_float, default=0.999, help="Adam beta2 (official)")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="train seeds seed, seed+1, ... (every model on each)")
+    p.add_argument("--n_eval_z", type=common.positive_int, default=10,
+                   help="noise vectors per test input (pix2pix) or per label in the sample figure (class)")
+    p.add_argument("--ndb_k", type=common.positive_int, default=None,
+                   help=_task_help("ndb_k", "NDB bins (06_metrics); class: per label, fitted on that label's "
+                                            "training images (250 is not checked against the paper)"))
+    p.add_argument("--log_every", type=common.positive_int, default=None,
+                   help=_task_help("log_every", "steps between curve rows"))
+    p.add_argument("--checkpoint_every", type=common.positive_int, default=None,
+                   help=_task_help("checkpoint_every", "steps between checkpoints"))
+    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
+                   help="folder holding MNIST/raw, or (--dataset folder) ROOT with train/ and test/")
+    g = p.add_argument_group("--task pix2pix")
+    g.add_argument("--dataset", choices=["colour_mnist", "folder"], default="colour_mnist",
+                   help="colour_mnist: the 8-colour MNIST task; folder: pix2pix folder format under --data_root")
+    g.add_argument("--direction", choices=["AtoB", "BtoA"], default="BtoA",
+                   help="folder data: translate left half A to right half B, or B to A (MSGAN's default BtoA)")
+    g.add_argument("--background", type=common.beta_float, default=0.5,
+                   help="colour_mnist: strength of the colour on the background, b in target = colour * "
+                        "(b + (1 - b) * digit); 0 paints the strokes only, on grey")
+    g.add_argument("--img_size", type=common.positive_int, default=None,
+                   help="image side, a power of 2 >= 8 (default: 32 for colour_mnist, which needs it; 64 for folder)")
+    g.add_argument("--lambda_L1", type=common.nonneg_float, default=10.0, help="weight of L1(G(c, z1), target)")
+    g.add_argument("--where_add", choices=["all", "input"], default="all",
+                   help="inject z into every encoder block (MSGAN's default) or the input only")
+    g.add_argument("--num_D", type=common.positive_int, default=2, help="PatchGAN scales (official 2)")
+    g.add_argument("--n_steps", type=common.positive_int, default=1600,
+                   help=f"training steps per model{_quick_help('pix2pix', 'n_steps')}")
+    g.add_argument("--decay_steps", type=common.nonneg_int, default=None,
+                   help="final steps over which the learning rate decays linearly to 0 (default: n_steps / 2)")
+    g.add_argument("--n_eval_inputs", type=common.positive_int, default=100,
+                   help=f"test inputs evaluated{_quick_help('pix2pix', 'n_eval_inputs')}")
+    g = p.add_argument_group("--task class")
+    g.add_argument("--n_epochs", type=common.positive_int, default=200,
+                   help=f"epochs over --n_train images (official: 200){_quick_help('class', 'n_epochs')}")
+    g.add_argument("--n_train", type=common.positive_int, default=60000,
+                   help=f"training images (a seeded subset when < 60,000){_quick_help('class', 'n_train')}")
+    g.add_argument("--weight_decay", type=common.nonneg_float, default=1e-4, help="Adam weight decay, both nets (official)")
+    g.add_argument("--n_eval_per_label", type=common.positive_int, default=5000,
+                   help=f"generated images scored per label (official test: 5,000){_quick_help('class', 'n_eval_per_label')}")
+    common.add_common_args(p, resume=True)
+    for action in p._actions:  # --quick's own help says what it changes
+        if action.dest == "quick":
+            action.help = ("smaller defaults for a smoke run of seconds (pix2pix: " + ", ".join(
+                f"{k} {v}" for k, v in QUICK["pix2pix"].items()) + "; class: " + ", ".join(
+                f"{k} {v}" for k, v in QUICK["class"].items()) + "); flags given explicitly win")
+    args = common.parse_settings(p, argv, presets=lambda a: TASK_DEFAULTS[a.task], quick=lambda a: QUICK[a.task])
+    wrong = sorted(common.given_flags(p, argv) & set(CLASS_ONLY if args.task == "pix2pix" else PIX2PIX_ONLY))
+    if wrong:
+        raise common.UserError(f"--{wrong[0]} is a flag of the other task (this run is --task {args.task}); see --help")
+    if args.models is None:
+        args.models = [BASELINE[args.task], "msgan"]
+    other = [m for m in args.models if m in BASELINE.values() and m != BASELINE[args.task]]
+    if other:
+        raise common.UserError(f"--models {other[0]}: the baseline of --task {args.task} is {BASELINE[args.task]}")
+    if args.task == "class":
+        return check_class_args(args)
+    if args.img_size is None:
+        args.img_size = 32 if args.dataset == "colour_mnist" else 64
+    if args.dataset == "colour_mnist" and args.img_size != 32:
+        raise common.UserError("--img_size: the colour_mnist task is 32x32 (MNIST's 28x28 padded by 2)")
+    if args.img_size < 8 or args.img_size & (args.img_size - 1):
+        raise common.UserError(f"--img_size {args.img_size}: use a power of 2 >= 8 (the U-Net halves it down to 1x1)")
+    smallest = args.img_size >> (args.num_D - 1)
+    if smallest // 2 ** patchgan_layers(args.img_size) - 2 < 1:
+        raise common.UserError(f"--num_D {args.num_D}: the PatchGAN's smallest scale ({smallest}x{smallest}) is too small "
+                               f"for {args.img_size}x{args.img_size} images; use fewer scales or larger images")
+    if args.decay_steps is None:
+        args.decay_steps = args.n_steps // 2
+    if args.decay_steps > args.n_steps:
+        raise common.UserError(f"--decay_steps {args.decay_steps} is more than --n_steps {args.n_steps}")
+    return args
+
+
+def check_class_args(args):
+    """Bounds of the class task that the flags alone decide (data-dependent ones: `load_class_data`)."""
+    if args.n_train > 60000:
+        raise common.UserError(f"--n_train {args.n_train}: MNIST has 60,000 training images")
+    if args.batch_size > args.n_train:
+        raise common.UserError(f"--batch_size {args.batch_size} is more than --n_train {args.n_train}")
+    if args.n_eval_per_label < 2:
+        raise common.UserError("--n_eval_per_label: the Frechet distance needs at least 2 images per label")
+    args.n_steps = args.n_epochs * (args.n_train // args.batch_size)  # full batches only, as the official loader
+    need = class_memory_bytes(args)
+    part = max(need, key=need.get)  # the flags of the largest part are the ones to lower
+    common.check_memory(sum(need.values()), common.flags_text(args, CLASS_MEMORY_FLAGS[part]))
+    return args
+
+
+def class_memory_bytes(args) -> dict[str, float]:
+    """Rough peak memory of the class task, per part: the two nets' weights with their gradients and
+    Adam moments (4 copies), one training step's activations (both fakes, reals, D's passes, x3 for
+    the backward), and one label's generated images with their copies during scoring."""
+    nz, d, e, b = args.nz + N_CLASSES, args.ngf, args.ndf, args.batch_size
+    g_params = nz * 4 * d * 9 + 4 * d * 2 * d * 9 + 2 * d * d * 16 + d * 16
+    d_params = (1 + N_CLASSES) * e * 16 + e * 2 * e * 16 + 2 * e * 4 * e * 9 + 4 * e * 9
+    g_act = 2 * b * (nz + 4 * d * 9 + 2 * d * 49 + d * 196 + 784)
+    d_act = 4 * b * ((1 + N_CLASSES) * 784 + e * 196 + 2 * e * 49 + 4 * e * 9)
+    return {"weights": 16.0 * (g_params + d_params), "training step": 4.0 * 3 * (g_act + d_act),
+            "scoring": 4.0 * 4 * args.n_eval_per_label * 784}
+
+
+CLASS_MEMORY_FLAGS = {"weights": ("nz", "ngf", "ndf"), "training step": ("batch_size", "nz", "ngf", "ndf"),
+                      "scoring": ("n_eval_per_label",)}
+
+
+def model_specs(args) -> list[tuple[str, float]]:
+    """(name, lambda_ms) of the models to train: the baseline (pix2pix or cdcgan, lambda_ms = 0) and one
+    MSGAN per --lambda_ms value."""
+    base = BASELINE[args.task]
+    specs = [(base, 0.0)] if base in args.models else []
+    if "msgan" in args.models:
+        specs += [(f"msgan_ms{lam:g}", lam) for lam in dict.fromkeys(args.lambda_ms)]
+    return specs
+
+
+def run_name(args, prefix: str) -> str:
+    """The run folder's default name: data or task, the lambda_ms values, the seeds, quick."""
+    return (f"{prefix}_ms{lambdas_text(args)}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
+            + ("_quick" if args.quick else ""))
+
+
+def lambdas_text(args) -> str:
+    return "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
+
+
+# 4. reporting: one model's run (resume, curves, checkpoints), the runs over seeds and models, records, tables, figures
+def restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves, what: str, n_steps: int):
+    """Continue a model's training from its checkpoint (weights, optimisers, noise stream, curves);
+    returns (first step, training seconds so far): (0, 0.0) for a fresh start (state None)."""
+    if state is None:
+        return 0, 0.0
+    common.load_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d})
+    z_gen.set_state(state["z_gen"])
+    curves.load_state_dict(state["curves"])
+    print(f"  resuming {what} at step {state['step']}/{n_steps}")
+    return state["step"], state["train_seconds"]
+
+
+def resume_state(args, run_dir: Path, ckpt_path: Path) -> tuple[dict | None, dict | None]:
+    """(checkpoint, None) to continue a killed run; (None, metrics) for a run that already finished;
+    (None, None) for a run stopped before its first checkpoint, with nothing in its folder but config.json
+    (nothing to lose: it starts again there); a UserError when there is nothing to resume (no checkpoint
+    and no metrics.json: a folder whose checkpoint was deleted is never retrained over)."""
+    config = common.load_json(run_dir / "config.json")
+    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
+        raise common.UserError(f"{run_dir / 'config.json'} is not a config of this script (no \"args\")")
+    common.check_same_config(config["args"], common.to_jsonable(vars(args)))
+    if not ckpt_path.exists():
+        if (run_dir / "metrics.json").exists():
+            print(f"05: {run_dir} is complete; nothing to resume")
+            return None, common.load_json(run_dir / "metrics.json")
+        if common.wrote_nothing(run_dir):
+            print(f"05: {run_dir} was stopped before its first checkpoint; training it from the start")
+            return None, None
+        raise common.UserError(f"nothing to resume in {run_dir}: it has no checkpoint.pt and no metrics.json "
+                               f"(start a new run without --resume)")
+    state = common.load_checkpoint(ckpt_path, restore_rng=True)
+    if not isinstance(state.get("config"), dict) or "finished" not in state:
+        raise common.UserError(f"{ckpt_path} is not a checkpoint of 05_msgan_pix2pix.py")
+    common.check_same_config(state["config"], common.to_jsonable(vars(args)))
+    return state, None
+
+
+def resume(args, run_dir: Path) -> tuple[dict | None, list[dict], dict, dict | None]:
+    """(checkpoint, finished models, sample figures, None) to start or go on from, or (None, [], {}, metrics)
+    for a run that --resume finds finished."""
+    state, complete = resume_state(args, run_dir, run_dir / "checkpoint.pt") if args.resume else (None, None)
+    return (None, [], {}, complete) if state is None else (state, state["finished"], state["samples"], None)
+
+
+def fit(args, model: str, seed: int, nets, step, data, ckpt_path: Path, state: dict | None, save_extra, curve_row,
+        shown: str) -> dict:
+    """`train` one model (nets = G, D, opt_g, opt_d) with what a long run needs: resumed from `state` (a
+    checkpoint), a curves row `curve_row(step, losses)` every --log_every steps, a checkpoint every
+    --checkpoint_every, progress lines (D's loss, `shown`: "L1" or "G", and lz), and a stop that keeps the
+    last checkpoint when the losses or fakes are no longer finite. Returns times, throughput, last losses."""
+    G, D, opt_g, opt_d = nets
+    what = f"{model} seed {seed}"
+    z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
+    curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
+    start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves, what, args.n_steps)
+    cpu_seconds = 0.0 if state is None else state.get("cpu_seconds", 0.0)
+    bar = common.Progress(args.n_steps, f"05 {what}", start=start)
+    last: dict = {}
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def on_step(done, fake, g_loss, d_loss, stats):
+        last["stats"], g, d = stats, g_loss.detach(), d_loss.detach()
+        log, save = done % args.log_every == 0 or done == args.n_steps, done % args.checkpoint_every == 0
+        if (log or save) and not (torch.isfinite(g) and torch.isfinite(d) and torch.isfinite(fake).all()):
+            raise common.TrainingDiverged(f"{what}: loss became {float(g)}/{float(d)} at step {done}; the last "
+                                          f"checkpoint ({ckpt_path}) is kept")
+        if log:
+            curves.log(**curve_row(done, {"d_loss": round(float(d), 5), **{k: round(float(v), 5) for k, v in stats.items()}}))
+        if save and done < args.n_steps:
+            curves.save()
+            common.save_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, step=done,
+                                   config=vars(args), current={"model": model, "seed": seed}, z_gen=z_gen.get_state(),
+                                   curves=curves.state_dict(), train_seconds=train_seconds + time.perf_counter() - t0,
+                                   cpu_seconds=cpu_seconds + time.process_time() - c0, **save_extra())
+        bar.update(1, info=lambda: {"D": float(d), shown: float(stats["g_l1" if shown == "L1" else "g_gan"]),
+                                    "lz": float(stats["lz"])})
+
+    train(step, data, seed, args.batch_size, args.nz, z_gen, range(start, args.n_steps), on_step)
+    seconds = time.perf_counter() - t0
+    curves.save()
+    return {"train_seconds": train_seconds + seconds, "cpu_seconds": cpu_seconds + time.process_time() - c0,
+            "examples_per_s": (args.n_steps - start) * args.batch_size / max(seconds, 1e-9),
+            "final_losses": {k: float(v) for k, v in last.get("stats", {}).items()}}
+
+
+def train_and_score(args, run_dir: Path, specs, state, finished: list[dict], samples: dict, train_one, score_one,
+                    describe) -> None:
+    """Every model of `specs` on every seed that `finished` does not hold yet: `train_one(model, lambda_ms,
+    seed, state, save_extra)` (continuing the checkpoint's model), `score_one(G, seed)` -> (measures, the
+    sample figure's images for the first seed), then G's weights and a checkpoint between models."""
+    seeds, ckpt_path = seed_list(args), run_dir / "checkpoint.pt"
+    for seed in seeds:
+        for model, lambda_ms in specs:
+            if any(r["seed"] == seed and r["model"] == model for r in finished):
+                continue
+            cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
+            G, train_info = train_one(model, lambda_ms, seed, cur, lambda: {"finished": finished, "samples": samples})
+            state = None
+            ev, sample = score_one(G, seed)
+            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
+            if seed == seeds[0]:
+                samples[model] = sample()
+            common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
+            common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
+                                   current=None, finished=finished, samples=samples)
+            print(f"  {model} seed {seed}: {describe(ev, train_info)}")
+
+
+def seed_list(args) -> list[int]:
+    return [args.seed + i for i in range(args.seeds)]
+
+
+def save_records(run_dir: Path, header: str, table: str, metrics: dict) -> None:
+    """comparison.md (header, table) and metrics.json; the checkpoint goes: the run folder holds the results."""
+    with common.atomic_open(run_dir / "comparison.md") as f:
+        f.write(f"{header}\n\n{table}")
+    common.save_json(run_dir / "metrics.json", metrics)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    print(table)
+
+
+def run_pix2pix(args, device, argv) -> dict:
+    """--task pix2pix: the baseline and MSGAN on each seed, scored on test inputs x noise vectors."""
+    seeds, specs = seed_list(args), model_specs(args)
+    models = [name for name, _ in specs]
+    train_set, test_set = load_data(args)  # before the run folder: a data error leaves nothing behind
+    if args.n_eval_inputs > len(test_set):
+        print(f"05: note: the test set has {len(test_set)} inputs; evaluating all of them")
+        args.n_eval_inputs = len(test_set)
+    if args.batch_size > len(train_set):
+        raise common.UserError(f"--batch_size {args.batch_size}: the training set has {len(train_set)} examples")
+    train_set, test_set = train_set.to(device), test_set.to(device)
+    run_dir = common.start_run(args, __file__, run_name(args, args.dataset), argv)
+    state, finished, samples, complete = resume(args, run_dir)
+    if complete is not None:
+        return complete
+    metrics_mod = METRICS.load(required=False)
+    if metrics_mod is None:
+        print("05: note: 06_metrics.py not found beside this script; NDB and classifier accuracy are reported as null")
+    ref = real_reference(test_set, args)
+    ndb_cache: dict = {}
+    probe = None
+    if args.dataset == "colour_mnist":  # a few test inputs x 8 fixed z, scored during training
+        n_probe = min(16, args.n_eval_inputs)
+        probe = {"cond": ref["cond"][:n_probe].to(device), "weight": ref["weight"][:n_probe],
+                 "z": torch.randn(n_probe, 8, args.nz, generator=torch.Generator().manual_seed(99)).to(device)}
+    print(f"05: {', '.join(models)} x seeds {seeds} on {args.dataset} ({len(train_set)} train / "
+          f"{len(test_set)} test, {args.img_size}x{args.img_size}), {args.n_steps} steps of {args.batch_size}, "
+          f"on {device}; writing {run_dir}")
+
+    def train_one(model, lambda_ms, seed, cur, save_extra):
+        return train_model(args, model, lambda_ms, seed, train_set, device, run_dir / "checkpoint.pt", cur, save_extra,
+                           probe=probe)
+
+    def score_one(G, seed):
+        ev, outputs = evaluate(G, args, seed, ref, metrics_mod, device, ndb_cache)
+        return ev, lambda: outputs[:8].clone()
+
+    def describe(ev, info):
+        return ((f"{ev['colours_per_input']:.2f} colours/input, " if "colours_per_input" in ev else "")
+                + f"diversity L1 {ev['diversity_l1']:.3f}, "
+                + (f"accuracy {ev['classifier_accuracy']:.3f}, " if ev.get("classifier_accuracy") is not None else "")
+                + f"{info['train_inputs_per_s']:.0f} inputs/s ({2 * info['train_inputs_per_s']:.0f} generated images/s)")
+
+    t_start = time.perf_counter()
+    train_and_score(args, run_dir, specs, state, finished, samples, train_one, score_one, describe)
+    reference = score(ref["targets"], ref, args, metrics_mod, device, ndb_cache) if args.dataset == "colour_mnist" else {}
+    reference["colours_per_input_expected"] = expected_distinct(len(PALETTE), args.n_eval_z)
+    reference.setdefault("ndb_k", args.ndb_k)
+    summary = summarise(finished, models)
+    table = comparison_table(summary, reference, models, len(seeds))
+    plot_samples(samples, ref, run_dir / "samples.png", summary)
+    if args.dataset == "colour_mnist":
+        plot_colour_histograms(finished, models, run_dir / "colour_histogram.png")
+    plot_curves(finished, run_dir, seeds[0])
+    train_secs = sum(r["train"]["train_seconds"] for r in finished)
+    train_inputs = sum(r["train"]["steps"] for r in finished) * args.batch_size
+    metrics = {"device": str(device), "dataset": args.dataset, "seeds": seeds, "models": models,
+               "lambda_ms": args.lambda_ms, "palette": dict(zip(PALETTE_NAMES, ((PALETTE + 1) / 2).tolist()))
+               if args.dataset == "colour_mnist" else None,
+               "summary": summary, "reference_real": reference, "per_run": finished,
+               "train_seconds": train_secs, "wall_seconds": time.perf_counter() - t_start,
+               "train_inputs_per_s": train_inputs / max(train_secs, 1e-9),
+               "train_generated_images_per_s": 2 * train_inputs / max(train_secs, 1e-9),
+               "metrics_module": None if metrics_mod is None else "06_metrics",
+               "lpips": "not available: 06_metrics.py missing" if metrics_mod is None else (metrics_mod.lpips_status() or "used")}
+    save_records(run_dir, f"{args.dataset}, seeds {seeds}, {args.n_steps} steps x {args.batch_size}, lambda_ms "
+                 f"{lambdas_text(args)}; mean +- standard error over seeds; {args.n_eval_inputs} test inputs x "
+                 f"{args.n_eval_z} noise vectors", table, metrics)
+    print(f"05: {metrics['train_inputs_per_s']:.0f} training inputs/s ({metrics['train_generated_images_per_s']:.0f} "
+          f"generated images/s); outputs in {run_dir}")
+    return metrics
+
+
+def run_class(args, device, argv) -> dict:
+    """--task class: the baseline (cdcgan) and MSGAN on each seed, scored per label against MNIST."""
+    seeds, specs = seed_list(args), model_specs(args)
+    models = [name for name, _ in specs]
+    metrics_mod = METRICS.load(required=False)
+    if metrics_mod is None:
+        raise common.UserError("--task class needs 06_metrics.py beside this script (classifier, NDB, Frechet distance)")
+    train_set, test = load_class_data(args)  # before the run folder: a data error leaves nothing behind
+    run_dir = common.start_run(args, __file__, run_name(args, "class"), argv)
+    state, finished, samples, complete = resume(args, run_dir)
+    if complete is not None:
+        return complete
+    train_set = train_set.to(device)
+    t_ref = time.perf_counter()
+    clf = metrics_mod.load_classifier(args.data_root, device=device, quick=args.quick)
+    ref = PerLabelReference(train_set, clf, metrics_mod, args.ndb_k, device)
+    reference = score_per_label([test.of_label(c) for c in range(N_CLASSES)], ref, device)
+    reference["n_per_label"] = [int((test.labels == c).sum()) for c in range(N_CLASSES)]
+    ref_seconds = time.perf_counter() - t_ref
+    fig_z = torch.randn(N_CLASSES, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(99))
+    fig_z[:] = fig_z[0]  # the same noise vector in each column, whatever the label
+    print(f"05: {', '.join(models)} x seeds {seeds}, conditional on the MNIST label ({len(train_set)} training images, "
+          f"{args.n_steps} steps of {args.batch_size} = {args.n_steps / (len(train_set) // args.batch_size):g} epochs, "
+          f"width {args.ngf}/{args.ndf}), on {device}; references in {ref_seconds:.0f} s; writing {run_dir}")
+
+    def train_one(model, lambda_ms, seed, cur, save_extra):
+        return train_class_model(args, model, lambda_ms, seed, train_set, device, run_dir / "checkpoint.pt", cur,
+                                 save_extra)
+
+    def score_one(G, seed):
+        t0 = time.perf_counter()
+        z = torch.randn(N_CLASSES, args.n_eval_per_label, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
+        images = generate_per_label(G, z, device)
+        gen_seconds = time.perf_counter() - t0
+        ev = score_per_label(list(images), ref, device)
+        ev["eval_images_per_s"] = images.shape[0] * images.shape[1] / max(gen_seconds, 1e-9)
+        ev["eval_seconds"] = time.perf_counter() - t0
+        return ev, lambda: generate_per_label(G, fig_z, device)
+
+    def describe(ev, info):
+        return (f"FD {ev['fd']:.2f}, NDB {ev['ndb']:.1f}/{args.ndb_k}, JSD {ev['ndb_jsd']:.4f}, diversity L1 "
+                f"{ev['diversity_l1']:.4f}, accuracy {ev['accuracy']:.4f}; {info['train_images_per_s']:.0f} training "
+                f"images/s, {info['train_seconds']:.0f} s")
+
+    t_start = time.perf_counter()
+    train_and_score(args, run_dir, specs, state, finished, samples, train_one, score_one, describe)
+    summary = summarise(finished, models)
+    table = comparison_table(summary, reference, models, len(seeds), CLASS_TABLE_ROWS)
+    plot_label_samples(samples, run_dir / "samples.png", summary)
+    plot_curves(finished, run_dir, seeds[0])
+    train_secs = sum(r["train"]["train_seconds"] for r in finished)
+    train_images = sum(r["train"]["steps"] for r in finished) * args.batch_size
+    metrics = {"task": "class", "device": str(device), "seeds": seeds, "models": models, "lambda_ms": args.lambda_ms,
+               "summary": summary, "reference_real": reference, "per_run": finished,
+               "train_seconds": train_secs, "reference_seconds": ref_seconds,
+               "wall_seconds": time.perf_counter() - t_start,
+               "train_images_per_s": train_images / max(train_secs, 1e-9),
+               "train_generated_images_per_s": 2 * train_images / max(train_secs, 1e-9),
+               "classifier": {k: clf.info.get(k) for k in ("test_accuracy", "quick", "cached")},
+               "lpips": metrics_mod.lpips_status() or "used", "hardware": common.hardware()}
+    save_records(run_dir, f"--task class, seeds {seeds}, {args.n_steps} steps x {args.batch_size} ({args.n_epochs} "
+                 f"epochs of {len(train_set)} images), width {args.ngf}/{args.ndf}, lambda_ms {lambdas_text(args)}; per "
+                 f"label then averaged over the 10 labels; mean +- standard error over seeds; {args.n_eval_per_label} "
+                 f"generated images per label; real = the MNIST test images of the label (about 1,000 each)",
+                 table, metrics)
+    print(f"05: {metrics['train_images_per_s']:.0f} training images/s ({metrics['train_generated_images_per_s']:.0f} "
+          f"generated images/s); outputs in {run_dir}")
+    return metrics
+
+
 TABLE_ROWS = [("colours_per_input", "colours per input (of 8)", "{:.2f}"),
               ("jsd_uniform", "JSD(colours, uniform), nats", "{:.3f}"),
               ("on_palette", "outputs on a palette colour", "{:.2f}"),
@@ -914,6 +1216,14 @@ TABLE_ROWS = [("colours_per_input", "colours per input (of 8)", "{:.2f}"),
               ("classifier_accuracy", "classifier accuracy (gray)", "{:.3f}"),
               ("l1_to_clean_painting", "L1 to a clean painting", "{:.3f}"),
               ("l1_to_target", "L1 to the ground truth", "{:.3f}")]
+
+
+CLASS_TABLE_ROWS = [("fd", "Frechet distance, classifier features (vs the label's training images)", "{:.2f}"),
+                    ("ndb", "NDB (bins)", "{:.1f}"),
+                    ("ndb_jsd", "JSD of the NDB bins", "{:.4f}"),
+                    ("diversity_l1", "within-label diversity: mean pairwise L1", "{:.4f}"),
+                    ("lpips", "within-label diversity: LPIPS", "{:.4f}"),
+                    ("accuracy", "classifier accuracy (label obeyed)", "{:.4f}")]
 
 
 def summarise(results: list[dict], models: list[str]) -> dict:
@@ -1018,311 +1328,6 @@ def plot_curves(results: list[dict], run_dir: Path, seed: int) -> None:
     common.savefig(fig, run_dir / "training_curves.png")
 
 
-# ----------------------------------------------------------------------------- main
-def resume_state(args, run_dir: Path, ckpt_path: Path) -> tuple[dict | None, dict | None]:
-    """(checkpoint, None) to continue a killed run; (None, metrics) for a run that already finished;
-    (None, None) for a run stopped before its first checkpoint, with nothing in its folder but config.json
-    (nothing to lose: it starts again there); a UserError when there is nothing to resume (no checkpoint
-    and no metrics.json: a folder whose checkpoint was deleted is never retrained over)."""
-    config = common.load_json(run_dir / "config.json")
-    if not isinstance(config, dict) or not isinstance(config.get("args"), dict):
-        raise common.UserError(f"{run_dir / 'config.json'} is not a config of this script (no \"args\")")
-    common.check_same_config(config["args"], common.to_jsonable(vars(args)))
-    if not ckpt_path.exists():
-        if (run_dir / "metrics.json").exists():
-            print(f"05: {run_dir} is complete; nothing to resume")
-            return None, common.load_json(run_dir / "metrics.json")
-        if common.wrote_nothing(run_dir):
-            print(f"05: {run_dir} was stopped before its first checkpoint; training it from the start")
-            return None, None
-        raise common.UserError(f"nothing to resume in {run_dir}: it has no checkpoint.pt and no metrics.json "
-                               f"(start a new run without --resume)")
-    state = common.load_checkpoint(ckpt_path, restore_rng=True)
-    if not isinstance(state.get("config"), dict) or "finished" not in state:
-        raise common.UserError(f"{ckpt_path} is not a checkpoint of 05_msgan_pix2pix.py")
-    common.check_same_config(state["config"], common.to_jsonable(vars(args)))
-    return state, None
-
-
-@common.cli
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    common.set_seed(args.seed, args.deterministic)
-    device = common.pick_device(args.device)
-    # On the 2-core machine with one other busy process, two threads trained 6x slower than one
-    # (40 vs 247 inputs/s); and the numbers depend on the thread count, so one thread everywhere
-    # reproduces the published ones.
-    if args.table:
-        return print_table(args.table)
-    with common.cpu_threads(device, 1):
-        return TASK_RUNS[args.task](args, device, argv)
-
-
-def run(args, device, argv) -> dict:
-    seeds = [args.seed + i for i in range(args.seeds)]
-    specs = model_specs(args)
-    models = [name for name, _ in specs]
-    lambdas = "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
-    name = (f"{args.dataset}_ms{lambdas}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
-            + ("_quick" if args.quick else ""))
-    train_set, test_set = load_data(args)  # before the run folder: a data error leaves nothing behind
-    if args.n_eval_inputs > len(test_set):
-        print(f"05: note: the test set has {len(test_set)} inputs; evaluating all of them")
-        args.n_eval_inputs = len(test_set)
-    if args.batch_size > len(train_set):
-        raise common.UserError(f"--batch_size {args.batch_size}: the training set has {len(train_set)} examples")
-    train_set, test_set = train_set.to(device), test_set.to(device)
-    run_dir = common.start_run(args, __file__, name, argv)
-    ckpt_path = run_dir / "checkpoint.pt"
-
-    finished: list[dict] = []
-    samples: dict = {}
-    state = None
-    if args.resume:
-        state, complete = resume_state(args, run_dir, ckpt_path)
-        if complete is not None:
-            return complete
-        if state is not None:
-            finished, samples = state["finished"], state["samples"]
-    metrics_mod = METRICS.load(required=False)
-    if metrics_mod is None:
-        print("05: note: 06_metrics.py not found beside this script; NDB and classifier accuracy are reported as null")
-    ref = real_reference(test_set, args)
-    ndb_cache: dict = {}
-    probe = None
-    if args.dataset == "colour_mnist":  # a few test inputs x 8 fixed z, scored during training
-        n_probe = min(16, args.n_eval_inputs)
-        probe = {"cond": ref["cond"][:n_probe].to(device), "weight": ref["weight"][:n_probe],
-                 "z": torch.randn(n_probe, 8, args.nz, generator=torch.Generator().manual_seed(99)).to(device)}
-    print(f"05: {', '.join(models)} x seeds {seeds} on {args.dataset} ({len(train_set)} train / "
-          f"{len(test_set)} test, {args.img_size}x{args.img_size}), {args.n_steps} steps of {args.batch_size}, "
-          f"on {device}; writing {run_dir}")
-
-    t_start = time.perf_counter()
-    for seed in seeds:
-        for model, lambda_ms in specs:
-            if any(r["seed"] == seed and r["model"] == model for r in finished):
-                continue
-            cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
-            G, train_info = train_model(args, model, lambda_ms, seed, train_set, device, ckpt_path, cur,
-                                        save_extra=lambda: {"finished": finished, "samples": samples}, probe=probe)
-            state = None
-            ev, outputs = evaluate(G, args, seed, ref, metrics_mod, device, ndb_cache)
-            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
-            if seed == seeds[0]:
-                samples[model] = outputs[:8].clone()
-            common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
-            common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
-                                   current=None, finished=finished, samples=samples)
-            msg = (f"  {model} seed {seed}: " + (f"{ev['colours_per_input']:.2f} colours/input, " if "colours_per_input" in ev else "")
-                   + f"diversity L1 {ev['diversity_l1']:.3f}, " + (f"accuracy {ev['classifier_accuracy']:.3f}, " if ev.get("classifier_accuracy") is not None else "")
-                   + f"{train_info['train_inputs_per_s']:.0f} inputs/s ({2 * train_info['train_inputs_per_s']:.0f} generated images/s)")
-            print(msg)
-
-    reference = score(ref["targets"], ref, args, metrics_mod, device, ndb_cache) if args.dataset == "colour_mnist" else {}
-    reference["colours_per_input_expected"] = expected_distinct(len(PALETTE), args.n_eval_z)
-    reference.setdefault("ndb_k", args.ndb_k)
-    summary = summarise(finished, models)
-    table = comparison_table(summary, reference, models, len(seeds))
-    with common.atomic_open(run_dir / "comparison.md") as f:
-        f.write(f"{args.dataset}, seeds {seeds}, {args.n_steps} steps x {args.batch_size}, lambda_ms {lambdas}; "
-                f"mean +- standard error over seeds; {args.n_eval_inputs} test inputs x {args.n_eval_z} noise vectors\n\n")
-        f.write(table)
-    plot_samples(samples, ref, run_dir / "samples.png", summary)
-    if args.dataset == "colour_mnist":
-        plot_colour_histograms(finished, models, run_dir / "colour_histogram.png")
-    plot_curves(finished, run_dir, seeds[0])
-    train_secs = sum(r["train"]["train_seconds"] for r in finished)
-    train_inputs = sum(r["train"]["steps"] for r in finished) * args.batch_size
-    metrics = {"device": str(device), "dataset": args.dataset, "seeds": seeds, "models": models,
-               "lambda_ms": args.lambda_ms, "palette": dict(zip(PALETTE_NAMES, ((PALETTE + 1) / 2).tolist()))
-               if args.dataset == "colour_mnist" else None,
-               "summary": summary, "reference_real": reference, "per_run": finished,
-               "train_seconds": train_secs, "wall_seconds": time.perf_counter() - t_start,
-               "train_inputs_per_s": train_inputs / max(train_secs, 1e-9),
-               "train_generated_images_per_s": 2 * train_inputs / max(train_secs, 1e-9),
-               "metrics_module": None if metrics_mod is None else "06_metrics",
-               "lpips": "not available: 06_metrics.py missing" if metrics_mod is None else (metrics_mod.lpips_status() or "used")}
-    common.save_json(run_dir / "metrics.json", metrics)
-    ckpt_path.unlink(missing_ok=True)  # finished: the run folder holds the results; nothing to resume
-    print(table)
-    print(f"05: {metrics['train_inputs_per_s']:.0f} training inputs/s ({metrics['train_generated_images_per_s']:.0f} "
-          f"generated images/s); outputs in {run_dir}")
-    return metrics
-
-
-# ----------------------------------------------------------------------------- 8. --task class (MSGAN Sec. 4.2 on MNIST)
-N_CLASSES = 10
-
-
-class LabelledImages:
-    """MNIST images (uint8, N x 1 x 28 x 28) and labels on the device; batches as [-1, 1] floats and
-    one-hot labels."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self):
-        return len(self.images)
-
-    def to(self, device):
-        return LabelledImages(self.images.to(device), self.labels.to(device))
-
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[idx].float() / 127.5 - 1, F.one_hot(self.labels[idx], N_CLASSES).float()
-
-    def of_label(self, c: int) -> torch.Tensor:
-        return self.images[self.labels == c].float() / 127.5 - 1
-
-
-def load_class_data(args) -> tuple[LabelledImages, LabelledImages]:
-    """(training images, the 10,000 test images). With --n_train < 60,000 the training images are a
-    seeded draw (seed 0, the same in every run). The per-label references (Frechet statistics, NDB
-    bins) are fitted on the training images of the label, as the paper's protocol: all 60,000 at the
-    default."""
-    x, y = common.load_mnist(args.data_root, train=True)
-    xt, yt = common.load_mnist(args.data_root, train=False)
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:args.n_train].sort().values
-    counts = torch.bincount(y[keep], minlength=N_CLASSES)
-    if args.ndb_k > int(counts.min()):
-        raise common.UserError(f"--ndb_k {args.ndb_k}: the rarest label has {int(counts.min())} of the --n_train "
-                               f"{args.n_train} training images; NDB needs at least k of them")
-    return LabelledImages(x[keep, None], y[keep]), LabelledImages(xt[:, None], yt)
-
-
-class PerLabelReference:
-    """What each label's scores compare against, computed once per run: the 06 classifier's feature
-    statistics of the label's training images (Frechet distance) and NDB bins fitted on them (K-means
-    in pixel space, 06's NDB, seed 0)."""
-
-    def __init__(self, train: LabelledImages, clf, metrics_mod, k: int, device):
-        self.m, self.clf, self.stats, self.ndb, self.n_real = metrics_mod, clf, [], [], []
-        for c in range(N_CLASSES):
-            real = train.of_label(c).to(device)
-            self.stats.append(metrics_mod.FeatureStats(clf.features(real)))
-            self.ndb.append(metrics_mod.NDB(real.flatten(1), k=k, seed=0, device=device))
-            self.n_real.append(len(real))
-
-
-def score_per_label(images: list[torch.Tensor], ref: PerLabelReference, device, diversity_samples: int = 1000) -> dict:
-    """MSGAN's class-task scores (Sec. 4.2, Table 2), per label c on images[c] (N_c x 1 x 28 x 28 in
-    [-1, 1], all meant to show digit c), then averaged over the labels:
-
-    - fd: Frechet distance between the 06 classifier's features of the images and of the training
-      images of label c (the paper: Inception FID, 5,000 generated images per class; not comparable);
-    - ndb, ndb_frac, ndb_jsd: 06's NDB and JSD against label c's bins (alpha = 0.05);
-    - diversity_l1: mean pairwise L1 within the label (06's `diversity`, a seeded subset of 1,000);
-    - lpips: mean LPIPS within the label (06's `lpips_diversity`), None where it cannot run;
-    - accuracy: fraction the classifier reads as c (is the label obeyed?).
-    Returns the means and, under "per_label", the ten values of each."""
-    m = ref.m
-    per: dict[str, list] = {k: [] for k in ("fd", "ndb", "ndb_frac", "ndb_jsd", "diversity_l1", "lpips", "accuracy")}
-    for c, imgs in enumerate(images):
-        imgs = imgs.to(device)
-        ev = ref.ndb[c].evaluate(imgs.flatten(1))
-        per["fd"].append(m.frechet_distance(ref.clf.features(imgs), ref.stats[c]))
-        per["ndb"].append(ev["ndb"])
-        per["ndb_frac"].append(ev["ndb_frac"])
-        per["ndb_jsd"].append(ev["jsd"])
-        per["diversity_l1"].append(m.diversity(imgs, "l1", max_samples=diversity_samples, seed=c))
-        per["lpips"].append(m.lpips_diversity(imgs, n_pairs=1000, device=device, seed=c))
-        per["accuracy"].append(float((ref.clf.predict(imgs) == c).double().mean()))
-    out = {k: (None if any(v is None for v in vals) else float(sum(vals) / len(vals))) for k, vals in per.items()}
-    return {**out, "ndb_k": ref.ndb[0].k, "per_label": per}
-
-
-@torch.no_grad()
-def generate_per_label(G: nn.Module, z: torch.Tensor, device, batch: int = 1000) -> torch.Tensor:
-    """G's images (10, N, 1, 28, 28) for noise z (10, N, nz): row c conditioned on label c. G in eval
-    mode (BatchNorm running statistics), as the official test.py."""
-    was_training = G.training
-    G.eval()
-    out = []
-    for c in range(N_CLASSES):
-        zc = z[c].to(device)
-        onehot = F.one_hot(torch.full((len(zc),), c, device=device), N_CLASSES).float()
-        out.append(torch.cat([G(zc[i:i + batch], onehot[i:i + batch]).cpu() for i in range(0, len(zc), batch)]))
-    G.train(was_training)
-    return torch.stack(out)
-
-
-def train_class_model(args, model: str, lambda_ms: float, seed: int, data: LabelledImages, device, ckpt_path: Path,
-                      state: dict | None, save_extra) -> tuple[nn.Module, dict]:
-    """Train one conditional DCGAN (lambda_ms = 0) or MSGAN for args.n_steps steps as the official
-    `update_D` then `update_G`: one G pass for two noise vectors per image, a D step on both (detached)
-    fakes, then a G step through the updated D on the same fakes."""
-    torch.manual_seed(seed)  # same initial weights for both models of a seed
-    G, D = build_class_models(args, device)
-    adam = lambda net: torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.b1, args.b2),  # noqa: E731
-                                        weight_decay=args.weight_decay)
-    opt_g, opt_d = adam(G), adam(D)
-    z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
-    curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
-    start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves,
-                                            f"{model} seed {seed}", args.n_steps)
-    B, n, nz = args.batch_size, len(data), args.nz
-    per_epoch = n // B
-    bar = common.Progress(args.n_steps, f"05 {model} seed {seed}", start=start)
-    stats: dict = {}
-    order, order_epoch = None, -1
-    cpu_seconds = 0.0 if state is None else state.get("cpu_seconds", 0.0)
-    t0, c0 = time.perf_counter(), time.process_time()
-
-    def checkpoint(step):
-        curves.save()
-        common.save_checkpoint(ckpt_path, models={"G": G, "D": D}, optimizers={"G": opt_g, "D": opt_d}, step=step,
-                               config=vars(args), current={"model": model, "seed": seed}, z_gen=z_gen.get_state(),
-                               curves=curves.state_dict(), train_seconds=train_seconds + time.perf_counter() - t0,
-                               cpu_seconds=cpu_seconds + time.process_time() - c0, **save_extra())
-
-    for step in range(start, args.n_steps):
-        epoch, j = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = epoch_order(n, seed, epoch, device), epoch
-        real, onehot = data.batch(order[j * B:(j + 1) * B])
-        z = torch.randn(2 * B, nz, generator=z_gen).to(device)
-        fake = G(z, torch.cat([onehot, onehot]))
-        fake1, fake2 = fake[:B], fake[B:]
-        d_loss = class_discriminator_loss(D, real, fake1.detach(), fake2.detach(), onehot)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        D.requires_grad_(False)  # D's gradients from the G step would be discarded anyway
-        g_loss, stats = class_generator_loss(D, fake1, fake2, onehot, z[:B], z[B:], lambda_ms)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        D.requires_grad_(True)
-
-        done = step + 1
-        if done % args.log_every == 0 or done == args.n_steps or done % args.checkpoint_every == 0:
-            if not (torch.isfinite(g_loss.detach()) and torch.isfinite(d_loss.detach()) and torch.isfinite(fake).all()):
-                raise common.TrainingDiverged(f"{model} seed {seed}: loss became {float(g_loss.detach())}/"
-                                              f"{float(d_loss.detach())} at step {done}; the last checkpoint "
-                                              f"({ckpt_path}) is kept")
-        if done % args.log_every == 0 or done == args.n_steps:
-            curves.log(step=done, epoch=round(done / per_epoch, 3), d_loss=round(float(d_loss.detach()), 5),
-                       **{k: round(float(v), 5) for k, v in stats.items()})
-        if done % args.checkpoint_every == 0 and done < args.n_steps:
-            checkpoint(done)
-        bar.update(1, info=lambda: {"D": float(d_loss.detach()), "G": float(stats["g_gan"]), "lz": float(stats["lz"])})
-    train_seconds += time.perf_counter() - t0
-    cpu_seconds += time.process_time() - c0
-    curves.save()
-    return G, {"train_seconds": train_seconds, "train_cpu_seconds": cpu_seconds, "steps": args.n_steps,
-               "epochs": args.n_steps / per_epoch,
-               "train_images_per_s": (args.n_steps - start) * B / max(time.perf_counter() - t0, 1e-9),
-               "final_losses": {k: float(v) for k, v in stats.items()} if stats else {}}
-
-
-CLASS_TABLE_ROWS = [("fd", "Frechet distance, classifier features (vs the label's training images)", "{:.2f}"),
-                    ("ndb", "NDB (bins)", "{:.1f}"),
-                    ("ndb_jsd", "JSD of the NDB bins", "{:.4f}"),
-                    ("diversity_l1", "within-label diversity: mean pairwise L1", "{:.4f}"),
-                    ("lpips", "within-label diversity: LPIPS", "{:.4f}"),
-                    ("accuracy", "classifier accuracy (label obeyed)", "{:.4f}")]
-
-
 def plot_label_samples(samples: dict, path: Path, summary: dict) -> None:
     """Rows = labels 0-9, columns = the same noise vectors in every row and block, one block per model."""
     plt = common.pyplot()
@@ -1346,96 +1351,6 @@ def plot_label_samples(samples: dict, path: Path, summary: dict) -> None:
     common.savefig(fig, path)
 
 
-def run_class(args, device, argv) -> dict:
-    """--task class: the baseline (cdcgan) and MSGAN on each seed, scored per label against MNIST."""
-    seeds = [args.seed + i for i in range(args.seeds)]
-    specs = model_specs(args)
-    models = [name for name, _ in specs]
-    lambdas = "-".join(f"{lam:g}" for lam in dict.fromkeys(args.lambda_ms))
-    name = (f"class_ms{lambdas}_seed{args.seed}" + (f"x{args.seeds}" if args.seeds > 1 else "")
-            + ("_quick" if args.quick else ""))
-    metrics_mod = METRICS.load(required=False)
-    if metrics_mod is None:
-        raise common.UserError("--task class needs 06_metrics.py beside this script (classifier, NDB, Frechet distance)")
-    train, test = load_class_data(args)  # before the run folder: a data error leaves nothing behind
-    run_dir = common.start_run(args, __file__, name, argv)
-    ckpt_path = run_dir / "checkpoint.pt"
-    finished: list[dict] = []
-    samples: dict = {}
-    state = None
-    if args.resume:
-        state, complete = resume_state(args, run_dir, ckpt_path)
-        if complete is not None:
-            return complete
-        if state is not None:
-            finished, samples = state["finished"], state["samples"]
-    train = train.to(device)
-    t_ref = time.perf_counter()
-    clf = metrics_mod.load_classifier(args.data_root, device=device, quick=args.quick)
-    ref = PerLabelReference(train, clf, metrics_mod, args.ndb_k, device)
-    reference = score_per_label([test.of_label(c) for c in range(N_CLASSES)], ref, device)
-    reference["n_per_label"] = [int((test.labels == c).sum()) for c in range(N_CLASSES)]
-    ref_seconds = time.perf_counter() - t_ref
-    fig_z = torch.randn(N_CLASSES, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(99))
-    fig_z[:] = fig_z[0]  # the same noise vector in each column, whatever the label
-    print(f"05: {', '.join(models)} x seeds {seeds}, conditional on the MNIST label ({len(train)} training images, "
-          f"{args.n_steps} steps of {args.batch_size} = {args.n_steps / (len(train) // args.batch_size):g} epochs, "
-          f"width {args.ngf}/{args.ndf}), on {device}; references in {ref_seconds:.0f} s; writing {run_dir}")
-
-    t_start = time.perf_counter()
-    for seed in seeds:
-        for model, lambda_ms in specs:
-            if any(r["seed"] == seed and r["model"] == model for r in finished):
-                continue
-            cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
-            G, train_info = train_class_model(args, model, lambda_ms, seed, train, device, ckpt_path, cur,
-                                              save_extra=lambda: {"finished": finished, "samples": samples})
-            state = None
-            t0 = time.perf_counter()
-            z = torch.randn(N_CLASSES, args.n_eval_per_label, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
-            images = generate_per_label(G, z, device)
-            gen_seconds = time.perf_counter() - t0
-            ev = score_per_label(list(images), ref, device)
-            ev["eval_images_per_s"] = images.shape[0] * images.shape[1] / max(gen_seconds, 1e-9)
-            ev["eval_seconds"] = time.perf_counter() - t0
-            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
-            if seed == seeds[0]:
-                samples[model] = generate_per_label(G, fig_z, device)
-            common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
-            common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
-                                   current=None, finished=finished, samples=samples)
-            print(f"  {model} seed {seed}: FD {ev['fd']:.2f}, NDB {ev['ndb']:.1f}/{args.ndb_k}, JSD {ev['ndb_jsd']:.4f}, "
-                  f"diversity L1 {ev['diversity_l1']:.4f}, accuracy {ev['accuracy']:.4f}; "
-                  f"{train_info['train_images_per_s']:.0f} training images/s, {train_info['train_seconds']:.0f} s")
-
-    summary = summarise(finished, models)
-    table = comparison_table(summary, reference, models, len(seeds), CLASS_TABLE_ROWS)
-    with common.atomic_open(run_dir / "comparison.md") as f:
-        f.write(f"--task class, seeds {seeds}, {args.n_steps} steps x {args.batch_size} ({args.n_epochs} epochs of "
-                f"{len(train)} images), width {args.ngf}/{args.ndf}, lambda_ms {lambdas}; per label then averaged over "
-                f"the 10 labels; mean +- standard error over seeds; {args.n_eval_per_label} generated images per "
-                f"label; real = the MNIST test images of the label (about 1,000 each)\n\n")
-        f.write(table)
-    plot_label_samples(samples, run_dir / "samples.png", summary)
-    plot_curves(finished, run_dir, seeds[0])
-    train_secs = sum(r["train"]["train_seconds"] for r in finished)
-    train_images = sum(r["train"]["steps"] for r in finished) * args.batch_size
-    metrics = {"task": "class", "device": str(device), "seeds": seeds, "models": models, "lambda_ms": args.lambda_ms,
-               "summary": summary, "reference_real": reference, "per_run": finished,
-               "train_seconds": train_secs, "reference_seconds": ref_seconds,
-               "wall_seconds": time.perf_counter() - t_start,
-               "train_images_per_s": train_images / max(train_secs, 1e-9),
-               "train_generated_images_per_s": 2 * train_images / max(train_secs, 1e-9),
-               "classifier": {k: clf.info.get(k) for k in ("test_accuracy", "quick", "cached")},
-               "lpips": metrics_mod.lpips_status() or "used", "hardware": common.hardware()}
-    common.save_json(run_dir / "metrics.json", metrics)
-    ckpt_path.unlink(missing_ok=True)
-    print(table)
-    print(f"05: {metrics['train_images_per_s']:.0f} training images/s ({metrics['train_generated_images_per_s']:.0f} "
-          f"generated images/s); outputs in {run_dir}")
-    return metrics
-
-
 def print_table(path) -> dict:
     """--table: the comparison table of a finished run, rebuilt from its metrics.json."""
     metrics = common.load_json(path)
@@ -1448,7 +1363,21 @@ def print_table(path) -> dict:
     return metrics
 
 
-TASK_RUNS = {"pix2pix": run, "class": run_class}
+# 5. main: parse the flags, then --table, or one task's runs
+TASK_RUNS = {"pix2pix": run_pix2pix, "class": run_class}
+
+
+@common.cli
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    common.set_seed(args.seed, args.deterministic)
+    device = common.pick_device(args.device)
+    if args.table:
+        return print_table(args.table)
+    # one thread: on a 2-core machine beside another busy process two threads trained several times slower,
+    # and the numbers depend on the thread count, so one thread everywhere reproduces the published ones
+    with common.cpu_threads(device, 1):
+        return TASK_RUNS[args.task](args, device, argv)
 
 
 if __name__ == "__main__":

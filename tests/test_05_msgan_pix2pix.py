@@ -123,7 +123,7 @@ def test_colour_coverage_on_hand_made_images():
     outputs = torch.stack([m.paint(digit[None].expand(10, -1, -1, -1), c) for c in (one_colour, all_colours)])
     outputs = outputs + 0.02 * torch.randn(outputs.shape, generator=torch.Generator().manual_seed(0))  # a little noise
     cov = m.colour_coverage(outputs, intensity)
-    assert cov["colours_per_input_per_input"] == [1.0, 8.0]
+    assert [m.colour_coverage(outputs[i:i + 1], intensity[i:i + 1])["colours_per_input"] for i in (0, 1)] == [1.0, 8.0]
     assert cov["colours_per_input"] == 4.5
     assert cov["on_palette"] == 1.0
     counts = torch.tensor(cov["histogram"]) * 20
