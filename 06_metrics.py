@@ -760,7 +760,7 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
 
 
 # -- the demonstration: MNIST sets with known defects
-def build_sets(args, x_train, y_train, x_test, y_test):
+def build_sets(args, x_train, x_test, y_test):
     """The bins' training images and the sets (a)-(f), all float N x 1 x 28 x 28 in [-1, 1], seeded."""
     gen = torch.Generator().manual_seed(args.seed)
     perm = torch.randperm(len(x_train), generator=gen)
@@ -787,13 +787,15 @@ def build_sets(args, x_train, y_train, x_test, y_test):
 
 
 def run_experiment(args, device, run_dir, data: dict) -> dict:
+    """The demonstration: bins fitted on training images, every metric of each set of `build_sets`, the
+    stacked-MNIST check of the classifier on real triples, its tables and figures."""
     t_start = time.perf_counter()
-    x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
     small = args.reference == "small"
     clf = load_classifier(args.data_root, device, quick=small)
     print(f"06: classifier {'(small) ' if small else ''}test accuracy {clf.info['test_accuracy']:.2%}, "
           f"trained in {clf.info['train_seconds']:.0f} s{' (loaded from the cache)' if clf.info['cached'] else ''}")
-    fit_images, sets = build_sets(args, x_train, y_train, x_test, y_test)
+    fit_images, sets = build_sets(args, x_train, x_test, y_test)
     print(f"06: fitting K = {args.k} bins on {len(fit_images)} training images ({len(fit_images) // args.k} per bin)")
     ndb = NDB(fit_images, k=args.k, seed=args.seed, whiten=args.whiten, device=device, max_iter=args.max_iter,
               progress=True)
@@ -801,7 +803,7 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
                          feature_space=f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d)")
     rows = {name: evaluate_images(images, ref, args.alpha, args.diversity_samples, args.z_threshold)
             for name, images in sets.items()}
-    print(format_table(rows, ref.feature_space))
+    write_table(rows, ref.feature_space, run_dir / "table.txt")
 
     speed = speed_benchmark(args, x_train, x_test, device, ndb)
     stacked, triples = make_stacked_mnist(x_test, args.n_stacked, torch.Generator().manual_seed(args.seed),
@@ -813,8 +815,10 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
     print(f"06: stacked MNIST, {args.n_stacked} real triples: {st['covered']}/1000 triples covered "
           f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
 
-    chance = (f"differ in about alpha K = {args.alpha * args.k:g} bins (chance)" if args.z_threshold is None
-              else f"differ in about {args.k * math.erfc(args.z_threshold / math.sqrt(2)):.2g} bins (chance)")
+    by_chance = (args.alpha * args.k if args.z_threshold is None  # the bins that differ by chance alone
+                 else args.k * math.erfc(args.z_threshold / math.sqrt(2)))
+    chance = (f"differ in about alpha K = {by_chance:g} bins (chance)" if args.z_threshold is None
+              else f"differ in about {by_chance:.2g} bins (chance)")
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB ({_rule(args)}) on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: "
                   f"held-out images {chance}, the test set in a few more, "
@@ -824,12 +828,9 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
                      f"bin centres; framed: significantly different bins for '{drop_name}' "
                      f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
     plot_digit_histograms(rows, run_dir / "digit_histograms.png")
-    with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
             "sets": rows, "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
-            "ndb_expected_by_chance": args.alpha * args.k if args.z_threshold is None
-            else args.k * math.erfc(args.z_threshold / math.sqrt(2)),
+            "ndb_expected_by_chance": by_chance,
             "n_fit": len(fit_images), "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
             "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
             "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
@@ -1067,13 +1068,11 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
     name = Path(args.fake).name
     row = evaluate_images(fake, ref, args.alpha, args.diversity_samples, args.z_threshold)
     rows = {name: row}
-    print(format_table(rows, ref.feature_space))
+    write_table(rows, ref.feature_space, run_dir / "table.txt")
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
                   f"marked bins differ significantly ({_rule(args)})")
     common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
-    with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
             "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
             "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
@@ -1281,6 +1280,14 @@ def format_table(rows: dict, feature_space: str = "") -> str:
         lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
                      + (" (not the Inception FID)" if "classifier" in feature_space else ""))
     return "\n".join(lines)
+
+
+def write_table(rows: dict, feature_space: str, path) -> None:
+    """`format_table`, printed and written to `path`."""
+    table = format_table(rows, feature_space)
+    print(table)
+    with common.atomic_open(path) as f:
+        f.write(table + "\n")
 
 
 def _rule(args) -> str:
