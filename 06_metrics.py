@@ -1,43 +1,16 @@
 """06_metrics.py - how collapsed is this? NDB/JSD, mode counts, digit histograms and feature-space metrics.
 
-A library first (Part I), then two experiments and a command line that use it:
+A library first, loaded by 03, 04 and 05 through common.Sibling: NDB, the Number of statistically Different
+Bins, and JSD (Richardson & Weiss, "On GANs and GMMs", NeurIPS 2018; eitanrich/gans-n-gmms), digit
+histograms and stacked-MNIST triples from a small classifier trained here, the Frechet distance in its
+features (not FID), precision/recall, density/coverage, pairwise and LPIPS diversity. Then the NDB demo on
+MNIST sets with known defects: held-out images differ in about the alpha K = 5 bins that chance allows; sets
+without 9s, with half or only 1s, or of copies of 10 images in many (only NDB, recall, coverage see the copies).
 
-Part I, the metrics, loaded by the other scripts with  METRICS = common.Sibling("06_metrics", ...)
-  NDB, kmeans, jensen_shannon_divergence  bins and the Number of statistically Different Bins, JSD
-  mnist_ndb                               NDB bins fitted on MNIST, cached
-  load_classifier, digit_stats,           the digit histogram, digits covered, KL to uniform, from a
-  stacked_digit_stats, stacked_triples,   small CNN trained here (and the digit triples, the 1,000
-  make_stacked_mnist                      modes of stacked MNIST)
-  frechet_distance, FeatureStats          Frechet distance in the CLASSIFIER's feature space (not FID)
-  precision_recall, density_coverage      Kynkaanniemi et al. 2019; Naeem et al. 2020 (k = 5)
-  diversity, lpips_diversity              mean pairwise distance; LPIPS over random pairs, where installed
-  pacgan_mode_stats                       the PacGAN mode counts for mixtures (= common.mode_stats)
-  cache_dir                               where the classifier and the bins are cached
-Images are float tensors N x 1 x 28 x 28 in [-1, 1] (the GAN convention) unless a docstring says otherwise.
-
-Part II, the NDB demonstration (the default run). NDB is from Richardson & Weiss, "On GANs and GMMs",
-NeurIPS 2018; their demo is ndb_mnist_demo.py in eitanrich/gans-n-gmms. K = 100 K-means bins are fitted
-on 50,000 MNIST training images and sets of images are compared with them bin by bin: (a) the 10,000
-held-out training images, (b) the test set, (c) the test set without its 9s, (d) a set where one digit
-fills half the samples, (e) a fully collapsed set of one digit and (f) near-duplicates of a few images,
-each scored with every metric of Part I. What you should see: the held-out images (a) differ from the bins
-in about as many bins as chance allows (alpha K = 5 at alpha = 0.05); the test set (b, other writers) in a
-few more; (c)-(f) in many. Each other metric misses something: the near-duplicates (f) keep a high
-precision and density (every image is real) and a normal pixel diversity, while NDB, recall and coverage
-expose them.
-  --protocol gans-n-gmms runs the authors' own protocol instead: bins fitted on 45,000 training images
-  (15,000 held out as validation), 10,000 query images per set, a bin counted when |z| > 3 or 4, over
-  3 random splits, beside the figures of their README.
-
-Part III, the command line for your samples: --fake FILE against MNIST or against --real FILE.
-
-Run:  python 06_metrics.py                        (Part II: about 3 min on two CPU cores, plus 1-3 min the
-                                                   first time to train and cache the classifier)
-      python 06_metrics.py --records results/06 --run_name demo   (Part II, keeping its record)
-      python 06_metrics.py --table results/06/demo (its tables, from the record)
-      python 06_metrics.py --protocol gans-n-gmms (the authors' protocol, 3 splits: under 2 min on one thread)
-      python 06_metrics.py --fake samples.npz     (evaluate your samples against MNIST)
-      python 06_metrics.py --fake pngs/ --real other.npz
+Run:  python 06_metrics.py                         (the demonstration, minutes on a CPU; --quick: seconds)
+      python 06_metrics.py --protocol gans-n-gmms  (the authors' protocol, beside their README's figures)
+      python 06_metrics.py --fake samples.npz [--real other.npz]   (your samples against MNIST or a file)
+      python 06_metrics.py --table results/06/demo (the tables of a record; --records DIR keeps one)
 Needs: common.py
 """
 from __future__ import annotations
@@ -61,71 +34,18 @@ import common
 LN2 = math.log(2.0)
 
 
-# ============================================================================= PART I. THE METRICS
-# ----------------------------------------------------------------------------- 1. NDB and JSD
-def two_proportion_z_test(p_real, n_real: int, p_sample, n_sample: int, alpha: float = 0.05):
-    """The per-bin test of NDB (Richardson & Weiss 2018, Sec. 2): a pooled two-proportion z-test.
-
-    p = (p1 n1 + p2 n2) / (n1 + n2),  se = sqrt(p (1 - p) (1/n1 + 1/n2)),  z = (p1 - p2) / se,
-    two-tailed p-value 2 Phi(-|z|) = erfc(|z| / sqrt 2); a bin is significantly different when the
-    p-value is below alpha. A bin empty in both sets has se = 0: z and p are nan and it is not counted
-    (as in the reference code). Returns (z, p_value, significant) as float64/bool tensors."""
-    p1 = torch.as_tensor(p_real, dtype=torch.float64)
-    p2 = torch.as_tensor(p_sample, dtype=torch.float64).to(p1.device)
-    pooled = (p1 * n_real + p2 * n_sample) / (n_real + n_sample)
-    se = torch.sqrt(pooled * (1 - pooled) * (1.0 / n_real + 1.0 / n_sample))
-    z = (p1 - p2) / se
-    p_value = torch.special.erfc(z.abs() / math.sqrt(2.0))
-    return z, p_value, p_value < alpha
-
-
-def different_bins(z, p_value, alpha: float = 0.05, z_threshold: float | None = None) -> torch.Tensor:
-    """NDB's rule for "this bin differs": p-value < alpha (the paper's test), or, with `z_threshold`,
-    |z| > z_threshold (the authors' demo: 3 when their README figures were made, 4 since 2018-12).
-    Bins with a nan z (empty in both sets) never count."""
-    z = torch.as_tensor(z, dtype=torch.float64)
-    if z_threshold is not None:
-        return z.abs() > z_threshold
-    return torch.as_tensor(p_value, dtype=torch.float64) < alpha
-
-
-def jensen_shannon_divergence(p, q) -> float:
-    """JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, in nats (0 <= JSD <= ln 2).
-
-    p and q: two histograms over the same bins, as counts or proportions (each is normalised to sum 1),
-    as torch tensors (any device), NumPy arrays or lists. Used for NDB's JSD here and for the colour
-    histograms of 05."""
-    p = torch.as_tensor(np.asarray(p) if not isinstance(p, torch.Tensor) else p).detach().cpu().double().reshape(-1)
-    q = torch.as_tensor(np.asarray(q) if not isinstance(q, torch.Tensor) else q).detach().cpu().double().reshape(-1)
-    if p.shape != q.shape:
-        raise ValueError(f"JSD needs two histograms over the same bins, got {len(p)} and {len(q)} bins")
-    for h in (p, q):
-        if not bool(torch.isfinite(h).all()) or bool((h < 0).any()) or float(h.sum()) <= 0:
-            raise ValueError("JSD needs finite, non-negative histograms with a positive total")
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(a):
-        nz = a > 0
-        return (a[nz] * (a[nz] / m[nz]).log()).sum()
-
-    return float((0.5 * kl(p) + 0.5 * kl(q)).clamp(0.0, LN2))
-
-
+# 1. the method: NDB and its K-means bins, JSD; the mode counts and the MNIST classifier; feature-space metrics
+#    Images are float tensors N x 1 x 28 x 28 in [-1, 1] (the GAN convention) unless a docstring says otherwise.
 class NDB:
     """Number of statistically Different Bins (Richardson & Weiss, NeurIPS 2018, Sec. 2).
 
-    Fit: K-means (K = `k`, our seeded k-means++ + Lloyd below) on the real samples, optionally whitened
-    (per-dimension mean and std + 1e-6, as the reference); bins are sorted by size, largest first. The
-    real bin proportions are those of the real samples assigned to the final centres.
+    Fit: K-means (K = `k`, `kmeans` below) on the real samples, optionally whitened (per-dimension mean
+    and std + 1e-6, as the reference utils/ndb.py); bins are sorted by size, largest first. The real bin
+    proportions are those of the real samples assigned to the final centres.
     Evaluate: each sample goes to its nearest centre (L2); per bin, a two-proportion z-test against the
     real proportion (`two_proportion_z_test`); NDB = number of different bins (`different_bins`: p < alpha,
     or |z| > z_threshold), NDB/K, and the JSD between the two proportion vectors. About 500 real samples
-    per bin is the authors' advice.
-
-    Differences from the reference (utils/ndb.py): one seeded k-means++ run instead of scikit-learn's
-    unseeded n_init=10 runs; all dimensions are used (the reference subsamples d // 6 of them when
-    d > 1000, for speed only)."""
+    per bin is the authors' advice."""
 
     def __init__(self, real=None, k: int = 100, seed: int = 0, whiten: bool = False, device="cpu",
                  max_iter: int = 100, tol: float = 1e-4, progress: bool = False):
@@ -148,12 +68,13 @@ class NDB:
     def fit(self, real, progress: bool = False) -> "NDB":
         t0 = time.perf_counter()
         x = torch.as_tensor(real).to(self.device, torch.float32)
-        x = x.reshape(len(x), -1)
+        x = x.reshape(len(x), -1)  # every dimension (the reference keeps a random d // 6 when d > 1000, for speed)
         if len(x) < self.k:
             raise ValueError(f"NDB needs at least k = {self.k} real samples, got {len(x)}")
         if self.whiten:
             self.mean, self.std = x.mean(0), x.std(0, unbiased=False) + 1e-6
             x = (x - self.mean) / self.std
+        # one seeded k-means++ run; the reference takes the best of scikit-learn's 10 unseeded runs
         centers, labels, info = kmeans(x, self.k, seed=self.seed, max_iter=self.max_iter, tol=self.tol,
                                        progress=progress)
         counts = torch.bincount(labels, minlength=self.k)
@@ -224,58 +145,13 @@ class NDB:
         return cls.from_state_dict(torch.load(path, map_location="cpu", weights_only=True), device)
 
 
-# ----------------------------------------------------------------------------- 2. seeded K-means in torch
-def _nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int | None = None,
-                    x_sq: torch.Tensor | None = None, return_dist: bool = False):
-    """argmin_j ||x_i - c_j||^2 in row chunks (||x||^2 is constant per row, so it only enters the distances).
-    A chunk holds at most 16,384 rows and about 64 MB of distances, whatever K."""
-    chunk = chunk or max(1, min(16384, (1 << 24) // max(len(centers), 1)))
-    c_sq = (centers * centers).sum(1)
-    labels, dists = [], []
-    for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
-        val, idx = torch.addmm(c_sq, xb, centers.T, alpha=-2.0).min(1)
-        labels.append(idx)
-        if return_dist:
-            dists.append((val + (xb * xb).sum(1) if x_sq is None else val + x_sq[i:i + chunk]).clamp_min_(0))
-    labels = torch.cat(labels)
-    return (labels, torch.cat(dists)) if return_dist else labels
-
-
-def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(x_sq[:, None] + (points * points).sum(1)[None], x, points.T, alpha=-2.0).clamp_min_(0)
-
-
-def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int | None = None):
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; the greedy variant of scikit-learn):
-    each new centre is the best of 2 + ln k candidates drawn with probability proportional to D(x)^2.
-    Random numbers come from the CPU `generator`, so one seed gives the same centres on one device."""
-    n = len(x)
-    trials = n_local_trials or 2 + int(math.log(k))
-    x_sq = (x * x).sum(1)
-    first = int(torch.randint(n, (1,), generator=generator))
-    centers = x.new_empty(k, x.shape[1])
-    centers[0] = x[first]
-    closest = _sq_dist_to(x, x_sq, x[first:first + 1])[:, 0]
-    acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
-    for i in range(1, k):
-        cum = torch.cumsum(closest.to(acc), 0)
-        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device, acc) * cum[-1]
-        cand = torch.searchsorted(cum, u).clamp_(max=n - 1)
-        new_closest = torch.minimum(closest[:, None], _sq_dist_to(x, x_sq, x[cand]))
-        best = new_closest.sum(0).argmin()
-        centers[i] = x[cand[best]]
-        closest = new_closest[:, best]
-    return centers
-
-
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: float = 1e-4,
            progress: bool = False):
     """Lloyd's K-means with greedy k-means++ start, in torch (CPU or GPU), seeded: the same seed gives
     the same centres on the same device with the same number of threads (the BLAS summation order can
     differ between thread counts, and with it a few late assignments). An iteration assigns every point
-    to its nearest centre and moves each centre to the mean of its points (sums updated with the points that changed cluster
-    only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
+    to its nearest centre and moves each centre to the mean of its points (sums updated with the points
+    that changed cluster only). Stops when no label changes or the centres moved less than `tol` x (mean per-dimension
     variance of x), squared and summed (scikit-learn's rule), or after `max_iter` iterations; an empty
     cluster is moved to the point farthest from its centre. Returns (centers, labels, info), labels
     being the assignments to the returned centres."""
@@ -310,7 +186,100 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 100, tol: flo
     return centers, labels, info
 
 
-# ----------------------------------------------------------------------------- 3. mode counting
+def kmeans_plusplus(x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int | None = None):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; the greedy variant of scikit-learn):
+    each new centre is the best of 2 + ln k candidates drawn with probability proportional to D(x)^2.
+    Random numbers come from the CPU `generator`, so one seed gives the same centres on one device."""
+    n = len(x)
+    trials = n_local_trials or 2 + int(math.log(k))
+    x_sq = (x * x).sum(1)
+    first = int(torch.randint(n, (1,), generator=generator))
+    centers = x.new_empty(k, x.shape[1])
+    centers[0] = x[first]
+    closest = _sq_dist_to(x, x_sq, x[first:first + 1])[:, 0]
+    acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+    for i in range(1, k):
+        cum = torch.cumsum(closest.to(acc), 0)
+        u = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device, acc) * cum[-1]
+        cand = torch.searchsorted(cum, u).clamp_(max=n - 1)
+        new_closest = torch.minimum(closest[:, None], _sq_dist_to(x, x_sq, x[cand]))
+        best = new_closest.sum(0).argmin()
+        centers[i] = x[cand[best]]
+        closest = new_closest[:, best]
+    return centers
+
+
+def _nearest_center(x: torch.Tensor, centers: torch.Tensor, chunk: int | None = None,
+                    x_sq: torch.Tensor | None = None, return_dist: bool = False):
+    """argmin_j ||x_i - c_j||^2 in row chunks (||x||^2 is constant per row, so it only enters the distances).
+    A chunk holds at most 16,384 rows and about 64 MB of distances, whatever K."""
+    chunk = chunk or max(1, min(16384, (1 << 24) // max(len(centers), 1)))
+    c_sq = (centers * centers).sum(1)
+    labels, dists = [], []
+    for i in range(0, len(x), chunk):
+        xb = x[i:i + chunk]
+        val, idx = torch.addmm(c_sq, xb, centers.T, alpha=-2.0).min(1)
+        labels.append(idx)
+        if return_dist:
+            dists.append((val + (xb * xb).sum(1) if x_sq is None else val + x_sq[i:i + chunk]).clamp_min_(0))
+    labels = torch.cat(labels)
+    return (labels, torch.cat(dists)) if return_dist else labels
+
+
+def _sq_dist_to(x: torch.Tensor, x_sq: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(x_sq[:, None] + (points * points).sum(1)[None], x, points.T, alpha=-2.0).clamp_min_(0)
+
+
+def two_proportion_z_test(p_real, n_real: int, p_sample, n_sample: int, alpha: float = 0.05):
+    """The per-bin test of NDB (Richardson & Weiss 2018, Sec. 2): a pooled two-proportion z-test.
+
+    p = (p1 n1 + p2 n2) / (n1 + n2),  se = sqrt(p (1 - p) (1/n1 + 1/n2)),  z = (p1 - p2) / se,
+    two-tailed p-value 2 Phi(-|z|) = erfc(|z| / sqrt 2); a bin is significantly different when the
+    p-value is below alpha. A bin empty in both sets has se = 0: z and p are nan and it is not counted
+    (as in the reference code). Returns (z, p_value, significant) as float64/bool tensors."""
+    p1 = torch.as_tensor(p_real, dtype=torch.float64)
+    p2 = torch.as_tensor(p_sample, dtype=torch.float64).to(p1.device)
+    pooled = (p1 * n_real + p2 * n_sample) / (n_real + n_sample)
+    se = torch.sqrt(pooled * (1 - pooled) * (1.0 / n_real + 1.0 / n_sample))
+    z = (p1 - p2) / se
+    p_value = torch.special.erfc(z.abs() / math.sqrt(2.0))
+    return z, p_value, p_value < alpha
+
+
+def different_bins(z, p_value, alpha: float = 0.05, z_threshold: float | None = None) -> torch.Tensor:
+    """NDB's rule for "this bin differs": p-value < alpha (the paper's test), or, with `z_threshold`,
+    |z| > z_threshold (the authors' demo: 3 when their README figures were made, 4 since 2018-12).
+    Bins with a nan z (empty in both sets) never count."""
+    z = torch.as_tensor(z, dtype=torch.float64)
+    if z_threshold is not None:
+        return z.abs() > z_threshold
+    return torch.as_tensor(p_value, dtype=torch.float64) < alpha
+
+
+def jensen_shannon_divergence(p, q) -> float:
+    """JSD(p, q) = 1/2 KL(p || m) + 1/2 KL(q || m), m = (p + q) / 2, in nats (0 <= JSD <= ln 2).
+
+    p and q: two histograms over the same bins, as counts or proportions (each is normalised to sum 1),
+    as torch tensors (any device), NumPy arrays or lists. Used for NDB's JSD here and for the colour
+    histograms of 05."""
+    p = torch.as_tensor(np.asarray(p) if not isinstance(p, torch.Tensor) else p).detach().cpu().double().reshape(-1)
+    q = torch.as_tensor(np.asarray(q) if not isinstance(q, torch.Tensor) else q).detach().cpu().double().reshape(-1)
+    if p.shape != q.shape:
+        raise ValueError(f"JSD needs two histograms over the same bins, got {len(p)} and {len(q)} bins")
+    for h in (p, q):
+        if not bool(torch.isfinite(h).all()) or bool((h < 0).any()) or float(h.sum()) <= 0:
+            raise ValueError("JSD needs finite, non-negative histograms with a positive total")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a):
+        nz = a > 0
+        return (a[nz] * (a[nz] / m[nz]).log()).sum()
+
+    return float((0.5 * kl(p) + 0.5 * kl(q)).clamp(0.0, LN2))
+
+
+# -- mode counts
 pacgan_mode_stats = common.mode_stats  # PacGAN (Lin et al. 2018, Sec. 5.1): 3-sigma quality, modes, reverse KL
 
 
@@ -365,7 +334,7 @@ def make_stacked_mnist(images, n: int, generator: torch.Generator | None = None,
     return stacked, lab[:, 0] * 100 + lab[:, 1] * 10 + lab[:, 2]
 
 
-# ----------------------------------------------------------------------------- 4. the MNIST classifier and the cache
+# -- the MNIST classifier and the cache
 CLASSIFIER_VERSION = 1
 CLASSIFIER_RECIPES = {  # widths, training images, epochs; the full one reaches >= 99.0% test accuracy
     False: {"c1": 16, "c2": 32, "hidden": 128, "n_train": 60000, "epochs": 3, "batch_size": 128, "lr": 3e-3},
@@ -524,7 +493,7 @@ def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool
     return model
 
 
-# ----------------------------------------------------------------------------- 5. feature-space metrics and diversity
+# -- feature-space metrics and diversity
 def _frechet_from_moments(mu1, s1, mu2, s2) -> float:
     """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), with tr((S1 S2)^1/2) computed as the sum of
     square roots of the eigenvalues of S1^1/2 S2 S1^1/2 (symmetric PSD, so no complex sqrtm)."""
@@ -692,7 +661,7 @@ def lpips_diversity(samples, n_pairs: int = 1000, device="cpu", seed: int = 0) -
     return float(d.mean())
 
 
-# ----------------------------------------------------------------------------- 6. cached MNIST bins
+# -- NDB bins fitted on MNIST, cached
 def mnist_ndb(data_root, k: int = 100, seed: int = 0, device="cpu", quick: bool = False,
               stacked: bool = False, progress: bool = True) -> NDB:
     """NDB bins fitted on MNIST's 60,000 training images (pixels in [-1, 1], flattened), cached in
@@ -710,8 +679,7 @@ def mnist_ndb(data_root, k: int = 100, seed: int = 0, device="cpu", quick: bool 
     if stacked:
         real = make_stacked_mnist(x, n, gen).reshape(n, -1)
     else:
-        real = x[torch.randperm(len(x), generator=gen)[:n]] if quick else x
-        real = real.reshape(len(real), -1).float().div(127.5).sub(1)
+        real = _to_float(x[torch.randperm(len(x), generator=gen)[:n]] if quick else x).reshape(n, -1)
     ndb = NDB(real.to(device), k=k, seed=seed, device=device, progress=progress)
     ndb.save(path)
     return ndb
@@ -722,7 +690,7 @@ def mnist_ndb_path(data_root, k: int, seed: int, quick: bool, stacked: bool) -> 
     return cache_file(data_root, f"ndb_mnist{'_stacked' if stacked else ''}_k{k}_seed{seed}{'_quick' if quick else ''}")
 
 
-# ----------------------------------------------------------------------------- 7. every metric of one set
+# 2. the measures and the experiments: every metric of one set; the NDB demo, the authors' protocol, your samples
 class Reference:
     """What every evaluated set is compared with: NDB bins, the classifier (MNIST only), the real feature
     statistics (Frechet) and the real k-NN radii (precision/recall, density/coverage)."""
@@ -736,12 +704,32 @@ class Reference:
         self.feature_space = feature_space
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        if self.clf is None:
-            return images.reshape(len(images), -1).float()
-        if self.stacked:  # the three channels' features side by side
-            f = self.clf.features(images.reshape(-1, 1, *images.shape[2:]))
-            return f.reshape(len(images), -1)
-        return self.clf.features(images)
+        return image_features(self.clf, images, self.stacked)
+
+
+def image_features(clf: MNISTClassifier | None, images: torch.Tensor, stacked: bool = False) -> torch.Tensor:
+    """The classifier's features of each image (stacked: the three channels' features side by side), or
+    without a classifier the flattened pixels."""
+    if clf is None:
+        return images.reshape(len(images), -1).float()
+    if stacked:
+        return clf.features(images.reshape(-1, 1, *images.shape[2:])).reshape(len(images), -1)
+    return clf.features(images)
+
+
+def make_reference(ndb, clf, real_images, args, device, stacked=False, feature_space=""):
+    """The `Reference` of `real_images`: all of them for the Frechet statistics (pixels only up to 2048
+    dimensions), a seeded subset of --n_real_ref for the k-NN metrics."""
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    if clf is None:
+        flat = real_images.reshape(len(real_images), -1)
+        real_feats = flat if flat.shape[1] <= 2048 else None
+    else:
+        real_feats = image_features(clf, real_images.to(device), stacked)
+    ref_idx = torch.randperm(len(real_images), generator=gen)[:args.n_real_ref]
+    ref_feats = (real_images[ref_idx].reshape(len(ref_idx), -1).float().to(device) if clf is None
+                 else real_feats[ref_idx.to(real_feats.device)].to(device))
+    return Reference(ndb, real_feats, ref_feats, args.nn_k, device, clf, stacked, feature_space)
 
 
 def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, diversity_samples: int = 1000,
@@ -771,35 +759,8 @@ def evaluate_images(images: torch.Tensor, ref: Reference, alpha: float = 0.05, d
     return out
 
 
-TABLE_COLUMNS = [("n", "n", "{:d}"), ("ndb", "NDB", "{:d}"), ("ndb_frac", "NDB/K", "{:.2f}"),
-                 ("jsd", "JSD", "{:.4f}"), ("ndb_z3", "NDB|z|>3", "{:d}"),
-                 ("digits_covered", "digits", "{:d}"), ("triples_covered", "triples", "{:d}"),
-                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD*", "{:.2f}"),
-                 ("precision", "prec", "{:.3f}"), ("recall", "rec", "{:.3f}"), ("density", "dens", "{:.3f}"),
-                 ("coverage", "cov", "{:.3f}"), ("diversity_l1", "div(L1)", "{:.3f}")]
-
-
-def format_table(rows: dict, feature_space: str = "") -> str:
-    """The metrics as a text table; FD and the k-NN metrics are computed in `feature_space`."""
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
-    width = max(len(name) for name in rows) + 2
-    lines = ["set".ljust(width) + " ".join(h.rjust(8) for _, h, _ in cols)]
-    for name, r in rows.items():
-        cells = []
-        for key, _, fmt in cols:
-            v = r.get(key)
-            missing = v is None or (isinstance(v, float) and not math.isfinite(v))
-            cells.append(("-" if missing else fmt.format(v)).rjust(8))
-        lines.append(name.ljust(width) + " ".join(cells))
-    if feature_space:
-        lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
-                     + (" (not the Inception FID)" if "classifier" in feature_space else ""))
-    return "\n".join(lines)
-
-
-# ============================================================================= PART II. THE NDB DEMONSTRATION
-# ----------------------------------------------------------------------------- 8. sets with known defects
-def build_sets(args, x_train, y_train, x_test, y_test):
+# -- the demonstration: MNIST sets with known defects
+def build_sets(args, x_train, x_test, y_test):
     """The bins' training images and the sets (a)-(f), all float N x 1 x 28 x 28 in [-1, 1], seeded."""
     gen = torch.Generator().manual_seed(args.seed)
     perm = torch.randperm(len(x_train), generator=gen)
@@ -825,39 +786,16 @@ def build_sets(args, x_train, y_train, x_test, y_test):
     return _to_float(x_train[fit_idx]), sets
 
 
-def make_reference(ndb, clf, real_images, args, device, stacked=False, feature_space=""):
-    gen = torch.Generator().manual_seed(args.seed + 1)
-    if clf is None:
-        flat = real_images.reshape(len(real_images), -1)
-        real_feats = flat if flat.shape[1] <= 2048 else None
-    else:
-        real_feats = _clf_features(clf, real_images, stacked, device)
-    ref_idx = torch.randperm(len(real_images), generator=gen)[:args.n_real_ref]
-    ref_feats = (real_images[ref_idx].reshape(len(ref_idx), -1).float().to(device) if clf is None
-                 else real_feats[ref_idx.to(real_feats.device)].to(device))
-    return Reference(ndb, real_feats, ref_feats, args.nn_k, device, clf, stacked, feature_space)
-
-
-def _clf_features(clf, images, stacked, device):
-    x = images.to(device)
-    if stacked:
-        return clf.features(x.reshape(-1, 1, *x.shape[2:])).reshape(len(x), -1)
-    return clf.features(x)
-
-
-def _rule(args) -> str:
-    return f"|z| > {args.z_threshold:g}" if args.z_threshold is not None else f"alpha = {args.alpha:g}"
-
-
-# ----------------------------------------------------------------------------- 9. the demonstration
 def run_experiment(args, device, run_dir, data: dict) -> dict:
+    """The demonstration: bins fitted on training images, every metric of each set of `build_sets`, the
+    stacked-MNIST check of the classifier on real triples, its tables and figures."""
     t_start = time.perf_counter()
-    x_train, y_train, x_test, y_test = data["x_train"], data["y_train"], data["x_test"], data["y_test"]
+    x_train, x_test, y_test = data["x_train"], data["x_test"], data["y_test"]
     small = args.reference == "small"
     clf = load_classifier(args.data_root, device, quick=small)
     print(f"06: classifier {'(small) ' if small else ''}test accuracy {clf.info['test_accuracy']:.2%}, "
           f"trained in {clf.info['train_seconds']:.0f} s{' (loaded from the cache)' if clf.info['cached'] else ''}")
-    fit_images, sets = build_sets(args, x_train, y_train, x_test, y_test)
+    fit_images, sets = build_sets(args, x_train, x_test, y_test)
     print(f"06: fitting K = {args.k} bins on {len(fit_images)} training images ({len(fit_images) // args.k} per bin)")
     ndb = NDB(fit_images, k=args.k, seed=args.seed, whiten=args.whiten, device=device, max_iter=args.max_iter,
               progress=True)
@@ -865,7 +803,7 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
                          feature_space=f"MNIST classifier penultimate layer ({clf.arch['hidden']}-d)")
     rows = {name: evaluate_images(images, ref, args.alpha, args.diversity_samples, args.z_threshold)
             for name, images in sets.items()}
-    print(format_table(rows, ref.feature_space))
+    write_table(rows, ref.feature_space, run_dir / "table.txt")
 
     speed = speed_benchmark(args, x_train, x_test, device, ndb)
     stacked, triples = make_stacked_mnist(x_test, args.n_stacked, torch.Generator().manual_seed(args.seed),
@@ -877,8 +815,10 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
     print(f"06: stacked MNIST, {args.n_stacked} real triples: {st['covered']}/1000 triples covered "
           f"({stacked_check['true_triples_present']} present by the true labels), KL to uniform {st['kl_uniform']:.3f}")
 
-    chance = (f"differ in about alpha K = {args.alpha * args.k:g} bins (chance)" if args.z_threshold is None
-              else f"differ in about {args.k * math.erfc(args.z_threshold / math.sqrt(2)):.2g} bins (chance)")
+    by_chance = (args.alpha * args.k if args.z_threshold is None  # the bins that differ by chance alone
+                 else args.k * math.erfc(args.z_threshold / math.sqrt(2)))
+    chance = (f"differ in about alpha K = {by_chance:g} bins (chance)" if args.z_threshold is None
+              else f"differ in about {by_chance:.2g} bins (chance)")
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB ({_rule(args)}) on MNIST, K = {args.k} bins fitted on {len(fit_images)} training images: "
                   f"held-out images {chance}, the test set in a few more, "
@@ -888,12 +828,9 @@ def run_experiment(args, device, run_dir, data: dict) -> dict:
                      f"bin centres; framed: significantly different bins for '{drop_name}' "
                      f"(NDB {rows[drop_name]['ndb']}): the emptied bins look like {args.drop_digit}s")
     plot_digit_histograms(rows, run_dir / "digit_histograms.png")
-    with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"experiment": "NDB MNIST demonstration (Richardson & Weiss 2018) and more",
             "sets": rows, "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
-            "ndb_expected_by_chance": args.alpha * args.k if args.z_threshold is None
-            else args.k * math.erfc(args.z_threshold / math.sqrt(2)),
+            "ndb_expected_by_chance": by_chance,
             "n_fit": len(fit_images), "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info, **speed,
             "classifier": {k: v for k, v in clf.info.items() if k != "recipe"},
             "stacked_mnist_check": stacked_check, "lpips": lpips_status() or "available",
@@ -908,7 +845,7 @@ def speed_benchmark(args, x_train, x_test, device, ndb_fitted) -> dict:
         bench = ndb_fitted
         fit_seconds, n_fit, it = bench.fit_info["seconds"], bench.n_real, bench.fit_info["iterations"]
     else:
-        real = x_train.reshape(len(x_train), -1).float().div(127.5).sub(1)
+        real = _to_float(x_train).reshape(len(x_train), -1)
         bench = NDB(real.to(device), k=args.k, seed=args.seed, whiten=args.whiten, device=device,
                     max_iter=args.max_iter, progress=True)
         fit_seconds, n_fit, it = bench.fit_info["seconds"], len(real), bench.fit_info["iterations"]
@@ -930,38 +867,7 @@ def speed_benchmark(args, x_train, x_test, device, ndb_fitted) -> dict:
             "speed_note": "" if args.speed_benchmark else "timed on the experiment's own fit (--no-speed_benchmark)"}
 
 
-def demo_tables(record: dict) -> str:
-    """The demonstration's metrics from its record (metrics.json), as two markdown tables that share the
-    set column: NDB, JSD and the digit counts; then FD and the k-NN metrics in the classifier's features."""
-    sets = record["sets"]
-    if not isinstance(sets, dict) or not sets:
-        raise ValueError("no sets")
-    rule = (f"\\|z\\| > {record['z_threshold']:g}" if record.get("z_threshold") is not None
-            else f"α = {record['alpha']:g}")
-    covered = "triples_covered" if any("triples_covered" in r for r in sets.values()) else "digits_covered"
-
-    def number(v, fmt):
-        return "-" if v is None else fmt(v)
-
-    def fd(v):
-        return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
-
-    columns = [[("n", "n", lambda v: f"{v:d}"), ("ndb", f"NDB / {record['k']} ({rule})", lambda v: f"{v:d}"),
-                ("jsd", "JSD", lambda v: f"{v:.4f}"),
-                (covered, covered.replace("_", " "), lambda v: f"{v:d}"),
-                ("kl_uniform", f"KL({covered.split('_')[0]} ‖ uniform)", lambda v: f"{v:.3f}")],
-               [("frechet", "FD (classifier features)", fd)]
-               + [(key, key, lambda v: f"{v:.3f}") for key in ("precision", "recall", "density", "coverage")]]
-    tables = []
-    for cols in columns:
-        lines = ["| set | " + " | ".join(head for _, head, _ in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(number(r.get(key), fmt) for key, _, fmt in cols) + " |"
-                  for name, r in sets.items() if r["ndb"] is not None]   # a set's row without NDB: not a record
-        tables.append("\n".join(lines))
-    return "\n\n".join(tables)
-
-
-# ----------------------------------------------------------------------------- 10. the authors' protocol
+# -- the authors' protocol (ndb_mnist_demo.py of eitanrich/gans-n-gmms)
 # The figures of the official README (eitanrich/gans-n-gmms, README.md, its NDB/JS figure for MNIST),
 # made when ndb_mnist_demo.py counted a bin at |z| > 3 (commit bfa0704); the demo uses 4 since d3b8c28.
 GANS_N_GMMS_README = {"validation": {"ndb": 0, "jsd": 0.0014}, "test": {"ndb": 4, "jsd": 0.0041},
@@ -1038,117 +944,7 @@ def run_protocol(args, device, run_dir, data: dict) -> dict:
     return out
 
 
-def protocol_table(record: dict) -> str:
-    """The markdown table of a `run_protocol` record (metrics.json or results/06/*.json): per set, the
-    official README figures, then our NDB at each rule and the JSD, per split and their mean (the pipes
-    of |z| escaped for markdown)."""
-    splits = record["splits"]
-    rules = [f"ndb_z{t:g}" for t in record["z_thresholds"]] + ["ndb_alpha"]
-    heads = [f"NDB, \\|z\\| > {t:g}" for t in record["z_thresholds"]] + [f"NDB, α = {record['alpha']:g}"]
-    lines = [f"| set ({record['n_query']:,} images) | official README: NDB / JS (\\|z\\| > 3) | "
-             + " | ".join(heads) + " | JS |", "|---" * (len(rules) + 3) + "|"]
-
-    def cell(values, fmt, mean_fmt):
-        return ", ".join(fmt.format(v) for v in values) + f" (mean {mean_fmt.format(sum(values) / len(values))})"
-
-    for name in splits[0]["sets"]:
-        official = record["official_readme"].get(name)  # only the 9s-dropped set has README figures
-        ref = f"{official['ndb']} / {official['jsd']:g}" if official else "-"
-        cells = [cell([s["sets"][name][r] for s in splits], "{:d}", "{:.1f}") for r in rules]
-        lines.append(f"| {name} | {ref} | " + " | ".join(cells) + " | "
-                     + cell([s["sets"][name]["jsd"] for s in splits], "{:.4f}", "{:.4f}") + " |")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- 11. figures
-def plot_ndb_bins(results: dict, path, title: str) -> None:
-    """Real against evaluated bin proportions per set, bins sorted by real size, significant bins marked."""
-    plt = common.pyplot()
-    n = len(results)
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, (name, r) in zip(axes.flat, results.items()):
-        res = r["ndb_result"]
-        p, q = np.array(res["real_proportions"]), np.array(res["sample_proportions"])
-        sig = np.array(res["significant"], dtype=bool)
-        k = len(p)
-        top = 3.0 * p.max()
-        ax.bar(np.arange(k), p, width=1.0, color="0.75", label="real (bins' training images)")
-        ax.plot(np.arange(k), np.minimum(q, top), ".-", color="k", lw=0.6, ms=2.5, label="evaluated set")
-        over, under = sig & (q > p), sig & (q <= p)
-        ax.plot(np.flatnonzero(over), np.minimum(q[over], top), "^", color="tab:red", ms=4,
-                label="significantly more")
-        ax.plot(np.flatnonzero(under), q[under], "v", color="tab:blue", ms=4, label="significantly fewer")
-        if q.max() > top:
-            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top",
-                    fontsize=7)
-        ax.set_ylim(0, top * 1.05)
-        ax.set(xlabel="bin (sorted by real proportion)", ylabel="proportion of samples",
-               title=f"{name}\nNDB {res['ndb']}/{k}, JSD {res['jsd']:.4f}, n={res['n']}")
-        ax.title.set_fontsize(9)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=6, loc="upper right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    common.savefig(fig, path)
-
-
-def plot_bin_centres(ndb: NDB, res: dict, path, title: str, shape=(28, 28)) -> None:
-    """The K bin centres as images (largest bin first), the significant bins of `res` framed."""
-    plt = common.pyplot()
-    from matplotlib.patches import Rectangle
-
-    c = ndb.centers.cpu()
-    if ndb.whiten:
-        c = c * ndb.std.cpu() + ndb.mean.cpu()
-    channels = c.shape[1] // (shape[0] * shape[1])
-    imgs = c.reshape(len(c), channels, *shape)[:, 0]  # first channel
-    k, h, w = len(imgs), shape[0], shape[1]
-    cols = math.ceil(math.sqrt(k))
-    rows = math.ceil(k / cols)
-    canvas = torch.full((rows * (h + 2), cols * (w + 2)), float(imgs.min()))
-    for i, im in enumerate(imgs):
-        r, cc = divmod(i, cols)
-        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, cc * (w + 2) + 1:cc * (w + 2) + 1 + w] = im
-    fig, ax = plt.subplots(figsize=(0.55 * cols + 1, 0.55 * rows + 1))
-    ax.imshow(canvas, cmap="gray")
-    q, p = res["sample_proportions"], res["real_proportions"]
-    for i, s in enumerate(res["significant"]):
-        if s:
-            r, cc = divmod(i, cols)
-            ax.add_patch(Rectangle((cc * (w + 2) - 0.5, r * (h + 2) - 0.5), w + 2, h + 2, fill=False, lw=1.5,
-                                   edgecolor="tab:red" if q[i] > p[i] else "tab:blue"))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set(xlabel="bins, largest first (red frame: significantly more samples, blue: fewer)")
-    ax.set_title(title, fontsize=9)
-    common.savefig(fig, path)
-
-
-def plot_digit_histograms(rows: dict, path) -> None:
-    plt = common.pyplot()
-    names = [n for n, r in rows.items() if "digit_histogram" in r and len(r["digit_histogram"]) == 10]
-    if not names:
-        return
-    h = np.array([rows[n]["digit_histogram"] for n in names])
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
-    im = ax.imshow(h, cmap="viridis", vmin=0, vmax=max(0.2, h.max()), aspect="auto")
-    for i in range(h.shape[0]):
-        for j in range(10):
-            ax.text(j, i, f"{h[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if h[i, j] < 0.6 * max(0.2, h.max()) else "black")
-    ax.set_xticks(range(10))
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set(xlabel="predicted digit (MNIST classifier)",
-           title="digit histograms: a collapsed set piles onto one digit; uniform is 0.10 each")
-    fig.colorbar(im, ax=ax, label="fraction of samples")
-    common.savefig(fig, path)
-
-
-# ============================================================================= PART III. THE COMMAND LINE
-# ----------------------------------------------------------------------------- 12. --fake: your samples
+# -- your samples: --fake against MNIST or --real
 NUMPY_MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}   # how np.save's and np.savez's files (a zip) begin
 
 
@@ -1242,33 +1038,6 @@ def _normalise_images(arr: np.ndarray, what: str) -> tuple[torch.Tensor, str]:
     raise common.UserError(f"{what}: values span [{lo:.4g}, {hi:.4g}]; expected [0, 1], [-1, 1] or 0-255")
 
 
-def load_inputs(args) -> dict:
-    """--fake and --real (when a file), checked against each other before any work starts."""
-    fake, fake_range = load_images(args.fake, "--fake")
-    inputs = {"fake": fake, "fake_range": fake_range, "real": None}
-    if len(fake) <= args.nn_k:
-        raise common.UserError(f"--nn_k {args.nn_k}: the k-NN metrics need more than {args.nn_k} images in "
-                               f"--fake {args.fake}, which holds {len(fake)}")
-    if args.real == "mnist":
-        if fake.shape[2:] != (28, 28):
-            raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
-        if args.whiten or args.max_iter != 100:
-            raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
-                                   "--real mnist uses the cached standard bins")
-        common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
-        n_real = mnist_reference_size(args, stacked=fake.shape[1] == 3)
-        check_sizes(args, n_bins_real=6000 if args.reference == "small" else 60000, n_real=n_real,
-                    what="MNIST (--reference " + args.reference + ")")
-    else:
-        real, inputs["real_range"] = load_images(args.real, "--real")
-        if real.shape[1:] != fake.shape[1:]:
-            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
-                                   f"--fake {tuple(fake.shape[1:])}")
-        check_sizes(args, n_bins_real=len(real), n_real=len(real), what=f"--real {args.real}")
-        inputs["real"] = real
-    return inputs
-
-
 def mnist_reference_size(args, stacked: bool) -> int:
     """How many MNIST images (or stacked triples) stand for the real data in --fake ... --real mnist."""
     return 6000 if args.reference == "small" else (30000 if stacked else 60000)
@@ -1299,13 +1068,11 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
     name = Path(args.fake).name
     row = evaluate_images(fake, ref, args.alpha, args.diversity_samples, args.z_threshold)
     rows = {name: row}
-    print(format_table(rows, ref.feature_space))
+    write_table(rows, ref.feature_space, run_dir / "table.txt")
     plot_ndb_bins(rows, run_dir / "ndb_bins.png",
                   f"NDB of {name} against {'MNIST' if args.real == 'mnist' else Path(args.real).name}: "
                   f"marked bins differ significantly ({_rule(args)})")
     common.save_grid(fake[:64, :3], run_dir / "samples.png", nrow=8)
-    with common.atomic_open(run_dir / "table.txt") as f:
-        f.write(format_table(rows, ref.feature_space) + "\n")
     return {"fake": str(args.fake), "real": str(args.real), "fake_value_range": fake_range, "sets": rows,
             "k": args.k, "alpha": args.alpha, "z_threshold": args.z_threshold,
             "feature_space": ref.feature_space, "ndb_fit": ndb.fit_info,
@@ -1314,7 +1081,7 @@ def run_eval(args, device, run_dir, inputs: dict) -> dict:
             "load_average_1_5_15min": list(os.getloadavg())}
 
 
-# ----------------------------------------------------------------------------- 13. flags
+# 3. the settings: --quick and the protocol's presets, the flags, the checks made before any work
 MIN_PER_BIN = 10  # real images per NDB bin at the least (the authors advise about 500)
 # --quick: smaller defaults; flags given explicitly still win. PRESETS: the same for --protocol.
 QUICK = {"n_holdout": 1000, "n_fit": 5000, "n_test": 2000, "diversity_samples": 300, "n_stacked": 2000,
@@ -1402,14 +1169,8 @@ def parse_args(argv=None):
                            "--n_real_ref 1000 --diversity_samples 300 --n_stacked 2000 --no-speed_benchmark "
                            "--reference small; with --protocol: --n_holdout 3000 --n_fit 5000 --n_query 1000 "
                            "--n_splits 1. Flags given explicitly win")
-    args = p.parse_args(argv)
-    presets = dict(PRESETS.get(args.protocol, {}))
-    if args.quick:
-        presets.update(QUICK_PRESETS[args.protocol] if args.protocol else QUICK)
-    if presets:  # smaller or preset defaults; flags given explicitly still win
-        p.set_defaults(**presets)
-        args = p.parse_args(argv)
-    return args
+    return common.parse_settings(p, argv, presets=lambda a: PRESETS.get(a.protocol),
+                                 quick=lambda a: QUICK_PRESETS[a.protocol] if a.protocol else QUICK)
 
 
 def check_sizes(args, n_bins_real: int, n_real: int, what: str) -> None:
@@ -1452,6 +1213,140 @@ def check_experiment(args, data: dict) -> None:
     check_sizes(args, n_fit, n_fit, f"the training set (--n_fit {n_fit})")
 
 
+def load_inputs(args) -> dict:
+    """--fake and --real (when a file), checked against each other before any work starts."""
+    fake, fake_range = load_images(args.fake, "--fake")
+    inputs = {"fake": fake, "fake_range": fake_range, "real": None}
+    if len(fake) <= args.nn_k:
+        raise common.UserError(f"--nn_k {args.nn_k}: the k-NN metrics need more than {args.nn_k} images in "
+                               f"--fake {args.fake}, which holds {len(fake)}")
+    if args.real == "mnist":
+        if fake.shape[2:] != (28, 28):
+            raise common.UserError(f"--real mnist needs 28 x 28 images; --fake {args.fake} has {tuple(fake.shape[2:])}")
+        if args.whiten or args.max_iter != 100:
+            raise common.UserError("--whiten and --max_iter apply to the experiment and to --real FILE; "
+                                   "--real mnist uses the cached standard bins")
+        common.load_mnist(args.data_root, train=True)  # a clear error now when MNIST is missing
+        n_real = mnist_reference_size(args, stacked=fake.shape[1] == 3)
+        check_sizes(args, n_bins_real=6000 if args.reference == "small" else 60000, n_real=n_real,
+                    what="MNIST (--reference " + args.reference + ")")
+    else:
+        real, inputs["real_range"] = load_images(args.real, "--real")
+        if real.shape[1:] != fake.shape[1:]:
+            raise common.UserError(f"--real {args.real} images are {tuple(real.shape[1:])}, "
+                                   f"--fake {tuple(fake.shape[1:])}")
+        check_sizes(args, n_bins_real=len(real), n_real=len(real), what=f"--real {args.real}")
+        inputs["real"] = real
+    return inputs
+
+
+def load_data(args) -> tuple[dict, str]:
+    """What the run reads, checked before any folder is created or anything trained: --fake's (and
+    --real's) images, or MNIST for the demonstration and --protocol; and the run's name."""
+    if args.fake is not None:
+        data, name = load_inputs(args), f"eval_{Path(args.fake).stem or 'samples'}"
+    else:
+        data = dict(zip(("x_train", "y_train"), common.load_mnist(args.data_root, train=True)))
+        data.update(zip(("x_test", "y_test"), common.load_mnist(args.data_root, train=False)))
+        check_experiment(args, data)
+        name = (f"gans_n_gmms_seed{args.seed}x{args.n_splits}" if args.protocol
+                else f"ndb_demo_k{args.k}_seed{args.seed}")
+    name += "_quick" if args.quick else ""
+    return data, "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
+
+
+# 4. reporting: tables (also from a record, --table) and figures
+TABLE_COLUMNS = [("n", "n", "{:d}"), ("ndb", "NDB", "{:d}"), ("ndb_frac", "NDB/K", "{:.2f}"),
+                 ("jsd", "JSD", "{:.4f}"), ("ndb_z3", "NDB|z|>3", "{:d}"),
+                 ("digits_covered", "digits", "{:d}"), ("triples_covered", "triples", "{:d}"),
+                 ("kl_uniform", "KL(d||u)", "{:.3f}"), ("frechet", "FD*", "{:.2f}"),
+                 ("precision", "prec", "{:.3f}"), ("recall", "rec", "{:.3f}"), ("density", "dens", "{:.3f}"),
+                 ("coverage", "cov", "{:.3f}"), ("diversity_l1", "div(L1)", "{:.3f}")]
+
+
+def format_table(rows: dict, feature_space: str = "") -> str:
+    """The metrics as a text table; FD and the k-NN metrics are computed in `feature_space`."""
+    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows.values())]
+    width = max(len(name) for name in rows) + 2
+    lines = ["set".ljust(width) + " ".join(h.rjust(8) for _, h, _ in cols)]
+    for name, r in rows.items():
+        cells = []
+        for key, _, fmt in cols:
+            v = r.get(key)
+            missing = v is None or (isinstance(v, float) and not math.isfinite(v))
+            cells.append(("-" if missing else fmt.format(v)).rjust(8))
+        lines.append(name.ljust(width) + " ".join(cells))
+    if feature_space:
+        lines.append(f"* FD = Frechet distance, and prec/rec/dens/cov, in the feature space of: {feature_space}"
+                     + (" (not the Inception FID)" if "classifier" in feature_space else ""))
+    return "\n".join(lines)
+
+
+def write_table(rows: dict, feature_space: str, path) -> None:
+    """`format_table`, printed and written to `path`."""
+    table = format_table(rows, feature_space)
+    print(table)
+    with common.atomic_open(path) as f:
+        f.write(table + "\n")
+
+
+def _rule(args) -> str:
+    return f"|z| > {args.z_threshold:g}" if args.z_threshold is not None else f"alpha = {args.alpha:g}"
+
+
+def demo_tables(record: dict) -> str:
+    """The demonstration's metrics from its record (metrics.json), as two markdown tables that share the
+    set column: NDB, JSD and the digit counts; then FD and the k-NN metrics in the classifier's features."""
+    sets = record["sets"]
+    if not isinstance(sets, dict) or not sets:
+        raise ValueError("no sets")
+    rule = (f"\\|z\\| > {record['z_threshold']:g}" if record.get("z_threshold") is not None
+            else f"α = {record['alpha']:g}")
+    covered = "triples_covered" if any("triples_covered" in r for r in sets.values()) else "digits_covered"
+
+    def number(v, fmt):
+        return "-" if v is None else fmt(v)
+
+    def fd(v):
+        return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+    columns = [[("n", "n", lambda v: f"{v:d}"), ("ndb", f"NDB / {record['k']} ({rule})", lambda v: f"{v:d}"),
+                ("jsd", "JSD", lambda v: f"{v:.4f}"),
+                (covered, covered.replace("_", " "), lambda v: f"{v:d}"),
+                ("kl_uniform", f"KL({covered.split('_')[0]} ‖ uniform)", lambda v: f"{v:.3f}")],
+               [("frechet", "FD (classifier features)", fd)]
+               + [(key, key, lambda v: f"{v:.3f}") for key in ("precision", "recall", "density", "coverage")]]
+    tables = []
+    for cols in columns:
+        lines = ["| set | " + " | ".join(head for _, head, _ in cols) + " |", "| --- " * (len(cols) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(number(r.get(key), fmt) for key, _, fmt in cols) + " |"
+                  for name, r in sets.items() if r["ndb"] is not None]   # a set's row without NDB: not a record
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def protocol_table(record: dict) -> str:
+    """The markdown table of a `run_protocol` record (metrics.json or results/06/*.json): per set, the
+    official README figures, then our NDB at each rule and the JSD, per split and their mean (the pipes
+    of |z| escaped for markdown)."""
+    splits = record["splits"]
+    rules = [f"ndb_z{t:g}" for t in record["z_thresholds"]] + ["ndb_alpha"]
+    heads = [f"NDB, \\|z\\| > {t:g}" for t in record["z_thresholds"]] + [f"NDB, α = {record['alpha']:g}"]
+    lines = [f"| set ({record['n_query']:,} images) | official README: NDB / JS (\\|z\\| > 3) | "
+             + " | ".join(heads) + " | JS |", "|---" * (len(rules) + 3) + "|"]
+
+    def cell(values, fmt, mean_fmt):
+        return ", ".join(fmt.format(v) for v in values) + f" (mean {mean_fmt.format(sum(values) / len(values))})"
+
+    for name in splits[0]["sets"]:
+        official = record["official_readme"].get(name)  # only the 9s-dropped set has README figures
+        ref = f"{official['ndb']} / {official['jsd']:g}" if official else "-"
+        cells = [cell([s["sets"][name][r] for s in splits], "{:d}", "{:.1f}") for r in rules]
+        lines.append(f"| {name} | {ref} | " + " | ".join(cells) + " | "
+                     + cell([s["sets"][name]["jsd"] for s in splits], "{:.4f}", "{:.4f}") + " |")
+    return "\n".join(lines)
+
+
 def print_table(path) -> dict:
     """--table: the markdown table(s) of a finished run of the demonstration or of --protocol, from its
     record folder (config.json, metrics.json) or its metrics.json."""
@@ -1478,6 +1373,93 @@ def print_table(path) -> dict:
     return record
 
 
+def plot_ndb_bins(results: dict, path, title: str) -> None:
+    """Real against evaluated bin proportions per set, bins sorted by real size, significant bins marked."""
+    plt = common.pyplot()
+    n = len(results)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, results.items()):
+        res = r["ndb_result"]
+        p, q = np.array(res["real_proportions"]), np.array(res["sample_proportions"])
+        sig = np.array(res["significant"], dtype=bool)
+        k = len(p)
+        top = 3.0 * p.max()
+        ax.bar(np.arange(k), p, width=1.0, color="0.75", label="real (bins' training images)")
+        ax.plot(np.arange(k), np.minimum(q, top), ".-", color="k", lw=0.6, ms=2.5, label="evaluated set")
+        over, under = sig & (q > p), sig & (q <= p)
+        ax.plot(np.flatnonzero(over), np.minimum(q[over], top), "^", color="tab:red", ms=4,
+                label="significantly more")
+        ax.plot(np.flatnonzero(under), q[under], "v", color="tab:blue", ms=4, label="significantly fewer")
+        if q.max() > top:
+            ax.text(0.98, 0.95, f"off scale: max {q.max():.2f}", transform=ax.transAxes, ha="right", va="top",
+                    fontsize=7)
+        ax.set_ylim(0, top * 1.05)
+        ax.set(xlabel="bin (sorted by real proportion)", ylabel="proportion of samples",
+               title=f"{name}\nNDB {res['ndb']}/{k}, JSD {res['jsd']:.4f}, n={res['n']}")
+        ax.title.set_fontsize(9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    common.savefig(fig, path)
+
+
+def plot_bin_centres(ndb: NDB, res: dict, path, title: str, shape=(28, 28)) -> None:
+    """The K bin centres as images (largest bin first), the significant bins of `res` framed."""
+    plt = common.pyplot()
+    from matplotlib.patches import Rectangle
+
+    c = ndb.centers.cpu()
+    if ndb.whiten:
+        c = c * ndb.std.cpu() + ndb.mean.cpu()
+    channels = c.shape[1] // (shape[0] * shape[1])
+    imgs = c.reshape(len(c), channels, *shape)[:, 0]  # first channel
+    k, h, w = len(imgs), shape[0], shape[1]
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    canvas = torch.full((rows * (h + 2), cols * (w + 2)), float(imgs.min()))
+    for i, im in enumerate(imgs):
+        r, cc = divmod(i, cols)
+        canvas[r * (h + 2) + 1:r * (h + 2) + 1 + h, cc * (w + 2) + 1:cc * (w + 2) + 1 + w] = im
+    fig, ax = plt.subplots(figsize=(0.55 * cols + 1, 0.55 * rows + 1))
+    ax.imshow(canvas, cmap="gray")
+    q, p = res["sample_proportions"], res["real_proportions"]
+    for i, s in enumerate(res["significant"]):
+        if s:
+            r, cc = divmod(i, cols)
+            ax.add_patch(Rectangle((cc * (w + 2) - 0.5, r * (h + 2) - 0.5), w + 2, h + 2, fill=False, lw=1.5,
+                                   edgecolor="tab:red" if q[i] > p[i] else "tab:blue"))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set(xlabel="bins, largest first (red frame: significantly more samples, blue: fewer)")
+    ax.set_title(title, fontsize=9)
+    common.savefig(fig, path)
+
+
+def plot_digit_histograms(rows: dict, path) -> None:
+    plt = common.pyplot()
+    names = [n for n, r in rows.items() if "digit_histogram" in r and len(r["digit_histogram"]) == 10]
+    if not names:
+        return
+    h = np.array([rows[n]["digit_histogram"] for n in names])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.5))
+    im = ax.imshow(h, cmap="viridis", vmin=0, vmax=max(0.2, h.max()), aspect="auto")
+    for i in range(h.shape[0]):
+        for j in range(10):
+            ax.text(j, i, f"{h[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if h[i, j] < 0.6 * max(0.2, h.max()) else "black")
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="predicted digit (MNIST classifier)",
+           title="digit histograms: a collapsed set piles onto one digit; uniform is 0.10 each")
+    fig.colorbar(im, ax=ax, label="fraction of samples")
+    common.savefig(fig, path)
+
+
+# 5. main
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -1492,30 +1474,15 @@ def main(argv=None) -> dict:
         common.check_writable_folder(args.records, "--records")
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
-    data = {}
-    if args.fake is not None:  # fail on bad input before anything is created or trained
-        inputs = load_inputs(args)
-        name = f"eval_{Path(args.fake).stem or 'samples'}"
-    else:
-        data["x_train"], data["y_train"] = common.load_mnist(args.data_root, train=True)
-        data["x_test"], data["y_test"] = common.load_mnist(args.data_root, train=False)
-        check_experiment(args, data)
-        name = (f"gans_n_gmms_seed{args.seed}x{args.n_splits}" if args.protocol
-                else f"ndb_demo_k{args.k}_seed{args.seed}")
-    name += "_quick" if args.quick else ""
-    name = "".join(ch if ch.isalnum() or ch in "._-=+" else "_" for ch in name)
+    data, name = load_data(args)  # bad input fails here, before anything is created or trained
     run_dir = common.start_run(args, __file__, name, argv)
     print(f"06: on {device}; writing {run_dir}")
-    if args.fake is not None:
-        metrics = run_eval(args, device, run_dir, inputs)
-    elif args.protocol:
-        metrics = run_protocol(args, device, run_dir, data)
-    else:
-        metrics = run_experiment(args, device, run_dir, data)
-    metrics = {"device": str(device), "run_dir": str(run_dir), **metrics}
+    run = run_eval if args.fake is not None else run_protocol if args.protocol else run_experiment
+    metrics = {"device": str(device), "run_dir": str(run_dir), **run(args, device, run_dir, data)}
     common.save_json(run_dir / "metrics.json", metrics)
     if args.records is not None:
-        print(f"06: the record of this run is in {common.copy_record(run_dir, Path(args.records) / (args.run_name or name))}")
+        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
+        print(f"06: the record of this run is in {record}")
     print(f"06: outputs in {run_dir}")
     return metrics
 
