@@ -1,66 +1,18 @@
 """04_remedies.py - the remedies for mode collapse, measured side by side on the standard benchmarks.
 
-Every remedy the material names, each a small piece you can copy into your own GAN (section 2: plain
-nn.Module + torch.optim, paper and defaults in each docstring), trained in one of the named settings
-(section 1, `--setting`) and scored with the PacGAN protocol over several trials:
-
-- plain GAN, non-saturating loss (Goodfellow et al. 2014): the baseline;
-- feature matching (Salimans et al. 2016, Sec. 3.1), alone and as a hybrid with the usual loss;
-- minibatch discrimination (Salimans et al. 2016, Sec. 3.2);
-- unrolled GAN (Metz et al., ICLR 2017, Sec. 2.2), k = 0, 1, 5, 10 look-ahead steps with the gradient
-  through them (a differentiable copy of D's Adam step, as in the authors' code);
-- experience replay (the history buffer of Shrivastava et al. 2017) and snapshot swapping (G meets an old
-  D, D an old G);
-- AdaGAN (Tolstikhin et al. 2017, Algorithm 1): GANs trained one after another on re-weighted data;
-- PacGAN m = 2, 3, 4 (Lin et al., NeurIPS 2018, arXiv:1712.04086) and MSGAN's mode-seeking term (Mao et
-  al. 2019).
-
-Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides one value):
-- pacgan (default): PacGAN's synthetic experiments (Lin et al. 2018; fjxmlzn/PacGAN 190853e): 4 x 400
-  ReLU+BatchNorm generator on 2-D noise, 3 maxout layers of 200 x 5 pieces, Adam 1e-4 / beta1 0.8 for
-  both, batch 100, a fixed set of 100,000 training samples packed once (every slot resampled with
-  replacement), one G call per pack slot, 400,000 steps, both players' updates from one pass, 10 trials;
-  G's BatchNorm keeps population statistics (rate 0.05, eps 1e-4, refreshed by 50 batches before each
-  evaluation as their training monitor does) and is scored with them. Evaluated at 10k, 25k, 50k, 100k,
-  200k and 400k steps, so a cell cut short still gives dated points. Remaining differences from their
-  code: Adam is torch's (Blocks' adds eps to the uncorrected sqrt(v): a 1e-8 difference); the monitor
-  pass runs before each evaluation, not after every epoch (its effect is forgotten within ~100 steps).
-- unrolled: the unrolled-GAN demonstration (poolio/unrolled_gan 67e2c7a notebook): 2 x 128 tanh,
-  orthogonal init (gain 1.4), z 256-d, batch 512, Adam D 1e-4 / G 1e-3, beta1 0.5, 25,000 steps, G's and
-  D's updates simultaneous and G minimising the minimax loss through the unrolled D (-unrolled_loss),
-  as the notebook does; its Keras Adam adds eps to the uncorrected sqrt(v) (1e-8: negligible).
-- small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
-  32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
-
-- stacked_d4, stacked_d2 (`--data stacked_mnist`): PacGAN's Table 3 (Lin et al. 2018, Sec. 5.2, the
-  Unrolled GAN paper's stacked MNIST setting) as the authors' code builds it (fjxmlzn/PacGAN
-  stacked_MNIST_experiments/unrolled_GAN_experiment): a DCGAN generator of 287,875 parameters against a
-  conv discriminator of 585 (D = G/4) or 1,889 (D = G/2) parameters, z 256-d, batch 128, Adam D 2e-4 /
-  G 1e-4, betas (0.5, 0.99), 500,000 steps of D's step then G's on the same noise, every BatchNorm with
-  batch statistics; methods DCGAN (gan), unrolled 1/5/10, PacDCGAN 2/3/4 (packing on the channel axis).
-  stacked_veegan: PacGAN's Table 2 (VEEGAN's setting), a GPU-sized DCGAN. Modes: 06's classifier on
-  each channel, the digit triple is the mode (1,000), KL(p_gen || uniform) as PacGAN computes it.
-
-Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, angles 2 pi k / 8), 25 on a grid ({-4..4}^2 step
-2, std 0.05), and the 1-D temperature mixture of 01. Scores (PacGAN, Sec. 5.1): on 2,500 samples per
-trial, the modes captured (at least one high-quality sample nearest the mode), the fraction of
-high-quality samples (within 3 std of the nearest centre) and reverse KL = ln K - H of the high-quality
-samples' mode histogram; mean +- standard error over trials. A trial also counts as collapsed when it
-ends with fewer than K modes or hops between modes (see `collapse_of`); rates with Wilson intervals.
+Each remedy is a small piece to copy into your own GAN (section 1: plain nn.Module + torch.optim, paper
+and defaults in its docstring): feature matching and minibatch discrimination (Salimans et al. 2016),
+unrolled GAN (Metz et al. 2017), experience replay and snapshot swapping, AdaGAN (Tolstikhin et al.
+2017), packing (PacGAN, Lin et al. 2018) and the mode-seeking term (MSGAN, Mao et al. 2019). They train
+in the published settings (section 7, `--setting`: pacgan, unrolled, small, stacked_d4/d2/veegan) on
+rings and grids of Gaussians and stacked MNIST, scored with the PacGAN protocol over several trials.
+Results, the differences from the authors' code and every command: results/04/README.md.
 
 Run:  python 04_remedies.py --method gan pacgan2 --data ring --records results/04   (pacgan cells; hours)
-      python 04_remedies.py --setting unrolled --method gan unrolled5 unrolled10 --data ring
-      python 04_remedies.py --setting small                    (the old table, ~20 min of one core)
-      python 04_remedies.py --table results/04                 (the README table from the records)
-      python 04_remedies.py --data stacked_mnist --records results/04   (PacGAN Table 3, D = G/4; 500,000 steps
-                                                              of 7 methods x 10 trials: weeks of one CPU core)
-      python 04_remedies.py --data stacked_mnist --speed       (ms/step per method, the cost of 500,000 steps)
-      python 04_remedies.py --speed                            (ms/step of the pacgan networks)
-      python 04_remedies.py --ablation                         (when does the plain GAN collapse?)
-      python 04_remedies.py --quick                            (smoke run of the whole table, seconds)
-      python 04_remedies.py ... --shard 0/4                    (every 4th cell, from the first)
-      python 04_remedies.py ... --resume                       (continue a killed run: finished cells kept, the
-                                                              cell in training continues from its last evaluation)
+      python 04_remedies.py --setting small --data ring   (the whole table in the small setting, ~20 min)
+      python 04_remedies.py --data stacked_mnist --method gan pacgan2   (PacGAN Table 3, D = G/4)
+      python 04_remedies.py --table results/04            (the README tables from the records)
+      python 04_remedies.py --quick                       (smoke run of the whole table, seconds)
 Needs: common.py (and 06_metrics.py for --data stacked_mnist: the digit classifier that counts the modes)
 """
 from __future__ import annotations
@@ -86,167 +38,7 @@ import common
 
 METRICS = common.Sibling("06_metrics", "for --data stacked_mnist: the digit classifier that counts the modes", __file__)
 
-# ----------------------------------------------------------------------------- 1. the settings
-PRESETS = {
-    # PacGAN's synthetic experiments, Lin et al. (NeurIPS 2018, arXiv:1712.04086), Sec. 5.1 / Table 1, as
-    # read from fjxmlzn/PacGAN synthetic_data_experiments/2DRing_GAN&PacGAN/config.py, 2DGrid_.../config.py,
-    # pacgan_task.py, datasets.py, streams.py, bricks.py and extensions.py (commit 190853e).
-    "pacgan": dict(
-        latent_dim=2,                                 # 2-d N(0, 1) noise
-        g_hidden=400, g_layers=4, g_act="relu_bn",    # 4 hidden layers of 400, BatchNorm + ReLU -> 2
-        d_hidden=200, d_layers=3, d_act="maxout", maxout_pieces=5,  # 3 LinearMaxout 200 x 5 -> linear 1
-        init="normal", init_scale=0.02,               # weights N(0, 0.02^2), biases 0
-        lr_g=1e-4, lr_d=1e-4, lr_final=1e-4,          # Adam lr 1e-4, both players, constant
-        b1=0.8, b2=0.999, adam_eps=1e-8,              # beta1 0.8; beta2, eps: not stated there, Adam's defaults
-        batch_size=100, n_train=100_000,              # batch 100 from a fixed set of 100,000 samples
-        n_steps=400_000,                              # 400 epochs of 100,000 / 100 = 400,000 steps
-        update="simultaneous",                        # both updates from one pass, applied together (ALI)
-        bn_momentum=0.05, bn_eps=1e-4,                # G's BatchNorm keeps population statistics at rate 0.05
-                                                      # (pacgan_task.py), eps 1e-4 (Blocks' default); scored with them
-        bn_refresh=50,                                # their training monitor's 50 batches of 100 that update
-                                                      # those statistics after every epoch (streams.py)
-        unrolled_loss="nonsaturating",                # ours: G's loss through an unrolled D (no unrolled row there)
-        grid_scale=1.0,                               # the grid fed in raw coordinates
-        n_eval=2500, seeds=10,                        # 2,500 evaluation samples, 10 trials
-        eval_steps=(10_000, 25_000, 50_000, 100_000, 200_000, 400_000), eval_every=0,  # ours: dated points
-        arch="mlp", z_dist="normal", g_steps=1,      # the MLPs above, z ~ N(0, 1), one G step per D step
-    ),
-    # The unrolled-GAN demonstration setting, poolio/unrolled_gan "Unrolled GAN demo.ipynb" (Metz et al.,
-    # ICLR 2017; the notebook says its setup is not identical to the paper's), commit 67e2c7a.
-    "unrolled": dict(
-        latent_dim=256,                               # z 256-d
-        g_hidden=128, g_layers=2, g_act="tanh",       # 2 hidden layers of 128 tanh units
-        d_hidden=128, d_layers=2, d_act="tanh", maxout_pieces=5,
-        init="orthogonal", init_scale=1.4,            # orthogonal initialisation, gain 1.4
-        lr_g=1e-3, lr_d=1e-4, lr_final=1e-4,          # Adam G 1e-3, D 1e-4, constant
-        b1=0.5, b2=0.999, adam_eps=1e-8,              # beta1 0.5, eps 1e-8 (beta2: not stated, Adam's default)
-        batch_size=512, n_train=0,                    # batch 512, fresh samples every step
-        n_steps=25_000,                               # 25,000 iterations
-        update="simultaneous",                        # G's and D's updates in one sess.run (notebook cell 16)
-        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # (no BatchNorm in this setting)
-        unrolled_loss="minimax",                      # G minimises -unrolled_loss (cell 13): the minimax loss
-        grid_scale=4.0,                               # ours: the grid divided by 4 (the demo has no grid)
-        n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; 5 trials
-        eval_steps=(), eval_every=500,                # ours: modes against the step, every 500 steps
-        arch="mlp", z_dist="normal", g_steps=1,
-    ),
-    # The small setting of this script's first version (sized to fit 20 min of one CPU core for 15
-    # methods x 2 benchmarks x 5 seeds); kept so that its README results stay reproducible.
-    "small": dict(
-        latent_dim=2, g_hidden=64, g_layers=3, g_act="relu_bn",
-        d_hidden=32, d_layers=2, d_act="maxout", maxout_pieces=5,
-        init="normal", init_scale=0.02,
-        lr_g=2e-3, lr_d=2e-3, lr_final=1e-5,          # cosine decay 2e-3 -> 1e-5
-        b1=0.8, b2=0.999, adam_eps=1e-8,
-        batch_size=100, n_train=0, n_steps=2000, update="alternating",
-        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # no population statistics: scored with batch statistics
-        unrolled_loss="nonsaturating", grid_scale=4.0,
-        n_eval=2500, seeds=5, eval_steps=(), eval_every=0, arch="mlp", z_dist="normal", g_steps=1,
-    ),
-    # Stacked MNIST, PacGAN Table 3 (Lin et al., NeurIPS 2018, Sec. 5.2: the Unrolled GAN paper's setting,
-    # Metz et al., ICLR 2017, with D's filters 1/4 of G's), as the authors' code builds it: fjxmlzn/PacGAN
-    # stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.25G/config.py, model.py, ops.py (190853e).
-    # G 287,875 parameters, D 585 (their code prints both; tests check them).
-    "stacked_d4": dict(
-        latent_dim=256,                               # z ~ N(0, 1)^256
-        g_hidden=64, g_layers=3, g_act="relu_bn",     # linear (with bias) -> 4 x 4 x 64 -> transposed convs 3 x 3
-                                                      # stride 2 to 7 x 7 x 32, 14 x 14 x 16, 28 x 28 x 8 -> conv 3 x 3
-                                                      # to 3 -> tanh; BatchNorm (gamma, beta) + ReLU on the hidden maps
-        d_hidden=8, d_layers=3, d_act="lrelu_bn", maxout_pieces=5,  # convs 3 x 3 stride 2 of 2, 4, 8 filters, each
-                                                      # BatchNorm + LeakyReLU 0.3 -> linear 1 (maxout_pieces: unused)
-        arch="unrolled_gan", z_dist="normal", g_steps=1,
-        init="normal", init_scale=0.02,               # N(0, 0.02^2), conv weights truncated at 2 std (TensorFlow's
-                                                      # truncated_normal), transposed convs and linears not; biases 0
-        lr_g=1e-4, lr_d=2e-4, lr_final=2e-4,          # Adam G 1e-4, D 2e-4, constant
-        b1=0.5, b2=0.99, adam_eps=1e-8,               # beta (0.5, 0.99); eps: TensorFlow's default 1e-8
-        batch_size=128, n_train=0,                    # batch 128, every sample 3 random training digits drawn on the fly
-        n_steps=500_000,                              # num_training_sample 500,000 x 128 in one epoch
-        update="alternating_same_z",                  # D's step, then G's step on the same noise (two sess.run)
-        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # every BatchNorm normalises with the batch's statistics, the
-                                                      # sampler too (train=True), in batches of 128; eps 1e-5
-        unrolled_loss="nonsaturating",                # ours: G's loss through the unrolled D (DCGAN's: -log D(G(z)))
-        grid_scale=1.0,                               # (no grid)
-        n_eval=25_600, seeds=10,                      # 25,600 samples from a fixed set of z; ours: 10 trials per
-                                                      # run (theirs: 50 runs per cell; --seeds 50 needs ~5x the memory)
-        eval_steps=(2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000, 500_000), eval_every=0,  # ours: dated
-                                                      # points (theirs: every 2,000 steps and at the end)
-    ),
-    # Differences from their code kept in stacked_d4 and stacked_d2: the mode counter is 06's MNIST classifier
-    # (theirs: a Keras mnist_cnn, train_mnist.py); Adam is torch's (TensorFlow's adds eps to the uncorrected
-    # sqrt(v): a 1e-8 difference); D's and G's BatchNorm running averages are kept as in TensorFlow but,
-    # as there, never read; the digits are drawn with torch's generator (theirs: numpy's); the cost of the
-    # 500,000 steps on one CPU core: `--speed`, README.
-    # D = G/2: the same, D's convs of 4, 8, 16 filters (D=0.5G/model.py; the configs are identical).
-    "stacked_d2": dict(),
-    # Stacked MNIST, PacGAN Table 2 (VEEGAN's setting, Srivastava et al., NeurIPS 2017): fjxmlzn/PacGAN
-    # stacked_MNIST_experiments/VEEGAN_experiment/config.py, model.py (carpedm20's DCGAN-tensorflow).
-    # Cost: about 37 M multiply-adds per sample for each network, ~45 G per iteration (G stepped twice):
-    # GPU work; on one CPU core seconds per step (`--speed`), days for the 100,000 steps.
-    "stacked_veegan": dict(
-        latent_dim=100, g_hidden=512, g_layers=4, g_act="relu_bn",  # z ~ U[-1, 1]^100 -> linear -> 2 x 2 x 512 ->
-                                                      # transposed convs 5 x 5 stride 2 to 256, 128, 64, then to 3 -> tanh
-        d_hidden=512, d_layers=4, d_act="lrelu_bn", maxout_pieces=5,  # convs 5 x 5 stride 2 of 64, 128, 256, 512
-                                                      # (BatchNorm on layers 2-4), LeakyReLU 0.2 -> linear 1
-        arch="dcgan_tf", z_dist="uniform", g_steps=2,  # 1 D step : 2 G steps on the same noise per iteration
-        init="normal", init_scale=0.02,
-        lr_g=2e-4, lr_d=2e-4, lr_final=2e-4, b1=0.5, b2=0.999, adam_eps=1e-8,  # Adam 2e-4, beta1 0.5
-        batch_size=64, n_train=128_000,               # a fixed set of 128,000 stacked samples, packed once
-        n_steps=100_000,                              # 50 epochs of 128,000 / 64 = 2,000 steps
-        update="alternating_same_z",
-        bn_momentum=0.1, bn_eps=1e-5, bn_refresh=0,   # their sampler uses BatchNorm's running averages (decay 0.9)
-        unrolled_loss="nonsaturating", grid_scale=1.0,
-        n_eval=26_000, seeds=10,                      # 26,000 test samples, 10 runs
-        eval_steps=(2_000, 10_000, 20_000, 50_000, 100_000), eval_every=0,  # ours (theirs: after every epoch)
-    ),
-    # Differences kept in stacked_veegan: their set is drawn from all 70,000 MNIST digits and scaled to
-    # [0, 1] (against a tanh generator); ours from the 60,000 training digits in [-1, 1], as the Table 3
-    # setting; their batches walk the set in order every epoch, ours reshuffle it; plus those of stacked_d4.
-}
-PRESETS["stacked_d2"] = {**PRESETS["stacked_d4"], "d_hidden": 16}   # D=0.5G/model.py: filters 4, 8, 16
-IMAGE_SETTINGS = ("stacked_d4", "stacked_d2", "stacked_veegan")
-IMAGE_DATA = ("stacked_mnist",)
-# the methods of PacGAN's Table 3, in its order: --method all on stacked MNIST
-STACKED_TABLE = ["gan", "unrolled1", "unrolled5", "unrolled10", "pacgan2", "pacgan3", "pacgan4"]
-# The remedies' own hyper-parameters, the same in every setting; where the remedy's authors give no
-# value, the value is our choice and says so.
-REMEDY_DEFAULTS = dict(
-    mbd_kernels=100, mbd_dim=5,     # openai/improved-gan train_cifar_minibatch_discrimination.py: B = 100, C = 5
-    mbd_layer="improved-gan",       # their MinibatchLayer (weight norm, bias, data init); "paper": the equations alone
-    replay_size=20_000,             # ours; half of D's fake batch from the buffer (Shrivastava et al. 2017)
-    swap_every=10, snapshot_every=250, snapshot_keep=10,  # ours
-    adagan_components=4, adagan_clf_steps=500, adagan_train_size=10_000,  # ours; beta_t = 1/t (Tolstikhin et al.)
-    lambda_ms=1.0,                  # MSGAN: weight 1 in every variant of the official code (HelenMao/MSGAN)
-)
-# --quick: smaller defaults for a smoke run (seconds); a flag given explicitly still wins.
-QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_layers=1, latent_dim=2, seeds=2,
-             n_eval=300, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
-             adagan_clf_steps=10, adagan_train_size=1000, mbd_kernels=10, snapshot_every=10, swap_every=5,
-             replay_size=500, bn_refresh=2)
-# --quick on stacked MNIST: the settings' networks, a short run
-QUICK_IMAGE = dict(n_steps=20, batch_size=32, seeds=2, n_eval=256, eval_steps=(10,), eval_every=0, snapshots=3,
-                   mbd_kernels=10, method=["gan", "unrolled1", "pacgan2"])
-PRESET_KEYS = tuple(PRESETS["pacgan"])
-# the value a record ran with when its args lack the key (records written before the key existed)
-RECORD_DEFAULTS = dict(bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0, unrolled_loss="nonsaturating", grid_scale=4.0,
-                       arch="mlp", z_dist="normal", g_steps=1)
-
-# when does the plain GAN collapse on the ring?  name -> flag overrides of the `small` setting (cheap
-# enough for 5 trials per row on one CPU core); run by --ablation: plain GAN, ring, --seeds trials each
-ABLATION = {
-    "small setting (2,000 steps)": [],
-    "8,000 steps": ["--n_steps", "8000"],
-    "lr G 2e-3, D 2e-4 (G 10x faster, as the unrolled demo)": ["--lr_d", "2e-4", "--lr_final", "1e-6"],
-    "lr G 2e-4, D 2e-3 (D 10x faster)": ["--lr_g", "2e-4"],
-    "weak D (2 maxout layers of 8)": ["--d_hidden", "8"],
-    "strong D (3 maxout layers of 128)": ["--d_hidden", "128", "--d_layers", "3"],
-    "weak G (3 x 16)": ["--g_hidden", "16"],
-    "noise 256-d": ["--latent_dim", "256"],
-    "data std 0.05": ["--data_std", "0.05"],
-    "data std 0.002": ["--data_std", "0.002"],
-}
-
-
-# ----------------------------------------------------------------------------- 2. the remedies (copy these)
+# 1. the remedies (copy these) -------------------------------------------------------------------------------
 # Every function here works on a plain, single model's tensors (N, d) and on stacked trials (S, N, d)
 # alike: losses reduce the last two dimensions, so a plain model gets a scalar and S stacked trials get
 # one value per trial (S,), whose sum gives each trial exactly its own gradient.
@@ -576,10 +368,10 @@ class GeneratorMixture:
         return self.sample_with(z, pick)
 
 
-# ----------------------------------------------------------------------------- 3. the methods (name -> remedy)
+# 2. the methods: name -> remedy -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Remedy:
-    """What a method changes in the one training loop (section 7): G's loss (a key of G_LOSSES) and the
+    """What a method changes in the one training loop (section 5): G's loss (a key of G_LOSSES) and the
     hooks on D's side."""
     g_loss: str = "nonsaturating"
     unroll: int = 0
@@ -648,242 +440,13 @@ IMAGE_UNSUPPORTED = ("replay", "adagan")  # they keep or re-weight 2-D samples
 TABLE_DATA = ["ring", "grid"]
 
 
-# ----------------------------------------------------------------------------- 4. arguments
-def _preset_help(key: str) -> str:
-    vals = ", ".join(f"{s} {_show(p[key])}" for s, p in PRESETS.items())
-    return (f"default by --setting: {vals}" + (f"; --quick {_show(QUICK[key])}" if key in QUICK else "")
-            + (f" (stacked: {_show(QUICK_IMAGE[key])})" if key in QUICK_IMAGE else ""))
-
-
-def _show(v) -> str:
-    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else ("none" if v == () else str(v))
-
-
-def shard_arg(text: str):
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not i/n (e.g. 0/4)") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < n")
-    return (i, n)
-
-
-def build_parser() -> common.ArgParser:
-    S = argparse.SUPPRESS  # preset values: filled in after parsing from --setting (and --quick)
-    p = common.ArgParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--setting", choices=tuple(PRESETS), default=S,
-                   help="named setting (numbers and sources at the top of the file); flags override single values "
-                        "(default: pacgan, or stacked_d4 with --data stacked_mnist)")
-    p.add_argument("--method", nargs="+", choices=tuple(METHODS) + ("all",), default=["all"],
-                   help="method(s) to train; all = the whole table")
-    p.add_argument("--data", nargs="+", choices=DATASETS + IMAGE_DATA + ("all",), default=S,
-                   help="benchmark(s): ring (8 modes), grid (25), temperature (1-D, 2 modes); all = the three; "
-                        "stacked_mnist (1,000 modes; the settings stacked_d4, stacked_d2, stacked_veegan). Default: "
-                        f"{' '.join(TABLE_DATA)}, or stacked_mnist with a stacked_* setting")
-    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
-                   help="folder holding MNIST/raw (for --data stacked_mnist)")
-    p.add_argument("--data_std", type=common.positive_float, default=S,
-                   help="standard deviation of every mode (default: the benchmark's, ring 0.01, grid 0.05)")
-    h = _preset_help
-    p.add_argument("--n_steps", type=common.positive_int, default=S, help="training steps (one D and one G update each); " + h("n_steps"))
-    p.add_argument("--batch_size", type=common.positive_int, default=S, help="batch (PacGAN: packs of m samples); " + h("batch_size"))
-    p.add_argument("--n_train", type=common.nonneg_int, default=S,
-                   help="size of the fixed training set, drawn once per trial (0: fresh samples every step); " + h("n_train"))
-    p.add_argument("--lr", type=common.positive_float, default=S, help="Adam learning rate of both players (sets --lr_g and --lr_d; default: the setting's own per player)")
-    p.add_argument("--lr_g", type=common.positive_float, default=S, help="generator learning rate; " + h("lr_g"))
-    p.add_argument("--lr_d", type=common.positive_float, default=S, help="discriminator learning rate; " + h("lr_d"))
-    p.add_argument("--lr_final", type=common.positive_float, default=S,
-                   help="D's learning rate at the last step, cosine decay from --lr_d (G decays by the same factor); "
-                        "equal to --lr_d: constant; " + h("lr_final"))
-    p.add_argument("--b1", type=common.beta_float, default=S, help="Adam beta1; " + h("b1"))
-    p.add_argument("--b2", type=common.beta_float, default=S, help="Adam beta2; " + h("b2"))
-    p.add_argument("--adam_eps", type=common.positive_float, default=S, help="Adam epsilon; " + h("adam_eps"))
-    p.add_argument("--latent_dim", type=common.positive_int, default=S, help="noise dimension; " + h("latent_dim"))
-    p.add_argument("--g_hidden", type=common.positive_int, default=S, help="generator width; " + h("g_hidden"))
-    p.add_argument("--g_layers", type=common.positive_int, default=S, help="generator hidden layers; " + h("g_layers"))
-    p.add_argument("--g_act", choices=("relu_bn", "tanh"), default=S, help="generator hidden layers; " + h("g_act"))
-    p.add_argument("--arch", choices=("mlp",) + tuple(CONV_ARCHS), default=S,
-                   help="network family: mlp (the mixtures), or the conv nets of stacked MNIST (CONV_ARCHS: G's widths "
-                        "--g_hidden halved per layer over --g_layers transposed convs, D's --d_layers convs doubling up "
-                        "to --d_hidden); " + h("arch"))
-    p.add_argument("--z_dist", choices=("normal", "uniform"), default=S, help="noise: N(0, 1) or U[-1, 1]; " + h("z_dist"))
-    p.add_argument("--g_steps", type=common.positive_int, default=S,
-                   help="generator steps per discriminator step, on the same noise; " + h("g_steps"))
-    p.add_argument("--d_hidden", type=common.positive_int, default=S, help="discriminator width (maxout units); " + h("d_hidden"))
-    p.add_argument("--d_layers", type=common.positive_int, default=S, help="discriminator hidden layers; " + h("d_layers"))
-    p.add_argument("--d_act", choices=("maxout", "tanh", "lrelu_bn"), default=S,
-                   help="discriminator hidden layers (lrelu_bn: the conv nets'); " + h("d_act"))
-    p.add_argument("--maxout_pieces", type=common.positive_int, default=S, help="pieces per maxout unit; " + h("maxout_pieces"))
-    p.add_argument("--init", choices=("normal", "orthogonal"), default=S,
-                   help="weight initialisation (biases 0): normal with std --init_scale, or orthogonal with gain --init_scale; " + h("init"))
-    p.add_argument("--init_scale", type=common.positive_float, default=S, help=h("init_scale"))
-    p.add_argument("--update", choices=("simultaneous", "alternating", "alternating_same_z"), default=S,
-                   help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step on "
-                        "fresh noise; alternating_same_z: D step, then G step on D's noise (PacGAN's stacked MNIST); "
-                        + h("update"))
-    p.add_argument("--bn_momentum", type=common.beta_float, default=S,
-                   help="rate of G's BatchNorm population statistics (pop <- (1 - r) pop + r batch); scoring and "
-                        "figures use them. 0: none kept, scored with the evaluation batch's own statistics; "
-                        + h("bn_momentum"))
-    p.add_argument("--bn_eps", type=common.positive_float, default=S, help="G's BatchNorm epsilon; " + h("bn_eps"))
-    p.add_argument("--bn_refresh", type=common.nonneg_int, default=S,
-                   help="before each evaluation, this many batches of fresh noise update the population statistics "
-                        "(PacGAN's training monitor); " + h("bn_refresh"))
-    p.add_argument("--unrolled_loss", choices=("nonsaturating", "minimax"), default=S,
-                   help="unrolled methods: G's loss through the unrolled D (minimax: the demo's -D loss); "
-                        + h("unrolled_loss"))
-    p.add_argument("--grid_scale", type=common.positive_float, default=S,
-                   help="the grid's coordinates are divided by this for the networks; " + h("grid_scale"))
-    p.add_argument("--seeds", type=common.positive_int, default=S,
-                   help="trials seed, seed+1, ... trained together as one batched network; " + h("seeds"))
-    p.add_argument("--n_eval", type=common.positive_int, default=S, help="samples scored per trial (at least 2); " + h("n_eval"))
-    p.add_argument("--eval_steps", type=common.positive_int, nargs="+", default=S,
-                   help="steps at which every trial is scored (the last step always is); " + h("eval_steps"))
-    p.add_argument("--eval_every", type=common.nonneg_int, default=S,
-                   help="also score every this many steps (0: off); " + h("eval_every"))
-    p.add_argument("--snapshots", type=common.positive_int, default=6,
-                   help="columns (training steps) of the sample figure (--quick 3)")
-    for k, v in REMEDY_DEFAULTS.items():
-        kind = dict(choices=MinibatchDiscrimination.LAYERS) if k == "mbd_layer" else dict(
-            type=common.positive_float if isinstance(v, float) else common.positive_int)
-        p.add_argument(f"--{k}", **kind, default=v,
-                       help=REMEDY_HELP[k] + (f" (--quick {QUICK[k]})" if k in QUICK else "") + " (default: %(default)s)")
-    p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves (--quick 10)")
-    p.add_argument("--records", default=None,
-                   help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
-                        "wall time) into this folder, e.g. results/04 (default: only the run folder's records/)")
-    p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
-    p.add_argument("--until_step", type=common.nonneg_int, default=0,
-                   help="train each cell only to this evaluation step, keep its checkpoint and go on to the next "
-                        "cell (0: off); a later --resume, with a larger --until_step or none, continues it. A "
-                        "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
-                        "checkpoint) always run to the end")
-    p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
-    p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
-                        "that of --setting when it is given (default: none)")
-    p.add_argument("--table_figure", metavar="PNG", default=None,
-                   help="with --table: also draw modes captured and high-quality %% against the step, per method "
-                        "(mean and s.e. over trials), for the records of --setting")
-    p.add_argument("--speed", action="store_true",
-                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled); "
-                        "stacked MNIST: ms/step of each --method and the cost of --n_steps, 4 trials batched vs "
-                        "separate, one evaluation's cost")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the two networks of the plain-GAN/PacGAN pass (measured slower on the CPU: README)")
-    p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
-                   help="no training: redraw the sample and modes-against-step figures from the finished cells of "
-                        "these run folders (e.g. runs of different lengths side by side) into --figure_prefix")
-    p.add_argument("--figure_prefix", default="figures/04_", help="--replot writes <prefix>samples_<data>.png and "
-                   "<prefix>modes_<data>.png")
-    p.add_argument("--ablation", action="store_true",
-                   help="run the plain GAN on the ring in every configuration of ABLATION (the small setting changed one value each)")
-    common.add_common_args(p, resume=True)
-    return p
-
-
-REMEDY_HELP = {
-    "mbd_kernels": "minibatch discrimination: kernels B", "mbd_dim": "minibatch discrimination: kernel dimension C",
-    "mbd_layer": "minibatch discrimination: improved-gan's layer, or the paper's equations alone",
-    "replay_size": "experience replay: buffer size",
-    "swap_every": "snapshot swap: every this many steps G meets an old D and D an old G",
-    "snapshot_every": "snapshot swap: steps between snapshots", "snapshot_keep": "snapshot swap: snapshots kept",
-    "adagan_components": "AdaGAN: GANs in the mixture, each trained n_steps / components steps",
-    "adagan_clf_steps": "AdaGAN: steps of the classifier data-vs-mixture that re-weights the data",
-    "adagan_train_size": "AdaGAN: size of the fixed training set the weights live on",
-    "lambda_ms": "MSGAN: weight of the mode-seeking term",
-}
-
-
-def parse_args(argv=None):
-    p = build_parser()
-    for action in p._actions:
-        if action.dest == "quick":
-            action.help = ("smaller defaults for a smoke run of seconds: " + ", ".join(
-                f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; with a stacked_* setting: " + ", ".join(
-                f"--{k} {_show(v)}" for k, v in QUICK_IMAGE.items()) + "; flags given explicitly win")
-    args = p.parse_args(argv)
-    if "setting" not in vars(args):
-        image = any(d in IMAGE_DATA for d in getattr(args, "data", ()))
-        p.set_defaults(setting="stacked_d4" if image else "pacgan")
-        args = p.parse_args(argv)
-    quick = QUICK_IMAGE if args.setting in IMAGE_SETTINGS else QUICK
-    if args.quick:  # the flags with a fixed default: --quick's values become the defaults, explicit flags win
-        p.set_defaults(**{k: v for k, v in quick.items() if k not in PRESET_KEYS}, log_every=10)
-        args = p.parse_args(argv)
-    given = set(vars(args))
-    preset = PRESETS[args.setting]
-    for k in PRESET_KEYS:  # the setting's values (or --quick's) where no flag was given
-        if k not in given:
-            setattr(args, k, quick[k] if args.quick and k in quick else preset[k])
-    if "data" not in given:
-        args.data = ["stacked_mnist"] if args.setting in IMAGE_SETTINGS else list(TABLE_DATA)
-    if "lr" in given:
-        args.lr_g = args.lr if "lr_g" not in given else args.lr_g
-        args.lr_d = args.lr if "lr_d" not in given else args.lr_d
-        del args.lr
-    if "lr_final" not in given:  # keep the setting's decay factor
-        args.lr_final = preset["lr_final"] / preset["lr_d"] * args.lr_d
-    if "data_std" not in given:
-        args.data_std = 0.0  # 0 = the benchmark's own
-    args.eval_steps = tuple(sorted(set(args.eval_steps)))
-    args.data = list(DATASETS) if "all" in args.data else list(dict.fromkeys(args.data))
-    image = any(d in IMAGE_DATA for d in args.data)
-    args.method = ((STACKED_TABLE if image else list(METHODS)) if "all" in args.method
-                   else list(dict.fromkeys(args.method)))
-    check_args(args)
-    return args
-
-
-def check_args(args):
-    """Everything that can be refused before training starts."""
-    image = [d for d in args.data if d in IMAGE_DATA]
-    if image and len(image) < len(args.data):
-        raise common.UserError(f"--data {' '.join(args.data)}: stacked_mnist and the mixtures need different networks; "
-                               f"run them apart")
-    if image and args.arch == "mlp":
-        raise common.UserError(f"--data stacked_mnist needs a convolutional --arch ({', '.join(CONV_ARCHS)}); use "
-                               f"--setting {' / '.join(IMAGE_SETTINGS)}")
-    if not image and args.arch != "mlp":
-        raise common.UserError(f"--arch {args.arch} (--setting {args.setting}) is for --data stacked_mnist; the mixtures "
-                               f"use --arch mlp "
-                               f"(--setting {' / '.join(s for s in PRESETS if s not in IMAGE_SETTINGS)})")
-    if image and (args.g_act, args.d_act) != ("relu_bn", "lrelu_bn"):
-        raise common.UserError(f"--g_act {args.g_act} --d_act {args.d_act}: the conv networks of stacked MNIST have "
-                               f"BatchNorm + ReLU in G and BatchNorm + LeakyReLU in D (relu_bn, lrelu_bn)")
-    if not image and args.d_act == "lrelu_bn":
-        raise common.UserError("--d_act lrelu_bn is the conv discriminator's (--data stacked_mnist)")
-    if image and Path(args.data_root).exists() and not Path(args.data_root).is_dir():
-        raise common.UserError(f"--data_root {args.data_root} is a file, not a folder: give the folder that holds MNIST/raw")
-    if image:
-        arch = CONV_ARCHS[args.arch]
-        if args.g_hidden >> (args.g_layers - (arch["final"] == "deconv")) < 1 or args.d_hidden >> (args.d_layers - 1) < 1:
-            raise common.UserError(f"--g_hidden {args.g_hidden} / --d_hidden {args.d_hidden} are too small to halve over "
-                                   f"--g_layers {args.g_layers} / --d_layers {args.d_layers} layers")
-    unsupported = [mth for mth in args.method if mth in IMAGE_UNSUPPORTED] if image else []
-    if unsupported:
-        raise common.UserError(f"--method {' '.join(unsupported)}: not built for stacked MNIST's conv networks "
-                               f"(it keeps mixture samples); use {', '.join(m for m in METHODS if m not in IMAGE_UNSUPPORTED)}")
-    if args.records:
-        common.check_writable_folder(args.records, "--records")
-    if args.lr_final > args.lr_d * (1 + 1e-12):
-        raise common.UserError(f"--lr_final {args.lr_final:g} is above the starting learning rate --lr_d "
-                               f"{args.lr_d:g}: the schedule only decays")
-    if "adagan" in args.method and args.adagan_components > args.n_steps:
-        raise common.UserError(f"--adagan_components {args.adagan_components} is more than --n_steps {args.n_steps}")
-    if args.batch_size < 2:
-        raise common.UserError("--batch_size must be at least 2 (BatchNorm, minibatch features, MSGAN pairs)")
-    if args.n_eval < 2:
-        raise common.UserError("--n_eval must be at least 2 (the generator's BatchNorm normalises the evaluation batch)")
-    if args.until_step and args.until_step not in eval_schedule(args)[:-1]:
-        raise common.UserError(f"--until_step {args.until_step}: a cell can only pause at one of its evaluation "
-                               f"steps before the last: {', '.join(map(str, eval_schedule(args)[:-1])) or 'none'}")
-    if 0 < args.n_train < args.batch_size * 4:
-        raise common.UserError(f"--n_train {args.n_train} is smaller than one batch of packs (--batch_size "
-                               f"{args.batch_size} x up to 4 samples); use 0 (fresh samples) or more")
-
-
-# ----------------------------------------------------------------------------- 5. data
+# 3. the data: the benchmarks --------------------------------------------------------------------------------
+# Benchmarks: 8 Gaussians on a ring (radius 1, std 0.01, angles 2 pi k / 8), 25 on a grid ({-4..4}^2 step
+# 2, std 0.05), and the 1-D temperature mixture of 01. Scores (PacGAN, Sec. 5.1): on 2,500 samples per
+# trial, the modes captured (at least one high-quality sample nearest the mode), the fraction of
+# high-quality samples (within 3 std of the nearest centre) and reverse KL = ln K - H of the high-quality
+# samples' mode histogram; mean +- standard error over trials. A trial also counts as collapsed when it
+# ends with fewer than K modes or hops between modes (see `collapse_of`); rates with Wilson intervals.
 @dataclasses.dataclass
 class Benchmark:
     """A mixture and the affine map to the networks' units: x_net = (x - shift) / scale."""
@@ -1053,7 +616,7 @@ class EpochSampler:
         return torch.cat(out)
 
 
-# ----------------------------------------------------------------------------- 6. batched trials (machinery)
+# 4. batched trials: many networks as one (machinery) --------------------------------------------------------
 # S trials as one network: every weight has a leading trial dimension and layers are batched matrix
 # products, so S trials cost about one call per layer. Kept apart from the remedies above.
 def _init_weight(a, b, gens, init, scale):
@@ -1112,7 +675,7 @@ def maxout(x, pieces: int):
 class StackedMLP(nn.Module):
     """S independent MLPs (one per trial). act: relu_bn (Linear without bias -> BatchNorm -> ReLU,
     PacGAN's generator), tanh (the unrolled demo), maxout (PacGAN's discriminator). Optional minibatch
-    discrimination (the MinibatchDiscrimination layer of section 2, B kernels of dimension C, with one
+    discrimination (the MinibatchDiscrimination layer of section 1, B kernels of dimension C, with one
     set of parameters per trial) before the linear output. forward(x (S, N, in), features, slots,
     update_stats) -> (S, N, out) [, last hidden layer].
 
@@ -1345,7 +908,7 @@ class StackedConvDiscriminator(nn.Module):
     LeakyReLU(leak) -> linear to 1 logit. Conv weights N(0, 0.02^2) truncated at 2 std, linear N(0, 0.02^2),
     biases 0. BatchNorm uses the batch's statistics (real and fake batches apart, as D is called on each)
     and keeps TensorFlow's running averages (decay 0.9) as buffers, which training never reads.
-    Optional minibatch discrimination (section 2) on the flattened features before the output.
+    Optional minibatch discrimination (section 1) on the flattened features before the output.
     forward(x (S, N, C, H, W), features) -> logits (S, N, 1) [, features (S, N, F)]."""
 
     def __init__(self, in_channels: int, widths, gens, size: int = 28, kernel: int = 3, leak: float = 0.3,
@@ -1468,7 +1031,7 @@ def noise_chunk(S, B, latent, n_max=100):
     return max(1, min(n_max, (1 << 22) // max(1, S * 2 * B * latent)))
 
 
-# ----------------------------------------------------------------------------- 7. training
+# 5. training ------------------------------------------------------------------------------------------------
 def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, shift: int = 0,
               real_source=None, on_step=None, progress=None, checkpoint=None, resume=None):
     """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
@@ -1749,7 +1312,7 @@ def adagan_classifier(mix, train_x, args, device, seeds, shift, pick_gens):
         return adagan_density_ratio(C(train_x).squeeze(-1))
 
 
-# ----------------------------------------------------------------------------- 8. evaluation, records, tables
+# 6. evaluation, records, tables -----------------------------------------------------------------------------
 def eval_schedule(args) -> list[int]:
     steps = {s for s in args.eval_steps if s <= args.n_steps} | {args.n_steps}
     if args.eval_every:
@@ -2359,7 +1922,427 @@ def write_outputs(results, args, device, run_dir, curves_file, info, paused=()):
     curves_file.save()
 
 
-# ----------------------------------------------------------------------------- 9. speed
+# 7. the settings: the published presets, --quick, the ablation grid -----------------------------------------
+# Settings (`--setting`, numbers and sources in PRESETS below; any flag overrides one value):
+# - pacgan (default): PacGAN's synthetic experiments (Lin et al. 2018; fjxmlzn/PacGAN 190853e): 4 x 400
+#   ReLU+BatchNorm generator on 2-D noise, 3 maxout layers of 200 x 5 pieces, Adam 1e-4 / beta1 0.8 for
+#   both, batch 100, a fixed set of 100,000 training samples packed once (every slot resampled with
+#   replacement), one G call per pack slot, 400,000 steps, both players' updates from one pass, 10 trials;
+#   G's BatchNorm keeps population statistics (rate 0.05, eps 1e-4, refreshed by 50 batches before each
+#   evaluation as their training monitor does) and is scored with them. Evaluated at 10k, 25k, 50k, 100k,
+#   200k and 400k steps, so a cell cut short still gives dated points. Remaining differences from their
+#   code: Adam is torch's (Blocks' adds eps to the uncorrected sqrt(v): a 1e-8 difference); the monitor
+#   pass runs before each evaluation, not after every epoch (its effect is forgotten within ~100 steps).
+# - unrolled: the unrolled-GAN demonstration (poolio/unrolled_gan 67e2c7a notebook): 2 x 128 tanh,
+#   orthogonal init (gain 1.4), z 256-d, batch 512, Adam D 1e-4 / G 1e-3, beta1 0.5, 25,000 steps, G's and
+#   D's updates simultaneous and G minimising the minimax loss through the unrolled D (-unrolled_loss),
+#   as the notebook does; its Keras Adam adds eps to the uncorrected sqrt(v) (1e-8: negligible).
+# - small: the small setting earlier versions of this script ran (3 x 64 generator, 2 maxout layers of
+#   32 x 5, 2,000 steps at lr 2e-3 with cosine decay), kept so its README results stay reproducible.
+#
+# - stacked_d4, stacked_d2 (`--data stacked_mnist`): PacGAN's Table 3 (Lin et al. 2018, Sec. 5.2, the
+#   Unrolled GAN paper's stacked MNIST setting) as the authors' code builds it (fjxmlzn/PacGAN
+#   stacked_MNIST_experiments/unrolled_GAN_experiment): a DCGAN generator of 287,875 parameters against a
+#   conv discriminator of 585 (D = G/4) or 1,889 (D = G/2) parameters, z 256-d, batch 128, Adam D 2e-4 /
+#   G 1e-4, betas (0.5, 0.99), 500,000 steps of D's step then G's on the same noise, every BatchNorm with
+#   batch statistics; methods DCGAN (gan), unrolled 1/5/10, PacDCGAN 2/3/4 (packing on the channel axis).
+#   stacked_veegan: PacGAN's Table 2 (VEEGAN's setting), a GPU-sized DCGAN. Modes: 06's classifier on
+#   each channel, the digit triple is the mode (1,000), KL(p_gen || uniform) as PacGAN computes it.
+PRESETS = {
+    # PacGAN's synthetic experiments, Lin et al. (NeurIPS 2018, arXiv:1712.04086), Sec. 5.1 / Table 1, as
+    # read from fjxmlzn/PacGAN synthetic_data_experiments/2DRing_GAN&PacGAN/config.py, 2DGrid_.../config.py,
+    # pacgan_task.py, datasets.py, streams.py, bricks.py and extensions.py (commit 190853e).
+    "pacgan": dict(
+        latent_dim=2,                                 # 2-d N(0, 1) noise
+        g_hidden=400, g_layers=4, g_act="relu_bn",    # 4 hidden layers of 400, BatchNorm + ReLU -> 2
+        d_hidden=200, d_layers=3, d_act="maxout", maxout_pieces=5,  # 3 LinearMaxout 200 x 5 -> linear 1
+        init="normal", init_scale=0.02,               # weights N(0, 0.02^2), biases 0
+        lr_g=1e-4, lr_d=1e-4, lr_final=1e-4,          # Adam lr 1e-4, both players, constant
+        b1=0.8, b2=0.999, adam_eps=1e-8,              # beta1 0.8; beta2, eps: not stated there, Adam's defaults
+        batch_size=100, n_train=100_000,              # batch 100 from a fixed set of 100,000 samples
+        n_steps=400_000,                              # 400 epochs of 100,000 / 100 = 400,000 steps
+        update="simultaneous",                        # both updates from one pass, applied together (ALI)
+        bn_momentum=0.05, bn_eps=1e-4,                # G's BatchNorm keeps population statistics at rate 0.05
+                                                      # (pacgan_task.py), eps 1e-4 (Blocks' default); scored with them
+        bn_refresh=50,                                # their training monitor's 50 batches of 100 that update
+                                                      # those statistics after every epoch (streams.py)
+        unrolled_loss="nonsaturating",                # ours: G's loss through an unrolled D (no unrolled row there)
+        grid_scale=1.0,                               # the grid fed in raw coordinates
+        n_eval=2500, seeds=10,                        # 2,500 evaluation samples, 10 trials
+        eval_steps=(10_000, 25_000, 50_000, 100_000, 200_000, 400_000), eval_every=0,  # ours: dated points
+        arch="mlp", z_dist="normal", g_steps=1,      # the MLPs above, z ~ N(0, 1), one G step per D step
+    ),
+    # The unrolled-GAN demonstration setting, poolio/unrolled_gan "Unrolled GAN demo.ipynb" (Metz et al.,
+    # ICLR 2017; the notebook says its setup is not identical to the paper's), commit 67e2c7a.
+    "unrolled": dict(
+        latent_dim=256,                               # z 256-d
+        g_hidden=128, g_layers=2, g_act="tanh",       # 2 hidden layers of 128 tanh units
+        d_hidden=128, d_layers=2, d_act="tanh", maxout_pieces=5,
+        init="orthogonal", init_scale=1.4,            # orthogonal initialisation, gain 1.4
+        lr_g=1e-3, lr_d=1e-4, lr_final=1e-4,          # Adam G 1e-3, D 1e-4, constant
+        b1=0.5, b2=0.999, adam_eps=1e-8,              # beta1 0.5, eps 1e-8 (beta2: not stated, Adam's default)
+        batch_size=512, n_train=0,                    # batch 512, fresh samples every step
+        n_steps=25_000,                               # 25,000 iterations
+        update="simultaneous",                        # G's and D's updates in one sess.run (notebook cell 16)
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # (no BatchNorm in this setting)
+        unrolled_loss="minimax",                      # G minimises -unrolled_loss (cell 13): the minimax loss
+        grid_scale=4.0,                               # ours: the grid divided by 4 (the demo has no grid)
+        n_eval=2500, seeds=5,                         # ours: PacGAN's 2,500 samples; 5 trials
+        eval_steps=(), eval_every=500,                # ours: modes against the step, every 500 steps
+        arch="mlp", z_dist="normal", g_steps=1,
+    ),
+    # The small setting of this script's first version (sized to fit 20 min of one CPU core for 15
+    # methods x 2 benchmarks x 5 seeds); kept so that its README results stay reproducible.
+    "small": dict(
+        latent_dim=2, g_hidden=64, g_layers=3, g_act="relu_bn",
+        d_hidden=32, d_layers=2, d_act="maxout", maxout_pieces=5,
+        init="normal", init_scale=0.02,
+        lr_g=2e-3, lr_d=2e-3, lr_final=1e-5,          # cosine decay 2e-3 -> 1e-5
+        b1=0.8, b2=0.999, adam_eps=1e-8,
+        batch_size=100, n_train=0, n_steps=2000, update="alternating",
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # no population statistics: scored with batch statistics
+        unrolled_loss="nonsaturating", grid_scale=4.0,
+        n_eval=2500, seeds=5, eval_steps=(), eval_every=0, arch="mlp", z_dist="normal", g_steps=1,
+    ),
+    # Stacked MNIST, PacGAN Table 3 (Lin et al., NeurIPS 2018, Sec. 5.2: the Unrolled GAN paper's setting,
+    # Metz et al., ICLR 2017, with D's filters 1/4 of G's), as the authors' code builds it: fjxmlzn/PacGAN
+    # stacked_MNIST_experiments/unrolled_GAN_experiment/D=0.25G/config.py, model.py, ops.py (190853e).
+    # G 287,875 parameters, D 585 (their code prints both; tests check them).
+    "stacked_d4": dict(
+        latent_dim=256,                               # z ~ N(0, 1)^256
+        g_hidden=64, g_layers=3, g_act="relu_bn",     # linear (with bias) -> 4 x 4 x 64 -> transposed convs 3 x 3
+                                                      # stride 2 to 7 x 7 x 32, 14 x 14 x 16, 28 x 28 x 8 -> conv 3 x 3
+                                                      # to 3 -> tanh; BatchNorm (gamma, beta) + ReLU on the hidden maps
+        d_hidden=8, d_layers=3, d_act="lrelu_bn", maxout_pieces=5,  # convs 3 x 3 stride 2 of 2, 4, 8 filters, each
+                                                      # BatchNorm + LeakyReLU 0.3 -> linear 1 (maxout_pieces: unused)
+        arch="unrolled_gan", z_dist="normal", g_steps=1,
+        init="normal", init_scale=0.02,               # N(0, 0.02^2), conv weights truncated at 2 std (TensorFlow's
+                                                      # truncated_normal), transposed convs and linears not; biases 0
+        lr_g=1e-4, lr_d=2e-4, lr_final=2e-4,          # Adam G 1e-4, D 2e-4, constant
+        b1=0.5, b2=0.99, adam_eps=1e-8,               # beta (0.5, 0.99); eps: TensorFlow's default 1e-8
+        batch_size=128, n_train=0,                    # batch 128, every sample 3 random training digits drawn on the fly
+        n_steps=500_000,                              # num_training_sample 500,000 x 128 in one epoch
+        update="alternating_same_z",                  # D's step, then G's step on the same noise (two sess.run)
+        bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0,   # every BatchNorm normalises with the batch's statistics, the
+                                                      # sampler too (train=True), in batches of 128; eps 1e-5
+        unrolled_loss="nonsaturating",                # ours: G's loss through the unrolled D (DCGAN's: -log D(G(z)))
+        grid_scale=1.0,                               # (no grid)
+        n_eval=25_600, seeds=10,                      # 25,600 samples from a fixed set of z; ours: 10 trials per
+                                                      # run (theirs: 50 runs per cell; --seeds 50 needs ~5x the memory)
+        eval_steps=(2_000, 5_000, 10_000, 25_000, 50_000, 100_000, 200_000, 500_000), eval_every=0,  # ours: dated
+                                                      # points (theirs: every 2,000 steps and at the end)
+    ),
+    # Differences from their code kept in stacked_d4 and stacked_d2: the mode counter is 06's MNIST classifier
+    # (theirs: a Keras mnist_cnn, train_mnist.py); Adam is torch's (TensorFlow's adds eps to the uncorrected
+    # sqrt(v): a 1e-8 difference); D's and G's BatchNorm running averages are kept as in TensorFlow but,
+    # as there, never read; the digits are drawn with torch's generator (theirs: numpy's); the cost of the
+    # 500,000 steps on one CPU core: `--speed`, README.
+    # D = G/2: the same, D's convs of 4, 8, 16 filters (D=0.5G/model.py; the configs are identical).
+    "stacked_d2": dict(),
+    # Stacked MNIST, PacGAN Table 2 (VEEGAN's setting, Srivastava et al., NeurIPS 2017): fjxmlzn/PacGAN
+    # stacked_MNIST_experiments/VEEGAN_experiment/config.py, model.py (carpedm20's DCGAN-tensorflow).
+    # Cost: about 37 M multiply-adds per sample for each network, ~45 G per iteration (G stepped twice):
+    # GPU work; on one CPU core seconds per step (`--speed`), days for the 100,000 steps.
+    "stacked_veegan": dict(
+        latent_dim=100, g_hidden=512, g_layers=4, g_act="relu_bn",  # z ~ U[-1, 1]^100 -> linear -> 2 x 2 x 512 ->
+                                                      # transposed convs 5 x 5 stride 2 to 256, 128, 64, then to 3 -> tanh
+        d_hidden=512, d_layers=4, d_act="lrelu_bn", maxout_pieces=5,  # convs 5 x 5 stride 2 of 64, 128, 256, 512
+                                                      # (BatchNorm on layers 2-4), LeakyReLU 0.2 -> linear 1
+        arch="dcgan_tf", z_dist="uniform", g_steps=2,  # 1 D step : 2 G steps on the same noise per iteration
+        init="normal", init_scale=0.02,
+        lr_g=2e-4, lr_d=2e-4, lr_final=2e-4, b1=0.5, b2=0.999, adam_eps=1e-8,  # Adam 2e-4, beta1 0.5
+        batch_size=64, n_train=128_000,               # a fixed set of 128,000 stacked samples, packed once
+        n_steps=100_000,                              # 50 epochs of 128,000 / 64 = 2,000 steps
+        update="alternating_same_z",
+        bn_momentum=0.1, bn_eps=1e-5, bn_refresh=0,   # their sampler uses BatchNorm's running averages (decay 0.9)
+        unrolled_loss="nonsaturating", grid_scale=1.0,
+        n_eval=26_000, seeds=10,                      # 26,000 test samples, 10 runs
+        eval_steps=(2_000, 10_000, 20_000, 50_000, 100_000), eval_every=0,  # ours (theirs: after every epoch)
+    ),
+    # Differences kept in stacked_veegan: their set is drawn from all 70,000 MNIST digits and scaled to
+    # [0, 1] (against a tanh generator); ours from the 60,000 training digits in [-1, 1], as the Table 3
+    # setting; their batches walk the set in order every epoch, ours reshuffle it; plus those of stacked_d4.
+}
+PRESETS["stacked_d2"] = {**PRESETS["stacked_d4"], "d_hidden": 16}   # D=0.5G/model.py: filters 4, 8, 16
+IMAGE_SETTINGS = ("stacked_d4", "stacked_d2", "stacked_veegan")
+IMAGE_DATA = ("stacked_mnist",)
+# the methods of PacGAN's Table 3, in its order: --method all on stacked MNIST
+STACKED_TABLE = ["gan", "unrolled1", "unrolled5", "unrolled10", "pacgan2", "pacgan3", "pacgan4"]
+# The remedies' own hyper-parameters, the same in every setting; where the remedy's authors give no
+# value, the value is our choice and says so.
+REMEDY_DEFAULTS = dict(
+    mbd_kernels=100, mbd_dim=5,     # openai/improved-gan train_cifar_minibatch_discrimination.py: B = 100, C = 5
+    mbd_layer="improved-gan",       # their MinibatchLayer (weight norm, bias, data init); "paper": the equations alone
+    replay_size=20_000,             # ours; half of D's fake batch from the buffer (Shrivastava et al. 2017)
+    swap_every=10, snapshot_every=250, snapshot_keep=10,  # ours
+    adagan_components=4, adagan_clf_steps=500, adagan_train_size=10_000,  # ours; beta_t = 1/t (Tolstikhin et al.)
+    lambda_ms=1.0,                  # MSGAN: weight 1 in every variant of the official code (HelenMao/MSGAN)
+)
+# --quick: smaller defaults for a smoke run (seconds); a flag given explicitly still wins.
+QUICK = dict(n_steps=40, batch_size=64, g_hidden=16, g_layers=2, d_hidden=16, d_layers=1, latent_dim=2, seeds=2,
+             n_eval=300, n_train=0, eval_steps=(20,), eval_every=0, snapshots=3, adagan_components=2,
+             adagan_clf_steps=10, adagan_train_size=1000, mbd_kernels=10, snapshot_every=10, swap_every=5,
+             replay_size=500, bn_refresh=2)
+# --quick on stacked MNIST: the settings' networks, a short run
+QUICK_IMAGE = dict(n_steps=20, batch_size=32, seeds=2, n_eval=256, eval_steps=(10,), eval_every=0, snapshots=3,
+                   mbd_kernels=10, method=["gan", "unrolled1", "pacgan2"])
+PRESET_KEYS = tuple(PRESETS["pacgan"])
+# the value a record ran with when its args lack the key (records written before the key existed)
+RECORD_DEFAULTS = dict(bn_momentum=0.0, bn_eps=1e-5, bn_refresh=0, unrolled_loss="nonsaturating", grid_scale=4.0,
+                       arch="mlp", z_dist="normal", g_steps=1)
+
+# when does the plain GAN collapse on the ring?  name -> flag overrides of the `small` setting (cheap
+# enough for 5 trials per row on one CPU core); run by --ablation: plain GAN, ring, --seeds trials each
+ABLATION = {
+    "small setting (2,000 steps)": [],
+    "8,000 steps": ["--n_steps", "8000"],
+    "lr G 2e-3, D 2e-4 (G 10x faster, as the unrolled demo)": ["--lr_d", "2e-4", "--lr_final", "1e-6"],
+    "lr G 2e-4, D 2e-3 (D 10x faster)": ["--lr_g", "2e-4"],
+    "weak D (2 maxout layers of 8)": ["--d_hidden", "8"],
+    "strong D (3 maxout layers of 128)": ["--d_hidden", "128", "--d_layers", "3"],
+    "weak G (3 x 16)": ["--g_hidden", "16"],
+    "noise 256-d": ["--latent_dim", "256"],
+    "data std 0.05": ["--data_std", "0.05"],
+    "data std 0.002": ["--data_std", "0.002"],
+}
+
+
+# 8. arguments -----------------------------------------------------------------------------------------------
+def _preset_help(key: str) -> str:
+    vals = ", ".join(f"{s} {_show(p[key])}" for s, p in PRESETS.items())
+    return (f"default by --setting: {vals}" + (f"; --quick {_show(QUICK[key])}" if key in QUICK else "")
+            + (f" (stacked: {_show(QUICK_IMAGE[key])})" if key in QUICK_IMAGE else ""))
+
+
+def _show(v) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else ("none" if v == () else str(v))
+
+
+def shard_arg(text: str):
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < n")
+    return (i, n)
+
+
+def build_parser() -> common.ArgParser:
+    S = argparse.SUPPRESS  # preset values: filled in after parsing from --setting (and --quick)
+    p = common.ArgParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--setting", choices=tuple(PRESETS), default=S,
+                   help="named setting (numbers and sources in PRESETS); flags override single values "
+                        "(default: pacgan, or stacked_d4 with --data stacked_mnist)")
+    p.add_argument("--method", nargs="+", choices=tuple(METHODS) + ("all",), default=["all"],
+                   help="method(s) to train; all = the whole table")
+    p.add_argument("--data", nargs="+", choices=DATASETS + IMAGE_DATA + ("all",), default=S,
+                   help="benchmark(s): ring (8 modes), grid (25), temperature (1-D, 2 modes); all = the three; "
+                        "stacked_mnist (1,000 modes; the settings stacked_d4, stacked_d2, stacked_veegan). Default: "
+                        f"{' '.join(TABLE_DATA)}, or stacked_mnist with a stacked_* setting")
+    p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT),
+                   help="folder holding MNIST/raw (for --data stacked_mnist)")
+    p.add_argument("--data_std", type=common.positive_float, default=S,
+                   help="standard deviation of every mode (default: the benchmark's, ring 0.01, grid 0.05)")
+    h = _preset_help
+    p.add_argument("--n_steps", type=common.positive_int, default=S, help="training steps (one D and one G update each); " + h("n_steps"))
+    p.add_argument("--batch_size", type=common.positive_int, default=S, help="batch (PacGAN: packs of m samples); " + h("batch_size"))
+    p.add_argument("--n_train", type=common.nonneg_int, default=S,
+                   help="size of the fixed training set, drawn once per trial (0: fresh samples every step); " + h("n_train"))
+    p.add_argument("--lr", type=common.positive_float, default=S, help="Adam learning rate of both players (sets --lr_g and --lr_d; default: the setting's own per player)")
+    p.add_argument("--lr_g", type=common.positive_float, default=S, help="generator learning rate; " + h("lr_g"))
+    p.add_argument("--lr_d", type=common.positive_float, default=S, help="discriminator learning rate; " + h("lr_d"))
+    p.add_argument("--lr_final", type=common.positive_float, default=S,
+                   help="D's learning rate at the last step, cosine decay from --lr_d (G decays by the same factor); "
+                        "equal to --lr_d: constant; " + h("lr_final"))
+    p.add_argument("--b1", type=common.beta_float, default=S, help="Adam beta1; " + h("b1"))
+    p.add_argument("--b2", type=common.beta_float, default=S, help="Adam beta2; " + h("b2"))
+    p.add_argument("--adam_eps", type=common.positive_float, default=S, help="Adam epsilon; " + h("adam_eps"))
+    p.add_argument("--latent_dim", type=common.positive_int, default=S, help="noise dimension; " + h("latent_dim"))
+    p.add_argument("--g_hidden", type=common.positive_int, default=S, help="generator width; " + h("g_hidden"))
+    p.add_argument("--g_layers", type=common.positive_int, default=S, help="generator hidden layers; " + h("g_layers"))
+    p.add_argument("--g_act", choices=("relu_bn", "tanh"), default=S, help="generator hidden layers; " + h("g_act"))
+    p.add_argument("--arch", choices=("mlp",) + tuple(CONV_ARCHS), default=S,
+                   help="network family: mlp (the mixtures), or the conv nets of stacked MNIST (CONV_ARCHS: G's widths "
+                        "--g_hidden halved per layer over --g_layers transposed convs, D's --d_layers convs doubling up "
+                        "to --d_hidden); " + h("arch"))
+    p.add_argument("--z_dist", choices=("normal", "uniform"), default=S, help="noise: N(0, 1) or U[-1, 1]; " + h("z_dist"))
+    p.add_argument("--g_steps", type=common.positive_int, default=S,
+                   help="generator steps per discriminator step, on the same noise; " + h("g_steps"))
+    p.add_argument("--d_hidden", type=common.positive_int, default=S, help="discriminator width (maxout units); " + h("d_hidden"))
+    p.add_argument("--d_layers", type=common.positive_int, default=S, help="discriminator hidden layers; " + h("d_layers"))
+    p.add_argument("--d_act", choices=("maxout", "tanh", "lrelu_bn"), default=S,
+                   help="discriminator hidden layers (lrelu_bn: the conv nets'); " + h("d_act"))
+    p.add_argument("--maxout_pieces", type=common.positive_int, default=S, help="pieces per maxout unit; " + h("maxout_pieces"))
+    p.add_argument("--init", choices=("normal", "orthogonal"), default=S,
+                   help="weight initialisation (biases 0): normal with std --init_scale, or orthogonal with gain --init_scale; " + h("init"))
+    p.add_argument("--init_scale", type=common.positive_float, default=S, help=h("init_scale"))
+    p.add_argument("--update", choices=("simultaneous", "alternating", "alternating_same_z"), default=S,
+                   help="simultaneous: both updates from one pass (ALI/PacGAN); alternating: D step, then G step on "
+                        "fresh noise; alternating_same_z: D step, then G step on D's noise (PacGAN's stacked MNIST); "
+                        + h("update"))
+    p.add_argument("--bn_momentum", type=common.beta_float, default=S,
+                   help="rate of G's BatchNorm population statistics (pop <- (1 - r) pop + r batch); scoring and "
+                        "figures use them. 0: none kept, scored with the evaluation batch's own statistics; "
+                        + h("bn_momentum"))
+    p.add_argument("--bn_eps", type=common.positive_float, default=S, help="G's BatchNorm epsilon; " + h("bn_eps"))
+    p.add_argument("--bn_refresh", type=common.nonneg_int, default=S,
+                   help="before each evaluation, this many batches of fresh noise update the population statistics "
+                        "(PacGAN's training monitor); " + h("bn_refresh"))
+    p.add_argument("--unrolled_loss", choices=("nonsaturating", "minimax"), default=S,
+                   help="unrolled methods: G's loss through the unrolled D (minimax: the demo's -D loss); "
+                        + h("unrolled_loss"))
+    p.add_argument("--grid_scale", type=common.positive_float, default=S,
+                   help="the grid's coordinates are divided by this for the networks; " + h("grid_scale"))
+    p.add_argument("--seeds", type=common.positive_int, default=S,
+                   help="trials seed, seed+1, ... trained together as one batched network; " + h("seeds"))
+    p.add_argument("--n_eval", type=common.positive_int, default=S, help="samples scored per trial (at least 2); " + h("n_eval"))
+    p.add_argument("--eval_steps", type=common.positive_int, nargs="+", default=S,
+                   help="steps at which every trial is scored (the last step always is); " + h("eval_steps"))
+    p.add_argument("--eval_every", type=common.nonneg_int, default=S,
+                   help="also score every this many steps (0: off); " + h("eval_every"))
+    p.add_argument("--snapshots", type=common.positive_int, default=6,
+                   help="columns (training steps) of the sample figure (--quick 3)")
+    for k, v in REMEDY_DEFAULTS.items():
+        kind = dict(choices=MinibatchDiscrimination.LAYERS) if k == "mbd_layer" else dict(
+            type=common.positive_float if isinstance(v, float) else common.positive_int)
+        p.add_argument(f"--{k}", **kind, default=v,
+                       help=REMEDY_HELP[k] + (f" (--quick {QUICK[k]})" if k in QUICK else "") + " (default: %(default)s)")
+    p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves (--quick 10)")
+    p.add_argument("--records", default=None,
+                   help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
+                        "wall time) into this folder, e.g. results/04 (default: only the run folder's records/)")
+    p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
+    p.add_argument("--until_step", type=common.nonneg_int, default=0,
+                   help="train each cell only to this evaluation step, keep its checkpoint and go on to the next "
+                        "cell (0: off); a later --resume, with a larger --until_step or none, continues it. A "
+                        "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
+                        "checkpoint) always run to the end")
+    p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
+    p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
+                        "that of --setting when it is given (default: none)")
+    p.add_argument("--table_figure", metavar="PNG", default=None,
+                   help="with --table: also draw modes captured and high-quality %% against the step, per method "
+                        "(mean and s.e. over trials), for the records of --setting")
+    p.add_argument("--speed", action="store_true",
+                   help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled); "
+                        "stacked MNIST: ms/step of each --method and the cost of --n_steps, 4 trials batched vs "
+                        "separate, one evaluation's cost")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the two networks of the plain-GAN/PacGAN pass (measured slower on the CPU: README)")
+    p.add_argument("--replot", nargs="+", metavar="RUN_DIR", default=None,
+                   help="no training: redraw the sample and modes-against-step figures from the finished cells of "
+                        "these run folders (e.g. runs of different lengths side by side) into --figure_prefix")
+    p.add_argument("--figure_prefix", default="figures/04_", help="--replot writes <prefix>samples_<data>.png and "
+                   "<prefix>modes_<data>.png")
+    p.add_argument("--ablation", action="store_true",
+                   help="run the plain GAN on the ring in every configuration of ABLATION (the small setting changed one value each)")
+    common.add_common_args(p, resume=True)
+    return p
+
+
+REMEDY_HELP = {
+    "mbd_kernels": "minibatch discrimination: kernels B", "mbd_dim": "minibatch discrimination: kernel dimension C",
+    "mbd_layer": "minibatch discrimination: improved-gan's layer, or the paper's equations alone",
+    "replay_size": "experience replay: buffer size",
+    "swap_every": "snapshot swap: every this many steps G meets an old D and D an old G",
+    "snapshot_every": "snapshot swap: steps between snapshots", "snapshot_keep": "snapshot swap: snapshots kept",
+    "adagan_components": "AdaGAN: GANs in the mixture, each trained n_steps / components steps",
+    "adagan_clf_steps": "AdaGAN: steps of the classifier data-vs-mixture that re-weights the data",
+    "adagan_train_size": "AdaGAN: size of the fixed training set the weights live on",
+    "lambda_ms": "MSGAN: weight of the mode-seeking term",
+}
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    for action in p._actions:
+        if action.dest == "quick":
+            action.help = ("smaller defaults for a smoke run of seconds: " + ", ".join(
+                f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; with a stacked_* setting: " + ", ".join(
+                f"--{k} {_show(v)}" for k, v in QUICK_IMAGE.items()) + "; flags given explicitly win")
+    args = p.parse_args(argv)
+    if "setting" not in vars(args):
+        image = any(d in IMAGE_DATA for d in getattr(args, "data", ()))
+        p.set_defaults(setting="stacked_d4" if image else "pacgan")
+        args = p.parse_args(argv)
+    quick = QUICK_IMAGE if args.setting in IMAGE_SETTINGS else QUICK
+    if args.quick:  # the flags with a fixed default: --quick's values become the defaults, explicit flags win
+        p.set_defaults(**{k: v for k, v in quick.items() if k not in PRESET_KEYS}, log_every=10)
+        args = p.parse_args(argv)
+    given = set(vars(args))
+    preset = PRESETS[args.setting]
+    for k in PRESET_KEYS:  # the setting's values (or --quick's) where no flag was given
+        if k not in given:
+            setattr(args, k, quick[k] if args.quick and k in quick else preset[k])
+    if "data" not in given:
+        args.data = ["stacked_mnist"] if args.setting in IMAGE_SETTINGS else list(TABLE_DATA)
+    if "lr" in given:
+        args.lr_g = args.lr if "lr_g" not in given else args.lr_g
+        args.lr_d = args.lr if "lr_d" not in given else args.lr_d
+        del args.lr
+    if "lr_final" not in given:  # keep the setting's decay factor
+        args.lr_final = preset["lr_final"] / preset["lr_d"] * args.lr_d
+    if "data_std" not in given:
+        args.data_std = 0.0  # 0 = the benchmark's own
+    args.eval_steps = tuple(sorted(set(args.eval_steps)))
+    args.data = list(DATASETS) if "all" in args.data else list(dict.fromkeys(args.data))
+    image = any(d in IMAGE_DATA for d in args.data)
+    args.method = ((STACKED_TABLE if image else list(METHODS)) if "all" in args.method
+                   else list(dict.fromkeys(args.method)))
+    check_args(args)
+    return args
+
+
+def check_args(args):
+    """Everything that can be refused before training starts."""
+    image = [d for d in args.data if d in IMAGE_DATA]
+    if image and len(image) < len(args.data):
+        raise common.UserError(f"--data {' '.join(args.data)}: stacked_mnist and the mixtures need different networks; "
+                               f"run them apart")
+    if image and args.arch == "mlp":
+        raise common.UserError(f"--data stacked_mnist needs a convolutional --arch ({', '.join(CONV_ARCHS)}); use "
+                               f"--setting {' / '.join(IMAGE_SETTINGS)}")
+    if not image and args.arch != "mlp":
+        raise common.UserError(f"--arch {args.arch} (--setting {args.setting}) is for --data stacked_mnist; the mixtures "
+                               f"use --arch mlp "
+                               f"(--setting {' / '.join(s for s in PRESETS if s not in IMAGE_SETTINGS)})")
+    if image and (args.g_act, args.d_act) != ("relu_bn", "lrelu_bn"):
+        raise common.UserError(f"--g_act {args.g_act} --d_act {args.d_act}: the conv networks of stacked MNIST have "
+                               f"BatchNorm + ReLU in G and BatchNorm + LeakyReLU in D (relu_bn, lrelu_bn)")
+    if not image and args.d_act == "lrelu_bn":
+        raise common.UserError("--d_act lrelu_bn is the conv discriminator's (--data stacked_mnist)")
+    if image and Path(args.data_root).exists() and not Path(args.data_root).is_dir():
+        raise common.UserError(f"--data_root {args.data_root} is a file, not a folder: give the folder that holds MNIST/raw")
+    if image:
+        arch = CONV_ARCHS[args.arch]
+        if args.g_hidden >> (args.g_layers - (arch["final"] == "deconv")) < 1 or args.d_hidden >> (args.d_layers - 1) < 1:
+            raise common.UserError(f"--g_hidden {args.g_hidden} / --d_hidden {args.d_hidden} are too small to halve over "
+                                   f"--g_layers {args.g_layers} / --d_layers {args.d_layers} layers")
+    unsupported = [mth for mth in args.method if mth in IMAGE_UNSUPPORTED] if image else []
+    if unsupported:
+        raise common.UserError(f"--method {' '.join(unsupported)}: not built for stacked MNIST's conv networks "
+                               f"(it keeps mixture samples); use {', '.join(m for m in METHODS if m not in IMAGE_UNSUPPORTED)}")
+    if args.records:
+        common.check_writable_folder(args.records, "--records")
+    if args.lr_final > args.lr_d * (1 + 1e-12):
+        raise common.UserError(f"--lr_final {args.lr_final:g} is above the starting learning rate --lr_d "
+                               f"{args.lr_d:g}: the schedule only decays")
+    if "adagan" in args.method and args.adagan_components > args.n_steps:
+        raise common.UserError(f"--adagan_components {args.adagan_components} is more than --n_steps {args.n_steps}")
+    if args.batch_size < 2:
+        raise common.UserError("--batch_size must be at least 2 (BatchNorm, minibatch features, MSGAN pairs)")
+    if args.n_eval < 2:
+        raise common.UserError("--n_eval must be at least 2 (the generator's BatchNorm normalises the evaluation batch)")
+    if args.until_step and args.until_step not in eval_schedule(args)[:-1]:
+        raise common.UserError(f"--until_step {args.until_step}: a cell can only pause at one of its evaluation "
+                               f"steps before the last: {', '.join(map(str, eval_schedule(args)[:-1])) or 'none'}")
+    if 0 < args.n_train < args.batch_size * 4:
+        raise common.UserError(f"--n_train {args.n_train} is smaller than one batch of packs (--batch_size "
+                               f"{args.batch_size} x up to 4 samples); use 0 (fresh samples) or more")
+
+
+# 9. speed ---------------------------------------------------------------------------------------------------
 def measure_speed(args, device, n_steps: int = 30, trials=(1, 10), compile_too: bool = True) -> dict:
     """ms per training step of the `--setting` networks (plain GAN, the same loop as training): S trials
     batched as one network, and S separate single-trial networks stepped one after another (what S
@@ -2449,7 +2432,7 @@ def measure_image_speed(args, device, bench, out, time_block, n_steps) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- 10. main
+# 10. main ---------------------------------------------------------------------------------------------------
 def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
     """Bytes of the biggest tensors (parameters with Adam state and grads, a batch's activations, the
     evaluation batch, the noise chunk, the training set) and the flags that size them."""
