@@ -41,22 +41,13 @@ MNIST_TRAIN_IMAGES = 60_000
 
 
 # 1. the method: the tutorial's data, networks, losses and training step -------------------------------------
-# Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2), line by line:
-# - G: Dense(100 -> 7*7*256, no bias), BatchNorm, act, reshape; Conv2DTranspose(128, 5, stride 1, same, no
-#   bias), BatchNorm, act; Conv2DTranspose(64, 5, stride 2, same, no bias), BatchNorm, act;
-#   Conv2DTranspose(1, 5, stride 2, same, no bias), tanh. 2,305,472 trainable parameters.
-# - D: Conv2D(64, 5, stride 2, same), LeakyReLU, Dropout(0.3); Conv2D(128, 5, stride 2, same), LeakyReLU,
-#   Dropout(0.3); Flatten; Dense(1) -> logit. 212,865 parameters. Binary cross-entropy on logits; G
-#   minimises the non-saturating loss -log D(G(z)).
-# - Keras defaults: Glorot-uniform kernels, zero biases; BatchNorm epsilon 1e-3, momentum 0.99 (PyTorch
-#   momentum 0.01); LeakyReLU slope 0.3; Adam(1e-4, beta 0.9/0.999, epsilon 1e-7) as Keras computes it
-#   (`KerasAdam`; `--optimizer torch` is PyTorch's Adam). TensorFlow's "same" padding for stride 2 is
-#   asymmetric (1 before, 2 after for a 5x5 kernel), reproduced for every odd `--kernel_size`.
-# - Batch 256, 50 epochs, noise 100-d N(0, 1), pixels in [-1, 1]; the data reshuffled every epoch and the
-#   last batch (60,000 = 234 * 256 + 96) kept, 96 real against 256 fake images.
-# - Both players' gradients from the same forward pass, applied together (`--update alternating` is the
-#   usual PyTorch way). Samples (grids and the 10,000 scored) with training=False: BatchNorm's moving
-#   averages, as the tutorial's generate_and_save_images.
+# Faithful to https://www.tensorflow.org/tutorials/generative/dcgan (TF 2), line by line: the networks
+# below (G 2,305,472 and D 212,865 parameters), binary cross-entropy on logits with G's non-saturating
+# loss; Keras' defaults (Glorot-uniform kernels, zero biases, BatchNorm epsilon 1e-3 and momentum 0.99,
+# LeakyReLU slope 0.3, Adam 1e-4 with epsilon added as Keras does: `KerasAdam`); TensorFlow's asymmetric
+# "same" padding (`TFSamePad`, `TFSameCrop`); batch 256 with the last batch of 96 kept, 50 epochs, z
+# 100-d N(0, 1), pixels in [-1, 1]; both players' gradients from one forward pass, applied together;
+# samples (grids and the 10,000 scored) with BatchNorm's moving averages (training=False).
 # Known difference: PyTorch's BatchNorm moving variance uses n/(n-1) (256/255).
 
 
@@ -67,41 +58,11 @@ def load_train_images(args, device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if args.use_channels_last else x
 
 
-def tf_same_split(kernel_size: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's 'same' padding on an input whose size is a multiple of the stride: the total is
-    max(k - stride, 0), with the smaller half before (so 1 before and 2 after for k=5, stride 2)."""
-    total = max(kernel_size - stride, 0)
-    return total // 2, total - total // 2
-
-
-class TFSamePad(nn.Module):
-    """TensorFlow's 'same' padding for a stride-2 convolution on an even size (5x5: 1 before, 2 after)."""
-
-    def __init__(self, kernel_size: int = 5):
-        super().__init__()
-        self.before, self.after = tf_same_split(kernel_size, 2)
-
-    def forward(self, x):
-        return F.pad(x, (self.before, self.after, self.before, self.after))
-
-
-class TFSameCrop(nn.Module):
-    """The transpose of TFSamePad: a kxk stride-2 transposed convolution with padding 0 gives 2n+k-2
-    pixels; TensorFlow's 'same' keeps 2n of them, dropping the padding of the forward convolution
-    (5x5: 1 before, 2 after). A 1x1 kernel gives 2n-1: TensorFlow's last row and column are zeros."""
-
-    def __init__(self, kernel_size: int = 5):
-        super().__init__()
-        self.kernel_size = kernel_size
-        self.before, self.after = tf_same_split(kernel_size, 2)
-
-    def forward(self, x):
-        if self.kernel_size == 1:
-            return F.pad(x, (0, 1, 0, 1))
-        return x[..., self.before:x.shape[-2] - self.after, self.before:x.shape[-1] - self.after]
-
-
 class Generator(nn.Module):
+    """Dense(100 -> 7*7*256, no bias), BatchNorm, act, reshape; Conv2DTranspose(128, 5, stride 1, same, no
+    bias), BatchNorm, act; Conv2DTranspose(64, 5, stride 2, same, no bias), BatchNorm, act;
+    Conv2DTranspose(1, 5, stride 2, same, no bias), tanh. act: LeakyReLU(0.3) (the tutorial) or ReLU."""
+
     def __init__(self, act: str = "leakyrelu", latent_dim: int = 100, channels_last: bool = False,
                  kernel_size: int = 5):
         super().__init__()
@@ -125,6 +86,9 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """Conv2D(64, 5, stride 2, same), LeakyReLU(0.3), Dropout(0.3); Conv2D(128, 5, stride 2, same),
+    LeakyReLU(0.3), Dropout(0.3); Flatten; Dense(1) -> logit."""
+
     def __init__(self, kernel_size: int = 5):
         super().__init__()
         k = kernel_size
@@ -136,16 +100,6 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         return self.net(x).squeeze(1)
-
-
-def keras_init(model: nn.Module) -> None:
-    """Keras' defaults: Glorot-uniform kernels (limit sqrt(6 / (fan_in + fan_out))), zero biases,
-    BatchNorm gamma 1 and beta 0."""
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 def bce_losses(real_logits, fake_logits):
@@ -206,8 +160,17 @@ def make_step(G, D, opt_g, opt_d, args, device):
     return step
 
 
-class LossNotFinite(common.TrainingDiverged):
-    """The epoch's mean loss is NaN or infinite."""
+def train(step, data, gen, n_epochs: int, batch_size: int, latent_dim: int, on_epoch, first_epoch: int = 1,
+          on_batch=None) -> None:
+    """The training of one model, epochs first_epoch..n_epochs; on_epoch(epoch, means, seconds) scores and
+    keeps each epoch (files are its business) and returns False to stop early."""
+    for epoch in range(first_epoch, n_epochs + 1):
+        t0 = time.perf_counter()
+        means = train_epoch(step, data, gen, batch_size, latent_dim, epoch, on_batch)
+        if data.device.type == "cuda":
+            torch.cuda.synchronize()
+        if on_epoch(epoch, means, time.perf_counter() - t0) is False:
+            return
 
 
 def train_epoch(step, data, gen, batch_size: int, latent_dim: int, epoch: int, on_batch=None) -> list[float]:
@@ -231,17 +194,8 @@ def train_epoch(step, data, gen, batch_size: int, latent_dim: int, epoch: int, o
     return means
 
 
-def train(step, data, gen, n_epochs: int, batch_size: int, latent_dim: int, on_epoch, first_epoch: int = 1,
-          on_batch=None) -> None:
-    """The training of one model, epochs first_epoch..n_epochs; on_epoch(epoch, means, seconds) scores and
-    keeps each epoch (files are its business) and returns False to stop early."""
-    for epoch in range(first_epoch, n_epochs + 1):
-        t0 = time.perf_counter()
-        means = train_epoch(step, data, gen, batch_size, latent_dim, epoch, on_batch)
-        if data.device.type == "cuda":
-            torch.cuda.synchronize()
-        if on_epoch(epoch, means, time.perf_counter() - t0) is False:
-            return
+class LossNotFinite(common.TrainingDiverged):
+    """The epoch's mean loss is NaN or infinite."""
 
 
 @torch.no_grad()
@@ -253,6 +207,50 @@ def generate(G, z, args, batch=1000):
         out = torch.cat([G(z[i:i + batch]).float() for i in range(0, len(z), batch)])
     G.train(was_training)
     return out
+
+
+def tf_same_split(kernel_size: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's 'same' padding on an input whose size is a multiple of the stride: the total is
+    max(k - stride, 0), with the smaller half before (so 1 before and 2 after for k=5, stride 2)."""
+    total = max(kernel_size - stride, 0)
+    return total // 2, total - total // 2
+
+
+class TFSamePad(nn.Module):
+    """TensorFlow's 'same' padding for a stride-2 convolution on an even size (5x5: 1 before, 2 after)."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.before, self.after = tf_same_split(kernel_size, 2)
+
+    def forward(self, x):
+        return F.pad(x, (self.before, self.after, self.before, self.after))
+
+
+class TFSameCrop(nn.Module):
+    """The transpose of TFSamePad: a kxk stride-2 transposed convolution with padding 0 gives 2n+k-2
+    pixels; TensorFlow's 'same' keeps 2n of them, dropping the padding of the forward convolution
+    (5x5: 1 before, 2 after). A 1x1 kernel gives 2n-1: TensorFlow's last row and column are zeros."""
+
+    def __init__(self, kernel_size: int = 5):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.before, self.after = tf_same_split(kernel_size, 2)
+
+    def forward(self, x):
+        if self.kernel_size == 1:
+            return F.pad(x, (0, 1, 0, 1))
+        return x[..., self.before:x.shape[-2] - self.after, self.before:x.shape[-1] - self.after]
+
+
+def keras_init(model: nn.Module) -> None:
+    """Keras' defaults: Glorot-uniform kernels (limit sqrt(6 / (fan_in + fan_out))), zero biases,
+    BatchNorm gamma 1 and beta 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 class KerasAdam(torch.optim.Optimizer):
