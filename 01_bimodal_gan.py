@@ -19,7 +19,6 @@ import argparse
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -240,13 +239,8 @@ def parse_args(argv=None):
     p.add_argument("--log_every", type=common.positive_int, default=20, help="steps between snapshots")
     p.add_argument("--collapse_threshold", type=majority_fraction, default=0.9,
                    help="a run has collapsed when one mode holds more than this fraction of samples, in [0.5, 1)")
-    r = p.add_argument_group("records")
-    r.add_argument("--records", metavar="DIR", default=None,
-                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
-                        "replacing an older record of that name (default: none, e.g. results/01)")
-    r.add_argument("--table", metavar="DIR", default=None,
-                   help="no training: print the markdown table of the records in DIR (a record folder, or a "
-                        "folder of them: one row each), e.g. results/01 (default: none)")
+    common.add_record_args(p, "results/01", "no training: print the markdown table of the records in DIR (a record "
+                           "folder, or a folder of them: one row each), e.g. results/01 (default: none)")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 
@@ -453,13 +447,8 @@ def print_table(folder) -> dict:
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.table is not None:
-        if args.records is not None:
-            raise common.UserError("--table prints the table of existing records and --records keeps a new "
-                                   "run's record: choose one")
-        return print_table(args.table)
-    if args.records is not None:
-        common.check_writable_folder(args.records, "--records")
+    if (table := common.table_or_records(args, print_table)) is not None:
+        return table
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     sizes = size_flags(args)
@@ -480,9 +469,7 @@ def run(args, device, argv) -> dict:
     plot_seeds(hist, summary, run_dir)
     metrics = {"device": str(device), **summary}
     common.save_json(run_dir / "metrics.json", metrics)
-    if args.records is not None:
-        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
-        print(f"01: the record of this run is in {record}")
+    common.keep_record(args, run_dir, name)
     print_summary(summary, run_dir)
     return metrics
 

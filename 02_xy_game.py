@@ -520,13 +520,8 @@ def parse_args(argv=None):
     j.add_argument("--mu_max", type=common.positive_float, default=30.0,
                    help=f"largest shift mu, at most {MU_MAX_ACCURATE:g} (the log-space integral's accuracy)")
     j.add_argument("--n_mu", type=common.positive_int, default=301, help="number of mu values in [0, mu_max], at least 2")
-    r = p.add_argument_group("records")
-    r.add_argument("--records", metavar="DIR", default=None,
-                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
-                        "replacing an older record of that name (default: none, e.g. results/02)")
-    r.add_argument("--table", metavar="DIR", default=None,
-                   help="no computing: print the markdown tables (x*y factors, Dirac-GAN) of the one record in "
-                        "DIR (a record folder, or a folder holding one), e.g. results/02 (default: none)")
+    common.add_record_args(p, "results/02", "no computing: print the markdown tables (x*y factors, Dirac-GAN) of the "
+                           "one record in DIR (a record folder, or a folder holding one), e.g. results/02 (default: none)")
     common.add_common_args(p)
     return common.parse_with_quick(p, argv, QUICK)
 
@@ -866,14 +861,9 @@ def print_summary(metrics: dict, mu_max: float, run_dir) -> None:
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.table is not None:
-        if args.records is not None:
-            raise common.UserError("--table prints the tables of an existing record and --records keeps a new "
-                                   "run's record: choose one")
-        return print_tables(args.table)
+    if (tables := common.table_or_records(args, print_tables, "the tables")) is not None:
+        return tables
     check_args(args)
-    if args.records is not None:
-        common.check_writable_folder(args.records, "--records")
     common.check_memory(memory_needed(args), size_flags(args))
     common.set_seed(args.seed, args.deterministic)
     if args.device not in ("auto", "cpu"):
@@ -914,9 +904,7 @@ def run(args, argv) -> dict:
         "compute_seconds": compute_s, "seconds": seconds,
     }
     common.save_json(run_dir / "metrics.json", metrics)
-    if args.records is not None:
-        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
-        print(f"02: the record of this run is in {record}")
+    common.keep_record(args, run_dir, name)
     print_summary(metrics, float(js["mu"][-1]), run_dir)
     return metrics
 

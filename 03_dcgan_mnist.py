@@ -579,18 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels-last memory format for the convolutions; auto: on CUDA only (on the 2-core "
                         "CPU of the README it was slower)")
     common.add_common_args(p, resume=True)
-    for action in p._actions:  # say what --quick changes in each flag's help
-        if action.dest in QUICK and action.help:
-            action.help += f"; --quick: {QUICK[action.dest]}"
     return p
 
 
 def parse_args(argv=None):
-    p = build_parser()
-    args = p.parse_args(argv)
-    if args.quick:  # smaller defaults; flags given explicitly still win
-        p.set_defaults(**QUICK)
-        args = p.parse_args(argv)
+    args = common.parse_with_quick(build_parser(), argv, QUICK)
     args.probe_epochs = sorted({e for e in args.probe_epochs if e <= args.n_epochs})
     return args
 
@@ -613,7 +606,7 @@ def check_args(args, device) -> None:
         raise common.UserError(f"--ndb_k {args.ndb_k}: at most --n_eval / 5 = {args.n_eval // 5} bins, so that "
                                f"each bin expects 5 of the {args.n_eval} samples")
     need = memory_estimate(args)
-    have = available_memory(device)
+    have = common.available_memory(device)
     if have is not None and sum(need.values()) > 0.8 * have:
         flag = max(need, key=need.get)
         raise common.UserError(f"{flag} {getattr(args, flag[2:])}: this run needs about "
@@ -630,22 +623,6 @@ def memory_estimate(args) -> dict:
     return {"--latent_dim": latent, "--n_train": args.n_train * 784 * 4,
             "--batch_size": args.batch_size * ACTIVATION_BYTES_PER_SAMPLE,
             "--n_eval": args.n_eval * 784 * 4 * 3}
-
-
-def available_memory(device) -> int | None:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def bf16_hardware(device) -> tuple[bool, str]:

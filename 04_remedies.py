@@ -1032,6 +1032,215 @@ def noise_chunk(S, B, latent, n_max=100):
 
 
 # 5. training ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Players:
+    """Every trial's G and D (stacked: one network holds all trials) and their optimisers; G_fwd and D_fwd
+    are the same networks compiled under --compile (the one-pass step uses them)."""
+    G: nn.Module
+    D: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    g_params: list
+    d_params: list
+    G_fwd: nn.Module
+    D_fwd: nn.Module
+
+
+def make_players(remedy: Remedy, bench: Benchmark, args, seeds, shift, device) -> Players:
+    G, D = NETWORKS[bench.kind](args, remedy, bench.shape, seed_generators(seeds, "init", shift))
+    G, D = G.to(device), D.to(device)
+    betas = (args.b1, args.b2)
+    opt_g = make_adam(G.parameters(), args.lr_g, betas, args.adam_eps)
+    opt_d = make_adam(D.parameters(), args.lr_d, betas, args.adam_eps)
+    G_fwd, D_fwd = G, D
+    if getattr(args, "compile", False):
+        from torch._functorch import config as functorch_config  # the shared pass keeps D's graph for G's gradient
+        if hasattr(functorch_config, "donated_buffer"):  # torch >= 2.5
+            functorch_config.donated_buffer = False
+        G_fwd, D_fwd = torch.compile(G), torch.compile(D)
+    return Players(G, D, opt_g, opt_d, list(G.parameters()), list(D.parameters()), G_fwd, D_fwd)
+
+
+class RemedyHooks:
+    """Where a remedy enters the training step, through the pieces of section 1 (one per trial):
+    D's input, `d_input`: m samples packed into one (PacGAN; minibatch discrimination is a layer of D);
+    D's fake batch, `d_fakes`: an old G's samples on swap steps (SnapshotPool), half of it replayed from
+    the past (ReplayBuffer); G's loss, `g_loss`: the method's (G_LOSSES: non-saturating, feature
+    matching, unrolled) against D or, on swap steps, an old D (`old_d`), plus the mode-seeking term."""
+
+    def __init__(self, remedy: Remedy, args, shape, seeds, shift, device):
+        self.remedy, self.m, self.nd, self.unroll = remedy, remedy.pack, len(shape), remedy.unroll
+        self.loss, self.lambda_ms = G_LOSSES[remedy.g_loss], args.lambda_ms
+        self.minimax, self.same_z = args.unrolled_loss == "minimax", args.update in ("simultaneous", "alternating_same_z")
+        self.swap_every, self.snapshot_every = args.swap_every, args.snapshot_every
+        self.replay = StackedReplay(args.replay_size, shape[0], seed_generators(seeds, "replay", shift),
+                                    device) if remedy.replay else None
+        self.pools = (StackedSnapshots(args.snapshot_keep, seeds, "g_snapshots", shift),
+                      StackedSnapshots(args.snapshot_keep, seeds, "d_snapshots", shift)) if remedy.swap else None
+
+    def d_input(self, x):
+        return pack(x, self.m, self.nd)
+
+    def swap_now(self, step: int) -> bool:
+        return self.pools is not None and step % self.swap_every == 0
+
+    def d_fakes(self, G, z_d, fake, step: int):
+        """D's fake batch, without gradient: G(z_d) (`fake` itself when G's step uses D's noise)."""
+        with torch.no_grad():
+            old_g = self.pools[0].sample() if self.swap_now(step) else None
+            if old_g is not None:
+                fake_d = functional_call(G, old_g, (z_d,), {"slots": self.m, "update_stats": False})
+            else:
+                fake_d = fake.detach() if self.same_z else G(z_d, slots=self.m, update_stats=False)
+            return self.replay.mix(fake_d) if self.replay is not None else fake_d
+
+    def old_d(self, step: int):
+        return self.pools[1].sample() if self.swap_now(step) else None
+
+    def plus_mode_seeking(self, loss, fake, z):
+        return loss + self.lambda_ms * mode_seeking_loss(fake.flatten(2), z) if self.remedy.mode_seeking else loss
+
+    def g_loss(self, seen: GStep, fake, z):
+        return self.plus_mode_seeking(self.loss(seen), fake, z)
+
+    def after_step(self, step: int, p: Players):
+        if self.pools is not None and step % self.snapshot_every == 0:
+            self.pools[0].add(p.G)
+            self.pools[1].add(p.D)
+
+    def state(self) -> dict:
+        return {"replay": [(b.data[:b.size].clone(), b.size, b.gen.get_state()) for b in self.replay.buffers]
+                if self.replay else None,
+                "pools": [(list(p.snaps), p.rng.getstate()) for pl in self.pools for p in pl.pools] if self.pools else None}
+
+    def load_state(self, st: dict):
+        for b, (data, size, gen_state) in zip(self.replay.buffers if self.replay else [], st["replay"] or []):
+            b.data[:size], b.size = data, size
+            b.gen.set_state(gen_state)
+        for p, (snaps, rng_state) in zip([p for pl in self.pools for p in pl.pools] if self.pools else [], st["pools"] or []):
+            p.snaps = list(snaps)
+            p.rng.setstate(rng_state)
+
+
+def _set_grads(params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def one_pass_step(p: Players, hooks: RemedyHooks, args, real_in, z_d, z_g, step: int):
+    """ALI / PacGAN: one forward pass on D's noise gives both players' gradients; both update at once
+    (simultaneous updates, plain GAN loss, one G step). -> D's loss, G's loss, D's logits on real and fake."""
+    fake = p.G_fwd(z_d, slots=hooks.m)
+    d_real, d_fake = p.D_fwd(real_in), p.D_fwd(hooks.d_input(fake))
+    d_loss = discriminator_loss(d_real, d_fake)
+    g_loss = hooks.plus_mode_seeking(generator_loss(d_fake), fake, z_d)
+    d_grads = torch.autograd.grad(d_loss.sum(), p.d_params, retain_graph=True)
+    _set_grads(p.d_params + p.g_params, d_grads + torch.autograd.grad(g_loss.sum(), p.g_params))
+    p.opt_d.step()
+    p.opt_g.step()
+    return d_loss, g_loss, d_real, d_fake
+
+
+def two_pass_step(p: Players, hooks: RemedyHooks, args, real_in, z_d, z_g, step: int):
+    """D's gradient on its loss, then G's on the method's loss: D steps first (alternating) or both step
+    from the same D (simultaneous, the unrolled demo's). --g_steps G steps on the same noise (the VEEGAN
+    setting's code runs G's step twice per D step). Returns what `one_pass_step` returns."""
+    simultaneous = args.update == "simultaneous"
+    z_g = z_d if hooks.same_z else z_g
+    fake = p.G(z_g, slots=hooks.m)  # G's samples for its own loss (G's BatchNorm statistics updated once a step)
+    d_real, d_fake = p.D(real_in), p.D(hooks.d_input(hooks.d_fakes(p.G, z_d, fake, step)))
+    d_loss = discriminator_loss(d_real, d_fake)
+    d_grads = torch.autograd.grad(d_loss.sum(), p.d_params)
+    if not simultaneous:
+        _set_grads(p.d_params, d_grads)
+        p.opt_d.step()
+    old_d = hooks.old_d(step)
+    for j in range(args.g_steps):
+        if j:
+            fake = p.G(z_g, slots=hooks.m)
+        seen = GStep(p.D, old_d, real_in, hooks.d_input(fake), p.opt_d, step - simultaneous, hooks.unroll, hooks.minimax)
+        g_loss = hooks.g_loss(seen, fake, z_g)
+        _set_grads(p.g_params, torch.autograd.grad(g_loss.sum(), p.g_params))  # G's gradient only
+        if simultaneous and not j:
+            _set_grads(p.d_params, d_grads)
+            p.opt_d.step()
+        p.opt_g.step()
+    return d_loss, g_loss, d_real, d_fake
+
+
+def uses_one_pass(remedy: Remedy, args) -> bool:
+    return (args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
+            and args.g_steps == 1)
+
+
+class Batches:
+    """Each step's real packs and noise, drawn `noise_chunk` steps at a time from each trial's own
+    generators (few calls, no host sync). batches(step) -> real (S, B * m, *shape), z_d, z_g (S, B * m, latent)."""
+
+    def __init__(self, bench: Benchmark, args, seeds, shift, device, m: int, n_steps: int, real_source=None):
+        self.data_gens, self.noise_gens = seed_generators(seeds, "data", shift), seed_generators(seeds, "noise", shift)
+        if real_source is None:
+            real_source = make_real_source(bench, args, seeds, shift, device, self.data_gens, m)
+        self.source, self.samplers = real_source, getattr(real_source, "samplers", [])
+        self.S, self.B, self.m, self.shape, self.n_steps = len(seeds), args.batch_size, m, bench.shape, n_steps
+        self.latent, self.z_dist, self.device = args.latent_dim, args.z_dist, device
+        self.chunk = noise_chunk(self.S, self.B * m, args.latent_dim + (math.prod(bench.shape) // 2 if len(bench.shape) > 1 else 0))
+        self.reals = self.zs = None
+
+    def __call__(self, step: int):
+        j = (step - 1) % self.chunk
+        if j == 0:
+            n, Bm = min(self.chunk, self.n_steps - step + 1), self.B * self.m
+            self.reals = self.source(n * self.B).view(self.S, n, Bm, *self.shape)
+            self.zs = torch.stack([draw_noise((n, 2, Bm, self.latent), g, self.z_dist) for g in self.noise_gens]).to(self.device)
+        return self.reals[:, j], self.zs[:, j, 0], self.zs[:, j, 1]
+
+    def state(self) -> dict:
+        return {"gens": [g.get_state() for g in self.data_gens + self.noise_gens],
+                "samplers": [(sm.perm, sm.pos) for sm in self.samplers], "chunk": (self.reals, self.zs)}
+
+    def load_state(self, st: dict):
+        for g, gen_state in zip(self.data_gens + self.noise_gens, st["gens"]):
+            g.set_state(gen_state)
+        for sm, (perm, pos) in zip(self.samplers, st["samplers"]):
+            sm.perm, sm.pos = perm, pos
+        self.reals, self.zs = st["chunk"]
+
+
+def set_lr(p: Players, args, step: int, n_steps: int):
+    lr_d = cosine_lr(step, n_steps, args.lr_d, args.lr_final)
+    lr_g = lr_d if args.lr_g == args.lr_d else args.lr_g * lr_d / args.lr_d  # G decays by D's factor
+    p.opt_g.param_groups[0]["lr"], p.opt_d.param_groups[0]["lr"] = lr_g, lr_d
+
+
+def log_curves(curves: dict, step: int, d_loss, g_loss, d_real, d_fake):
+    """Per trial, kept as tensors (no host sync in the loop)."""
+    curves["step"].append(step)
+    curves["d_loss"].append(d_loss.detach())
+    curves["g_loss"].append(g_loss.detach())
+    curves["d_real"].append(torch.sigmoid(d_real.detach()).mean((1, 2)))
+    curves["d_fake"].append(torch.sigmoid(d_fake.detach()).mean((1, 2)))
+
+
+def training_state(step: int, p: Players, batches: Batches, hooks: RemedyHooks, curves: dict) -> dict:
+    return {"step": step, "G": p.G.state_dict(), "D": p.D.state_dict(), "opt_g": p.opt_g.state_dict(),
+            "opt_d": p.opt_d.state_dict(), **batches.state(), "curves": curves, **hooks.state()}
+
+
+def restore(state: dict, p: Players, batches: Batches, hooks: RemedyHooks, name: str) -> int:
+    """Load a `training_state` into the cell; -> the step to train next."""
+    try:
+        for module, key in ((p.G, "G"), (p.D, "D"), (p.opt_g, "opt_g"), (p.opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+    except (KeyError, RuntimeError, ValueError) as e:  # another cell's or another version's checkpoint
+        raise common.UserError(f"--resume: the cell checkpoint of {name} does not fit this cell's networks "
+                               f"({type(e).__name__}: {common.one_line(e)[:160]}); delete that cell's "
+                               f".state.pt in the run folder's cells/ to train it from the start") from None
+    batches.load_state(state)
+    hooks.load_state(state)
+    return state["step"] + 1
+
+
 def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: int, *, shift: int = 0,
               real_source=None, on_step=None, progress=None, checkpoint=None, resume=None):
     """Train one GAN per trial (stacked) for n_steps with the remedy. Returns G and its loss curves.
@@ -1042,159 +1251,34 @@ def train_gan(remedy: Remedy, bench: Benchmark, args, device, seeds, n_steps: in
     (it decides itself whether to evaluate; keep it cheap). checkpoint = (steps, save(step, state)): after
     those steps the whole training state is handed to save; resume = such a state: training continues
     after its step and gives the numbers an uninterrupted run gives."""
-    S, B, m, shape = len(seeds), args.batch_size, remedy.pack, bench.shape
-    nd = len(shape)  # 1: vectors, 3: images (packed on the channel axis)
-    init_gens = seed_generators(seeds, "init", shift)
-    G, D = NETWORKS[bench.kind](args, remedy, shape, init_gens)
-    G, D = G.to(device), D.to(device)
-    betas = (args.b1, args.b2)
-    opt_g = make_adam(G.parameters(), args.lr_g, betas, args.adam_eps)
-    opt_d = make_adam(D.parameters(), args.lr_d, betas, args.adam_eps)
-    g_params, d_params = list(G.parameters()), list(D.parameters())
-    G_fwd, D_fwd = G, D
-    if getattr(args, "compile", False):
-        from torch._functorch import config as functorch_config  # the shared pass keeps D's graph for G's gradient
-        if hasattr(functorch_config, "donated_buffer"):  # torch >= 2.5
-            functorch_config.donated_buffer = False
-        G_fwd, D_fwd = torch.compile(G), torch.compile(D)
-    data_gens, noise_gens = seed_generators(seeds, "data", shift), seed_generators(seeds, "noise", shift)
-    if real_source is None:
-        real_source = make_real_source(bench, args, seeds, shift, device, data_gens, m)
-    replay = StackedReplay(args.replay_size, shape[0], seed_generators(seeds, "replay", shift), device) if remedy.replay else None
-    pools = (StackedSnapshots(args.snapshot_keep, seeds, "g_snapshots", shift),
-             StackedSnapshots(args.snapshot_keep, seeds, "d_snapshots", shift)) if remedy.swap else None
-    g_loss_fn = G_LOSSES[remedy.g_loss]
-    same_z = args.update in ("simultaneous", "alternating_same_z")  # G's step on D's noise
-    shared_pass = (args.update == "simultaneous" and remedy.g_loss == "nonsaturating" and not (remedy.replay or remedy.swap)
-                   and args.g_steps == 1)
+    p = make_players(remedy, bench, args, seeds, shift, device)
+    batches = Batches(bench, args, seeds, shift, device, remedy.pack, n_steps, real_source)
+    hooks = RemedyHooks(remedy, args, bench.shape, seeds, shift, device)
+    update = one_pass_step if uses_one_pass(remedy, args) else two_pass_step
     curves = {"step": [], "d_loss": [], "g_loss": [], "d_real": [], "d_fake": []}
-    samplers = getattr(real_source, "samplers", [])
-    reals = zs = None
-
-    def training_state(step):
-        return {"step": step, "G": G.state_dict(), "D": D.state_dict(), "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(), "gens": [g.get_state() for g in data_gens + noise_gens],
-                "samplers": [(sm.perm, sm.pos) for sm in samplers], "chunk": (reals, zs), "curves": curves,
-                "replay": [(b.data[:b.size].clone(), b.size, b.gen.get_state()) for b in replay.buffers] if replay else None,
-                "pools": [(list(p.snaps), p.rng.getstate()) for pl in pools for p in pl.pools] if pools else None}
-
     start = 1
-    if resume is not None:
-        try:
-            G.load_state_dict(resume["G"])
-            D.load_state_dict(resume["D"])
-            opt_g.load_state_dict(resume["opt_g"])
-            opt_d.load_state_dict(resume["opt_d"])
-        except (KeyError, RuntimeError, ValueError) as e:  # another cell's or another version's checkpoint
-            raise common.UserError(f"--resume: the cell checkpoint of {bench.name} does not fit this cell's networks "
-                                   f"({type(e).__name__}: {common.one_line(e)[:160]}); delete that cell's "
-                                   f".state.pt in the run folder's cells/ to train it from the start") from None
-        for g, st in zip(data_gens + noise_gens, resume["gens"]):
-            g.set_state(st)
-        for sm, (perm, pos) in zip(samplers, resume["samplers"]):
-            sm.perm, sm.pos = perm, pos
-        reals, zs = resume["chunk"]
-        curves = resume["curves"]
-        for b, (data, size, st) in zip(replay.buffers if replay else [], resume["replay"] or []):
-            b.data[:size], b.size = data, size
-            b.gen.set_state(st)
-        for p, (snaps, st) in zip([p for pl in pools for p in pl.pools] if pools else [], resume["pools"] or []):
-            p.snaps = list(snaps)
-            p.rng.setstate(st)
-        start = resume["step"] + 1  # the progress bar was started at resume["step"] (run_one)
+    if resume is not None:  # the progress bar was started at resume["step"] (run_one)
+        start, curves = restore(resume, p, batches, hooks, bench.name), resume["curves"]
     elif on_step:
-        on_step(0, G)
-
-    chunk = noise_chunk(S, B * m, args.latent_dim + (math.prod(shape) // 2 if nd > 1 else 0))
+        on_step(0, p.G)
     for step in range(start, n_steps + 1):
-        j = (step - 1) % chunk
-        if j == 0:  # data and noise for `chunk` steps at a time: per-trial generators, few calls
-            n = min(chunk, n_steps - step + 1)
-            reals = real_source(n * B).view(S, n, B * m, *shape)
-            zs = torch.stack([draw_noise((n, 2, B * m, args.latent_dim), g, args.z_dist) for g in noise_gens]).to(device)
-        real, z_d, z_g = reals[:, j], zs[:, j, 0], zs[:, j, 1]
-        lr_d = cosine_lr(step, n_steps, args.lr_d, args.lr_final)
-        lr_g = lr_d if args.lr_g == args.lr_d else args.lr_g * lr_d / args.lr_d  # G decays by D's factor
-        opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"] = lr_g, lr_d
-        swap_now = remedy.swap and step % args.swap_every == 0
-        real_in = pack(real, m, nd)
+        real, z_d, z_g = batches(step)
+        set_lr(p, args, step, n_steps)
+        real_in = hooks.d_input(real)
         if remedy.mbd and step == 1 and resume is None:  # improved-gan's data-dependent init, on the first real batch
             with torch.no_grad():
-                D.mbd.init_from_data(D(real_in, features=True)[1])
-
-        if shared_pass:  # ALI / PacGAN: one forward pass gives both players' gradients
-            z_g = z_d
-            fake = G_fwd(z_d, slots=m)
-            d_real, d_fake = D_fwd(real_in), D_fwd(pack(fake, m, nd))
-            d_loss_s = discriminator_loss(d_real, d_fake)
-            g_loss = generator_loss(d_fake)
-            if remedy.mode_seeking:
-                g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake.flatten(2), z_d)
-            d_grads = torch.autograd.grad(d_loss_s.sum(), d_params, retain_graph=True)
-            g_grads = torch.autograd.grad(g_loss.sum(), g_params)
-            for p, g in zip(d_params + g_params, d_grads + g_grads):
-                p.grad = g
-            opt_d.step()
-            opt_g.step()
-        else:
-            simultaneous = args.update == "simultaneous"
-            if same_z:
-                z_g = z_d
-            # G's samples for its own loss (G is not changed by D's step; one population-statistics update per step)
-            fake = G(z_g, slots=m)
-            # discriminator's gradient (every method: the ordinary loss)
-            with torch.no_grad():
-                old_g = pools[0].sample() if swap_now else None
-                if old_g is not None:
-                    fake_d = functional_call(G, old_g, (z_d,), {"slots": m, "update_stats": False})
-                else:
-                    fake_d = fake.detach() if same_z else G(z_d, slots=m, update_stats=False)
-                if replay is not None:
-                    fake_d = replay.mix(fake_d)
-            d_real, d_fake = D(real_in), D(pack(fake_d, m, nd))
-            d_loss_s = discriminator_loss(d_real, d_fake)
-            d_grads = torch.autograd.grad(d_loss_s.sum(), d_params)
-            if not simultaneous:
-                for p, g in zip(d_params, d_grads):
-                    p.grad = g
-                opt_d.step()
-            # generator's gradient: the method's loss (--g_steps G steps on the same noise: the VEEGAN
-            # setting's code runs G's step twice per D step)
-            old_d = pools[1].sample() if swap_now else None
-            for j in range(args.g_steps):
-                if j:
-                    fake = G(z_g, slots=m)
-                seen = GStep(D, old_d, real_in, pack(fake, m, nd), opt_d, step if not simultaneous else step - 1,
-                             remedy.unroll, args.unrolled_loss == "minimax")
-                g_loss = g_loss_fn(seen)
-                if remedy.mode_seeking:
-                    g_loss = g_loss + args.lambda_ms * mode_seeking_loss(fake.flatten(2), z_g)
-                g_grads = torch.autograd.grad(g_loss.sum(), g_params)  # G's gradient only
-                for p, g in zip(g_params, g_grads):
-                    p.grad = g
-                if simultaneous and not j:
-                    for p, g in zip(d_params, d_grads):
-                        p.grad = g
-                    opt_d.step()
-                opt_g.step()
-
-        if remedy.swap and step % args.snapshot_every == 0:
-            pools[0].add(G)
-            pools[1].add(D)
-        if step % args.log_every == 0 or step == n_steps:  # kept as tensors: no host sync in the loop
-            curves["step"].append(step)
-            curves["d_loss"].append(d_loss_s.detach())
-            curves["g_loss"].append(g_loss.detach())
-            curves["d_real"].append(torch.sigmoid(d_real.detach()).mean((1, 2)))
-            curves["d_fake"].append(torch.sigmoid(d_fake.detach()).mean((1, 2)))
+                p.D.mbd.init_from_data(p.D(real_in, features=True)[1])
+        d_loss, g_loss, d_real, d_fake = update(p, hooks, args, real_in, z_d, z_g, step)
+        hooks.after_step(step, p)
+        if step % args.log_every == 0 or step == n_steps:
+            log_curves(curves, step, d_loss, g_loss, d_real, d_fake)
         if on_step:
-            on_step(step, G)
+            on_step(step, p.G)
         if progress is not None:
             progress.update(1)
         if checkpoint is not None and step in checkpoint[0] and step < n_steps:
-            checkpoint[1](step, training_state(step))
-    curves = {k: (torch.stack(v).cpu() if k != "step" else v) for k, v in curves.items()}
-    return G, curves
+            checkpoint[1](step, training_state(step, p, batches, hooks, curves))
+    return p.G, {k: (torch.stack(v).cpu() if k != "step" else v) for k, v in curves.items()}
 
 
 def make_real_source(bench, args, seeds, shift, device, data_gens, m: int = 1):
@@ -2254,6 +2338,19 @@ REMEDY_HELP = {
 }
 
 
+def _setting_defaults(a) -> dict:
+    """The defaults a first parse `a` implies: its setting's values (PRESETS), the setting itself (pacgan,
+    or stacked_d4 for --data stacked_mnist) and its benchmarks."""
+    setting = getattr(a, "setting", None) or ("stacked_d4" if any(d in IMAGE_DATA for d in getattr(a, "data", ()))
+                                              else "pacgan")
+    data = ["stacked_mnist"] if setting in IMAGE_SETTINGS else list(TABLE_DATA)
+    return {**PRESETS[setting], "setting": setting, "data": data, "data_std": 0.0}  # data_std 0: the benchmark's own
+
+
+def _quick_defaults(a) -> dict:
+    return {**(QUICK_IMAGE if _setting_defaults(a)["setting"] in IMAGE_SETTINGS else QUICK), "log_every": 10}
+
+
 def parse_args(argv=None):
     p = build_parser()
     for action in p._actions:
@@ -2261,30 +2358,14 @@ def parse_args(argv=None):
             action.help = ("smaller defaults for a smoke run of seconds: " + ", ".join(
                 f"--{k} {_show(v)}" for k, v in QUICK.items()) + "; with a stacked_* setting: " + ", ".join(
                 f"--{k} {_show(v)}" for k, v in QUICK_IMAGE.items()) + "; flags given explicitly win")
-    args = p.parse_args(argv)
-    if "setting" not in vars(args):
-        image = any(d in IMAGE_DATA for d in getattr(args, "data", ()))
-        p.set_defaults(setting="stacked_d4" if image else "pacgan")
-        args = p.parse_args(argv)
-    quick = QUICK_IMAGE if args.setting in IMAGE_SETTINGS else QUICK
-    if args.quick:  # the flags with a fixed default: --quick's values become the defaults, explicit flags win
-        p.set_defaults(**{k: v for k, v in quick.items() if k not in PRESET_KEYS}, log_every=10)
-        args = p.parse_args(argv)
-    given = set(vars(args))
-    preset = PRESETS[args.setting]
-    for k in PRESET_KEYS:  # the setting's values (or --quick's) where no flag was given
-        if k not in given:
-            setattr(args, k, quick[k] if args.quick and k in quick else preset[k])
-    if "data" not in given:
-        args.data = ["stacked_mnist"] if args.setting in IMAGE_SETTINGS else list(TABLE_DATA)
+    args = common.parse_settings(p, argv, presets=_setting_defaults, quick=_quick_defaults)
+    given, preset = common.given_flags(p, argv), PRESETS[args.setting]
     if "lr" in given:
         args.lr_g = args.lr if "lr_g" not in given else args.lr_g
         args.lr_d = args.lr if "lr_d" not in given else args.lr_d
         del args.lr
     if "lr_final" not in given:  # keep the setting's decay factor
         args.lr_final = preset["lr_final"] / preset["lr_d"] * args.lr_d
-    if "data_std" not in given:
-        args.data_std = 0.0  # 0 = the benchmark's own
     args.eval_steps = tuple(sorted(set(args.eval_steps)))
     args.data = list(DATASETS) if "all" in args.data else list(dict.fromkeys(args.data))
     image = any(d in IMAGE_DATA for d in args.data)

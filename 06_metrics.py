@@ -1110,13 +1110,9 @@ def parse_args(argv=None):
                         "eitanrich/gans-n-gmms): bins on 45,000 training images, 15,000 held out as validation, "
                         "10,000 query images per set, NDB at |z| > 3 and > 4, over --n_splits splits; its "
                         "defaults are named 'gans-n-gmms:' below")
-    p.add_argument("--table", metavar="RECORD", default=None,
-                   help="print the markdown table(s) of a finished run of the demonstration or of --protocol "
-                        "and exit: its record folder (see --records; e.g. results/06/demo) or its metrics.json "
-                        "(e.g. results/06/gans_n_gmms_protocol.json)")
-    p.add_argument("--records", metavar="DIR", default=None,
-                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
-                        "replacing an older record of that name (default: none, e.g. results/06)")
+    common.add_record_args(p, "results/06", "print the markdown table(s) of a finished run of the demonstration or of "
+                           "--protocol and exit: its record folder (see --records; e.g. results/06/demo) or its "
+                           "metrics.json (e.g. results/06/gans_n_gmms_protocol.json)", "RECORD", group=False)
     p.add_argument("--data_root", default=str(common.DEFAULT_DATA_ROOT), help="folder holding MNIST/raw")
     g = p.add_argument_group("metrics")
     g.add_argument("--k", type=common.positive_int, default=100,
@@ -1463,15 +1459,10 @@ def plot_digit_histograms(rows: dict, path) -> None:
 @common.cli
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.table is not None:
-        if args.records is not None:
-            raise common.UserError("--table prints the table of an existing record and --records keeps a new "
-                                   "run's record: choose one")
-        return print_table(args.table)
+    if (table := common.table_or_records(args, print_table)) is not None:
+        return table
     if args.fake is not None and args.protocol is not None:
         raise common.UserError("--fake evaluates your samples and --protocol runs the authors' protocol: choose one")
-    if args.records is not None:
-        common.check_writable_folder(args.records, "--records")
     common.set_seed(args.seed, args.deterministic)
     device = common.pick_device(args.device)
     data, name = load_data(args)  # bad input fails here, before anything is created or trained
@@ -1480,9 +1471,7 @@ def main(argv=None) -> dict:
     run = run_eval if args.fake is not None else run_protocol if args.protocol else run_experiment
     metrics = {"device": str(device), "run_dir": str(run_dir), **run(args, device, run_dir, data)}
     common.save_json(run_dir / "metrics.json", metrics)
-    if args.records is not None:
-        record = common.copy_record(run_dir, Path(args.records) / (args.run_name or name))
-        print(f"06: the record of this run is in {record}")
+    common.keep_record(args, run_dir, name)
     print(f"06: outputs in {run_dir}")
     return metrics
 

@@ -719,6 +719,40 @@ def start_run(args: argparse.Namespace, script_file: str, default_name: str, arg
 RECORD_FILES = ("config.json", "metrics.json")   # a run's small record: what its tables are built from
 
 
+def add_record_args(p: argparse.ArgumentParser, example: str, table_help: str, table_metavar: str = "DIR",
+                    group: bool = True) -> None:
+    """--records DIR (keep a finished run's small record) and --table (print the tables of records and
+    run nothing); `example` names the committed folder, e.g. "results/01". With `table_or_records`,
+    `keep_record`."""
+    r = p.add_argument_group("records") if group else p
+    r.add_argument("--records", metavar="DIR", default=None,
+                   help="after the run, copy its small record (config.json, metrics.json) to DIR/<run_name>, "
+                        f"replacing an older record of that name (default: none, e.g. {example})")
+    r.add_argument("--table", metavar=table_metavar, default=None, help=table_help)
+
+
+def table_or_records(args: argparse.Namespace, print_table: Callable[[str], dict], what: str = "the table") -> dict | None:
+    """--table: print_table(args.table)'s result (nothing runs); otherwise None, with --records' folder
+    checked for writing before anything runs."""
+    if args.table is not None:
+        if args.records is not None:
+            raise UserError(f"--table prints {what} of existing records and --records keeps a new run's "
+                            f"record: choose one")
+        return print_table(args.table)
+    if args.records is not None:
+        check_writable_folder(args.records, "--records")
+    return None
+
+
+def keep_record(args: argparse.Namespace, run_dir: str | os.PathLike, name: str) -> Path | None:
+    """--records DIR: copy the finished run's record to DIR/<--run_name or name> and say where."""
+    if args.records is None:
+        return None
+    record = copy_record(run_dir, Path(args.records) / (args.run_name or name))
+    print(f"{Path(run_dir).parent.name[:2]}: the record of this run is in {record}")
+    return record
+
+
 def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iterable[str] = RECORD_FILES) -> Path:
     """Copy the small record of a finished run (`names`: config.json and metrics.json, no figures, curves
     or checkpoints) from `run_dir` to the folder `dest`. An older record in `dest` is replaced as a whole:

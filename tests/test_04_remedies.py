@@ -820,3 +820,35 @@ def test_each_torch_stream_of_a_trial_has_its_own_seed():
     assert m.seed_generators([3], "init", m.ROUND_SHIFT * 2)[0].initial_seed() == 3 * 1_000_003 + 11 + 2000
     with pytest.raises(KeyError):
         m.seed_generators([0], "nameless")
+
+
+def test_remedy_hooks_are_the_places_a_remedy_enters_the_step():
+    """The training step meets every remedy through RemedyHooks: packing at D's input, replay and an old
+    G in D's fake batch, an old D and the mode-seeking term in G's loss; snapshots taken after a step."""
+    args = m.parse_args(["--quick", "--setting", "small", "--snapshot_every", "2", "--swap_every", "3"])
+    seeds, shape = [0, 1], (2,)
+    x = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    packed = m.RemedyHooks(m.METHODS["pacgan3"], args, shape, seeds, 0, "cpu").d_input(x)
+    assert packed.shape == (2, 2, 6) and torch.equal(packed[1, 1], x[1, 3:].reshape(-1))
+    replay = m.RemedyHooks(m.METHODS["replay"], args, shape, seeds, 0, "cpu")
+    G = lambda z, slots=1, update_stats=True: z * 2  # noqa: E731
+    first = replay.d_fakes(G, x, x * 2, step=1)
+    assert torch.equal(first, G(x))                   # an empty buffer: the fresh batch
+    second = replay.d_fakes(G, x + 100, None, step=2)
+    assert torch.equal(second[:, :3], G(x + 100)[:, :3])   # half fresh, half from the buffer
+    assert all(set(second[s, 3:, 0].tolist()) <= set(G(x)[s, :3, 0].tolist()) for s in range(2))
+    remedy = m.METHODS["snapshot_swap"]
+    G_net, D_net = m.make_networks(args, remedy, shape, m.seed_generators(seeds, "init"))
+    p = m.Players(G_net, D_net, None, None, list(G_net.parameters()), list(D_net.parameters()), G_net, D_net)
+    swap = m.RemedyHooks(remedy, args, shape, seeds, 0, "cpu")
+    assert swap.old_d(3) is None                       # nothing kept yet
+    swap.after_step(1, p)
+    assert not swap.pools[1].pools[0].snaps            # snapshots every 2 steps
+    swap.after_step(2, p)
+    assert swap.old_d(2) is None and swap.old_d(3) is not None   # swaps every 3 steps
+    fake, z = torch.randn(2, 8, 2), torch.randn(2, 8, 3)
+    plain = m.RemedyHooks(m.METHODS["gan"], args, shape, seeds, 0, "cpu")
+    ms = m.RemedyHooks(m.METHODS["msgan"], args, shape, seeds, 0, "cpu")
+    loss = torch.zeros(2)
+    assert plain.plus_mode_seeking(loss, fake, z) is loss
+    assert torch.allclose(ms.plus_mode_seeking(loss, fake, z), args.lambda_ms * m.mode_seeking_loss(fake, z))

@@ -478,3 +478,30 @@ def test_sibling_loads_on_first_use_and_a_missing_one_is_one_line():
     assert missing.load(required=False) is None
     with pytest.raises(common.UserError, match=r"^03_dcgan_mnist.py needs 07_nowhere.py \(the digit classifier\)"):
         missing.load()
+
+
+def test_records_flags_print_a_table_or_keep_the_record(tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    common.add_record_args(p, "results/NN", "print the table of the records in DIR")
+    args = p.parse_args(["--table", "somewhere"])
+    assert common.table_or_records(args, lambda folder: {"table": folder}) == {"table": "somewhere"}
+    with pytest.raises(common.UserError, match="choose one"):
+        common.table_or_records(p.parse_args(["--table", "a", "--records", "b"]), lambda folder: {})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(common.UserError, match="--records"):   # checked before anything runs
+        common.table_or_records(p.parse_args(["--records", str(blocker / "sub")]), lambda folder: {})
+    args = p.parse_args(["--records", str(tmp_path / "rec")])
+    assert common.table_or_records(args, lambda folder: {}) is None
+    run_dir = tmp_path / "runs" / "07_example" / "r1"
+    run_dir.mkdir(parents=True)
+    for name in common.RECORD_FILES:
+        (run_dir / name).write_text("{}")
+    (run_dir / "big.pt").write_text("x")
+    args.run_name = None
+    kept = common.keep_record(args, run_dir, "default_name")
+    assert kept == (tmp_path / "rec" / "default_name").resolve()
+    assert sorted(q.name for q in kept.iterdir()) == sorted(common.RECORD_FILES)
+    assert "07: the record of this run is in" in capsys.readouterr().out
+    args.records = None
+    assert common.keep_record(args, run_dir, "x") is None
