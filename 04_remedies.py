@@ -371,8 +371,9 @@ class GeneratorMixture:
 # 2. the methods: name -> remedy -----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Remedy:
-    """What a method changes in the one training loop (section 5): G's loss (a key of G_LOSSES) and the
-    hooks on D's side."""
+    """What a method changes in the one training loop (section 5, where `RemedyHooks` turns it into the
+    step's hooks): G's loss (a key of G_LOSSES), D's input (packing, minibatch features) and D's fake
+    batch (replay, snapshot swapping), and the extra terms."""
     g_loss: str = "nonsaturating"
     unroll: int = 0
     pack: int = 1
