@@ -988,30 +988,32 @@ def make_figures(curves, run_dir, args):
 def run_grid(args, device, base_dir: Path, jobs: list[tuple[str, dict]], write) -> dict:
     """Train each (run name, flag overrides) job in base_dir/<name>, skipping finished ones (so --resume
     continues a cut-short grid), and call write(base_dir, runs) after every finished run."""
-    runs, result = [], {}
-    for name, overrides in jobs:
+    out = {}
+
+    def train_job(job):
+        name, overrides = job
         sub = copy.copy(args)
         sub.record_divergence = True
         for k, v in overrides.items():
             setattr(sub, k, v)
         run_dir = base_dir / name
-        done = run_dir / "metrics.json"
-        if done.exists():
-            runs.append(common.load_json(done))
-        else:
-            sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
-            if not sub.resume:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
-            print(f"03: {name}")
-            record_to = Path(args.records) / base_dir.name / name if args.records else None
-            result = {"run": name, **overrides, **train_run(sub, device, run_dir, record_to)}
-            common.save_json(done, result)
-            runs.append(result)
-        result = write(base_dir, runs)
+        sub.resume = args.resume and (run_dir / "checkpoint.pt").exists()
+        if not sub.resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            common.save_json(run_dir / "config.json", {"args": vars(sub), "hardware": common.hardware()})
+        print(f"03: {name}")
+        record_to = Path(args.records) / base_dir.name / name if args.records else None
+        return {"run": name, **overrides, **train_run(sub, device, run_dir, record_to)}
+
+    def after_each(i, job, result, runs):
+        out["result"] = write(base_dir, runs)
         if args.records:
             save_record(base_dir, Path(args.records) / base_dir.name)
-    return result
+
+    common.run_cells(jobs, train_job, done=lambda job: (base_dir / job[0] / "metrics.json").exists(),
+                     load=lambda job: common.load_json(base_dir / job[0] / "metrics.json"), after_each=after_each,
+                     keep=lambda job, result: common.save_json(base_dir / job[0] / "metrics.json", result))
+    return out.get("result", {})
 
 
 def compare(args, device, base_dir: Path) -> dict:

@@ -2203,16 +2203,6 @@ def _show(v) -> str:
     return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else ("none" if v == () else str(v))
 
 
-def shard_arg(text: str):
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not i/n (e.g. 0/4)") from None
-    if not (n >= 1 and 0 <= i < n):
-        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < n")
-    return (i, n)
-
-
 def build_parser() -> common.ArgParser:
     S = argparse.SUPPRESS  # preset values: filled in after parsing from --setting (and --quick)
     p = common.ArgParser(description=__doc__.split("\n\n")[0])
@@ -2303,7 +2293,7 @@ def build_parser() -> common.ArgParser:
                         "cell (0: off); a later --resume, with a larger --until_step or none, continues it. A "
                         "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
                         "checkpoint) always run to the end")
-    p.add_argument("--shard", type=shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
+    p.add_argument("--shard", type=common.shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
                         "that of --setting when it is given (default: none)")
     p.add_argument("--table_figure", metavar="PNG", default=None,
@@ -2613,9 +2603,7 @@ def load_cell(path):
 def cells_of(args) -> list[tuple[str, str]]:
     """Every (benchmark, method) cell in run order (ring before grid, methods in table order), then the
     shard's share: cells i, i + n, i + 2n, ..."""
-    cells = [(d, mth) for d in args.data for mth in args.method]
-    i, n = args.shard
-    return cells[i::n]
+    return common.shard_of([(d, mth) for d in args.data for mth in args.method], args.shard)
 
 
 def run(args, device, argv) -> dict:
@@ -2648,35 +2636,42 @@ def run(args, device, argv) -> dict:
     t0 = time.perf_counter()
     cmd = sys.argv[1:] if argv is None else argv
     info = {"t0": t0, "command": " ".join(["python", "04_remedies.py"] + [shlex.quote(a) for a in cmd])}
-    results, curves_file = [], common.Curves(run_dir / "curves.csv")
+    curves_file = common.Curves(run_dir / "curves.csv")
     folders = [run_dir / "records"] + ([Path(args.records)] if args.records else [])
     paused = []
-    for k, (data, method) in enumerate(cells, 1):
-        bench = benches[data] if data in benches else benches.setdefault(data, make_data(data, args, device))
-        cell = run_dir / "cells" / f"{data}_{method}.pt"  # finished cell (.state.pt: one in training)
-        if args.resume and cell.exists():
-            r = load_cell(cell)  # unreadable: one line, exit 2
+    for data, _ in cells:
+        if data not in benches:
+            benches[data] = make_data(data, args, device)
+
+    def cell_file(cell, end=".pt"):  # a finished cell (.state.pt: one in training)
+        return run_dir / "cells" / f"{cell[0]}_{cell[1]}{end}"
+
+    def train_cell(cell):
+        data, method = cell
+        common.set_seed(args.seed, args.deterministic)
+        try:
+            return run_one(method, benches[data], args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
+                           on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
+                           checkpoint_path=cell_file(cell, ".state.pt"))
+        except CellPaused as e:
+            paused.append({"cell": f"{data}/{method}", "step": e.args[0]})
+            return None
+
+    def after_each(i, cell, r, results):
+        where = f"[{i + 1}/{len(cells)}] {cell[0]:<11} {cell[1]:<13}"
+        if r is None:
+            print(f"{where} paused at step {paused[-1]['step']:,} (--until_step); --resume continues it", flush=True)
         else:
-            common.set_seed(args.seed, args.deterministic)
-            try:
-                r = run_one(method, bench, args, device, seeds, progress_every=float("inf") if args.quick else 30.0,
-                            on_eval=lambda rec: write_record(folders, args, device, rec, info["command"]),
-                            checkpoint_path=run_dir / "cells" / f"{data}_{method}.state.pt")
-            except CellPaused as e:
-                r = None
-                paused.append({"cell": f"{data}/{method}", "step": e.args[0]})
-                print(f"[{k}/{len(cells)}] {data:<11} {method:<13} paused at step {e.args[0]:,} (--until_step); "
-                      f"--resume continues it", flush=True)
-            else:
-                common.save_torch(cell, r)
-        if r is not None:
-            results.append(r)
             c = r["collapse"]
-            print(f"[{k}/{len(cells)}] {data:<11} {method:<13} modes {fmt(r['modes'], digits=1):<11} "
+            print(f"{where} modes {fmt(r['modes'], digits=1):<11} "
                   f"HQ {fmt(r['high_quality'], 100, 1):<12} rKL {fmt(r['reverse_kl']):<12} collapsed {c['k']}/{c['n']}  "
                   f"{r['seconds']:.1f} s ({r['seconds_per_1000_steps']:.1f} s/1000 steps)"
                   + (f"  DIVERGED seeds {r['diverged_seeds']}" if r["diverged_seeds"] else ""), flush=True)
         write_outputs(results, args, device, run_dir, curves_file, info, paused)  # partial tables survive a kill
+
+    results = common.run_cells(cells, train_cell, done=lambda cell: args.resume and cell_file(cell).exists(),
+                               load=lambda cell: load_cell(cell_file(cell)), after_each=after_each,
+                               keep=lambda cell, r: common.save_torch(cell_file(cell), r))
     for data, bench in benches.items():
         SAMPLE_FIGURES[bench.kind](results, bench, run_dir / f"samples_{data}.png")
         plot_modes_vs_step(results, bench, run_dir / f"modes_vs_step_{data}.png")

@@ -1032,22 +1032,26 @@ def train_and_score(args, run_dir: Path, specs, state, finished: list[dict], sam
     """Every model of `specs` on every seed that `finished` does not hold yet: `train_one(model, lambda_ms,
     seed, state, save_extra)` (continuing the checkpoint's model), `score_one(G, seed)` -> (measures, the
     sample figure's images for the first seed), then G's weights and a checkpoint between models."""
-    seeds, ckpt_path = seed_list(args), run_dir / "checkpoint.pt"
-    for seed in seeds:
-        for model, lambda_ms in specs:
-            if any(r["seed"] == seed and r["model"] == model for r in finished):
-                continue
-            cur = state if (state is not None and state.get("current") == {"model": model, "seed": seed}) else None
-            G, train_info = train_one(model, lambda_ms, seed, cur, lambda: {"finished": finished, "samples": samples})
-            state = None
-            ev, sample = score_one(G, seed)
-            finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
-            if seed == seeds[0]:
-                samples[model] = sample()
-            common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
-            common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
-                                   current=None, finished=finished, samples=samples)
-            print(f"  {model} seed {seed}: {describe(ev, train_info)}")
+    seeds, ckpt_path, cut = seed_list(args), run_dir / "checkpoint.pt", {"state": state}
+
+    def train_cell(cell):
+        seed, (model, lambda_ms) = cell
+        st = cut["state"]
+        cur = st if (st is not None and st.get("current") == {"model": model, "seed": seed}) else None
+        G, train_info = train_one(model, lambda_ms, seed, cur, lambda: {"finished": finished, "samples": samples})
+        cut["state"] = None
+        ev, sample = score_one(G, seed)
+        finished.append({"seed": seed, "model": model, "lambda_ms": lambda_ms, "train": train_info, "eval": ev})
+        if seed == seeds[0]:
+            samples[model] = sample()
+        common.save_torch(run_dir / f"G_{model}_seed{seed}.pt", G.state_dict())
+        common.save_checkpoint(ckpt_path, models={"G": G}, step=args.n_steps, config=vars(args),
+                               current=None, finished=finished, samples=samples)
+        print(f"  {model} seed {seed}: {describe(ev, train_info)}")
+        return finished[-1]
+
+    common.run_cells([(seed, spec) for seed in seeds for spec in specs], train_cell,
+                     done=lambda cell: any(r["seed"] == cell[0] and r["model"] == cell[1][0] for r in finished))
 
 
 def seed_list(args) -> list[int]:

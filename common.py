@@ -859,6 +859,50 @@ def check_same_config(saved: dict, current: dict, ignore: Iterable[str] = (), ad
         raise UserError("--resume with other flags than the run was started with: " + ", ".join(diff))
 
 
+# ----------------------------------------------------------------------------- cells of a study
+def shard_arg(text: str) -> tuple[int, int]:
+    """--shard i/n: run only every n-th cell, from the i-th (0-based), for a study split over machines."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n (e.g. 0/4)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= i < n")
+    return (i, n)
+
+
+def shard_of(cells: list, shard: tuple[int, int] = (0, 1)) -> list:
+    """The share of shard (i, n) of the cells: cells i, i + n, i + 2n, ..."""
+    i, n = shard
+    return cells[i::n]
+
+
+def run_cells(cells: Iterable, train: Callable[[Any], Any], *, done: Callable[[Any], bool] | None = None,
+              load: Callable[[Any], Any] | None = None, keep: Callable[[Any, Any], None] | None = None,
+              after_each: Callable[[int, Any, Any, list], None] | None = None) -> list:
+    """The cells of a study (method x benchmark, activation x seed, ...), trained one after another.
+
+    train(cell) -> its result, or None when the cell paused (its checkpoint kept, nothing stored);
+    done(cell): an earlier, cut run finished it, so load(cell) reads it back instead of training it;
+    keep(cell, result) stores a finished cell before the next starts, so a killed study loses at most
+    the cell in training (which continues from its own checkpoint); after_each(i, cell, result or None,
+    results so far) runs after every cell (tables and records that survive a kill). -> the results (a
+    load that gives None adds nothing), in cell order."""
+    results = []
+    for i, cell in enumerate(cells):
+        if done is not None and done(cell):
+            result = load(cell) if load is not None else None
+        else:
+            result = train(cell)
+            if result is not None and keep is not None:
+                keep(cell, result)
+        if result is not None:
+            results.append(result)
+        if after_each is not None:
+            after_each(i, cell, result, results)
+    return results
+
+
 # ----------------------------------------------------------------------------- curves, progress
 class Curves:
     """Rows of numbers over training, written as CSV. Kept in memory so a checkpoint can carry them

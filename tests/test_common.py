@@ -505,3 +505,33 @@ def test_records_flags_print_a_table_or_keep_the_record(tmp_path, capsys):
     assert "07: the record of this run is in" in capsys.readouterr().out
     args.records = None
     assert common.keep_record(args, run_dir, "x") is None
+
+
+def test_run_cells_reads_back_finished_cells_keeps_each_and_skips_paused_ones():
+    trained, kept, seen = [], {}, []
+    stored = {"b": "B from an earlier run"}
+
+    def train(cell):
+        trained.append(cell)
+        return None if cell == "c" else cell.upper()   # c pauses
+
+    results = common.run_cells(["a", "b", "c", "d"], train, done=lambda c: c in stored, load=stored.get,
+                               keep=kept.__setitem__, after_each=lambda i, c, r, rs: seen.append((i, c, r, list(rs))))
+    assert trained == ["a", "c", "d"]                       # b was read back, not trained
+    assert results == ["A", "B from an earlier run", "D"]
+    assert kept == {"a": "A", "d": "D"}                      # nothing kept for a paused cell
+    assert seen[2] == (2, "c", None, ["A", "B from an earlier run"])
+    assert seen[-1][3] == results
+
+
+@pytest.mark.parametrize("text, ok", [("0/1", (0, 1)), ("2/3", (2, 3)), ("3/3", None), ("-1/2", None), ("1", None),
+                                      ("a/b", None), ("0/0", None)])
+def test_shards_split_the_cells_without_overlap(text, ok):
+    if ok is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            common.shard_arg(text)
+        return
+    assert common.shard_arg(text) == ok
+    cells = list(range(10))
+    parts = [common.shard_of(cells, (i, ok[1])) for i in range(ok[1])]
+    assert sorted(sum(parts, [])) == cells and parts[ok[0]] == cells[ok[0]::ok[1]]
