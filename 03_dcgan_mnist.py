@@ -840,22 +840,9 @@ RECORD_FILES = ("config.json", "metrics.json", "curves.csv", "samples_strip.png"
 
 def save_record(run_dir: Path, dest: Path) -> Path:
     """Copy the small record of a run folder (RECORD_FILES and the last grid; no checkpoints) to dest, and
-    of each finished run inside it (a --seeds or --causes grid) to dest/<run>. An older record in dest is
-    replaced as a whole (built beside it, then swapped in). Returns dest."""
-    src, dest = run_dir.resolve(), Path(dest).resolve()
-    if src == dest or src in dest.parents or dest in src.parents:
-        raise common.UserError(f"--records: {dest} and the run folder {run_dir} must not contain each other; "
-                               f"choose another --records")
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    _copy_record(run_dir, tmp)
-    old = dest.with_name(dest.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
-        dest.rename(old)
-    tmp.rename(dest)
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
+    of each finished run inside it (a --seeds or --causes grid) to dest/<run>, replacing an older record in
+    dest as a whole (`common.copy_record`). Returns dest."""
+    return common.copy_record(run_dir, dest, fill=lambda folder: _copy_record(run_dir, folder))
 
 
 def _copy_record(run_dir: Path, dest: Path) -> None:
@@ -865,7 +852,7 @@ def _copy_record(run_dir: Path, dest: Path) -> None:
             epochs = sum(1 for _ in f) - 1
         if grids and len(grids) == epochs:  # a run finished before the strip existed, with every grid kept
             write_sample_strip(run_dir)
-    dest.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, dest / name)

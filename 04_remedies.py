@@ -1551,7 +1551,9 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
                 snaps["step"].append(step)
                 snaps["samples"].append(bench.to_data(generate(sampler, fig_z).float().cpu()))
         if eval_now:
-            trials, _ = score_sampler(sampler, eval_z, bench, seeds, [True] * S)
+            trials, shown = score_sampler(sampler, eval_z, bench, seeds, [True] * S)
+            if bench.kind == "image":  # 16 images of every trial, kept beside the record as a strip
+                record["_strip"] = shown[:, :16]
             evals.append({"step": step, "wall_s": round(time.perf_counter() - t0, 2), "trials": trials})
             if population and bench.kind == "mixture":  # the same generator scored with the evaluation batch's own statistics, for comparison
                 with torch.no_grad():
@@ -1650,6 +1652,15 @@ def write_record(folders, args, device, record, command):
                     _KEPT_RECORDS.add(path)
                 continue
         common.save_json(path, rec)
+        if "_strip" in record:
+            save_strip(record["_strip"], path.with_suffix(".png"))
+
+
+def save_strip(images, path):
+    """Images (S, n, C, H, W) in [-1, 1] as one PNG: a row of n per trial (stacked MNIST: the three digit
+    channels shown as RGB)."""
+    from torchvision.utils import save_image
+    save_image(images.flatten(0, 1), path, nrow=images.shape[1], normalize=True, value_range=(-1, 1), padding=1)
 
 
 _KEPT_RECORDS: set = set()
@@ -1751,7 +1762,7 @@ def table_markdown(records: list[dict]) -> str:
         groups.setdefault((r.get("setting", "?"), r["data"]), []).append(r)
     for (setting, data), recs in sorted(groups.items()):
         K = recs[0]["n_modes"]
-        published = setting == "pacgan"  # the setting the published rows (and the verdict column) belong to
+        published = bool(SETTING_SOURCES.get(setting))  # a setting with published rows has a verdict column
         lines += [f"#### setting `{setting}`, {data} ({K} modes)", "",
                   f"| method | source | step reached (of) | trials | modes (of {K}) | high-quality % | reverse KL |"
                   + (" reproduces? (modes / HQ / rKL) |" if published else ""), "|---|---|---|---|---|---|---|"
@@ -1784,7 +1795,7 @@ def table_markdown(records: list[dict]) -> str:
                 lines.append(f"| {LABELS.get(r['method'], r['method'])} | {SOURCES[src]} | "
                              f"{SOURCE_RUNS[src][0]} | "
                              f"{SOURCE_RUNS[src][1]} | {show(p[0], p[1], 1)} | {show(p[2], p[3], 1)} | "
-                             f"{show(p[4], p[5], 2)} | |")
+                             f"{show(p[4], p[5], 2)} |" + (" |" if published else ""))
         lines += second + [""]
     return "\n".join(lines) + "\n"
 
@@ -1916,39 +1927,49 @@ def _margins_in_inches(fig, left, right, bottom, top, wspace, hspace):
 
 
 def plot_record_curves(records: list[dict], path):
-    """From cell records: modes captured and high-quality % against the training step, mean +- s.e. over
-    the trials, one line per (benchmark, method): where (and whether) the published regime is reached."""
+    """From cell records: modes captured and high-quality % (reverse KL where no sample is scored for
+    quality: stacked MNIST) against the training step, mean +- s.e. over the trials, one line per
+    (benchmark, method), the setting's published values as stars at their step count: where (and whether)
+    the published regime is reached."""
     if not records:
         raise common.UserError("--table_figure: no records of this --setting in the folder")
     plt = common.pyplot()
-    benches = [d for d in DATASETS if any(r["data"] == d for r in records)]
-    fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches)), squeeze=False)
+    benches = [d for d in DATASETS + IMAGE_DATA if any(r["data"] == d for r in records)]
+    fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches) + 0.5), squeeze=False)
     present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]  # records hold METHODS only
+    second = {d: "reverse_kl" if d in IMAGE_DATA else "high_quality" for d in benches}
+    marks = "*Ddv^"
     for r in sorted(records, key=lambda r: present.index(r["method"])):
         axes = all_axes[benches.index(r["data"])]
         color = f"C{present.index(r['method']) % 10}"  # one colour per method, on every benchmark
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
-        pub = PUBLISHED.get(("pacgan", r["data"]), {}).get(r["method"]) if r.get("setting") == "pacgan" else None
-        for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], "high_quality", 100, 2)):
+        pubs = [(src, PUBLISHED[(src, r["data"])][r["method"]]) for src in SETTING_SOURCES.get(r.get("setting"), ())
+                if r["method"] in PUBLISHED.get((src, r["data"]), {})]
+        key2 = second[r["data"]]
+        for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], key2, 100 if key2 == "high_quality" else 1,
+                                                                  2 if key2 == "high_quality" else 4)):
             mu = [x[key]["mean"] * scale for x in ss]
             se = [x[key]["sem"] * scale for x in ss]
             line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab, color=color)[0]
-            if pub is not None:  # PacGAN Table 1 at its 400,000 steps: a star, and a dashed level
-                ax.errorbar([r["n_steps"]], [pub[col]], yerr=[pub[col + 1]], marker="*", ms=9, capsize=2,
-                            color=line.get_color(), label=f"{r['data']} {r['method']}, PacGAN Table 1" if col == 0 else None)
-                ax.axhline(pub[col], color=line.get_color(), ls="--", lw=0.7)
+            for j, (src, pub) in enumerate(pubs):  # the published value at its step count: a mark, a dashed level
+                if pub[col] is None:
+                    continue
+                ax.errorbar([r["n_steps"]], [pub[col]], yerr=None if pub[col + 1] is None else [pub[col + 1]],
+                            marker=marks[j % len(marks)], ms=9 if j == 0 else 6, capsize=2, color=line.get_color(),
+                            ls="none", label=f"{r['data']} {r['method']}, {SOURCE_NAMES[src]}" if ax is axes[1] else None)
+                ax.axhline(pub[col], color=line.get_color(), ls="--" if j == 0 else ":", lw=0.7)
     for d, axes in zip(benches, all_axes):
         axes[0].set_ylabel(f"{d}: modes captured")
-        axes[1].set_ylabel(f"{d}: high-quality samples (%)")
+        axes[1].set_ylabel(f"{d}: " + ("high-quality samples (%)" if second[d] == "high_quality" else
+                                       "KL(p_gen || uniform)"))
         for ax in axes:
             ax.set_xlabel("training step")
             ax.set_xscale("log")
-        axes[1].legend(fontsize=6.5, loc="center right")
-    fig.suptitle(f"setting {records[0].get('setting')}: the PacGAN scores over training (cells reach different steps; "
-                 f"stars: published)",
-                 fontsize=9)
+        axes[1].legend(fontsize=6.5, loc="best")
+    fig.suptitle(f"setting {records[0].get('setting')}: the scores over training (cells reach different steps; "
+                 f"marks at the right: published)", fontsize=9)
     fig.tight_layout()
     common.savefig(fig, path, dpi=90, tight=False)
 

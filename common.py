@@ -753,10 +753,12 @@ def keep_record(args: argparse.Namespace, run_dir: str | os.PathLike, name: str)
     return record
 
 
-def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iterable[str] = RECORD_FILES) -> Path:
+def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iterable[str] = RECORD_FILES,
+                fill: Callable[[Path], None] | None = None) -> Path:
     """Copy the small record of a finished run (`names`: config.json and metrics.json, no figures, curves
-    or checkpoints) from `run_dir` to the folder `dest`. An older record in `dest` is replaced as a whole:
-    the new one is built beside it (<dest>.partial) and swapped in, so a failed copy leaves the old one."""
+    or checkpoints) from `run_dir` to the folder `dest`; or let `fill(folder)` write it (a script whose
+    record holds more). An older record in `dest` is replaced as a whole: the new one is built beside it
+    (<dest>.partial) and swapped in, so a failed copy leaves the old one."""
     src, dest = Path(run_dir).resolve(), Path(dest).resolve()
     if src == dest or src in dest.parents or dest in src.parents:
         raise UserError(f"--records: the record {dest} and the run folder {src} must not contain each other; "
@@ -765,7 +767,9 @@ def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iter
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for name in names:
+        if fill is not None:
+            fill(tmp)
+        for name in names if fill is None else ():
             shutil.copyfile(src / name, tmp / name)
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():

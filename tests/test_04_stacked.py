@@ -201,3 +201,13 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
     table = m.main(["--table", str(run_dir / "records")])["table"]   # beside PacGAN's Table 3 rows
     assert "setting `stacked_d4`, stacked_mnist (1000 modes)" in table
     assert "PacGAN, Table 3 (D = G/4) | 500,000 | 50 | 78.5 ± 17.6" in table and "Unrolled GAN (Metz" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len({line.count(" |") for line in rows if "ours" in line or "Table 3" in line}) == 1  # one column count
+    # beside every record, a strip of 16 images per trial from the last evaluation (2 trials under --quick)
+    from PIL import Image
+    for rec in (run_dir / "records").glob("*.json"):
+        with Image.open(rec.with_suffix(".png")) as im:
+            assert im.size == (16 * 29 + 1, 2 * 29 + 1) and im.mode == "RGB"
+    figure = tmp_path / "curves.png"
+    m.main(["--table", str(run_dir / "records"), "--setting", "stacked_d4", "--table_figure", str(figure)])
+    assert figure.stat().st_size > 10_000

@@ -507,6 +507,24 @@ def test_records_flags_print_a_table_or_keep_the_record(tmp_path, capsys):
     assert common.keep_record(args, run_dir, "x") is None
 
 
+def test_copy_record_replaces_a_record_whole_and_keeps_the_old_one_when_filling_fails(tmp_path):
+    run_dir, dest = tmp_path / "run", tmp_path / "rec" / "r"
+    run_dir.mkdir()
+    dest.mkdir(parents=True)
+    (dest / "stale.json").write_text("old")
+    common.copy_record(run_dir, dest, fill=lambda folder: (folder / "a.json").write_text("new"))
+    assert sorted(p.name for p in dest.iterdir()) == ["a.json"]      # the old record replaced as a whole
+
+    def broken(folder):
+        (folder / "half.json").write_text("x")
+        raise OSError("disk full")
+    with pytest.raises(common.UserError, match="cannot write the record"):
+        common.copy_record(run_dir, dest, fill=broken)
+    assert sorted(p.name for p in dest.iterdir()) == ["a.json"] and not list((tmp_path / "rec").glob("*.partial"))
+    with pytest.raises(common.UserError, match="must not contain"):
+        common.copy_record(run_dir, run_dir / "rec", fill=lambda folder: None)
+
+
 def test_run_cells_reads_back_finished_cells_keeps_each_and_skips_paused_ones():
     trained, kept, seen = [], {}, []
     stored = {"b": "B from an earlier run"}
