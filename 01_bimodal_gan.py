@@ -367,38 +367,9 @@ def print_summary(summary: dict, run_dir) -> None:
           f"{summary['steps_per_s']:.0f} steps/s; outputs in {run_dir}")
 
 
-# flags that name, place or keep a run, or set its seeds (said once in the header): not the experiment's
-NOT_SETTINGS = {"seed", "seeds", "out", "run_name", "overwrite", "device", "records", "table", "quick"}
-
-
-def flag_value(v) -> str:
-    """A flag's value as one types it: 1e-3 rather than 0.001, lists space-separated."""
-    if isinstance(v, (list, tuple)):
-        return " ".join(flag_value(x) for x in v)
-    if isinstance(v, float):
-        mantissa, exponent = f"{v:e}".split("e")
-        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-        return short if len(short) < len(f"{v:g}") else f"{v:g}"
-    return str(v)
-
-
 def setting_flags(args: dict) -> str:
-    """The flags of a recorded run that differ from the defaults (--quick's, for a --quick run), in the
-    order of --help; flags a record lacks (added after it was made) had their default."""
-    quick = bool(args.get("quick"))
-    flags = ["--quick"] if quick else []
-    for dest, default in vars(parse_args(["--quick"] if quick else [])).items():
-        if dest in NOT_SETTINGS or dest not in args or args[dest] == default:
-            continue
-        flags.append(f"--{dest}" if isinstance(default, bool) else f"--{dest} {flag_value(args[dest])}")
-    return " ".join(flags)
-
-
-def seeds_text(args: dict) -> tuple[str, str]:
-    """The seed flags of a run ("--seeds 20") and the seeds they mean ("seeds 0-19")."""
-    first, n = args.get("seed", 0), args.get("seeds", 1)
-    flags = " ".join(f for f in (f"--seed {first}" if first else "", f"--seeds {n}" if n > 1 else "") if f)
-    return flags, f"seeds {first}-{first + n - 1}" if n > 1 else f"seed {first}"
+    """The flags of a recorded run that differ from the defaults (`common.setting_flags`)."""
+    return common.setting_flags(args, parse_args)
 
 
 def records_table(records: list[tuple[str, dict, dict]]) -> str:
@@ -406,7 +377,7 @@ def records_table(records: list[tuple[str, dict, dict]]) -> str:
     the default flags first, then in the order the runs were started. Built from config.json's flags and
     metrics.json's per-seed outcomes only."""
     records = sorted(records, key=lambda r: (setting_flags(r[1]["args"]) != "", r[1].get("started", ""), r[0]))
-    seeds = {seeds_text(config["args"]) for _, config, _ in records}
+    seeds = {common.seeds_text(config["args"]) for _, config, _ in records}
     if len(seeds) == 1:
         (flags, which), = seeds
         head = f"flags (`python 01_bimodal_gan.py {flags + ' ' if flags else ''}...`, {which})"
@@ -417,7 +388,7 @@ def records_table(records: list[tuple[str, dict, dict]]) -> str:
     for name, config, m in records:
         flags = setting_flags(config["args"])
         if len(seeds) > 1:
-            flags = " ".join(f for f in (flags, seeds_text(config["args"])[0]) if f)
+            flags = " ".join(f for f in (flags, common.seeds_text(config["args"])[0]) if f)
         per_seed, n = m["per_seed"], m["seeds"]
         if len(per_seed) != n or len(m["hops_per_run"]) != n:
             raise ValueError(f"{n} seeds but {len(per_seed)} per-seed results")

@@ -297,6 +297,41 @@ def _flag_value(v) -> str:
     return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
+def flag_value(v) -> str:
+    """A flag's value as one types it: 1e-3 rather than 0.001, lists space-separated."""
+    if isinstance(v, (list, tuple)):
+        return " ".join(flag_value(x) for x in v)
+    if isinstance(v, float):
+        mantissa, exponent = f"{v:e}".split("e")
+        short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return short if len(short) < len(f"{v:g}") else f"{v:g}"
+    return str(v)
+
+
+# flags that name, place or keep a run, or set its seeds (a table says them once): not the experiment's
+NOT_SETTINGS = frozenset({"seed", "seeds", "out", "run_name", "overwrite", "device", "records", "table", "quick"})
+
+
+def setting_flags(recorded: dict, parse_args: Callable, not_settings: Iterable[str] = NOT_SETTINGS) -> str:
+    """The flags of a recorded run (its config.json "args") that differ from the defaults `parse_args([])`
+    gives (--quick's, for a --quick run), in the order of --help; flags a record lacks (added after it was
+    made) had their default."""
+    quick = bool(recorded.get("quick"))
+    flags = ["--quick"] if quick else []
+    for dest, default in vars(parse_args(["--quick"] if quick else [])).items():
+        if dest in not_settings or dest not in recorded or recorded[dest] == default:
+            continue
+        flags.append(f"--{dest}" if isinstance(default, bool) else f"--{dest} {flag_value(recorded[dest])}")
+    return " ".join(flags)
+
+
+def seeds_text(recorded: dict) -> tuple[str, str]:
+    """The seed flags of a recorded run ("--seeds 20") and the seeds they mean ("seeds 0-19")."""
+    first, n = recorded.get("seed", 0), recorded.get("seeds", 1)
+    flags = " ".join(f for f in (f"--seed {first}" if first else "", f"--seeds {n}" if n > 1 else "") if f)
+    return flags, f"seeds {first}-{first + n - 1}" if n > 1 else f"seed {first}"
+
+
 def flags_text(args: argparse.Namespace, names: Iterable[str], defaults: argparse.Namespace | None = None) -> str:
     """The flags `names` as typed on a command line ("--seeds 8 --latent_dim 2"); with `defaults`, only
     those whose value differs from it (all of them when none does): the flags a one-line error names."""

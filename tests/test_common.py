@@ -553,3 +553,23 @@ def test_shards_split_the_cells_without_overlap(text, ok):
     cells = list(range(10))
     parts = [common.shard_of(cells, (i, ok[1])) for i in range(ok[1])]
     assert sorted(sum(parts, [])) == cells and parts[ok[0]] == cells[ok[0]::ok[1]]
+
+
+def test_setting_flags_name_what_a_record_changed_as_one_types_it():
+    def parse(argv):
+        p = argparse.ArgumentParser()
+        p.add_argument("--lr", type=float, default=0.001)
+        p.add_argument("--g_hidden", type=int, nargs="+", default=[32, 32])
+        p.add_argument("--fast", action="store_true")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--quick", action="store_true")
+        args = p.parse_args(argv)
+        if args.quick:
+            args.lr = 0.01
+        return args
+    assert common.flag_value(0.0003) == "3e-4" and common.flag_value(0.5) == "0.5" and common.flag_value([8, 16]) == "8 16"
+    assert common.setting_flags({"lr": 0.001, "g_hidden": [32, 32], "seed": 4}, parse) == ""   # the seed is said apart
+    assert common.setting_flags({"lr": 0.0003, "g_hidden": [8], "fast": True}, parse) == "--lr 3e-4 --g_hidden 8 --fast"
+    assert common.setting_flags({"quick": True, "lr": 0.01}, parse) == "--quick"            # --quick's own defaults
+    assert common.seeds_text({"seed": 0, "seeds": 20}) == ("--seeds 20", "seeds 0-19")
+    assert common.seeds_text({"seed": 3}) == ("--seed 3", "seed 3")
