@@ -359,8 +359,8 @@ def epoch_state(s: dict, t: dict, seen_healthy: bool, epoch: int) -> tuple[str, 
 
 def detect_collapse(digit_fractions, diversity: float, data_diversity: float, max_digit_frac: float = 0.5,
                     min_diversity_ratio: float = 0.5) -> str | None:
-    """The diversity half of `epoch_state` alone (kept for callers of earlier versions): the reason the
-    samples lack diversity, or None."""
+    """The diversity half of `epoch_state` alone (the "single collapse rule" column of
+    results/03/pair_table.py): the reason the samples lack diversity, or None."""
     s = {"digit_fractions": digit_fractions, "confidence": 1.0, "d_real": 0.5, "d_fake": 0.5, "frechet_clf": 0.0,
          "diversity": diversity, "data_diversity": data_diversity}
     t = {"min_confidence": 0.0, "d_wins": 0.0, "max_frechet": math.inf, "collapse_digit_frac": max_digit_frac,

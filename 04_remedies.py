@@ -532,18 +532,22 @@ class StackedMNIST:
         """Score S generators on their noise z (S, n, latent): sampled `eval_chunk` at a time (a multiple of
         the sampler's batch, 128), each channel classified (argmax, no threshold), the triple's histogram.
         Per trial: modes = distinct triples, reverse_kl = KL(p_gen || uniform over 1,000) in nats over the
-        non-empty modes (PacGAN model.py `log_metrics`), counts = the 1,000 counts."""
-        triples, finite = [], torch.ones(z.shape[0], dtype=torch.bool)
+        non-empty modes (PacGAN model.py `log_metrics`), counts = the 1,000 counts; confidence = the
+        classifier's mean top probability over every channel (not PacGAN's: real stacked digits about
+        0.99, blobs that still get a label far less)."""
+        triples, tops, finite = [], [], torch.ones(z.shape[0], dtype=torch.bool)
         for zc in z.split(eval_chunk(z.shape[0], batch), 1):
             x = generate(sampler, zc).float()
             finite &= torch.isfinite(x.flatten(1)).all(1).cpu()
-            triples.append(self.metrics.stacked_triples(x.flatten(0, 1), self.classifier).view(x.shape[:2]))
-        triples = torch.cat(triples, 1).cpu()
+            t, top = self.metrics.stacked_triples(x.flatten(0, 1), self.classifier, confidence=True)
+            triples.append(t.view(x.shape[:2]))
+            tops.append(top.view(*x.shape[:2], 3))
+        triples, tops = torch.cat(triples, 1).cpu(), torch.cat(tops, 1).cpu()
         out = []
-        for t, ok in zip(triples, finite.tolist()):
+        for t, top, ok in zip(triples, tops, finite.tolist()):
             s = self.metrics.digit_stats(t, self.n_modes)
             out.append({"modes": s["covered"], "high_quality": None, "reverse_kl": s["kl_uniform"],
-                        "counts": s["counts"], "finite": ok})
+                        "confidence": round(float(top.double().mean()), 4), "counts": s["counts"], "finite": ok})
         return out
 
 
@@ -1935,7 +1939,8 @@ def plot_record_curves(records: list[dict], path):
         raise common.UserError("--table_figure: no records of this --setting in the folder")
     plt = common.pyplot()
     benches = [d for d in DATASETS + IMAGE_DATA if any(r["data"] == d for r in records)]
-    fig, all_axes = plt.subplots(len(benches), 2, figsize=(9, 3.3 * len(benches) + 0.5), squeeze=False)
+    cols = 3 if any(d in IMAGE_DATA for d in benches) else 2   # stacked MNIST: the classifier's confidence too
+    fig, all_axes = plt.subplots(len(benches), cols, figsize=(4.5 * cols, 3.3 * len(benches) + 0.5), squeeze=False)
     present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]  # records hold METHODS only
     second = {d: "reverse_kl" if d in IMAGE_DATA else "high_quality" for d in benches}
     marks = "*Ddv^"
@@ -1960,11 +1965,21 @@ def plot_record_curves(records: list[dict], path):
                             marker=marks[j % len(marks)], ms=9 if j == 0 else 6, capsize=2, color=line.get_color(),
                             ls="none", label=f"{r['data']} {r['method']}, {SOURCE_NAMES[src]}" if ax is axes[1] else None)
                 ax.axhline(pub[col], color=line.get_color(), ls="--" if j == 0 else ":", lw=0.7)
+        if r["data"] in IMAGE_DATA:
+            conf = [(e["step"], sum(c) / len(c)) for e in r["evals"] if e["step"] > 0
+                    for c in [[t["confidence"] for t in e["trials"] if t.get("confidence") is not None]] if c]
+            if conf:  # records made before the confidence was scored have none
+                axes[2].plot(*zip(*conf), marker="o", ms=3, lw=1, color=color, label=lab)
     for d, axes in zip(benches, all_axes):
+        if cols == 3 and d not in IMAGE_DATA:
+            axes[2].axis("off")
+        elif cols == 3:
+            axes[2].set_ylabel(f"{d}: classifier confidence")
+            axes[2].set_ylim(0, 1.02)
         axes[0].set_ylabel(f"{d}: modes captured")
         axes[1].set_ylabel(f"{d}: " + ("high-quality samples (%)" if second[d] == "high_quality" else
                                        "KL(p_gen || uniform)"))
-        for ax in axes:
+        for ax in axes[:2] if d not in IMAGE_DATA or not axes[2].lines else axes:
             ax.set_xlabel("training step")
             ax.set_xscale("log")
         axes[1].legend(fontsize=6.5, loc="best")

@@ -299,15 +299,19 @@ def digit_stats(labels, n_classes: int = 10, min_count: int = 1) -> dict:
             "covered_rule": f"at least {min_count} sample(s) predicted as the class"}
 
 
-def stacked_triples(images, clf, batch_size: int = 1000) -> torch.Tensor:
+def stacked_triples(images, clf, batch_size: int = 1000, confidence: bool = False):
     """The mode of each stacked MNIST image: each channel classified (argmax, no confidence threshold, as
     PacGAN's `log_metrics`), the triple (d0, d1, d2) as the class 100 d0 + 10 d1 + d2. `images`
-    N x 3 x 28 x 28 in [-1, 1] -> (N,) on the CPU."""
+    N x 3 x 28 x 28 in [-1, 1] -> (N,) on the CPU; with confidence=True also the classifier's top
+    probability of each channel (N, 3), which tells digits from blobs that still get a label."""
     x = torch.as_tensor(images)
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"stacked MNIST images must be N x 3 x 28 x 28, got {tuple(x.shape)}")
-    digits = clf.predict(x.reshape(-1, 1, *x.shape[2:]), batch_size).reshape(len(x), 3).cpu()
-    return digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    flat = x.reshape(-1, 1, *x.shape[2:])
+    digits, top = clf.predict(flat, batch_size, confidence=True) if confidence else (clf.predict(flat, batch_size), None)
+    digits = digits.reshape(len(x), 3).cpu()
+    triples = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]
+    return (triples, top.reshape(len(x), 3).cpu()) if confidence else triples
 
 
 def stacked_digit_stats(images, clf, batch_size: int = 1000, min_count: int = 1) -> dict:
@@ -371,11 +375,14 @@ class MNISTClassifier(nn.Module):
             yield x[i:i + batch_size].to(dev, torch.float32).contiguous(memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def predict(self, images, batch_size: int = 1000) -> torch.Tensor:
-        """Digit labels (N,), on the images' device."""
-        out = [self(xb).argmax(1) for xb in self._batches(images, batch_size)]
+    def predict(self, images, batch_size: int = 1000, confidence: bool = False):
+        """Digit labels (N,), on the images' device; with confidence=True also each image's top softmax
+        probability (N,): near 1 for digits, low for blobs and noise."""
+        out = [self(xb) for xb in self._batches(images, batch_size)]
         dev = images.device if isinstance(images, torch.Tensor) else "cpu"
-        return torch.cat(out).to(dev) if out else torch.zeros(0, dtype=torch.long, device=dev)
+        logits = torch.cat(out).to(dev) if out else torch.zeros(0, 10, device=dev)
+        labels = logits.argmax(1)
+        return (labels, logits.float().softmax(1).amax(1)) if confidence else labels
 
     @torch.no_grad()
     def features(self, images, batch_size: int = 1000) -> torch.Tensor:

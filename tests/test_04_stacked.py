@@ -97,6 +97,9 @@ def test_mode_stats_of_a_generator_follow_its_noise(stacked):
     s0, s1 = stacked.mode_stats(sampler, z, batch=128)
     assert s0["modes"] == 1 and s0["reverse_kl"] == pytest.approx(math.log(1000)) and s0["finite"]
     assert s1["modes"] > 300 and len(s1["counts"]) == 1000
+    assert s0["confidence"] > 0.9 and s1["confidence"] > 0.9       # real digits: the classifier is sure
+    blobs = stacked.mode_stats(lambda z: torch.rand(1, z.shape[1], 3, 28, 28) * 2 - 1, z[:1], batch=128)[0]
+    assert blobs["confidence"] < s1["confidence"] - 0.2, blobs["confidence"]   # noise still gets labels, unsurely
 
 
 # ----------------------------------------------------------------------------- the networks
@@ -198,6 +201,7 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
         assert [e["step"] for e in rec["evals"]] == [10, 20]
         for t in rec["evals"][-1]["trials"]:
             assert 1 <= t["modes"] <= 256 and 0 <= t["reverse_kl"] <= math.log(1000) + 1e-9
+            assert 0.1 <= t["confidence"] <= 1
     table = m.main(["--table", str(run_dir / "records")])["table"]   # beside PacGAN's Table 3 rows
     assert "setting `stacked_d4`, stacked_mnist (1000 modes)" in table
     assert "PacGAN, Table 3 (D = G/4) | 500,000 | 50 | 78.5 ± 17.6" in table and "Unrolled GAN (Metz" in table
