@@ -660,20 +660,6 @@ def resolve_amp(args, device) -> bool:
     return True
 
 
-def memory_guard(what: str):
-    """Turn an allocation failure into one line naming the flags that size it."""
-    class Guard:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, kind, e, tb):
-            if kind is MemoryError or (kind is not None and issubclass(kind, RuntimeError) and any(
-                    s in str(e).lower() for s in ("out of memory", "can't allocate", "not enough memory"))):
-                raise common.UserError(f"out of memory while allocating {what} ({common.one_line(e)[:120]})") from None
-            return False
-    return Guard()
-
-
 # 4. one run: checkpoints, resume and records ----------------------------------------------------------------
 
 
@@ -686,11 +672,11 @@ class Trainer:
 
     def __init__(self, args, device, run_dir: Path, record_to: Path | None = None):
         self.args, self.device, self.run_dir, self.record_to = args, device, run_dir, record_to
-        with memory_guard("the training images (--n_train)"):
+        with common.memory_errors_as_user_error("the training images: --n_train"):
             self.data = load_train_images(args, device)
         self.evaluator = Evaluator(args, device, self.data)  # before seeding: it may train (and cache) the classifier
         common.set_seed(args.seed, args.deterministic)
-        with memory_guard("the networks (--latent_dim)"):
+        with common.memory_errors_as_user_error("the networks: --latent_dim"):
             self.G, self.D, self.opt_g, self.opt_d = build(args, device)
         self.step = make_step(self.G, self.D, self.opt_g, self.opt_d, args, device)
         self.gen = torch.Generator(device="cpu").manual_seed(args.seed)       # shuffling and training noise
