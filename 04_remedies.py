@@ -1932,14 +1932,16 @@ def _margins_in_inches(fig, left, right, bottom, top, wspace, hspace):
 
 def plot_record_curves(records: list[dict], path):
     """From cell records: modes captured and high-quality % (reverse KL where no sample is scored for
-    quality: stacked MNIST) against the training step, mean +- s.e. over the trials, one line per
-    (benchmark, method), the setting's published values as stars at their step count: where (and whether)
-    the published regime is reached."""
+    quality: stacked MNIST, and there the classifier's confidence where the records hold it) against the
+    training step, mean +- s.e. over the trials, one line per (benchmark, method), each published value
+    of the setting as a mark at its step count (one marker per source) and a level line: where (and
+    whether) the published regime is reached."""
     if not records:
         raise common.UserError("--table_figure: no records of this --setting in the folder")
     plt = common.pyplot()
     benches = [d for d in DATASETS + IMAGE_DATA if any(r["data"] == d for r in records)]
-    cols = 3 if any(d in IMAGE_DATA for d in benches) else 2   # stacked MNIST: the classifier's confidence too
+    cols = 3 if any(t.get("confidence") is not None for r in records if r["data"] in IMAGE_DATA
+                    for e in r["evals"] for t in e["trials"]) else 2   # stacked MNIST: the classifier's confidence, where scored
     fig, all_axes = plt.subplots(len(benches), cols, figsize=(4.5 * cols, 3.3 * len(benches) + 0.5), squeeze=False)
     present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]  # records hold METHODS only
     second = {d: "reverse_kl" if d in IMAGE_DATA else "high_quality" for d in benches}
@@ -1979,7 +1981,7 @@ def plot_record_curves(records: list[dict], path):
         axes[0].set_ylabel(f"{d}: modes captured")
         axes[1].set_ylabel(f"{d}: " + ("high-quality samples (%)" if second[d] == "high_quality" else
                                        "KL(p_gen || uniform)"))
-        for ax in axes[:2] if d not in IMAGE_DATA or not axes[2].lines else axes:
+        for ax in axes if cols == 3 and axes[2].lines else axes[:2]:
             ax.set_xlabel("training step")
             ax.set_xscale("log")
         axes[1].legend(fontsize=6.5, loc="best")

@@ -301,7 +301,7 @@ def flag_value(v) -> str:
     """A flag's value as one types it: 1e-3 rather than 0.001, lists space-separated."""
     if isinstance(v, (list, tuple)):
         return " ".join(flag_value(x) for x in v)
-    if isinstance(v, float):
+    if isinstance(v, float) and math.isfinite(v):
         mantissa, exponent = f"{v:e}".split("e")
         short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
         return short if len(short) < len(f"{v:g}") else f"{v:g}"
@@ -382,8 +382,8 @@ def memory_errors_as_user_error(flags: str):
         yield
     except (MemoryError, RuntimeError) as e:
         text = str(e)
-        if not (isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate" in text
-                or "not enough memory" in text.lower()):
+        if not (isinstance(e, MemoryError) or any(s in text.lower() for s in ("out of memory", "can't allocate",
+                                                                              "not enough memory"))):
             raise
         raise UserError(f"out of memory ({flags}): {one_line(text)[:160]}; use smaller values") from None
 
@@ -810,10 +810,12 @@ def copy_record(run_dir: str | os.PathLike, dest: str | os.PathLike, names: Iter
         if dest.exists():
             dest.rename(old)
         tmp.rename(dest)
-    except OSError as e:
+    except Exception as e:   # whatever stopped it (a fill callback may raise anything): no half record is left
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not dest.exists():
             old.rename(dest)   # the swap failed half-way: the old record goes back
+        if not isinstance(e, OSError):
+            raise
         raise UserError(f"--records: cannot write the record {dest} ({one_line(e)})") from None
     shutil.rmtree(old, ignore_errors=True)
     return dest

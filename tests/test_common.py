@@ -416,6 +416,9 @@ def test_allocation_failures_become_one_line_user_errors():
     with pytest.raises(common.UserError, match="out of memory"):
         with common.memory_errors_as_user_error("--seeds 9"):
             raise MemoryError
+    with pytest.raises(common.UserError, match="out of memory"):   # in any letter case
+        with common.memory_errors_as_user_error("--seeds 9"):
+            raise RuntimeError("Can't allocate 4 GB")
     with pytest.raises(RuntimeError, match="shape mismatch"):   # other errors pass through unchanged
         with common.memory_errors_as_user_error("--seeds 9"):
             raise RuntimeError("shape mismatch")
@@ -521,6 +524,12 @@ def test_copy_record_replaces_a_record_whole_and_keeps_the_old_one_when_filling_
     with pytest.raises(common.UserError, match="cannot write the record"):
         common.copy_record(run_dir, dest, fill=broken)
     assert sorted(p.name for p in dest.iterdir()) == ["a.json"] and not list((tmp_path / "rec").glob("*.partial"))
+    def bad_image(folder):
+        (folder / "half.png").write_text("x")
+        raise ValueError("not an image")
+    with pytest.raises(ValueError, match="not an image"):              # any other error passes through, cleaned up
+        common.copy_record(run_dir, dest, fill=bad_image)
+    assert sorted(p.name for p in dest.iterdir()) == ["a.json"] and not list((tmp_path / "rec").glob("*.partial"))
     with pytest.raises(common.UserError, match="must not contain"):
         common.copy_record(run_dir, run_dir / "rec", fill=lambda folder: None)
 
@@ -568,6 +577,7 @@ def test_setting_flags_name_what_a_record_changed_as_one_types_it():
             args.lr = 0.01
         return args
     assert common.flag_value(0.0003) == "3e-4" and common.flag_value(0.5) == "0.5" and common.flag_value([8, 16]) == "8 16"
+    assert common.flag_value(float("inf")) == "inf" and common.flag_value(float("nan")) == "nan"
     assert common.setting_flags({"lr": 0.001, "g_hidden": [32, 32], "seed": 4}, parse) == ""   # the seed is said apart
     assert common.setting_flags({"lr": 0.0003, "g_hidden": [8], "fast": True}, parse) == "--lr 3e-4 --g_hidden 8 --fast"
     assert common.setting_flags({"quick": True, "lr": 0.01}, parse) == "--quick"            # --quick's own defaults
