@@ -1749,6 +1749,53 @@ def load_records(folder) -> list[dict]:
     return recs
 
 
+# flags that say where, how far or which trials a run trained, not what: the parts of one cell may differ in them
+PART_FLAGS = {"seed", "seeds", "out", "run_name", "records", "until_step", "resume", "shard", "overwrite", "device",
+              "table", "table_figure", "deterministic"}
+
+
+def merge_trials(records: list[dict]) -> list[dict]:
+    """One record per cell: records of the same cell (setting, label, benchmark, method and every flag that
+    changes training) whose trials are disjoint sets of seeds - a cell trained trial by trial, on several
+    cores or machines (`--seed s --seeds 1`) - become one, with the evaluation steps all of them reached,
+    the trials side by side (by seed) and the training times summed. A trial's numbers do not depend on
+    the trials trained beside it (tested), so the merged cell is the cell. Records of a cell whose seeds
+    overlap are left apart (each its own row)."""
+    def key(r):
+        a = {k: v for k, v in r.get("args", {}).items() if k not in PART_FLAGS}
+        return json.dumps([r.get("setting"), r.get("label"), r["data"], r["method"], r.get("n_steps"), a],
+                          sort_keys=True, default=str)
+    groups: dict = {}
+    for r in records:
+        groups.setdefault(key(r), []).append(r)
+    out = []
+    for group in groups.values():
+        seeds = [s for r in group for s in r.get("seeds", [])]
+        common_steps = set.intersection(*({e["step"] for e in r["evals"]} for r in group))
+        if len(group) == 1 or len(seeds) != len(set(seeds)) or not common_steps:
+            out += group
+            continue
+        group = sorted(group, key=lambda r: min(r["seeds"]))
+        by_step = [{e["step"]: e for e in r["evals"]} for r in group]
+        evals = []
+        for step in sorted(common_steps):
+            parts = [b[step] for b in by_step]
+            e = {"step": step, "wall_s": round(sum(p.get("wall_s") or 0.0 for p in parts), 2),
+                 "trials": [t for p in parts for t in p["trials"]]}
+            if all("trials_batch_stats" in p for p in parts):
+                e["trials_batch_stats"] = [t for p in parts for t in p["trials_batch_stats"]]
+            evals.append(e)
+        merged = {k: v for k, v in group[0].items() if k not in ("collapse", "per_seed")}
+        merged.update(seeds=sorted(seeds), evals=evals, reached_step=evals[-1]["step"], parts=len(group),
+                      _file=" + ".join(r.get("_file", "?") for r in group))
+        if all(r.get("collapse") for r in group) and evals[-1]["step"] == merged.get("n_steps"):
+            k, n = sum(r["collapse"]["k"] for r in group), sum(r["collapse"]["n"] for r in group)
+            merged["collapse"] = {"k": k, "n": n, "wilson95": common.wilson_interval(k, n)}
+            merged["per_seed"] = [t for r in group for t in r.get("per_seed") or []]
+        out.append(merged)
+    return out
+
+
 def record_summary(r: dict) -> dict:
     """Means over the trials at the last evaluation the record reached."""
     last = r["evals"][-1]
@@ -1818,8 +1865,9 @@ def cost_markdown(records: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: ((DATASETS + IMAGE_DATA).index(r["data"]), order.get(r["method"], 99), r.get("label", ""))):
         e = r["evals"][-1]
         sps = e["step"] / e["wall_s"]
+        runs = f" in {r['parts']} runs" if r.get("parts", 1) > 1 else ""  # merged: the runs' times summed
         lines.append(f"| {LABELS.get(r['method'], r['method'])}, {r['data']} | {e['step']:,} | {e['wall_s']:,.0f} s | "
-                     f"{sps:.1f} ({len(e['trials'])} trials) | {r['n_steps'] / sps / 3600:.1f} h |")
+                     f"{sps:.1f} ({len(e['trials'])} trials{runs}) | {r['n_steps'] / sps / 3600:.1f} h |")
     return "\n".join(lines) + "\n"
 
 
@@ -2573,7 +2621,7 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.table:
-        records = load_records(args.table)
+        records = merge_trials(load_records(args.table))
         words = sys.argv[1:] if argv is None else argv
         if any(w == "--setting" or w.startswith("--setting=") for w in words):  # given: that setting's tables only
             records = [r for r in records if r.get("setting") == args.setting]

@@ -852,3 +852,26 @@ def test_remedy_hooks_are_the_places_a_remedy_enters_the_step():
     loss = torch.zeros(2)
     assert plain.plus_mode_seeking(loss, fake, z) is loss
     assert torch.allclose(ms.plus_mode_seeking(loss, fake, z), args.lambda_ms * m.mode_seeking_loss(fake, z))
+
+
+def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
+    def rec(seeds, steps, n_steps=500_000, lr=2e-4, file="x"):
+        trials = lambda: [{"seed": s, "diverged": False, "modes": 10 * (s + 1), "high_quality": None,
+                           "reverse_kl": 1.0 + s} for s in seeds]
+        return {"setting": "stacked_d4", "label": None, "data": "stacked_mnist", "method": "pacgan2", "n_modes": 1000,
+                "n_steps": n_steps, "seeds": seeds, "args": {"seed": seeds[0], "seeds": len(seeds), "lr_d": lr,
+                                                             "run_name": file},
+                "evals": [{"step": st, "wall_s": 100.0, "trials": trials()} for st in steps], "_file": file}
+    a, b = rec([0, 1], [2000, 5000, 10000], file="a"), rec([2], [2000, 5000], file="b")
+    (merged,) = m.merge_trials([b, a])
+    assert merged["seeds"] == [0, 1, 2] and [e["step"] for e in merged["evals"]] == [2000, 5000]   # steps all reached
+    assert [t["seed"] for t in merged["evals"][-1]["trials"]] == [0, 1, 2] and merged["evals"][-1]["wall_s"] == 200.0
+    assert merged["parts"] == 2 and merged["reached_step"] == 5000
+    assert m.record_summary(merged)["modes"]["mean"] == 20.0
+    table = m.table_markdown([merged])
+    assert "| PacGAN2 | ours | 5,000 (500,000) | 3 | 20.0 ± 5.8 |" in table
+    assert "(3 trials in 2 runs)" in m.cost_markdown([merged])
+    # not one cell: overlapping seeds, another length, another learning rate; each stays its own row
+    assert len(m.merge_trials([a, rec([1], [2000])])) == 2
+    assert len(m.merge_trials([a, rec([2], [2000], n_steps=1000)])) == 2
+    assert len(m.merge_trials([a, rec([2], [2000], lr=1e-3)])) == 2
