@@ -1758,9 +1758,10 @@ def merge_trials(records: list[dict]) -> list[dict]:
     """One record per cell: records of the same cell (setting, label, benchmark, method and every flag that
     changes training) whose trials are disjoint sets of seeds - a cell trained trial by trial, on several
     cores or machines (`--seed s --seeds 1`) - become one, with the evaluation steps all of them reached,
-    the trials side by side (by seed) and the training times summed. A trial's numbers do not depend on
-    the trials trained beside it (tested), so the merged cell is the cell. Records of a cell whose seeds
-    overlap are left apart (each its own row)."""
+    the trials side by side (by seed) and the training times summed. A trial starts from the same weights
+    and sees the same data and noise whether it trains alone or beside others (tested; the arithmetic can
+    differ in the last bits), so the merged cell is the cell. Records of a cell whose seeds overlap are left
+    apart (each its own row)."""
     def key(r):
         a = {k: v for k, v in r.get("args", {}).items() if k not in PART_FLAGS}
         return json.dumps([r.get("setting"), r.get("label"), r["data"], r["method"], r.get("n_steps"), a],
