@@ -431,7 +431,7 @@ class Evaluator:
         with contextlib.redirect_stderr(sys.stdout):  # fitting progress is not an error: stdout, as ours
             self.clf = self.m.load_classifier(args.data_root, device=device, quick=args.quick)
             self.ndb = self.m.mnist_ndb(args.data_root, k=args.ndb_k, seed=0, device=device, quick=args.quick)
-        gen = torch.Generator().manual_seed(12345)
+        gen = torch.Generator().manual_seed(REAL_REFERENCE_SEED)
         idx = torch.randperm(len(real_images), generator=gen)[: args.n_eval].to(real_images.device)
         ref = real_images[idx].float().contiguous()
         self.real_feats = self.clf.features(ref)
@@ -480,6 +480,12 @@ def what_is_kept(ckpt: Path) -> str:
 # 3. the settings: flags, --quick, the material's causes, checks before training -----------------------------
 
 QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
+# the random streams of a run, each a torch.Generator seeded with --seed + its offset (the committed records
+# depend on these numbers); real_reference is one fixed seed, so every run scores against the same images
+STREAMS = dict(train=0,             # the shuffling and the training noise
+               fixed_noise=10_000,  # the tutorial's 16 grid vectors, then the evaluation noise
+               probe=20_000)        # the gradient probe's batches
+REAL_REFERENCE_SEED = 12345         # the real images the samples are scored against
 
 # The material's causes of failure, each a set of flags changed from the tutorial's (`--causes`).
 CAUSES = {"baseline": {}, "latent_dim=1": {"latent_dim": 1}, "latent_dim=2": {"latent_dim": 2},
@@ -679,8 +685,8 @@ class Trainer:
         with common.memory_errors_as_user_error("the networks: --latent_dim"):
             self.G, self.D, self.opt_g, self.opt_d = build(args, device)
         self.step = make_step(self.G, self.D, self.opt_g, self.opt_d, args, device)
-        self.gen = torch.Generator(device="cpu").manual_seed(args.seed)       # shuffling and training noise
-        fixed = torch.Generator().manual_seed(args.seed + 10_000)
+        self.gen = torch.Generator(device="cpu").manual_seed(args.seed + STREAMS["train"])
+        fixed = torch.Generator().manual_seed(args.seed + STREAMS["fixed_noise"])
         self.fixed_noise = torch.randn(16, args.latent_dim, generator=fixed)  # the tutorial's `seed` tensor
         self.eval_noise = torch.randn(args.n_eval, args.latent_dim, generator=fixed)
         self.curves = common.Curves(run_dir / "curves.csv")
@@ -1220,7 +1226,7 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
         snapshots = {epoch: snapshot_weights(args, run_dir / f"generator_epoch{epoch:03d}.pt")
                      for epoch in args.probe_epochs}
     data = load_train_images(args, device)
-    gen = torch.Generator().manual_seed(args.seed + 20_000)
+    gen = torch.Generator().manual_seed(args.seed + STREAMS["probe"])
     checkpoints = [s for s in [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] if s <= args.probe_steps]
     results, bs = {}, args.batch_size
     for epoch in args.probe_epochs:

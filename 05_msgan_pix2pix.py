@@ -376,7 +376,8 @@ def colour_mnist(data_root: str, train: bool, background: float = 0.5) -> Paired
     generator (training set: seed 0, test set: seed 1), so the dataset is the same in every run."""
     images, labels = common.load_mnist(data_root, train=train)
     images = F.pad(images, (2, 2, 2, 2))[:, None]  # (N, 1, 32, 32) uint8, black border
-    colours = torch.randint(len(PALETTE), (len(images),), generator=torch.Generator().manual_seed(0 if train else 1))
+    gen = torch.Generator().manual_seed(FIXED_SEEDS["train_colours" if train else "test_colours"])
+    colours = torch.randint(len(PALETTE), (len(images),), generator=gen)
     return PairedData(images, colours=colours, labels=labels, background=background)
 
 
@@ -460,7 +461,8 @@ def load_class_data(args) -> tuple[LabelledImages, LabelledImages]:
     default."""
     x, y = common.load_mnist(args.data_root, train=True)
     xt, yt = common.load_mnist(args.data_root, train=False)
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:args.n_train].sort().values
+    gen = torch.Generator().manual_seed(FIXED_SEEDS["class_subset"])
+    keep = torch.randperm(len(x), generator=gen)[:args.n_train].sort().values
     counts = torch.bincount(y[keep], minlength=N_CLASSES)
     if args.ndb_k > int(counts.min()):
         raise common.UserError(f"--ndb_k {args.ndb_k}: the rarest label has {int(counts.min())} of the --n_train "
@@ -471,7 +473,7 @@ def load_class_data(args) -> tuple[LabelledImages, LabelledImages]:
 def epoch_order(n: int, seed: int, epoch: int, device) -> torch.Tensor:
     """The shuffled order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run sees
     the same batches."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).to(device)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + epoch)).to(device)
 
 
 def train(step, data, seed: int, batch_size: int, nz: int, z_gen: torch.Generator, steps: range, on_step=None) -> None:
@@ -614,7 +616,8 @@ def generate(G: nn.Module, cond: torch.Tensor, z: torch.Tensor, batch: int = 500
 
 def eval_noise(args, seed: int) -> torch.Tensor:
     """The test noise: n_eval_inputs x n_eval_z vectors, the same for both models of a seed."""
-    return torch.randn(args.n_eval_inputs, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
+    gen = torch.Generator().manual_seed(STREAMS["eval_noise"] + seed)
+    return torch.randn(args.n_eval_inputs, args.n_eval_z, args.nz, generator=gen)
 
 
 def real_reference(test: PairedData, args, n_fit: int = 100) -> dict:
@@ -770,6 +773,14 @@ QUICK = {
     "class": dict(n_epochs=1, n_train=1280, ngf=8, ndf=8, n_eval_per_label=200, ndb_k=10, log_every=10,
                   checkpoint_every=20),
 }
+# the random streams: per run, a torch.Generator seeded with the seed + its offset (epoch_order: seed x
+# SEED_STRIDE + the epoch); fixed seeds where every run must see the same numbers. The committed records
+# depend on these numbers.
+STREAMS = dict(init=0,            # the networks' weights (torch.manual_seed) and the training noise
+               eval_noise=10_000)  # the test noise, the same for both models of a seed
+SEED_STRIDE = 1_000_003           # epoch_order: each epoch's shuffle, a function of (seed, epoch) only
+FIXED_SEEDS = dict(train_colours=0, test_colours=1, class_subset=0,  # the datasets: the same in every run
+                   figure_noise=99)  # the probe's and the figures' noise
 PIX2PIX_ONLY = ("dataset", "direction", "background", "img_size", "lambda_L1", "where_add", "num_D", "n_steps",
                 "decay_steps", "n_eval_inputs")
 CLASS_ONLY = ("n_epochs", "n_train", "n_eval_per_label", "weight_decay")
@@ -994,7 +1005,7 @@ def fit(args, model: str, seed: int, nets, step, data, ckpt_path: Path, state: d
     last checkpoint when the losses or fakes are no longer finite. Returns times, throughput, last losses."""
     G, D, opt_g, opt_d = nets
     what = f"{model} seed {seed}"
-    z_gen = torch.Generator().manual_seed(seed)  # same noise for both models of a seed
+    z_gen = torch.Generator().manual_seed(seed + STREAMS["init"])  # same noise for both models of a seed
     curves = common.Curves(ckpt_path.parent / f"curves_{model}_seed{seed}.csv")
     start, train_seconds = restore_training(state, ckpt_path, G, D, opt_g, opt_d, z_gen, curves, what, args.n_steps)
     cpu_seconds = 0.0 if state is None else state.get("cpu_seconds", 0.0)
@@ -1091,7 +1102,8 @@ def run_pix2pix(args, device, argv) -> dict:
     if args.dataset == "colour_mnist":  # a few test inputs x 8 fixed z, scored during training
         n_probe = min(16, args.n_eval_inputs)
         probe = {"cond": ref["cond"][:n_probe].to(device), "weight": ref["weight"][:n_probe],
-                 "z": torch.randn(n_probe, 8, args.nz, generator=torch.Generator().manual_seed(99)).to(device)}
+                 "z": torch.randn(n_probe, 8, args.nz,
+                                  generator=torch.Generator().manual_seed(FIXED_SEEDS["figure_noise"])).to(device)}
     print(f"05: {', '.join(models)} x seeds {seeds} on {args.dataset} ({len(train_set)} train / "
           f"{len(test_set)} test, {args.img_size}x{args.img_size}), {args.n_steps} steps of {args.batch_size}, "
           f"on {device}; writing {run_dir}")
@@ -1159,7 +1171,8 @@ def run_class(args, device, argv) -> dict:
     reference = score_per_label([test.of_label(c) for c in range(N_CLASSES)], ref, device)
     reference["n_per_label"] = [int((test.labels == c).sum()) for c in range(N_CLASSES)]
     ref_seconds = time.perf_counter() - t_ref
-    fig_z = torch.randn(N_CLASSES, args.n_eval_z, args.nz, generator=torch.Generator().manual_seed(99))
+    fig_z = torch.randn(N_CLASSES, args.n_eval_z, args.nz,
+                        generator=torch.Generator().manual_seed(FIXED_SEEDS["figure_noise"]))
     fig_z[:] = fig_z[0]  # the same noise vector in each column, whatever the label
     print(f"05: {', '.join(models)} x seeds {seeds}, conditional on the MNIST label ({len(train_set)} training images, "
           f"{args.n_steps} steps of {args.batch_size} = {args.n_steps / (len(train_set) // args.batch_size):g} epochs, "
@@ -1171,7 +1184,8 @@ def run_class(args, device, argv) -> dict:
 
     def score_one(G, seed):
         t0 = time.perf_counter()
-        z = torch.randn(N_CLASSES, args.n_eval_per_label, args.nz, generator=torch.Generator().manual_seed(10_000 + seed))
+        z = torch.randn(N_CLASSES, args.n_eval_per_label, args.nz,
+                        generator=torch.Generator().manual_seed(STREAMS["eval_noise"] + seed))
         images = generate_per_label(G, z, device)
         gen_seconds = time.perf_counter() - t0
         ev = score_per_label(list(images), ref, device)
