@@ -1656,15 +1656,10 @@ def write_record(folders, args, device, record, command):
                     _KEPT_RECORDS.add(path)
                 continue
         common.save_json(path, rec)
-        if "_strip" in record:
-            save_strip(record["_strip"], path.with_suffix(".png"))
-
-
-def save_strip(images, path):
-    """Images (S, n, C, H, W) in [-1, 1] as one PNG: a row of n per trial (stacked MNIST: the three digit
-    channels shown as RGB)."""
-    from torchvision.utils import save_image
-    save_image(images.flatten(0, 1), path, nrow=images.shape[1], normalize=True, value_range=(-1, 1), padding=1)
+        if "_strip" in record:  # (S, 16, C, H, W): a row per trial (stacked MNIST: the digit channels as RGB)
+            strip = record["_strip"]
+            common.save_grid(strip.flatten(0, 1), path.with_suffix(".png"), nrow=strip.shape[1], padding=1,
+                             value_range=(-1, 1))
 
 
 _KEPT_RECORDS: set = set()
@@ -1718,6 +1713,12 @@ SOURCE_RUNS = {"pacgan": ("400,000", 10), "veegan": ("not stated", 5), "pacgan_t
                "pacgan_t3_d2": ("500,000", 50), "unrolled_t3_d4": ("not stated", "not stated"),
                "unrolled_t3_d2": ("not stated", "not stated"), "pacgan_t2": ("100,000", 10),
                "veegan_t2": ("not stated", "not stated")}
+
+
+def published_rows(setting, data: str, method: str) -> list[tuple[str, tuple]]:
+    """(source, PUBLISHED row) of each published source of the setting that reports this method on data."""
+    return [(src, PUBLISHED[(src, data)][method]) for src in SETTING_SOURCES.get(setting, ())
+            if method in PUBLISHED.get((src, data), {})]
 
 
 def verdict(ours: dict, pub_mean, pub_se, scale=1.0) -> str:
@@ -1831,8 +1832,7 @@ def table_markdown(records: list[dict]) -> str:
             if ps and ctext != "-":
                 ctext += (f": {sum(bool(t['final_below_all']) for t in ps)} end below {K}, "
                           f"{sum(bool(t['hopping']) for t in ps)} hop")
-            pubs = [(src, PUBLISHED[(src, data)][r["method"]]) for src in SETTING_SOURCES.get(setting, ())
-                    if r["method"] in PUBLISHED.get((src, data), {})]
+            pubs = published_rows(setting, data, r["method"])
             v = "; ".join((f"{SOURCE_NAMES[src]}: " if len(pubs) > 1 or src != "pacgan" else "")
                           + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                                        for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
@@ -2001,8 +2001,7 @@ def plot_record_curves(records: list[dict], path):
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
         lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
-        pubs = [(src, PUBLISHED[(src, r["data"])][r["method"]]) for src in SETTING_SOURCES.get(r.get("setting"), ())
-                if r["method"] in PUBLISHED.get((src, r["data"]), {})]
+        pubs = published_rows(r.get("setting"), r["data"], r["method"])
         key2 = second[r["data"]]
         for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], key2, 100 if key2 == "high_quality" else 1,
                                                                   2 if key2 == "high_quality" else 4)):

@@ -1030,13 +1030,17 @@ def savefig(fig, path: str | os.PathLike, dpi: int = 120, tight: bool = True) ->
     pyplot().close(fig)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 5) -> None:
-    """A sample grid (images in [-1, 1] or [0, 1]) as PNG, written atomically."""
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 5, padding: int = 2,
+              value_range: tuple[float, float] | None = None) -> None:
+    """A sample grid (images in [-1, 1] or [0, 1]; value_range: which, else told from the images) as PNG,
+    written atomically."""
     from torchvision.utils import save_image
 
+    if value_range is None:
+        value_range = (-1, 1) if images.min() < 0 else (0, 1)
     with atomic_open(path, "wb") as f:
-        save_image(images.detach().float().cpu(), f, nrow=nrow, normalize=True, value_range=(-1, 1)
-                   if images.min() < 0 else (0, 1), format="png")
+        save_image(images.detach().float().cpu(), f, nrow=nrow, padding=padding, normalize=True,
+                   value_range=value_range, format="png")
 
 
 # ----------------------------------------------------------------------------- MNIST
