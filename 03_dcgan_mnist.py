@@ -477,6 +477,48 @@ def what_is_kept(ckpt: Path) -> str:
     return "it diverged before its first checkpoint (end of epoch 1), so there is nothing to keep or resume"
 
 
+PROBE_AT = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)  # the D steps at which G's gradient is measured
+
+
+def generator_gradient_norms(G, D, opt_d, data, gen, steps: int, batches: int, batch_size: int, latent_dim: int,
+                             at=PROBE_AT, on_step=None) -> list[dict]:
+    """Arjovsky & Bottou 2017, Sec. 2.2 (Figs. 2 and 3): with G frozen (in training mode, as during
+    training), train D for `steps` steps and, at each step in `at`, measure the norm of G's gradient
+    under the minimax cost log(1 - D(G(z))) and under -log D(G(z)), mean and std over `batches` batches
+    (D in eval mode: no dropout noise). The first should vanish as D gets better; the second should
+    grow and fluctuate. One row per measured step."""
+    device = next(D.parameters()).device
+    G.train()
+    G.requires_grad_(False)
+    rows = []
+    for s in range(1, steps + 1):
+        real = data[torch.randint(len(data), (batch_size,), generator=gen).to(device)]
+        with torch.no_grad():
+            fake = G(torch.randn(batch_size, latent_dim, generator=gen).to(device))
+        d_loss, _ = bce_losses(D(real), D(fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        if s in at:
+            D.eval()
+            G.requires_grad_(True)
+            norms = {"minimax": [], "nonsaturating": []}
+            for _ in range(batches):
+                logits = D(G(torch.randn(batch_size, latent_dim, generator=gen).to(device)))
+                costs = {"minimax": -F.softplus(logits).mean(), "nonsaturating": F.softplus(-logits).mean()}
+                for name, cost in costs.items():
+                    grads = torch.autograd.grad(cost, list(G.parameters()), retain_graph=True)
+                    norms[name].append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
+            G.requires_grad_(False)
+            D.train()
+            rows.append({"d_step": s, "d_loss": float(d_loss.detach()),
+                         **{f"{k}_mean": float(torch.tensor(v).mean()) for k, v in norms.items()},
+                         **{f"{k}_std": float(torch.tensor(v).std()) for k, v in norms.items()}})
+        if on_step is not None:
+            on_step()
+    return rows
+
+
 # 3. the settings: flags, --quick, the material's causes, checks before training -----------------------------
 
 QUICK = dict(n_epochs=1, n_train=2000, n_eval=1000, ndb_k=10, probe_epochs=[1], probe_steps=20, probe_batches=2)
@@ -791,40 +833,11 @@ STRIP_MAX_BYTES = 300_000  # the record's strip of every epoch's grid stays belo
 
 
 def write_sample_strip(run_dir: Path, per_row: int = 10) -> Path | None:
-    """samples_strip.png: the fixed-noise grid of every epoch, `per_row` epochs a row, each labelled,
-    in grey; 16 grey levels (then half the size, again until it fits) when 256 would exceed
-    STRIP_MAX_BYTES. 50 epochs of the tutorial's 4 x 4 grids: about 210 KB at 16 levels, full size."""
-    import io
-
-    from PIL import Image, ImageDraw
-
+    """samples_strip.png: the fixed-noise grid of every epoch, `per_row` epochs a row, each labelled, below
+    STRIP_MAX_BYTES (`common.save_strip`). 50 epochs of 4 x 4 grids: about 210 KB at 16 grey levels."""
     frames = sorted((run_dir / "samples").glob("epoch_*.png"))
-    if not frames:
-        return None
-    tiles = [(int(f.stem.split("_")[1]), Image.open(f).convert("L")) for f in frames]
-    w, h = tiles[0][1].size
-    label, rows = 12, math.ceil(len(tiles) / per_row)
-    strip = Image.new("L", (min(len(tiles), per_row) * w, rows * (h + label)), 255)
-    draw = ImageDraw.Draw(strip)
-    for i, (epoch, tile) in enumerate(tiles):
-        x, y = (i % per_row) * w, (i // per_row) * (h + label)
-        strip.paste(tile.resize((w, h)), (x, y + label))
-        draw.text((x + 2, y), f"epoch {epoch}", fill=0)
-    image, scale = strip, 1
-    while True:  # 256 grey levels, then 16, then half the size (again) until it fits
-        buf = io.BytesIO()
-        image.save(buf, format="png", optimize=True)
-        if buf.tell() < STRIP_MAX_BYTES or min(image.size) < 16:
-            break
-        if image.mode == "L":
-            image = strip.quantize(16)
-        else:
-            scale *= 2
-            image = strip.resize((max(strip.width // scale, 1), max(strip.height // scale, 1))).quantize(16)
-    path = run_dir / "samples_strip.png"
-    with common.atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())
-    return path
+    return common.save_strip([(f"epoch {int(f.stem.split('_')[1])}", f) for f in frames],
+                             run_dir / "samples_strip.png", per_row, STRIP_MAX_BYTES)
 
 RECORD_FILES = ("config.json", "metrics.json", "curves.csv", "samples_strip.png",     # one run
                 "comparison.md", "comparison.json", "causes.md", "causes.json")    # a --seeds grid
@@ -856,19 +869,6 @@ def _copy_record(run_dir: Path, dest: Path) -> None:
             _copy_record(sub.parent, dest / sub.parent.name)
 
 
-def check_run_of_this_script(run_dir: Path, flag: str) -> None:
-    """A one-line UserError unless run_dir is a run (or grid, or a grid's run) folder of this script: its
-    config.json, or for a grid's run its grid's, names this script."""
-    for folder in (run_dir, run_dir.parent):  # a grid writes its runs' config.json without the script's name
-        config = common.load_json(folder / "config.json") if (folder / "config.json").is_file() else None
-        made_by = config.get("script") if isinstance(config, dict) else None
-        if made_by:
-            if made_by != Path(__file__).stem:
-                raise common.UserError(f"{flag} {run_dir}: a run folder of {made_by}.py, not of {Path(__file__).name}")
-            return
-    raise common.UserError(f"{flag} {run_dir}: not a run folder of {Path(__file__).name} (no config.json naming it)")
-
-
 def record_run(args) -> dict:
     """--record_run RUN_DIR --records DIR: the record of a finished run (or grid) folder, no training."""
     run_dir = Path(args.record_run)
@@ -877,18 +877,10 @@ def record_run(args) -> dict:
     common.check_writable_folder(args.records, "--records")
     if not (run_dir / "metrics.json").is_file() and not list(run_dir.glob("*/metrics.json")):
         raise common.UserError(f"--record_run {run_dir}: no finished run there (no metrics.json)")
-    check_run_of_this_script(run_dir, "--record_run")
+    common.check_run_of(run_dir, __file__, "--record_run")
     dest = save_record(run_dir, Path(args.records) / run_dir.name)
     print(f"03: the record of {run_dir} is in {dest}")
     return {"record": str(dest)}
-
-
-def discard_unstarted(run_dir: Path) -> None:
-    """Remove a run folder that holds nothing but what start_run wrote (a run that failed on a user
-    error before its first epoch), so later runs do not get ever higher _N suffixes."""
-    left = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "config.json"]
-    if not left:
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 # 5. reporting and studies: figures, the seed grid, the causes, the gradient probe, timing -------------------
@@ -954,13 +946,8 @@ def make_figures(curves, run_dir, args):
            title="digit histogram of the samples per epoch" + (f"; first failure at epoch {first}" if first else ""))
     common.savefig(fig, run_dir / "digit_histogram.png")
 
-    frames = sorted((run_dir / "samples").glob("epoch_*.png"))
-    if frames:
-        from PIL import Image
-
-        images = [Image.open(f).convert("P") for f in frames]
-        with common.atomic_open(run_dir / "samples.gif", "wb") as f:
-            images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=300, loop=0)
+    if frames := sorted((run_dir / "samples").glob("epoch_*.png")):
+        common.save_gif(frames, run_dir / "samples.gif")
     write_sample_strip(run_dir)
 
 
@@ -1217,56 +1204,23 @@ def snapshot_weights(args, path: Path) -> dict:
 
 
 def probe_gradients(args, device, run_dir: Path) -> dict:
-    """Arjovsky & Bottou 2017, Sec. 2.2 (Figs. 2 and 3): freeze the generator at a few epochs, train a
-    fresh discriminator, and record the norm of the generator's gradient under the minimax cost
-    log(1 - D(G(z))) and under -log D(G(z)) against discriminator steps. The first should vanish as D
-    gets better; the second should grow and fluctuate."""
+    """--probe_gradients / --probe_run: `generator_gradient_norms` for the generator kept at each of
+    --probe_epochs, written as gradient_probe.csv and gradient_probe.png; returns the last row of each."""
     plt = common.pyplot()
     with torch.random.fork_rng(devices=[]):  # every snapshot read before any training, the RNG left as it was
         snapshots = {epoch: snapshot_weights(args, run_dir / f"generator_epoch{epoch:03d}.pt")
                      for epoch in args.probe_epochs}
     data = load_train_images(args, device)
     gen = torch.Generator().manual_seed(args.seed + STREAMS["probe"])
-    checkpoints = [s for s in [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] if s <= args.probe_steps]
-    results, bs = {}, args.batch_size
+    results = {}
     for epoch in args.probe_epochs:
         G = Generator(args.act, args.latent_dim, kernel_size=args.kernel_size).to(device)
         G.load_state_dict(snapshots[epoch])
-        G.train()  # as during training; its weights are frozen, only D learns
-        for p in G.parameters():
-            p.requires_grad_(False)
         D = Discriminator(args.kernel_size).to(device)
         opt = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.b1, args.b2), eps=args.eps)
-        rows = []
         bar = common.Progress(args.probe_steps, f"03 probe epoch {epoch}", every=10.0)
-        for s in range(1, args.probe_steps + 1):
-            real = data[torch.randint(len(data), (bs,), generator=gen).to(device)]
-            with torch.no_grad():
-                fake = G(torch.randn(bs, args.latent_dim, generator=gen).to(device))
-            d_loss, _ = bce_losses(D(real), D(fake))
-            opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt.step()
-            if s in checkpoints:
-                D.eval()  # measure the gradient without dropout noise
-                for p in G.parameters():
-                    p.requires_grad_(True)
-                norms = {"minimax": [], "nonsaturating": []}
-                for _ in range(args.probe_batches):
-                    logits = D(G(torch.randn(bs, args.latent_dim, generator=gen).to(device)))
-                    costs = {"minimax": -F.softplus(logits).mean(), "nonsaturating": F.softplus(-logits).mean()}
-                    for name, cost in costs.items():
-                        grads = torch.autograd.grad(cost, list(G.parameters()), retain_graph=True)
-                        norms[name].append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))))
-                for p in G.parameters():
-                    p.requires_grad_(False)
-                D.train()
-                t = torch.tensor
-                rows.append({"d_step": s, "d_loss": float(d_loss.detach()),
-                             **{f"{k}_mean": float(t(v).mean()) for k, v in norms.items()},
-                             **{f"{k}_std": float(t(v).std()) for k, v in norms.items()}})
-            bar.update(1)
-        results[epoch] = rows
+        results[epoch] = generator_gradient_norms(G, D, opt, data, gen, args.probe_steps, args.probe_batches,
+                                                  args.batch_size, args.latent_dim, on_step=lambda: bar.update(1))
     curves = common.Curves(run_dir / "gradient_probe.csv")
     for epoch, rows in results.items():
         for r in rows:
@@ -1291,7 +1245,7 @@ def probe_gradients(args, device, run_dir: Path) -> dict:
 
 def probe_finished_run(args, device, run_dir: Path) -> dict:
     """--probe_run: the gradient probe on the snapshots of a finished run, with that run's generator."""
-    check_run_of_this_script(run_dir, "--probe_run")
+    common.check_run_of(run_dir, __file__, "--probe_run")
     saved = common.load_json(run_dir / "config.json")["args"]
     for key in ("act", "latent_dim", "seed", "n_train", "batch_size", "lr", "b1", "b2", "eps"):
         setattr(args, key, saved[key])
@@ -1381,13 +1335,8 @@ def main(argv=None) -> dict:
         raise common.UserError(f"--resume: {run_dir} has no checkpoint.pt, so there is nothing to resume and "
                                f"nothing in it is changed (start a new run without --resume)")
     print(f"03: {args.act} generator, seed {args.seed}, {args.n_epochs} epochs on {device}; writing {run_dir}")
-    try:
-        record_to = Path(args.records) / run_dir.name if args.records else None
-        metrics = {"device": str(device), **train_run(args, device, run_dir, record_to)}
-    except common.UserError:
-        if not args.resume:
-            discard_unstarted(run_dir)
-        raise
+    record_to = Path(args.records) / run_dir.name if args.records else None
+    metrics = {"device": str(device), **train_run(args, device, run_dir, record_to)}
     if args.probe_gradients:
         metrics["gradient_probe"] = probe_gradients(args, device, run_dir)
     common.save_json(run_dir / "metrics.json", metrics)

@@ -732,6 +732,20 @@ def hardware() -> dict:
     return info
 
 
+def check_run_of(run_dir: str | os.PathLike, script_file: str, flag: str) -> None:
+    """A one-line UserError unless run_dir is a run folder of the script `script_file`: its config.json,
+    or its parent's (a grid writes its runs' config.json without the script's name), names the script."""
+    run_dir, script = Path(run_dir), Path(script_file)
+    for folder in (run_dir, run_dir.parent):
+        config = load_json(folder / "config.json") if (folder / "config.json").is_file() else None
+        made_by = config.get("script") if isinstance(config, dict) else None
+        if made_by:
+            if made_by != script.stem:
+                raise UserError(f"{flag} {run_dir}: a run folder of {made_by}.py, not of {script.name}")
+            return
+    raise UserError(f"{flag} {run_dir}: not a run folder of {script.name} (no config.json naming it)")
+
+
 def start_run(args: argparse.Namespace, script_file: str, default_name: str, argv: list[str] | None) -> Path:
     """Create (or, with --resume, find) the run folder and write config.json into it."""
     script = Path(script_file).stem
@@ -1041,6 +1055,49 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 5, padd
     with atomic_open(path, "wb") as f:
         save_image(images.detach().float().cpu(), f, nrow=nrow, padding=padding, normalize=True,
                    value_range=value_range, format="png")
+
+
+def save_strip(tiles: list[tuple[str, Path]], path: str | os.PathLike, per_row: int = 10,
+               max_bytes: int = 300_000) -> Path | None:
+    """A strip of labelled image files (label, PNG path) in grey, `per_row` a row, each tile under its
+    label, written atomically as a PNG below max_bytes: 256 grey levels, else 16, else half the size
+    (again) until it fits. None when there are no tiles."""
+    from PIL import Image, ImageDraw
+
+    if not tiles:
+        return None
+    images = [(text, Image.open(f).convert("L")) for text, f in tiles]
+    w, h = images[0][1].size
+    label, rows = 12, math.ceil(len(images) / per_row)
+    strip = Image.new("L", (min(len(images), per_row) * w, rows * (h + label)), 255)
+    draw = ImageDraw.Draw(strip)
+    for i, (text, tile) in enumerate(images):
+        x, y = (i % per_row) * w, (i // per_row) * (h + label)
+        strip.paste(tile.resize((w, h)), (x, y + label))
+        draw.text((x + 2, y), text, fill=0)
+    image, scale = strip, 1
+    while True:
+        buf = io.BytesIO()
+        image.save(buf, format="png", optimize=True)
+        if buf.tell() < max_bytes or min(image.size) < 16:
+            break
+        if image.mode == "L":
+            image = strip.quantize(16)
+        else:
+            scale *= 2
+            image = strip.resize((max(strip.width // scale, 1), max(strip.height // scale, 1))).quantize(16)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+    return Path(path)
+
+
+def save_gif(frames: list[Path], path: str | os.PathLike, ms_per_frame: int = 300) -> None:
+    """An animated GIF of image files, looping, written atomically."""
+    from PIL import Image
+
+    images = [Image.open(f).convert("P") for f in frames]
+    with atomic_open(path, "wb") as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
 
 
 # ----------------------------------------------------------------------------- MNIST

@@ -37,6 +37,29 @@ def test_layer_shapes():
     assert D(x).shape == (2,)
 
 
+def test_gradient_probe_on_a_plain_model_gives_the_hand_worked_ratio():
+    # G(z) = g0 (zero weights: every sample is g0) and D(x) = w.x + b, which lr 0 leaves as it is: every
+    # logit is l = w.g0 + b; dL/dl per sample is -sigmoid(l) under the minimax cost and -sigmoid(-l)
+    # under -log D, so the two gradient norms stand in the ratio sigmoid(l) / sigmoid(-l) = e^l
+    G, D = torch.nn.Linear(3, 2), torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.Flatten(0))
+    with torch.no_grad():
+        G.weight.zero_()
+        G.bias.copy_(torch.tensor([0.5, -1.0]))
+        D[0].weight.copy_(torch.tensor([[1.0, 0.3]]))
+        D[0].bias.fill_(0.2)
+    before = [p.clone() for p in (*G.parameters(), *D.parameters())]
+    rows = m.generator_gradient_norms(G, D, torch.optim.SGD(D.parameters(), lr=0.0), torch.randn(64, 2),
+                                      torch.Generator().manual_seed(0), steps=6, batches=3, batch_size=8,
+                                      latent_dim=3, at=(1, 5))
+    assert [r["d_step"] for r in rows] == [1, 5]
+    l = 0.5 * 1.0 - 1.0 * 0.3 + 0.2
+    for r in rows:
+        assert r["minimax_mean"] / r["nonsaturating_mean"] == pytest.approx(math.exp(l), rel=1e-5)
+        assert r["minimax_std"] / r["nonsaturating_std"] == pytest.approx(math.exp(l), rel=1e-4)  # batch by batch
+    assert all(torch.equal(a, b) for a, b in zip(before, (*G.parameters(), *D.parameters())))
+    assert not any(p.requires_grad for p in G.parameters())  # G stays frozen
+
+
 def test_keras_initialisation_and_batchnorm_defaults():
     G = m.Generator("relu")
     w = G.fc[0].weight
