@@ -1558,6 +1558,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
             trials, shown = score_sampler(sampler, eval_z, bench, seeds, [True] * S)
             if bench.kind == "image":  # 16 images of every trial, kept beside the record as a strip
                 record["_strip"] = shown[:, :16]
+                info = getattr(bench.classifier, "info", {})  # which classifier counted (each machine trains its own)
+                record["classifier"] = {k: info.get(k) for k in ("test_accuracy", "weights_sha256")}
             evals.append({"step": step, "wall_s": round(time.perf_counter() - t0, 2), "trials": trials})
             if population and bench.kind == "mixture":  # the same generator scored with the evaluation batch's own statistics, for comparison
                 with torch.no_grad():
@@ -1789,7 +1791,9 @@ def merge_trials(records: list[dict]) -> list[dict]:
             evals.append(e)
         merged = {k: v for k, v in group[0].items() if k not in ("collapse", "per_seed")}
         merged.update(seeds=sorted(seeds), evals=evals, reached_step=evals[-1]["step"], parts=len(group),
-                      _file=" + ".join(r.get("_file", "?") for r in group))
+                      _file=" + ".join(r.get("_file", "?") for r in group),
+                      parts_hardware=[r.get("hardware", {}).get("cpu_family_model") for r in group],
+                      parts_classifier=[r.get("classifier", {}).get("weights_sha256") for r in group])
         if all(r.get("collapse") for r in group) and evals[-1]["step"] == merged.get("n_steps"):
             k, n = sum(r["collapse"]["k"] for r in group), sum(r["collapse"]["n"] for r in group)
             merged["collapse"] = {"k": k, "n": n, "wilson95": common.wilson_interval(k, n)}

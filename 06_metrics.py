@@ -473,6 +473,19 @@ def train_classifier(data_root, device="cpu", quick: bool = False, seed: int = 0
     return model, info
 
 
+def weights_fingerprint(state_dict: dict) -> str:
+    """The first 16 hex digits of the SHA-256 of a state dict's tensors (names and float32 bytes, in name
+    order): the same weights give the same fingerprint on any machine, a classifier trained elsewhere
+    (other arithmetic in the last bits) another one."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool = True) -> MNISTClassifier:
     """The MNIST classifier in eval mode: loaded from the cache (`cache_dir()`, weights + a hash of the
     MNIST files), or trained on first use (full: >= 99.0% test accuracy in about a minute on two CPU
@@ -485,7 +498,8 @@ def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool
             state = torch.load(path, map_location="cpu", weights_only=True)
             model = MNISTClassifier(**state["arch"])
             model.load_state_dict(state["weights"])
-            model.info = {**state["info"], "cached": True, "path": str(path)}
+            model.info = {**state["info"], "cached": True, "path": str(path),
+                          "weights_sha256": weights_fingerprint(state["weights"])}
             model.eval().requires_grad_(False)
             return model.to(device).to(memory_format=torch.channels_last)
         except Exception as e:  # a broken or stale cache file is replaced, never trusted
@@ -495,6 +509,7 @@ def load_classifier(data_root, device="cpu", quick: bool = False, progress: bool
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     common.save_torch(path, {"arch": model.arch, "weights": weights, "info": common.to_jsonable(info)})
     model.info = {**info, "cached": False, "path": str(path)}
+    model.info["weights_sha256"] = weights_fingerprint(weights)
     if not quick and info["test_accuracy"] < 0.99:
         print(f"06: warning: the classifier reached only {info['test_accuracy']:.2%} test accuracy", file=sys.stderr)
     return model

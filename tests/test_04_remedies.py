@@ -861,9 +861,11 @@ def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
         return {"setting": "stacked_d4", "label": None, "data": "stacked_mnist", "method": "pacgan2", "n_modes": 1000,
                 "n_steps": n_steps, "seeds": seeds, "args": {"seed": seeds[0], "seeds": len(seeds), "lr_d": lr,
                                                              "run_name": file},
-                "evals": [{"step": st, "wall_s": 100.0, "trials": trials()} for st in steps], "_file": file}
+                "evals": [{"step": st, "wall_s": 100.0, "trials": trials()} for st in steps], "_file": file,
+                "hardware": {"cpu_family_model": f"cpu-{file}"}, "classifier": {"weights_sha256": f"clf-{file}"}}
     a, b = rec([0, 1], [2000, 5000, 10000], file="a"), rec([2], [2000, 5000], file="b")
     (merged,) = m.merge_trials([b, a])
+    assert merged["parts_hardware"] == ["cpu-a", "cpu-b"] and merged["parts_classifier"] == ["clf-a", "clf-b"]
     assert merged["seeds"] == [0, 1, 2] and [e["step"] for e in merged["evals"]] == [2000, 5000]   # steps all reached
     assert [t["seed"] for t in merged["evals"][-1]["trials"]] == [0, 1, 2] and merged["evals"][-1]["wall_s"] == 200.0
     assert merged["parts"] == 2 and merged["reached_step"] == 5000

@@ -199,6 +199,7 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
     assert [r["method"] for r in res["results"]] == ["gan", "unrolled1", "pacgan2"]
     for rec in res["results"]:
         assert [e["step"] for e in rec["evals"]] == [10, 20]
+        assert len(rec["classifier"]["weights_sha256"]) == 16 and 0.5 < rec["classifier"]["test_accuracy"] <= 1
         for t in rec["evals"][-1]["trials"]:
             assert 1 <= t["modes"] <= 256 and 0 <= t["reverse_kl"] <= math.log(1000) + 1e-9
             assert 0.1 <= t["confidence"] <= 1

@@ -363,6 +363,11 @@ def test_quick_classifier_digits_and_stacked_triples(mnist_root):
     assert not clf.training and not any(p.requires_grad for p in clf.parameters())
     again = metrics.load_classifier(mnist_root, quick=True)
     assert again.info["cached"] and torch.equal(again.predict(images[:50]), labels[:50])
+    assert again.info["weights_sha256"] == clf.info["weights_sha256"] == metrics.weights_fingerprint(clf.state_dict())
+    nudged = {k: v.clone() for k, v in clf.state_dict().items()}
+    first = sorted(nudged)[0]
+    nudged[first].view(-1)[0] = torch.nextafter(nudged[first].view(-1)[0], torch.tensor(1.0))  # one bit of one weight
+    assert metrics.weights_fingerprint(nudged) != clf.info["weights_sha256"]
     # stacked MNIST: 2000 random real triples cover about 1000 (1 - e^-2) = 865 of the 1000 modes
     stacked, triples = metrics.make_stacked_mnist(x, 2000, torch.Generator().manual_seed(0), labels=y)
     real = metrics.stacked_digit_stats(stacked, clf)
