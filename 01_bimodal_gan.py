@@ -404,13 +404,7 @@ def records_table(records: list[tuple[str, dict, dict]]) -> str:
 
 def print_table(folder) -> dict:
     """--table DIR: print the table of the records in DIR; nothing is trained or written."""
-    records = common.load_records(folder, "01_bimodal_gan")
-    try:
-        table = records_table(records)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise common.UserError(f"--table {folder}: a record there is not one of a finished run of "
-                               f"01_bimodal_gan.py ({type(e).__name__}: {common.one_line(e)[:100]})") from None
-    print(table)
+    table, records = common.table_of_records(folder, "01_bimodal_gan", records_table)
     return {"table": table, "records": [name for name, _, _ in records]}
 
 

@@ -20,7 +20,6 @@ import functools
 import math
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -828,18 +827,9 @@ def dirac_table(dirac: dict) -> str:
 
 def print_tables(folder) -> dict:
     """--table DIR: the x*y and Dirac-GAN tables of the record in DIR; nothing is computed or written."""
-    records = common.load_records(folder, "02_xy_game")
-    if len(records) > 1:
-        raise common.UserError(f"--table {folder}: {len(records)} records there ({', '.join(n for n, _, _ in records)}); "
-                               f"name one: --table {Path(folder) / records[0][0]}")
-    name, _, metrics = records[0]
-    try:
-        text = xy_table(metrics["xy_game"]) + "\n\n" + dirac_table(metrics["dirac_gan"])
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise common.UserError(f"--table {folder}: {name} is not the record of a finished run of 02_xy_game.py "
-                               f"({type(e).__name__}: {common.one_line(e)[:100]})") from None
-    print(text)
-    return {"table": text, "record": name}
+    both = lambda records: xy_table(records[0][2]["xy_game"]) + "\n\n" + dirac_table(records[0][2]["dirac_gan"])  # noqa: E731
+    text, records = common.table_of_records(folder, "02_xy_game", both, one=True)
+    return {"table": text, "record": records[0][0]}
 
 
 def print_summary(metrics: dict, mu_max: float, run_dir) -> None:

@@ -1368,23 +1368,18 @@ def protocol_table(record: dict) -> str:
 def print_table(path) -> dict:
     """--table: the markdown table(s) of a finished run of the demonstration or of --protocol, from its
     record folder (config.json, metrics.json) or its metrics.json."""
+    build = lambda record: protocol_table(record) if isinstance(record, dict) and "splits" in record else demo_tables(record)  # noqa: E731
+    if Path(path).is_dir():
+        return common.table_of_records(path, "06_metrics", lambda records: build(records[0][2]), one=True)[1][0][2]
     try:
-        if Path(path).is_dir():
-            records = common.load_records(path, "06_metrics")
-            if len(records) > 1:
-                raise common.UserError(f"{path}: {len(records)} records there ({', '.join(r[0] for r in records)}); "
-                                       f"name one: --table {Path(path) / records[0][0]}")
-            record = records[0][2]
-        else:
-            record = common.load_json(path)
-        table = (protocol_table(record) if isinstance(record, dict) and "splits" in record
-                 else demo_tables(record))
+        record = common.load_json(path)
+        table = build(record)
     except common.UserError as e:
         text = common.one_line(e)
         raise common.UserError(text if text.startswith("--table") else f"--table: {text}") from None
     except OSError as e:
         raise common.UserError(f"--table {path}: cannot read it ({e.strerror or common.one_line(e)})") from None
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except common.MALFORMED as e:
         raise common.UserError(f"--table {path}: not a record of the demonstration or of --protocol "
                                f"({type(e).__name__}: {common.one_line(e)[:100]})") from None
     print(table)

@@ -864,6 +864,27 @@ def load_records(folder: str | os.PathLike, script: str, flag: str = "--table") 
     return records
 
 
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError)  # what a record of other keys raises
+
+
+def table_of_records(folder: str | os.PathLike, script: str, build: Callable[[list], str], one: bool = False,
+                     flag: str = "--table") -> tuple[str, list]:
+    """--table DIR: the text `build(records)` makes of the records of `script` in `folder`
+    (`load_records`), printed and returned with the records. one=True: DIR must hold a single record
+    (else a UserError names the first). A record that lacks what `build` reads is a one-line UserError."""
+    records = load_records(folder, script, flag)
+    if one and len(records) > 1:
+        raise UserError(f"{flag} {folder}: {len(records)} records there ({', '.join(r[0] for r in records)}); "
+                        f"name one: {flag} {Path(folder) / records[0][0]}")
+    try:
+        text = build(records)
+    except MALFORMED as e:
+        raise UserError(f"{flag} {folder}: a record there is not one of a finished run of {script}.py "
+                        f"({type(e).__name__}: {one_line(e)[:100]})") from None
+    print(text)
+    return text, records
+
+
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, *, models: dict, optimizers: dict | None = None, step: int = 0,
                     config: dict | None = None, **extra) -> None:

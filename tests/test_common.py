@@ -583,3 +583,24 @@ def test_setting_flags_name_what_a_record_changed_as_one_types_it():
     assert common.setting_flags({"quick": True, "lr": 0.01}, parse) == "--quick"            # --quick's own defaults
     assert common.seeds_text({"seed": 0, "seeds": 20}) == ("--seeds 20", "seeds 0-19")
     assert common.seeds_text({"seed": 3}) == ("--seed 3", "seed 3")
+
+
+def test_table_of_records_builds_prints_and_refuses_in_one_line(tmp_path, capsys):
+    def record(name, metrics, script="01_bimodal_gan"):
+        (tmp_path / name).mkdir()
+        common.save_json(tmp_path / name / "config.json", {"script": script, "args": {}})
+        common.save_json(tmp_path / name / "metrics.json", metrics)
+
+    record("a", {"rate": 0.5})
+    record("b", {"rate": 0.25})
+    rows = lambda records: "\n".join(f"| {n} | {m['rate']} |" for n, _, m in records)  # noqa: E731
+    text, records = common.table_of_records(tmp_path, "01_bimodal_gan", rows)
+    assert text == "| a | 0.5 |\n| b | 0.25 |" and capsys.readouterr().out == text + "\n"
+    assert [n for n, _, _ in records] == ["a", "b"]
+    with pytest.raises(common.UserError, match=r"2 records there \(a, b\); name one: --table .*a$"):
+        common.table_of_records(tmp_path, "01_bimodal_gan", rows, one=True)
+    assert common.table_of_records(tmp_path / "b", "01_bimodal_gan", rows, one=True)[0] == "| b | 0.25 |"
+    record("c", {"seeds": 3})   # a finished run's record without the key the table reads
+    with pytest.raises(common.UserError, match=r"^--table .*: a record there is not one of a finished run of "
+                                               r"01_bimodal_gan.py \(KeyError: 'rate'\)$"):
+        common.table_of_records(tmp_path, "01_bimodal_gan", rows)
