@@ -1637,8 +1637,19 @@ def differences(rec: dict) -> str:
     return ", ".join(out) or "none"
 
 
+def run_started(run_dir: Path) -> str | None:
+    """When the run in run_dir was started (its config.json), which tells it from an earlier run that had the
+    same folder name on another machine."""
+    try:
+        return common.load_json(run_dir / "config.json").get("started")
+    except (common.UserError, OSError, AttributeError):
+        return None
+
+
 def write_record(folders, args, device, record, command):
-    rec = {"setting": args.setting, "label": args.label, "command": command, "run_dir": str(Path(folders[0]).parent),
+    run_dir = Path(folders[0]).parent
+    rec = {"setting": args.setting, "label": args.label, "command": command, "run_dir": str(run_dir),
+           "run_started": run_started(run_dir),
            "args": common.to_jsonable(vars(args)),
            "hardware": {**common.hardware(), "device": str(device)}, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
            **common.to_jsonable(public(record))}
@@ -1648,7 +1659,7 @@ def write_record(folders, args, device, record, command):
             try:
                 old = common.load_json(path)
                 theirs = old.get("reached_step") or max([e["step"] for e in old.get("evals", [])], default=0)
-                same_run = old.get("run_dir") == rec["run_dir"]
+                same_run = (old.get("run_dir"), old.get("run_started")) == (rec["run_dir"], rec["run_started"])
             except (OSError, ValueError, AttributeError, KeyError, TypeError):
                 theirs, same_run = 0, False
             if theirs > (rec.get("reached_step") or 0) and not same_run:
@@ -2376,7 +2387,8 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--log_every", type=common.positive_int, default=100, help="steps between rows of the loss curves (--quick 10)")
     p.add_argument("--records", default=None,
                    help="also write each cell's record (per-trial scores at each evaluation, config, hardware, "
-                        "wall time) into this folder, e.g. results/04 (default: only the run folder's records/)")
+                        "wall time) into this folder, e.g. results/04, replacing the cell's record there unless another run "
+                        "took that cell further (default: only the run folder's records/)")
     p.add_argument("--label", default="", help="a name for this run's cells in --table (e.g. an ablation row)")
     p.add_argument("--until_step", type=common.nonneg_int, default=0,
                    help="train each cell only to this evaluation step, keep its checkpoint and go on to the next "

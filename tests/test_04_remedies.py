@@ -8,6 +8,8 @@ import json
 import math
 import random
 import resource
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -810,6 +812,23 @@ def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_num
     with pytest.raises(SystemExit) as e:  # only an evaluation step before the last can be a pause
         m.main(argv + ["--run_name", "cut2", "--until_step", "25"])
     assert e.value.code == 2
+
+
+def test_a_record_further_along_is_kept_from_a_new_run_in_a_folder_of_the_same_name(tmp_path, capsys):
+    # the run folder of the record is gone (another machine) and a new run takes the same --out and
+    # --run_name: its earlier steps must not replace the record (the same folder name, another start)
+    argv = ["--quick", "--setting", "small", "--method", "gan", "--data", "ring", "--n_steps", "40", "--eval_steps",
+            "10", "20", "30", "--device", "cpu", "--out", str(tmp_path), "--records", str(tmp_path / "rec"),
+            "--run_name", "cell"]
+    m.main(argv)
+    (kept,) = m.load_records(tmp_path / "rec")
+    assert kept["reached_step"] == 40 and kept["run_started"]
+    shutil.rmtree(tmp_path / "04_remedies" / "cell")
+    time.sleep(1.1)  # config.json's start time is to the second
+    m.main(argv + ["--until_step", "20"])   # the same run folder path, started anew
+    (record,) = m.load_records(tmp_path / "rec")
+    assert record["reached_step"] == 40 and record["run_started"] == kept["run_started"]
+    assert "further than this run; it is kept" in capsys.readouterr().out
 
 
 def test_each_torch_stream_of_a_trial_has_its_own_seed():
