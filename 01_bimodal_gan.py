@@ -54,11 +54,9 @@ class StackedMLP(torch.nn.Module):
         super().__init__()
         self.weights, self.biases = torch.nn.ParameterList(), torch.nn.ParameterList()
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            bound = 1 / math.sqrt(fan_in)
-            w = torch.stack([torch.empty(fan_in, fan_out).uniform_(-bound, bound, generator=g) for g in generators])
-            b = torch.stack([torch.empty(1, fan_out).uniform_(-bound, bound, generator=g) for g in generators])
-            self.weights.append(torch.nn.Parameter(w))
-            self.biases.append(torch.nn.Parameter(b))
+            bound = 1 / math.sqrt(fan_in)  # torch.nn.Linear's initialisation, per seed
+            self.weights.append(torch.nn.Parameter(common.stacked_weights(fan_in, fan_out, generators, "uniform", bound)))
+            self.biases.append(torch.nn.Parameter(common.stacked_weights(1, fan_out, generators, "uniform", bound)))
 
     def forward(self, x):  # x: (S, N, in)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):

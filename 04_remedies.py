@@ -624,17 +624,6 @@ class EpochSampler:
 # 4. batched trials: many networks as one (machinery) --------------------------------------------------------
 # S trials as one network: every weight has a leading trial dimension and layers are batched matrix
 # products, so S trials cost about one call per layer. Kept apart from the remedies above.
-def _init_weight(a, b, gens, init, scale):
-    if init == "normal":
-        return torch.stack([torch.randn(a, b, generator=g) * scale for g in gens])
-    out = []
-    for g in gens:  # orthogonal (Saxe et al. 2014) with gain `scale`, as nn.init.orthogonal_, per trial
-        q, r = torch.linalg.qr(torch.randn(max(a, b), min(a, b), generator=g))
-        q = q * torch.sign(torch.diagonal(r))
-        out.append(scale * (q if a >= b else q.T))
-    return torch.stack(out)
-
-
 def stacked_batch_norm(x, gamma, beta, eps: float = 1e-5, slots: int = 1):
     """BatchNorm of each trial's batch: x (S, N, H), statistics over N, or with slots = m over each of the
     m interleaved slots of N / m samples (sample i belongs to slot i % m: PacGAN's one G call per pack
@@ -695,7 +684,7 @@ class StackedMLP(nn.Module):
         S, sizes = len(gens), [in_dim] + [hidden] * layers
         self.act, self.pieces, self.bn_momentum, self.bn_eps = act, pieces, bn_momentum, bn_eps
         width = pieces if act == "maxout" else 1
-        self.weights = nn.ParameterList(nn.Parameter(_init_weight(a, b * width, gens, init, init_scale))
+        self.weights = nn.ParameterList(nn.Parameter(common.stacked_weights(a, b * width, gens, init, init_scale))
                                         for a, b in zip(sizes[:-1], sizes[1:]))
         if act == "relu_bn":
             self.gammas = nn.ParameterList(nn.Parameter(torch.ones(S, 1, hidden)) for _ in range(layers))
@@ -712,7 +701,7 @@ class StackedMLP(nn.Module):
             with torch.no_grad():
                 self.mbd.theta.copy_(torch.stack([torch.randn(hidden, mbd[0], mbd[1], generator=g) * 0.05 for g in gens]))
         extra = mbd[0] if mbd is not None else 0
-        self.out_w = nn.Parameter(_init_weight(hidden + extra, out_dim, gens, init, init_scale))
+        self.out_w = nn.Parameter(common.stacked_weights(hidden + extra, out_dim, gens, init, init_scale))
         self.out_b = nn.Parameter(torch.zeros(S, 1, out_dim))
 
     def _batch_norm(self, i, x, slots, update_stats):

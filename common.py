@@ -403,6 +403,27 @@ def cpu_threads(device: torch.device, n: int = 1):
         torch.set_num_threads(before)
 
 
+# ----------------------------------------------------------------------------- trials as one network
+def stacked_weights(fan_in: int, fan_out: int, gens: list[torch.Generator], init: str, scale: float) -> torch.Tensor:
+    """One (fan_in, fan_out) weight per trial, stacked to (S, fan_in, fan_out), each drawn from its trial's
+    own generator, so a trial starts from the same weights alone or beside others. init: "uniform" in
+    +-scale (nn.Linear's default with scale 1/sqrt(fan_in)), "normal" with std scale, or "orthogonal"
+    (Saxe et al. 2014) with gain scale, as nn.init.orthogonal_. Used by 01's and 04's batched networks,
+    whose layers are batched matrix products: x (S, N, fan_in) @ w -> (S, N, fan_out)."""
+    if init == "uniform":
+        return torch.stack([torch.empty(fan_in, fan_out).uniform_(-scale, scale, generator=g) for g in gens])
+    if init == "normal":
+        return torch.stack([torch.randn(fan_in, fan_out, generator=g) * scale for g in gens])
+    if init != "orthogonal":
+        raise ValueError(f"unknown init {init!r}")
+    out = []
+    for g in gens:
+        q, r = torch.linalg.qr(torch.randn(max(fan_in, fan_out), min(fan_in, fan_out), generator=g))
+        q = q * torch.sign(torch.diagonal(r))
+        out.append(scale * (q if fan_in >= fan_out else q.T))
+    return torch.stack(out)
+
+
 # ----------------------------------------------------------------------------- seeding
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed Python's random, NumPy and torch (all devices); optionally ask for deterministic kernels."""

@@ -542,7 +542,7 @@ def test_pacgan_evaluation_scores_with_population_statistics_and_records_both_wa
 # ----------------------------------------------------------------------------- batched machinery
 def test_orthogonal_init_and_stacked_trials_are_independent():
     gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
-    w = m._init_weight(6, 4, gens, "orthogonal", 1.4)
+    w = m.common.stacked_weights(6, 4, gens, "orthogonal", 1.4)
     assert torch.allclose(w[0].T @ w[0], 1.96 * torch.eye(4), atol=1e-5)
     G = m.StackedMLP(2, 8, 2, 2, "relu_bn", [torch.Generator().manual_seed(s) for s in (3, 4)])
     alone = m.StackedMLP(2, 8, 2, 2, "relu_bn", [torch.Generator().manual_seed(4)])

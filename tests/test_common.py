@@ -604,3 +604,16 @@ def test_table_of_records_builds_prints_and_refuses_in_one_line(tmp_path, capsys
     with pytest.raises(common.UserError, match=r"^--table .*: a record there is not one of a finished run of "
                                                r"01_bimodal_gan.py \(KeyError: 'rate'\)$"):
         common.table_of_records(tmp_path, "01_bimodal_gan", rows)
+
+
+def test_stacked_weights_are_each_trials_own_draw():
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    w = common.stacked_weights(5, 3, gens(1, 2), "uniform", 0.4)
+    assert w.shape == (2, 5, 3) and float(w.abs().max()) <= 0.4
+    assert torch.equal(w[1], common.stacked_weights(5, 3, gens(2), "uniform", 0.4)[0])  # alone or beside others
+    g = torch.Generator().manual_seed(1)   # nn.Linear's draw: uniform in +-1/sqrt(fan_in), from the trial's generator
+    assert torch.equal(w[0], torch.empty(5, 3).uniform_(-0.4, 0.4, generator=g))
+    n = common.stacked_weights(400, 300, gens(0), "normal", 0.02)
+    assert abs(float(n.std()) - 0.02) < 0.001
+    with pytest.raises(ValueError, match="unknown init"):
+        common.stacked_weights(2, 2, gens(0), "xavier", 1.0)
