@@ -1998,20 +1998,23 @@ def plot_record_curves(records: list[dict], path):
     fig, all_axes = plt.subplots(len(benches), cols, figsize=(4.5 * cols, 3.3 * len(benches) + 0.5), squeeze=False)
     present = [mth for mth in METHODS if any(r["method"] == mth for r in records)]  # records hold METHODS only
     second = {d: "reverse_kl" if d in IMAGE_DATA else "high_quality" for d in benches}
-    marks = "*Ddv^"
+    marks, styles, drawn = "*Ddv^", ("-", "--", ":", "-."), {}
     for r in sorted(records, key=lambda r: present.index(r["method"])):
         axes = all_axes[benches.index(r["data"])]
         color = f"C{present.index(r['method']) % 10}"  # one colour per method, on every benchmark
+        nth = drawn[r["data"], r["method"]] = drawn.get((r["data"], r["method"]), -1) + 1  # its records: line styles
+        ls = styles[nth % len(styles)]
         steps = [e["step"] for e in r["evals"] if e["step"] > 0]
         ss = [summarize(e["trials"]) for e in r["evals"] if e["step"] > 0]
-        lab = f"{r['data']} {r['method']} ({len(r['evals'][-1]['trials'])} trials)"
-        pubs = published_rows(r.get("setting"), r["data"], r["method"])
+        n = len(r["evals"][-1]["trials"])
+        lab = f"{r['data']} {r['method']} ({n} trials)" if n > 1 else f"{r['data']} {r['method']} (seed {r['seeds'][0]})"
+        pubs = published_rows(r.get("setting"), r["data"], r["method"]) if nth == 0 else []  # marked once
         key2 = second[r["data"]]
         for ax, key, scale, col in ((axes[0], "modes", 1, 0), (axes[1], key2, 100 if key2 == "high_quality" else 1,
                                                                   2 if key2 == "high_quality" else 4)):
             mu = [x[key]["mean"] * scale for x in ss]
             se = [x[key]["sem"] * scale for x in ss]
-            line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, label=lab, color=color)[0]
+            line = ax.errorbar(steps, mu, yerr=se, marker="o", ms=3, capsize=2, lw=1, ls=ls, label=lab, color=color)[0]
             for j, (src, pub) in enumerate(pubs):  # the published value at its step count: a mark, a dashed level
                 if pub[col] is None:
                     continue
@@ -2023,7 +2026,7 @@ def plot_record_curves(records: list[dict], path):
             conf = [(e["step"], sum(c) / len(c)) for e in r["evals"] if e["step"] > 0
                     for c in [[t["confidence"] for t in e["trials"] if t.get("confidence") is not None]] if c]
             if conf:  # records made before the confidence was scored have none
-                axes[2].plot(*zip(*conf), marker="o", ms=3, lw=1, color=color, label=lab)
+                axes[2].plot(*zip(*conf), marker="o", ms=3, lw=1, ls=ls, color=color, label=lab)
     for d, axes in zip(benches, all_axes):
         if cols == 3 and d not in IMAGE_DATA:
             axes[2].axis("off")
@@ -2036,7 +2039,10 @@ def plot_record_curves(records: list[dict], path):
         for ax in axes if cols == 3 and axes[2].lines else axes[:2]:
             ax.set_xlabel("training step")
             ax.set_xscale("log")
+            ax.set_xlim(axes[0].get_xlim())
         axes[1].legend(fontsize=6.5, loc="best")
+        if cols == 3 and axes[2].lines:
+            axes[2].legend(fontsize=6.5, loc="lower right")
     fig.suptitle(f"setting {records[0].get('setting')}: the scores over training (cells reach different steps; "
                  f"marks at the right: published)", fontsize=9)
     fig.tight_layout()
