@@ -1763,8 +1763,8 @@ def merge_trials(records: list[dict]) -> list[dict]:
     cores or machines (`--seed s --seeds 1`) - become one, with the evaluation steps all of them reached,
     the trials side by side (by seed) and the training times summed. A trial starts from the same weights
     and sees the same data and noise whether it trains alone or beside others (tested; the arithmetic can
-    differ in the last bits), so the merged cell is the cell. Records of a cell whose seeds overlap are left
-    apart (each its own row)."""
+    differ in the last bits), so the merged cell is the cell. Of records whose seeds overlap, the ones with
+    fewer trials are merged first and a record that overlaps them stays apart (its own row)."""
     def key(r):
         a = {k: v for k, v in r.get("args", {}).items() if k not in PART_FLAGS}
         return json.dumps([r.get("setting"), r.get("label"), r["data"], r["method"], r.get("n_steps"), a],
@@ -1774,20 +1774,27 @@ def merge_trials(records: list[dict]) -> list[dict]:
         groups.setdefault(key(r), []).append(r)
     out = []
     for group in groups.values():
-        seeds = [s for r in group for s in r.get("seeds", [])]
-        common_steps = set.intersection(*({e["step"] for e in r["evals"]} for r in group))
-        if len(group) == 1 or len(seeds) != len(set(seeds)) or not common_steps:
-            out += group
+        parts, taken = [], set()
+        for r in sorted(group, key=lambda r: (len(r.get("seeds", [])), min(r.get("seeds", [0])))):
+            if r.get("seeds") and taken.isdisjoint(r["seeds"]):
+                parts.append(r)
+                taken |= set(r["seeds"])
+            else:
+                out.append(r)  # a record whose trials the parts already hold: its own row
+        common_steps = set.intersection(*({e["step"] for e in r["evals"]} for r in parts)) if parts else set()
+        if len(parts) < 2 or not common_steps:
+            out += parts
             continue
-        group = sorted(group, key=lambda r: min(r["seeds"]))
+        group = sorted(parts, key=lambda r: min(r["seeds"]))
+        seeds = [s for r in group for s in r["seeds"]]
         by_step = [{e["step"]: e for e in r["evals"]} for r in group]
         evals = []
         for step in sorted(common_steps):
-            parts = [b[step] for b in by_step]
-            e = {"step": step, "wall_s": round(sum(p.get("wall_s") or 0.0 for p in parts), 2),
-                 "trials": [t for p in parts for t in p["trials"]]}
-            if all("trials_batch_stats" in p for p in parts):
-                e["trials_batch_stats"] = [t for p in parts for t in p["trials_batch_stats"]]
+            at = [b[step] for b in by_step]
+            e = {"step": step, "wall_s": round(sum(p.get("wall_s") or 0.0 for p in at), 2),
+                 "trials": [t for p in at for t in p["trials"]]}
+            if all("trials_batch_stats" in p for p in at):
+                e["trials_batch_stats"] = [t for p in at for t in p["trials_batch_stats"]]
             evals.append(e)
         merged = {k: v for k, v in group[0].items() if k not in ("collapse", "per_seed")}
         merged.update(seeds=sorted(seeds), evals=evals, reached_step=evals[-1]["step"], parts=len(group),

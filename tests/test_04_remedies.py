@@ -894,5 +894,9 @@ def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
     assert "(3 trials in 2 runs)" in m.cost_markdown([merged])
     # not one cell: overlapping seeds, another length, another learning rate; each stays its own row
     assert len(m.merge_trials([a, rec([1], [2000])])) == 2
+    # trials run one by one beside a batched run of the same seeds: the one-trial records merge, the other stays
+    rows = m.merge_trials([rec([0, 1, 2], [2000, 5000], file="all"), rec([1], [2000], file="one"),
+                           rec([0], [2000, 5000], file="zero")])
+    assert sorted((r["seeds"], r.get("parts")) for r in rows) == [([0, 1], 2), ([0, 1, 2], None)]
     assert len(m.merge_trials([a, rec([2], [2000], n_steps=1000)])) == 2
     assert len(m.merge_trials([a, rec([2], [2000], lr=1e-3)])) == 2
