@@ -1775,7 +1775,7 @@ def merge_trials(records: list[dict]) -> list[dict]:
     out = []
     for group in groups.values():
         parts, taken = [], set()
-        for r in sorted(group, key=lambda r: (len(r.get("seeds", [])), min(r.get("seeds", [0])))):
+        for r in sorted(group, key=lambda r: (len(r.get("seeds") or []), min(r.get("seeds") or [0]))):
             if r.get("seeds") and taken.isdisjoint(r["seeds"]):
                 parts.append(r)
                 taken |= set(r["seeds"])
