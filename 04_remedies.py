@@ -1500,8 +1500,9 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
             checkpoint_path=None) -> dict:
     """Train one method on one benchmark (all trials at once), scoring every trial at the evaluation
     steps (eval_schedule). on_eval(record) is called after each evaluation with the record so far.
-    checkpoint_path: the training state is saved there at every evaluation step, and a state found there
-    is continued (not for AdaGAN, whose cell restarts); the file is removed when the cell is done."""
+    checkpoint_path: the training state is saved there at every evaluation step and every
+    args.checkpoint_every steps, and a state found there is continued (not for AdaGAN, whose cell
+    restarts); the file is removed when the cell is done."""
     remedy = METHODS[method]
     S = len(seeds)
     fig_n = 500 if bench.kind == "mixture" else 16  # points of a scatter plot, or images of a grid
@@ -1531,7 +1532,9 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
             raise CellPaused(step)
     if resume and getattr(args, "until_step", 0) and resume["step"] >= args.until_step:
         raise CellPaused(resume["step"])
-    checkpoint = (evals_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
+    every = getattr(args, "checkpoint_every", 0)
+    saves_at = evals_at | (set(range(every, args.n_steps, every)) if every else set())
+    checkpoint = (saves_at, save_state) if checkpoint_path is not None and not remedy.adagan else None
 
     population = args.bn_momentum > 0 and args.g_act == "relu_bn" and not remedy.adagan
 
@@ -1753,8 +1756,8 @@ def load_records(folder) -> list[dict]:
 
 
 # flags that say where, how far or which trials a run trained, not what: the parts of one cell may differ in them
-PART_FLAGS = {"seed", "seeds", "out", "run_name", "records", "until_step", "resume", "shard", "overwrite", "device",
-              "table", "table_figure", "deterministic"}
+PART_FLAGS = {"seed", "seeds", "out", "run_name", "records", "until_step", "checkpoint_every", "resume", "shard",
+              "overwrite", "device", "table", "table_figure", "deterministic"}
 
 
 def merge_trials(records: list[dict]) -> list[dict]:
@@ -2397,6 +2400,10 @@ def build_parser() -> common.ArgParser:
                         "cell (0: off); a later --resume, with a larger --until_step or none, continues it. A "
                         "dated point for every cell first, then the long runs. AdaGAN cells (no mid-cell "
                         "checkpoint) always run to the end")
+    p.add_argument("--checkpoint_every", type=common.nonneg_int, default=2500,
+                   help="also save each cell's training state every this many steps, besides the evaluation "
+                        "steps (0: only at those), so that a killed run loses at most that many steps to "
+                        "--resume; changes no number")
     p.add_argument("--shard", type=common.shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
                         "that of --setting when it is given (default: none)")
@@ -2729,7 +2736,8 @@ def run(args, device, argv) -> dict:
                                    f"start a new run without --resume") from None
         except (OSError, ValueError) as e:
             raise common.UserError(f"--resume: cannot read {cfg_path} ({common.one_line(e)[:120]})") from None
-        common.check_same_config(saved, common.to_jsonable(vars(args)), ignore=("until_step",), added={"compile": False})
+        common.check_same_config(saved, common.to_jsonable(vars(args)), ignore=("until_step", "checkpoint_every"),
+                                  added={"compile": False})
         if not (run_dir / "cells").is_dir() or not any((run_dir / "cells").glob("*.pt")):
             raise common.UserError(f"--resume: nothing to resume in {run_dir}: it holds no finished cell and no "
                                    f"cell checkpoint; start a new run without --resume")

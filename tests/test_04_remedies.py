@@ -784,6 +784,25 @@ def test_a_cell_killed_mid_training_resumes_to_the_same_numbers(method, setting,
     assert not (cells / f"ring_{method}.state.pt").exists() and (cells / f"ring_{method}.pt").exists()
 
 
+def test_a_cell_killed_between_evaluations_resumes_from_its_last_periodic_checkpoint(tmp_path, monkeypatch):
+    # --checkpoint_every 5: killed in step 17 of 40 (evaluations at 30 and 40), the state of step 15 is kept,
+    # and --resume, even with another --checkpoint_every, ends with the uninterrupted numbers
+    argv = ["--quick", "--setting", "small", "--method", "replay", "--data", "ring", "--n_steps", "40", "--eval_steps",
+            "30", "--device", "cpu", "--out", str(tmp_path)]
+    full = m.main(argv + ["--run_name", "full", "--checkpoint_every", "0"])
+    kill_on_call(monkeypatch, m, "set_lr", 17)
+    with pytest.raises(SystemExit):
+        m.main(argv + ["--run_name", "cut", "--checkpoint_every", "5"])
+    state = tmp_path / "04_remedies" / "cut" / "cells" / "ring_replay.state.pt"
+    assert torch.load(state, weights_only=False)["step"] == 15
+    monkeypatch.undo()
+    resumed = m.main(argv + ["--run_name", "cut", "--resume", "--checkpoint_every", "7"])
+    r, f = resumed["results"][0], full["results"][0]
+    assert json.dumps(r["per_seed"]) == json.dumps(f["per_seed"])
+    assert [json.dumps(e["trials"]) for e in r["evals"]] == [json.dumps(e["trials"]) for e in f["evals"]]
+    assert not state.exists() and (state.parent / "ring_replay.pt").exists()
+
+
 def test_until_step_pauses_every_cell_and_resume_ends_with_the_uninterrupted_numbers(tmp_path, capsys):
     # breadth first: both cells stop at step 20 with their checkpoints; the same --until_step again trains
     # nothing; --resume without it ends each cell exactly as one uninterrupted run
