@@ -2059,6 +2059,40 @@ def plot_record_curves(records: list[dict], path):
     common.savefig(fig, path, dpi=90, tight=False)
 
 
+def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8) -> Path | None:
+    """From the image cells' records in `folder` (as `load_records` reads them, not merged): each record's
+    sample strip at its last evaluation (`<record>.png`), its first `per_trial` samples as one row per trial, labelled
+    with the method, the seed, the step and the modes and confidence there; methods in METHODS order.
+    Returns the PNG written, or None where no record has a strip."""
+    rows = []
+    order = lambda r: (list(METHODS).index(r["method"]), len(r["seeds"]), r["seeds"])  # one-trial records first
+    for r in sorted((r for r in records if r["data"] in IMAGE_DATA), key=order):
+        strip = Path(folder) / Path(r["_file"]).with_suffix(".png")
+        if not strip.is_file():  # records written before strips were kept
+            continue
+        e, img = r["evals"][-1], common.pyplot().imread(strip)
+        h = (img.shape[0] - 1) // len(e["trials"])
+        for i, t in enumerate(e["trials"]):
+            conf = f", confidence {t['confidence']:.2f}" if t.get("confidence") is not None else ""
+            run = f" ({len(r['seeds'])}-trial run)" if len(r["seeds"]) > 1 else ""
+            rows.append((f"{LABELS.get(r['method'], r['method'])}, seed {t['seed']}{run}, step {e['step']:,}: "
+                         f"{t['modes']} modes{conf}",
+                         img[i * h:(i + 1) * h + 1, :per_trial * (h - 1) + 1]))
+    if not rows:
+        return None
+    plt = common.pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(4.6, 0.7 * len(rows) + 0.4), squeeze=False)
+    for ax, (label, img) in zip(axes[:, 0], rows):
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(label, fontsize=6.5, loc="left", pad=2)
+        ax.axis("off")
+    fig.suptitle(f"setting {records[0].get('setting')}: {per_trial} samples per trial at its last\nevaluation "
+                 f"(the three digit channels as RGB)", fontsize=7)
+    fig.tight_layout(h_pad=0.3)
+    common.savefig(fig, path, dpi=90, tight=False)
+    return Path(path)
+
+
 def plot_modes_vs_step(results: list[dict], bench: Benchmark, path):
     """Per trial: modes captured against the training step, one panel per method."""
     rows = [r for r in results if r["data"] == bench.name and len(r["evals"]) > 1]
@@ -2409,7 +2443,8 @@ def build_parser() -> common.ArgParser:
                         "that of --setting when it is given (default: none)")
     p.add_argument("--table_figure", metavar="PNG", default=None,
                    help="with --table: also draw modes captured and high-quality %% against the step, per method "
-                        "(mean and s.e. over trials), for the records of --setting")
+                        "(mean and s.e. over trials), for the records of --setting; for image records also "
+                        "<PNG stem>_samples.png, each record's sample strip at its last evaluation")
     p.add_argument("--speed", action="store_true",
                    help="no training: measure ms/step of the networks (1 vs 10 trials batched, 10 separate, 10 compiled); "
                         "stacked MNIST: ms/step of each --method and the cost of --n_steps, 4 trials batched vs "
@@ -2646,7 +2681,8 @@ def estimate_memory(args, n_cells_dim: int = 2) -> tuple[float, str]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.table:
-        records = merge_trials(load_records(args.table))
+        parts = load_records(args.table)
+        records = merge_trials(parts)
         words = sys.argv[1:] if argv is None else argv
         if any(w == "--setting" or w.startswith("--setting=") for w in words):  # given: that setting's tables only
             records = [r for r in records if r.get("setting") == args.setting]
@@ -2655,6 +2691,9 @@ def main(argv=None) -> dict:
         print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else ""), end="")
         if args.table_figure:
             plot_record_curves([r for r in records if r.get("setting") == args.setting], args.table_figure)
+            strips = Path(args.table_figure)
+            plot_record_strips([r for r in parts if r.get("setting") == args.setting], args.table,
+                               strips.with_name(f"{strips.stem}_samples.png"))
         return {"table": text, "cost": cost}
     if args.replot:
         return replot(args.replot, args.figure_prefix)

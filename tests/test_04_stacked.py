@@ -188,7 +188,7 @@ def test_settings_follow_the_authors_code():
     assert G.sizes == [2, 4, 7, 14, 28] and [w.shape[0] for w in D.conv_w] == [64, 128, 256, 512]
 
 
-def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
+def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root, monkeypatch):
     r = run_cli("04_remedies.py", "--quick", "--data", "stacked_mnist", "--data_root", mnist_root, "--device", "cpu",
                 "--out", str(tmp_path), timeout=120, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -216,3 +216,17 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root):
     figure = tmp_path / "curves.png"
     m.main(["--table", str(run_dir / "records"), "--setting", "stacked_d4", "--table_figure", str(figure)])
     assert figure.stat().st_size > 10_000
+    # and the strips as one figure: a labelled row per trial of each record (3 methods x 2 trials)
+    with Image.open(tmp_path / "curves_samples.png") as im:
+        assert im.size[0] > 300 and im.size[1] > 6 * 50
+    records = m.load_records(run_dir / "records")
+    labels = []
+    monkeypatch.setattr(m.common.pyplot().Axes, "set_title", lambda ax, text, **kw: labels.append(text))
+    m.plot_record_strips(records, run_dir / "records", tmp_path / "again.png")
+    monkeypatch.undo()
+    assert len(labels) == 6 and labels[0].startswith("plain GAN (non-saturating), seed 0 (2-trial run), step 20: ")
+    assert labels[2].startswith("PacGAN2, seed 0") and all(" modes, confidence 0." in t for t in labels)
+    for rec in (run_dir / "records").glob("*.png"):
+        rec.unlink()
+    assert m.plot_record_strips(records, run_dir / "records", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
