@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -1493,7 +1494,8 @@ def refresh_population_stats(G, args, seeds, step: int, m: int, device):
 
 
 class CellPaused(Exception):
-    """--until_step: a cell stopped at an evaluation step, its checkpoint kept (args[0]: the step)."""
+    """--until_step: a cell stopped at that evaluation step, its checkpoint kept (args[0]: the step; a cell
+    resumed from a later checkpoint stops at once, at the checkpoint's step)."""
 
 
 def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: float = 5.0, on_eval=None,
@@ -1821,7 +1823,8 @@ def record_summary(r: dict) -> dict:
 
 def table_markdown(records: list[dict]) -> str:
     """The report's tables, per setting and benchmark: the scores of our rows (at the step each reached)
-    beside the published rows with a verdict per number; then, for our rows, the collapse counts and how
+    beside the published rows with a verdict per number (prefixed by the share of the steps reached, where
+    a run is not at its end); then, for our rows, the collapse counts and how
     each run differed from its setting."""
     lines = []
     groups = {}
@@ -1851,6 +1854,8 @@ def table_markdown(records: list[dict]) -> str:
                           + " / ".join(verdict(s[k], p[2 * i], p[2 * i + 1], 100 if k == "high_quality" else 1)
                                        for i, k in enumerate(("modes", "high_quality", "reverse_kl")))
                           for src, p in pubs) if pubs else "-"
+            if pubs and s["step"] < r["n_steps"]:  # a run part of the way: where it stands, not a reproduction
+                v = f"at {100 * s['step'] / r['n_steps']:.2g}% of the steps: {v}"
             name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
             lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
@@ -1882,7 +1887,7 @@ def cost_markdown(records: list[dict]) -> str:
         sps = e["step"] / e["wall_s"]
         runs = f" in {r['parts']} runs" if r.get("parts", 1) > 1 else ""  # merged: the runs' times summed
         lines.append(f"| {LABELS.get(r['method'], r['method'])}, {r['data']} | {e['step']:,} | {e['wall_s']:,.0f} s | "
-                     f"{sps:.1f} ({len(e['trials'])} trials{runs}) | {r['n_steps'] / sps / 3600:.1f} h |")
+                     f"{sps:.1f} ({len(e['trials'])} trial{'s' if len(e['trials']) > 1 else ''}{runs}) | {r['n_steps'] / sps / 3600:.1f} h |")
     return "\n".join(lines) + "\n"
 
 
@@ -2059,37 +2064,58 @@ def plot_record_curves(records: list[dict], path):
     common.savefig(fig, path, dpi=90, tight=False)
 
 
-def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8) -> Path | None:
-    """From the image cells' records in `folder` (as `load_records` reads them, not merged): each record's
-    sample strip at its last evaluation (`<record>.png`), its first `per_trial` samples as one row per trial, labelled
-    with the method, the seed, the step and the modes and confidence there; methods in METHODS order.
-    Returns the PNG written, or None where no record has a strip."""
-    rows = []
-    order = lambda r: (list(METHODS).index(r["method"]), len(r["seeds"]), r["seeds"])  # one-trial records first
-    for r in sorted((r for r in records if r["data"] in IMAGE_DATA), key=order):
+def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8, max_bytes: int = 300_000) -> Path | None:
+    """From the image cells' records in `folder` (as `load_records` reads them, not merged): the sample strip
+    kept beside each record (`<record>.png`, 16 samples per trial at its last evaluation), its first
+    `per_trial` samples at twice their size as one row per trial, under a label with the method, the seed,
+    the step and the modes and confidence there. One row per (method, label, seed): the record that took
+    that trial furthest; methods in METHODS order. A strip that does not match its record is left out. The
+    PNG is kept under max_bytes (fewer colours where needed). Returns it, or None where no record has a strip."""
+    from PIL import Image, ImageDraw
+
+    best = {}
+    for r in (r for r in records if r["data"] in IMAGE_DATA):
         strip = Path(folder) / Path(r["_file"]).with_suffix(".png")
         if not strip.is_file():  # records written before strips were kept
             continue
-        e, img = r["evals"][-1], common.pyplot().imread(strip)
-        h = (img.shape[0] - 1) // len(e["trials"])
+        e = r["evals"][-1]
+        with Image.open(strip) as im:
+            img = im.convert("RGB")
+        h = (img.width - 1) // 16  # one tile and its padding
+        if img.height - 1 != h * len(e["trials"]):
+            print(f"04: note: {strip} does not hold one row per trial of its record; left out", flush=True)
+            continue
         for i, t in enumerate(e["trials"]):
-            conf = f", confidence {t['confidence']:.2f}" if t.get("confidence") is not None else ""
-            run = f" ({len(r['seeds'])}-trial run)" if len(r["seeds"]) > 1 else ""
-            rows.append((f"{LABELS.get(r['method'], r['method'])}, seed {t['seed']}{run}, step {e['step']:,}: "
-                         f"{t['modes']} modes{conf}",
-                         img[i * h:(i + 1) * h + 1, :per_trial * (h - 1) + 1]))
-    if not rows:
+            key = (r["method"], r.get("label", ""), t["seed"])
+            if key not in best or best[key][0] < e["step"]:
+                tile = img.crop((0, i * h, per_trial * h + 1, (i + 1) * h + 1))
+                best[key] = (e["step"], r, t, tile.resize((tile.width * 2, tile.height * 2), Image.NEAREST))
+    if not best:
         return None
-    plt = common.pyplot()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(4.6, 0.7 * len(rows) + 0.4), squeeze=False)
-    for ax, (label, img) in zip(axes[:, 0], rows):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(label, fontsize=6.5, loc="left", pad=2)
-        ax.axis("off")
-    fig.suptitle(f"setting {records[0].get('setting')}: {per_trial} samples per trial at its last\nevaluation "
-                 f"(the three digit channels as RGB)", fontsize=7)
-    fig.tight_layout(h_pad=0.3)
-    common.savefig(fig, path, dpi=90, tight=False)
+    label_h, rows = 13, []
+    for key in sorted(best, key=lambda k: (list(METHODS).index(k[0]), k[1], k[2])):
+        step, r, t, img = best[key]
+        conf = f", confidence {t['confidence']:.2f}" if t.get("confidence") is not None else ""
+        run = f" of a {len(r['seeds'])}-trial run" if len(r["seeds"]) > 1 else ""
+        name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
+        rows.append((f"{name}, seed {t['seed']}{run}, step {step:,}: {t['modes']} modes{conf}", img))
+    title = (f"setting {records[0].get('setting')}: {per_trial} samples per trial at its last evaluation "
+             f"(digit channels as RGB)")
+    width = max(460, max(img.width for _, img in rows) + 4)
+    sheet = Image.new("RGB", (width, label_h + sum(label_h + img.height + 3 for _, img in rows)), "white")
+    draw, y = ImageDraw.Draw(sheet), label_h
+    draw.text((2, 0), title, fill="black")
+    for text, img in rows:
+        draw.text((2, y), text, fill="black")
+        sheet.paste(img, (2, y + label_h))
+        y += label_h + img.height + 3
+    for image in (sheet, sheet.quantize(256), sheet.quantize(64)):
+        buf = io.BytesIO()
+        image.save(buf, format="png", optimize=True)
+        if buf.tell() < max_bytes:
+            break
+    with common.atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
     return Path(path)
 
 
@@ -2437,7 +2463,7 @@ def build_parser() -> common.ArgParser:
     p.add_argument("--checkpoint_every", type=common.nonneg_int, default=2500,
                    help="also save each cell's training state every this many steps, besides the evaluation "
                         "steps (0: only at those), so that a killed run loses at most that many steps to "
-                        "--resume; changes no number")
+                        "--resume (AdaGAN cells restart); changes no score")
     p.add_argument("--shard", type=common.shard_arg, default=(0, 1), help="i/n: run only every n-th cell, from the i-th (0-based)")
     p.add_argument("--table", metavar="DIR", default=None, help="no training: print the results tables from the records in DIR, every setting's, or only "
                         "that of --setting when it is given (default: none)")

@@ -910,6 +910,8 @@ def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
     assert m.record_summary(merged)["modes"]["mean"] == 20.0
     table = m.table_markdown([merged])
     assert "| PacGAN2 | ours | 5,000 (500,000) | 3 | 20.0 ± 5.8 |" in table
+    assert "| at 1% of the steps: PacGAN: no / - / yes |" in table   # a run part of the way says where it stands
+    assert "of the steps" not in m.table_markdown([rec([0, 1, 2], [2000, 500_000], file="end")])
     assert "(3 trials in 2 runs)" in m.cost_markdown([merged])
     # not one cell: overlapping seeds, another length, another learning rate; each stays its own row
     assert len(m.merge_trials([a, rec([1], [2000])])) == 2

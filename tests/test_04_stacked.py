@@ -216,16 +216,26 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root, monkey
     figure = tmp_path / "curves.png"
     m.main(["--table", str(run_dir / "records"), "--setting", "stacked_d4", "--table_figure", str(figure)])
     assert figure.stat().st_size > 10_000
-    # and the strips as one figure: a labelled row per trial of each record (3 methods x 2 trials)
+    # and the strips as one figure: a labelled row per trial of each record (3 methods x 2 trials), 8 samples
+    # of 29 px (tile and padding) at twice their size
+    rows = lambda n: 13 + n * (13 + 2 * 30 + 3)
     with Image.open(tmp_path / "curves_samples.png") as im:
-        assert im.size[0] > 300 and im.size[1] > 6 * 50
+        assert im.size == (470, rows(6))
     records = m.load_records(run_dir / "records")
     labels = []
-    monkeypatch.setattr(m.common.pyplot().Axes, "set_title", lambda ax, text, **kw: labels.append(text))
+    from PIL import ImageDraw
+    text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda d, xy, t, **kw: (labels.append(t), text(d, xy, t, **kw)))
     m.plot_record_strips(records, run_dir / "records", tmp_path / "again.png")
     monkeypatch.undo()
-    assert len(labels) == 6 and labels[0].startswith("plain GAN (non-saturating), seed 0 (2-trial run), step 20: ")
-    assert labels[2].startswith("PacGAN2, seed 0") and all(" modes, confidence 0." in t for t in labels)
+    assert len(labels) == 7 and labels[1].startswith("plain GAN (non-saturating), seed 0 of a 2-trial run, step 20: ")
+    assert labels[3].startswith("PacGAN2, seed 0") and all(" modes, confidence 0." in t for t in labels[1:])
+    # a strip that does not match its record (one trial row instead of two) is left out
+    pac = next((run_dir / "records").glob("*pacgan2*.png"))
+    with Image.open(pac) as im:
+        im.crop((0, 0, im.width, 30)).save(pac)
+    with Image.open(m.plot_record_strips(records, run_dir / "records", tmp_path / "two.png")) as im:
+        assert im.size[1] == rows(4)
     for rec in (run_dir / "records").glob("*.png"):
         rec.unlink()
     assert m.plot_record_strips(records, run_dir / "records", tmp_path / "none.png") is None
