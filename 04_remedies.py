@@ -1601,6 +1601,8 @@ def run_one(method: str, bench: Benchmark, args, device, seeds, progress_every: 
 def fmt(stat, scale=1.0, digits=2):
     if stat["n"] == 0 or not math.isfinite(stat["mean"]):
         return "n/a"
+    if stat["n"] == 1:  # one trial: no standard error
+        return f"{stat['mean'] * scale:.{digits}f}"
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['sem'] * scale:.{digits}f}"
 
 

@@ -912,6 +912,7 @@ def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
     assert "| PacGAN2 | ours | 5,000 (500,000) | 3 | 20.0 ± 5.8 |" in table
     assert "| at 1% of the steps: PacGAN: no / - / yes |" in table   # a run part of the way says where it stands
     assert "of the steps" not in m.table_markdown([rec([0, 1, 2], [2000, 500_000], file="end")])
+    assert "| 5,000 (500,000) | 1 | 30.0 | n/a | 3.00 |" in m.table_markdown([rec([2], [5000])])  # one trial: no s.e.
     assert "(3 trials in 2 runs)" in m.cost_markdown([merged])
     # not one cell: overlapping seeds, another length, another learning rate; each stays its own row
     assert len(m.merge_trials([a, rec([1], [2000])])) == 2
