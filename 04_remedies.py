@@ -2066,6 +2066,45 @@ def plot_record_curves(records: list[dict], path):
     common.savefig(fig, path, dpi=90, tight=False)
 
 
+def trial_order(key):
+    """Sort key of a (method, label, seed) trial: methods in METHODS order."""
+    return (list(METHODS).index(key[0]) if key[0] in METHODS else 99, key[1], key[2])
+
+
+def furthest_trials(records: list[dict]) -> dict:
+    """Every trial of the records (as `load_records` reads them, not merged), by (method, label, seed): the
+    record that took it furthest, as (its last step, the record, the trial's index in it). The first such
+    record wins a tie."""
+    best = {}
+    for r in records:
+        for i, t in enumerate(r["evals"][-1]["trials"] if r["evals"] else []):
+            key = (r["method"], r.get("label", ""), t["seed"])
+            if key not in best or best[key][0] < r["evals"][-1]["step"]:
+                best[key] = (r["evals"][-1]["step"], r, i)
+    return best
+
+
+def trials_markdown(records: list[dict]) -> str:
+    """The image cells' trials one by one (records as `load_records` reads them, not merged): per trial, from
+    the record that took it furthest, the modes, KL(p_gen || uniform) and the classifier's mean confidence
+    at every evaluation step; "-" where the trial did not reach a step."""
+    best = furthest_trials([r for r in records if r["data"] in IMAGE_DATA])
+    if not best:
+        return ""
+    steps = sorted({e["step"] for _, r, _ in best.values() for e in r["evals"]})
+    lines = ["| trial (modes, KL, confidence) | " + " | ".join(f"{s:,}" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    for key in sorted(best, key=trial_order):
+        _, r, i = best[key]
+        at = {e["step"]: e["trials"][i] for e in r["evals"]}
+        cell = lambda t: ("-" if t is None else f"{t['modes']}, {t['reverse_kl']:.2f}"
+                          + (f", {t['confidence']:.2f}" if t.get("confidence") is not None else ""))
+        run = f", in a {len(r['seeds'])}-trial run" if len(r["seeds"]) > 1 else ""
+        name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
+        lines.append(f"| {name}, seed {key[2]}{run} | " + " | ".join(cell(at.get(s)) for s in steps) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8, max_bytes: int = 300_000) -> Path | None:
     """From the image cells' records in `folder` (as `load_records` reads them, not merged): the sample strip
     kept beside each record (`<record>.png`, 16 samples per trial at its last evaluation), its first
@@ -2087,16 +2126,15 @@ def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8, ma
         if img.height - 1 != h * len(e["trials"]):
             print(f"04: note: {strip} does not hold one row per trial of its record; left out", flush=True)
             continue
-        for i, t in enumerate(e["trials"]):
-            key = (r["method"], r.get("label", ""), t["seed"])
-            if key not in best or best[key][0] < e["step"]:
-                tile = img.crop((0, i * h, per_trial * h + 1, (i + 1) * h + 1))
-                best[key] = (e["step"], r, t, tile.resize((tile.width * 2, tile.height * 2), Image.NEAREST))
+        for key, (step, r_, i) in furthest_trials([r]).items():
+            tile = img.crop((0, i * h, per_trial * h + 1, (i + 1) * h + 1))
+            best.setdefault(key, []).append((step, r, e["trials"][i],
+                                             tile.resize((tile.width * 2, tile.height * 2), Image.NEAREST)))
     if not best:
         return None
     label_h, rows = 13, []
-    for key in sorted(best, key=lambda k: (list(METHODS).index(k[0]), k[1], k[2])):
-        step, r, t, img = best[key]
+    for key in sorted(best, key=trial_order):
+        step, r, t, img = max(best[key], key=lambda b: b[0])  # the record that took the trial furthest
         conf = f", confidence {t['confidence']:.2f}" if t.get("confidence") is not None else ""
         run = f" of a {len(r['seeds'])}-trial run" if len(r["seeds"]) > 1 else ""
         name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
@@ -2716,13 +2754,16 @@ def main(argv=None) -> dict:
             records = [r for r in records if r.get("setting") == args.setting]
         text = table_markdown(records)
         cost = cost_markdown([r for r in records if r.get("setting") == args.setting])
-        print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else ""), end="")
+        trials = trials_markdown([r for r in parts if r.get("setting") == args.setting])
+        print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else "")
+              + (f"\nEvery trial of setting `{args.setting}`, from the record that took it furthest:\n\n{trials}"
+                 if trials else ""), end="")
         if args.table_figure:
             plot_record_curves([r for r in records if r.get("setting") == args.setting], args.table_figure)
             strips = Path(args.table_figure)
             plot_record_strips([r for r in parts if r.get("setting") == args.setting], args.table,
                                strips.with_name(f"{strips.stem}_samples.png"))
-        return {"table": text, "cost": cost}
+        return {"table": text, "cost": cost, "trials": trials}
     if args.replot:
         return replot(args.replot, args.figure_prefix)
     common.set_seed(args.seed, args.deterministic)

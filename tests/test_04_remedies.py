@@ -922,3 +922,30 @@ def test_records_of_one_cell_trained_trial_by_trial_merge_into_one_row():
     assert sorted((r["seeds"], r.get("parts")) for r in rows) == [([0, 1], 2), ([0, 1, 2], None)]
     assert len(m.merge_trials([a, rec([2], [2000], n_steps=1000)])) == 2
     assert len(m.merge_trials([a, rec([2], [2000], lr=1e-3)])) == 2
+
+
+def test_every_trial_from_the_record_that_took_it_furthest():
+    def rec(method, seeds, steps, file, confidence=True):
+        trial = lambda s, st: {"seed": s, "diverged": False, "modes": st // 1000 + s, "high_quality": None,
+                               "reverse_kl": 1.0 + s, **({"confidence": 0.5} if confidence else {})}
+        return {"setting": "stacked_d4", "label": "", "data": "stacked_mnist", "method": method, "n_modes": 1000,
+                "seeds": seeds, "evals": [{"step": st, "trials": [trial(s, st) for s in seeds]} for st in steps],
+                "_file": file}
+    batched = rec("pacgan2", [0, 1, 2], [2000, 5000], "batched", confidence=False)
+    alone = rec("pacgan2", [1], [2000, 5000, 10000], "alone")
+    gan = rec("gan", [0], [2000], "gan")
+    points = dict(rec("gan", [0], [2000], "points"), data="ring")   # not an image cell: left out
+    best = m.furthest_trials([batched, alone, gan])
+    assert {k: (v[0], v[1]["_file"], v[2]) for k, v in best.items()} == {
+        ("pacgan2", "", 0): (5000, "batched", 0), ("pacgan2", "", 1): (10000, "alone", 0),
+        ("pacgan2", "", 2): (5000, "batched", 2), ("gan", "", 0): (2000, "gan", 0)}
+    # a tie keeps the first record
+    assert m.furthest_trials([alone, dict(alone, _file="again")])[("pacgan2", "", 1)][1]["_file"] == "alone"
+    lines = m.trials_markdown([points, batched, alone, gan]).splitlines()
+    assert lines[0] == "| trial (modes, KL, confidence) | 2,000 | 5,000 | 10,000 |"
+    assert lines[2:] == [   # methods in METHODS order, then seeds; "-" where a trial did not reach a step
+        "| plain GAN (non-saturating), seed 0 | 2, 1.00, 0.50 | - | - |",
+        "| PacGAN2, seed 0, in a 3-trial run | 2, 1.00 | 5, 1.00 | - |",
+        "| PacGAN2, seed 1 | 3, 2.00, 0.50 | 6, 2.00, 0.50 | 11, 2.00, 0.50 |",
+        "| PacGAN2, seed 2, in a 3-trial run | 4, 3.00 | 7, 3.00 | - |"]
+    assert m.trials_markdown([points]) == ""

@@ -214,8 +214,11 @@ def test_quick_stacked_run_through_the_command_line(tmp_path, mnist_root, monkey
         with Image.open(rec.with_suffix(".png")) as im:
             assert im.size == (16 * 29 + 1, 2 * 29 + 1) and im.mode == "RGB"
     figure = tmp_path / "curves.png"
-    m.main(["--table", str(run_dir / "records"), "--setting", "stacked_d4", "--table_figure", str(figure)])
+    out = m.main(["--table", str(run_dir / "records"), "--setting", "stacked_d4", "--table_figure", str(figure)])
     assert figure.stat().st_size > 10_000
+    trials = out["trials"].splitlines()   # and every trial on its own row: 3 methods x 2 trials, steps 10 and 20
+    assert trials[0] == "| trial (modes, KL, confidence) | 10 | 20 |" and len(trials) == 2 + 6
+    assert trials[2].startswith("| plain GAN (non-saturating), seed 0, in a 2-trial run | ")
     # and the strips as one figure: a labelled row per trial of each record (3 methods x 2 trials), 8 samples
     # of 29 px (tile and padding) at twice their size
     rows = lambda n: 13 + n * (13 + 2 * 30 + 3)
