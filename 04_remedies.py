@@ -1816,6 +1816,11 @@ def merge_trials(records: list[dict]) -> list[dict]:
     return out
 
 
+def row_name(r: dict) -> str:
+    """A record's name in the tables and figures: its method, and its label in brackets where it has one."""
+    return LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
+
+
 def record_summary(r: dict) -> dict:
     """Means over the trials at the last evaluation the record reached."""
     last = r["evals"][-1]
@@ -1858,7 +1863,7 @@ def table_markdown(records: list[dict]) -> str:
                           for src, p in pubs) if pubs else "-"
             if pubs and s["step"] < r["n_steps"]:  # a run part of the way: where it stands, not a reproduction
                 v = f"at {100 * s['step'] / r['n_steps']:.2g}% of the steps: {v}"
-            name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
+            name = row_name(r)
             lines.append(f"| {name} | ours | {s['step']:,} ({r['n_steps']:,}) | "
                          f"{s['n_trials']} | {fmt(s['modes'], digits=1)} | {fmt(s['high_quality'], 100, 1)} | "
                          f"{fmt(s['reverse_kl'])} |" + (f" {v} |" if published else ""))
@@ -2100,8 +2105,7 @@ def trials_markdown(records: list[dict]) -> str:
         cell = lambda t: ("-" if t is None else f"{t['modes']}, {t['reverse_kl']:.2f}"
                           + (f", {t['confidence']:.2f}" if t.get("confidence") is not None else ""))
         run = f", in a {len(r['seeds'])}-trial run" if len(r["seeds"]) > 1 else ""
-        name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
-        lines.append(f"| {name}, seed {key[2]}{run} | " + " | ".join(cell(at.get(s)) for s in steps) + " |")
+        lines.append(f"| {row_name(r)}, seed {key[2]}{run} | " + " | ".join(cell(at.get(s)) for s in steps) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -2114,31 +2118,30 @@ def plot_record_strips(records: list[dict], folder, path, per_trial: int = 8, ma
     PNG is kept under max_bytes (fewer colours where needed). Returns it, or None where no record has a strip."""
     from PIL import Image, ImageDraw
 
-    best = {}
+    strips = {}   # id of a record -> its strip, where the strip holds one row per trial of the record
     for r in (r for r in records if r["data"] in IMAGE_DATA):
         strip = Path(folder) / Path(r["_file"]).with_suffix(".png")
         if not strip.is_file():  # records written before strips were kept
             continue
-        e = r["evals"][-1]
         with Image.open(strip) as im:
             img = im.convert("RGB")
-        h = (img.width - 1) // 16  # one tile and its padding
-        if img.height - 1 != h * len(e["trials"]):
+        if img.height - 1 != (img.width - 1) // 16 * len(r["evals"][-1]["trials"]):
             print(f"04: note: {strip} does not hold one row per trial of its record; left out", flush=True)
             continue
-        for key, (step, r_, i) in furthest_trials([r]).items():
-            tile = img.crop((0, i * h, per_trial * h + 1, (i + 1) * h + 1))
-            best.setdefault(key, []).append((step, r, e["trials"][i],
-                                             tile.resize((tile.width * 2, tile.height * 2), Image.NEAREST)))
+        strips[id(r)] = img
+    best = furthest_trials([r for r in records if id(r) in strips])
     if not best:
         return None
     label_h, rows = 13, []
     for key in sorted(best, key=trial_order):
-        step, r, t, img = max(best[key], key=lambda b: b[0])  # the record that took the trial furthest
+        step, r, i = best[key]
+        strip, t = strips[id(r)], r["evals"][-1]["trials"][i]
+        h = (strip.width - 1) // 16  # one tile and its padding
+        tile = strip.crop((0, i * h, per_trial * h + 1, (i + 1) * h + 1))
         conf = f", confidence {t['confidence']:.2f}" if t.get("confidence") is not None else ""
         run = f" of a {len(r['seeds'])}-trial run" if len(r["seeds"]) > 1 else ""
-        name = LABELS.get(r["method"], r["method"]) + (f" [{r['label']}]" if r.get("label") else "")
-        rows.append((f"{name}, seed {t['seed']}{run}, step {step:,}: {t['modes']} modes{conf}", img))
+        rows.append((f"{row_name(r)}, seed {t['seed']}{run}, step {step:,}: {t['modes']} modes{conf}",
+                     tile.resize((tile.width * 2, tile.height * 2), Image.NEAREST)))
     title = (f"setting {records[0].get('setting')}: {per_trial} samples per trial at its last evaluation "
              f"(digit channels as RGB)")
     width = max(460, max(img.width for _, img in rows) + 4)
@@ -2754,14 +2757,15 @@ def main(argv=None) -> dict:
             records = [r for r in records if r.get("setting") == args.setting]
         text = table_markdown(records)
         cost = cost_markdown([r for r in records if r.get("setting") == args.setting])
-        trials = trials_markdown([r for r in parts if r.get("setting") == args.setting])
+        parts = [r for r in parts if r.get("setting") == args.setting]   # the trials table and the strips: one setting
+        trials = trials_markdown(parts)
         print(text + (f"What each cell of setting `{args.setting}` cost:\n\n{cost}" if cost else "")
               + (f"\nEvery trial of setting `{args.setting}`, from the record that took it furthest:\n\n{trials}"
                  if trials else ""), end="")
         if args.table_figure:
             plot_record_curves([r for r in records if r.get("setting") == args.setting], args.table_figure)
             strips = Path(args.table_figure)
-            plot_record_strips([r for r in parts if r.get("setting") == args.setting], args.table,
+            plot_record_strips(parts, args.table,
                                strips.with_name(f"{strips.stem}_samples.png"))
         return {"table": text, "cost": cost, "trials": trials}
     if args.replot:
